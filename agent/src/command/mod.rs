@@ -1,0 +1,126 @@
+//! The commands: each resolves what the user typed into real objects (policy, keys,
+//! baseline), runs the pipeline, and returns an [`Outcome`] that `main` turns into the
+//! exit status.
+
+pub mod baseline;
+pub mod check;
+pub mod key;
+
+use crate::error::{Error, Result};
+use crate::policy::Policy;
+use driftwatch_protocol::report::{report_path, ScanError};
+use std::fs;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+/// How a command ended, when it did not fail outright.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Nothing to report (exit 0).
+    Clean,
+    /// Drift or differences found (exit 1).
+    Drift,
+    /// Completed, but some entries could not be examined (exit 2).
+    Incomplete,
+}
+
+impl Outcome {
+    /// Drift wins over incompleteness: what was found is certain.
+    pub fn of(findings: usize, errors: usize) -> Outcome {
+        if findings > 0 {
+            Outcome::Drift
+        } else if errors > 0 {
+            Outcome::Incomplete
+        } else {
+            Outcome::Clean
+        }
+    }
+
+    /// The exit status.
+    pub fn exit_code(self) -> u8 {
+        match self {
+            Outcome::Clean => 0,
+            Outcome::Drift => 1,
+            Outcome::Incomplete => 2,
+        }
+    }
+}
+
+/// Reads and compiles a policy file.
+pub fn load_policy(path: &Path) -> Result<Policy> {
+    let text = fs::read_to_string(path).map_err(|source| Error::ReadPolicy {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Policy::parse(&text).map_err(|source| Error::Policy {
+        origin: path.display().to_string(),
+        source,
+    })
+}
+
+/// The root as an absolute path without symlinks, so that every path below it is
+/// resolved the same way by the walker and by us.
+pub fn canonical_root(root: &Path) -> Result<PathBuf> {
+    fs::canonicalize(root).map_err(|source| Error::Root {
+        path: root.to_path_buf(),
+        source,
+    })
+}
+
+/// The path of `file` inside `root`, if it lies there (used to keep driftwatch's own
+/// files out of what it reports).
+pub fn inside_root(root: &Path, file: &Path) -> Option<Vec<u8>> {
+    let parent = fs::canonicalize(file.parent().filter(|p| !p.as_os_str().is_empty())?).ok()?;
+    let relative = parent.join(file.file_name()?);
+    let relative = relative.strip_prefix(root).ok()?;
+    let mut inside = b"/".to_vec();
+    inside.extend_from_slice(relative.as_os_str().as_bytes());
+    Some(inside)
+}
+
+/// An error entry for the report.
+pub fn scan_error(path: &[u8], error: String) -> ScanError {
+    let (path, path_bytes_b64) = report_path(path);
+    ScanError {
+        path,
+        path_bytes_b64,
+        error,
+    }
+}
+
+/// RFC 3339, to the second.
+pub fn rfc3339(time: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(time).to_string()
+}
+
+/// The creation time of a baseline: `SOURCE_DATE_EPOCH` when set (reproducible builds),
+/// else now.
+pub fn creation_time() -> Result<SystemTime> {
+    match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(value) => value
+            .trim()
+            .parse::<u64>()
+            .map(|secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+            .map_err(|_| Error::Environment {
+                name: "SOURCE_DATE_EPOCH",
+                expected: "a number of seconds since 1970",
+                value,
+            }),
+        Err(_) => Ok(SystemTime::now()),
+    }
+}
+
+/// The kernel's hostname.
+pub fn hostname() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// `/etc/machine-id` inside the root.
+pub fn machine_id(root: &Path) -> Option<String> {
+    let id = fs::read_to_string(root.join("etc/machine-id")).ok()?;
+    let id = id.trim();
+    (!id.is_empty() && id.len() <= 64).then(|| id.to_string())
+}

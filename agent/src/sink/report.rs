@@ -1,0 +1,227 @@
+//! Reports: `driftwatch.report/v1` JSON for machines, and text for people — grouped by
+//! severity, one line per finding, a summary line last, colour only on a terminal.
+
+use driftwatch_protocol::report::{
+    Attribute, EntryState, FileChange, FileFinding, Finding, ScanError, Severity, Summary,
+};
+use serde::Serialize;
+use std::io::{self, IsTerminal, Write};
+
+/// Whether to colour text written to stdout: only on a terminal, never with `NO_COLOR`.
+pub fn colour_stdout() -> bool {
+    std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+}
+
+/// ANSI styling that disappears when colour is off.
+#[derive(Clone, Copy)]
+pub struct Paint(pub bool);
+
+impl Paint {
+    fn wrap(self, code: &str, text: &str) -> String {
+        if self.0 {
+            format!("\x1b[{code}m{text}\x1b[0m")
+        } else {
+            text.to_string()
+        }
+    }
+
+    /// Bold text.
+    pub fn bold(self, text: &str) -> String {
+        self.wrap("1", text)
+    }
+
+    /// Dimmed text.
+    pub fn dim(self, text: &str) -> String {
+        self.wrap("2", text)
+    }
+
+    /// Green text (all clear).
+    pub fn good(self, text: &str) -> String {
+        self.wrap("32", text)
+    }
+
+    /// Text coloured by severity.
+    pub fn severity(self, severity: Severity, text: &str) -> String {
+        let code = match severity {
+            Severity::Critical => "1;31",
+            Severity::High => "31",
+            Severity::Medium => "33",
+            Severity::Low => "36",
+        };
+        self.wrap(code, text)
+    }
+}
+
+/// Writes a value as one pretty JSON document and a newline.
+pub fn write_json(out: &mut impl Write, value: &impl Serialize) -> io::Result<()> {
+    serde_json::to_writer_pretty(&mut *out, value).map_err(io::Error::other)?;
+    writeln!(out)
+}
+
+fn change_word(change: FileChange) -> &'static str {
+    match change {
+        FileChange::Added => "added",
+        FileChange::Removed => "removed",
+        FileChange::Modified => "modified",
+    }
+}
+
+/// `0755 → 4755`-style detail for the attributes whose values are short.
+fn detail(attribute: Attribute, before: &EntryState, after: &EntryState) -> Option<String> {
+    let show = |a: &dyn std::fmt::Display, b: &dyn std::fmt::Display| Some(format!("{a} → {b}"));
+    match attribute {
+        Attribute::Type => show(&before.file_type, &after.file_type),
+        Attribute::Mode => show(&before.mode, &after.mode),
+        Attribute::Uid => show(&before.uid, &after.uid),
+        Attribute::Gid => show(&before.gid, &after.gid),
+        Attribute::Size => show(&before.size, &after.size),
+        Attribute::LinkTarget => show(
+            &before.link_target.as_deref().unwrap_or("?"),
+            &after.link_target.as_deref().unwrap_or("?"),
+        ),
+        Attribute::Xattrs => {
+            let changed: Vec<String> = before
+                .xattrs
+                .keys()
+                .chain(after.xattrs.keys())
+                .filter(|name| before.xattrs.get(*name) != after.xattrs.get(*name))
+                .map(|name| match after.xattrs.get(name) {
+                    Some(value) => format!("{name}={value}"),
+                    None => format!("-{name}"),
+                })
+                .collect::<std::collections::BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            Some(changed.join(" "))
+        }
+        Attribute::Content | Attribute::Rdev | Attribute::Mtime => None,
+    }
+}
+
+fn file_line(paint: Paint, finding: &FileFinding) -> String {
+    let mut line = format!(
+        "  {:<8}  {}",
+        change_word(finding.change),
+        paint.bold(&finding.path)
+    );
+    if let (Some(before), Some(after)) = (&finding.baseline, &finding.observed) {
+        let parts: Vec<String> = finding
+            .attributes
+            .iter()
+            .map(|a| match detail(*a, before, after) {
+                Some(d) if !d.is_empty() => format!("{} {d}", a.name()),
+                _ => a.name().to_string(),
+            })
+            .collect();
+        line.push_str(&format!("  {}", paint.dim(&parts.join(", "))));
+    } else if let Some(state) = finding.observed.as_ref().or(finding.baseline.as_ref()) {
+        let mut what = format!("{} {}", state.file_type, state.mode);
+        if let Some(target) = &state.link_target {
+            what.push_str(&format!(" → {target}"));
+        }
+        line.push_str(&format!("  {}", paint.dim(&what)));
+    }
+    line
+}
+
+/// Writes findings grouped by severity, then errors. Nothing is written for empty
+/// groups.
+pub fn write_findings(
+    out: &mut impl Write,
+    paint: Paint,
+    findings: &[Finding],
+    errors: &[ScanError],
+) -> io::Result<()> {
+    for severity in Severity::ALL_DESCENDING {
+        let group: Vec<&Finding> = findings
+            .iter()
+            .filter(|f| f.severity() == severity)
+            .collect();
+        if group.is_empty() {
+            continue;
+        }
+        let title = format!("{} ({})", severity.name().to_uppercase(), group.len());
+        writeln!(out, "{}", paint.severity(severity, &title))?;
+        for finding in group {
+            match finding {
+                Finding::File(file) => writeln!(out, "{}", file_line(paint, file))?,
+            }
+        }
+        writeln!(out)?;
+    }
+    if !errors.is_empty() {
+        writeln!(
+            out,
+            "{}",
+            paint.bold(&format!("NOT EXAMINED ({})", errors.len()))
+        )?;
+        for error in errors {
+            writeln!(out, "  {}: {}", error.path, error.error)?;
+        }
+        writeln!(out)?;
+    }
+    Ok(())
+}
+
+/// `3 findings: 1 critical, 1 high, 1 medium, 0 low`, or `no drift` in green.
+pub fn summary_line(paint: Paint, summary: &Summary, none: &str) -> String {
+    if summary.findings == 0 {
+        return paint.good(none);
+    }
+    let noun = if summary.findings == 1 {
+        "finding"
+    } else {
+        "findings"
+    };
+    format!(
+        "{} {noun}: {} critical, {} high, {} medium, {} low",
+        summary.findings, summary.critical, summary.high, summary.medium, summary.low
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use driftwatch_protocol::entry::{Entry, FileType};
+
+    #[test]
+    fn text_groups_by_severity_with_details() {
+        let before = Entry {
+            path: b"/usr/bin/ssh".to_vec(),
+            file_type: FileType::File,
+            mode: 0o755,
+            ..Entry::default()
+        };
+        let mut after = before.clone();
+        after.mode = 0o4755;
+        let rule = crate::policy::Rule {
+            name: "r".into(),
+            attributes: crate::policy::AttributeSet::of(&Attribute::ALL),
+            severity: Severity::Low,
+        };
+        let findings = vec![
+            crate::diff::file_finding(FileChange::Added, None, Some(&after), vec![], &rule)
+                .unwrap(),
+            crate::diff::file_finding(
+                FileChange::Modified,
+                Some(&before),
+                Some(&after),
+                vec![Attribute::Mode],
+                &rule,
+            )
+            .unwrap(),
+        ];
+        let mut out = Vec::new();
+        write_findings(&mut out, Paint(false), &findings, &[]).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text,
+            "CRITICAL (2)\n  added     /usr/bin/ssh  file 4755\n  modified  /usr/bin/ssh  mode 0755 → 4755\n\n"
+        );
+        let summary = Summary::of(&findings);
+        assert_eq!(
+            summary_line(Paint(false), &summary, "ok"),
+            "2 findings: 2 critical, 0 high, 0 medium, 0 low"
+        );
+    }
+}

@@ -1,0 +1,4 @@
+//! Sources observe the host. Today: the filesystem ([`files`]); package and runtime
+//! sources join them with their own modules.
+
+pub mod files;
