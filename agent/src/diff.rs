@@ -110,7 +110,16 @@ impl<'a> Differ<'a> {
         let finding = match before {
             None => file_finding(FileChange::Added, None, Some(after), Vec::new(), rule),
             Some(before) => {
-                let changed = changed_attributes(before, after, rule.attributes);
+                // Privilege gained is reported even where the rule does not compare
+                // mode or xattrs.
+                let checked = if gains_privilege(Some(before), after) {
+                    rule.attributes
+                        .with(Attribute::Mode)
+                        .with(Attribute::Xattrs)
+                } else {
+                    rule.attributes
+                };
+                let changed = changed_attributes(before, after, checked);
                 if changed.is_empty() {
                     return;
                 }

@@ -177,6 +177,11 @@ impl AttributeSet {
         1 << (attribute as u16)
     }
 
+    /// The set with `attribute` added.
+    pub fn with(self, attribute: Attribute) -> Self {
+        AttributeSet(self.0 | Self::bit(attribute))
+    }
+
     /// True when the set holds `attribute`.
     pub fn contains(self, attribute: Attribute) -> bool {
         self.0 & Self::bit(attribute) != 0

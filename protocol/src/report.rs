@@ -147,7 +147,7 @@ pub struct BaselineInfo {
 /// What the scan covered.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ScanInfo {
-    /// The root directory scanned (as given).
+    /// The root directory scanned (absolute, symlinks resolved).
     pub root: String,
     /// RFC 3339 start time.
     pub started_at: String,

@@ -73,14 +73,11 @@ pub fn create(args: &CreateArgs, out: &mut impl Write) -> Result<Outcome> {
     let mut bytes_seen = 0u64;
     let options = ScanOptions {
         threads: args.scan.threads,
-        ..ScanOptions::default()
+        skip: own_files,
     };
     let stats = scan(&root, &policy, &options, &AtomicBool::new(false), |item| {
         match item {
             ScanItem::Observed { entry, error, .. } => {
-                if own_files.contains(&entry.path) {
-                    return Ok(());
-                }
                 if entry.blake3.is_some() {
                     bytes_seen += entry.size;
                 }

@@ -51,7 +51,7 @@ pub fn run(args: &CheckArgs, out: &mut impl Write) -> Result<Outcome> {
     let mut bytes_seen = 0u64;
     let options = ScanOptions {
         threads: args.scan.threads,
-        ..ScanOptions::default()
+        skip: own_files.clone(),
     };
     let stats = scan(&root, &policy, &options, &AtomicBool::new(false), |item| {
         match item {
@@ -60,9 +60,6 @@ pub fn run(args: &CheckArgs, out: &mut impl Write) -> Result<Outcome> {
                 state,
                 error,
             } => {
-                if own_files.contains(&entry.path) {
-                    return Ok(());
-                }
                 if entry.blake3.is_some() {
                     bytes_seen += entry.size;
                 }

@@ -35,7 +35,7 @@ use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use walkdir::WalkDir;
 
 /// Jobs queued between the walker and the inspectors. Enough to keep both inspectors
@@ -67,8 +67,9 @@ fn is_security_xattr(name: &[u8]) -> bool {
 pub struct ScanOptions {
     /// Inspector threads; 0 means one per core.
     pub threads: usize,
-    /// Hash contents even where the policy does not compare them (never by default).
-    pub hash_everything: bool,
+    /// Paths inside the root to leave out entirely, e.g. the baseline being written
+    /// or read, which lives in the image but is not part of it (default: none).
+    pub skip: Vec<Vec<u8>>,
 }
 
 /// One observed entry, in walk order.
@@ -137,7 +138,7 @@ enum Job {
 }
 
 /// Hashes of one inode, shared between the hard links that name it.
-type InodeHashes = Arc<OnceLock<Result<Hashes, String>>>;
+type InodeHashes = Arc<Mutex<Option<Hashes>>>;
 
 #[derive(Clone, Copy, Debug)]
 struct Hashes {
@@ -216,6 +217,8 @@ fn reorder<E>(
     let mut pending: VecDeque<Option<Option<ScanItem>>> = VecDeque::new();
     let mut next_seq = 0u64;
     let mut failure = None;
+    // A directory that cannot be entered fails twice: its lstat, then its listing.
+    let mut last_unreadable: Option<Vec<u8>> = None;
     for (seq, item) in results {
         let slot = (seq - next_seq) as usize;
         if pending.len() <= slot {
@@ -234,6 +237,12 @@ fn reorder<E>(
             };
             if failure.is_some() {
                 continue;
+            }
+            if let ScanItem::Unreadable { path, .. } = &item {
+                if last_unreadable.as_ref() == Some(path) {
+                    continue;
+                }
+                last_unreadable = Some(path.clone());
             }
             match &item {
                 ScanItem::Observed { error, .. } => {
@@ -398,6 +407,12 @@ fn walk(
                 None => policy.state_for(&path),
             };
             let is_dir = dent.file_type().is_dir();
+            if options.skip.contains(&path) {
+                if is_dir {
+                    entries.skip_current_dir();
+                }
+                continue;
+            }
             if state.excluded {
                 if is_dir && policy.may_include_below(&path) {
                     states.push(state);
@@ -419,8 +434,7 @@ fn walk(
                 states.push(state);
             }
             let hash = dent.file_type().is_file()
-                && (options.hash_everything
-                    || policy.rule(&state).attributes.contains(Attribute::Content));
+                && policy.rule(&state).attributes.contains(Attribute::Content);
             let host_path = dent.into_path();
             let mut path = Some(path);
             if !send(&mut |seq| Job::Inspect {
@@ -536,6 +550,11 @@ impl Inspector<'_> {
     }
 
     /// Hashes a regular file once per inode. `Ok(None)` means it changed under us.
+    ///
+    /// Links of one inode usually sit side by side in a directory and reach both
+    /// inspectors at once, so the second waits on the inode's lock for the first's
+    /// result instead of reading the same bytes again. Only a consistent hash is shared:
+    /// after a failure each link tries for itself, with its own retries.
     fn hash_file(
         &mut self,
         host: &Path,
@@ -544,31 +563,23 @@ impl Inspector<'_> {
         if listed.nlink() < 2 {
             return self.hash_once(host, listed);
         }
-        let cell = {
-            let mut links = self
-                .links
-                .lock()
-                .map_err(|_| io::Error::other("hard-link table poisoned"))?;
-            links
-                .entry((listed.dev(), listed.ino()))
-                .or_insert_with(|| Arc::new(OnceLock::new()))
-                .clone()
-        };
-        let mut fresh = None;
-        let shared = cell.get_or_init(|| match self.hash_once(host, listed) {
-            Ok(Some((hashes, meta))) => {
-                fresh = Some(meta);
-                Ok(hashes)
-            }
-            Ok(None) => Err("changed while being read".to_string()),
-            Err(err) => Err(io_message(&err)),
-        });
-        match (shared, fresh) {
-            (Ok(hashes), Some(meta)) => Ok(Some((*hashes, meta))),
-            // Another link of this inode was hashed already: our own lstat describes it.
-            (Ok(hashes), None) => Ok(Some((*hashes, listed.clone()))),
-            (Err(message), _) => Err(io::Error::other(message.clone())),
+        let poisoned = || io::Error::other("hard-link table poisoned");
+        let cell = self
+            .links
+            .lock()
+            .map_err(|_| poisoned())?
+            .entry((listed.dev(), listed.ino()))
+            .or_default()
+            .clone();
+        let mut shared = cell.lock().map_err(|_| poisoned())?;
+        if let Some(hashes) = *shared {
+            return Ok(Some((hashes, listed.clone())));
         }
+        let result = self.hash_once(host, listed)?;
+        if let Some((hashes, _)) = &result {
+            *shared = Some(*hashes);
+        }
+        Ok(result)
     }
 
     fn hash_once(
