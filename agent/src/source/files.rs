@@ -318,6 +318,37 @@ fn check_no_symlinked_ancestors(root: &Path, inside: &[u8]) -> io::Result<()> {
     Ok(())
 }
 
+/// Numbers jobs in walk order and keeps at most [`REORDER_WINDOW`] in flight.
+struct Dispatcher<'a> {
+    next_seq: u64,
+    jobs: &'a Sender<Job>,
+    window: &'a Sender<()>,
+}
+
+impl Dispatcher<'_> {
+    /// Queues the job built for the next sequence number; false once the scan is over
+    /// (the receiving side has gone).
+    fn send(&mut self, job: impl FnOnce(u64) -> Job) -> bool {
+        if self.window.send(()).is_err() {
+            return false;
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.jobs.send(job(seq)).is_ok()
+    }
+
+    fn report(&mut self, path: Vec<u8>, error: String) -> bool {
+        self.send(|seq| Job::Ready {
+            seq,
+            item: ScanItem::Unreadable {
+                path,
+                error,
+                subtree_unknown: true,
+            },
+        })
+    }
+}
+
 fn walk(
     root: &Path,
     policy: &Policy,
@@ -326,14 +357,10 @@ fn walk(
     jobs: &Sender<Job>,
     window: &Sender<()>,
 ) {
-    let mut seq = 0u64;
-    let mut send = |job_for: &mut dyn FnMut(u64) -> Job| -> bool {
-        if window.send(()).is_err() {
-            return false;
-        }
-        let ok = jobs.send(job_for(seq)).is_ok();
-        seq += 1;
-        ok
+    let mut dispatch = Dispatcher {
+        next_seq: 0,
+        jobs,
+        window,
     };
     let one_filesystem = policy.config().scan.one_filesystem;
     let allowed_devices: Vec<u64> = policy
@@ -346,19 +373,10 @@ fn walk(
     for scan_path in policy.scan_paths() {
         let host = host_path(root, scan_path);
         if let Err(err) = check_no_symlinked_ancestors(root, scan_path) {
-            if err.kind() != io::ErrorKind::NotFound {
-                let item = ScanItem::Unreadable {
-                    path: scan_path.clone(),
-                    error: io_message(&err),
-                    subtree_unknown: true,
-                };
-                let mut item = Some(item);
-                if !send(&mut |seq| Job::Ready {
-                    seq,
-                    item: item.take().unwrap_or_else(|| unreachable_item(scan_path)),
-                }) {
-                    return;
-                }
+            if err.kind() != io::ErrorKind::NotFound
+                && !dispatch.report(scan_path.clone(), io_message(&err))
+            {
+                return;
             }
             continue;
         }
@@ -384,15 +402,7 @@ fn walk(
                     }
                     let relative = path.strip_prefix(&host).unwrap_or(path);
                     let message = err.io_error().map_or_else(|| err.to_string(), io_message);
-                    let mut item = Some(ScanItem::Unreadable {
-                        path: inside_path(scan_path, relative),
-                        error: message,
-                        subtree_unknown: true,
-                    });
-                    if !send(&mut |seq| Job::Ready {
-                        seq,
-                        item: item.take().unwrap_or_else(|| unreachable_item(scan_path)),
-                    }) {
+                    if !dispatch.report(inside_path(scan_path, relative), message) {
                         return;
                     }
                     continue;
@@ -436,26 +446,16 @@ fn walk(
             let hash = dent.file_type().is_file()
                 && policy.rule(&state).attributes.contains(Attribute::Content);
             let host_path = dent.into_path();
-            let mut path = Some(path);
-            if !send(&mut |seq| Job::Inspect {
+            if !dispatch.send(|seq| Job::Inspect {
                 seq,
-                path: path.take().unwrap_or_default(),
-                host_path: host_path.clone(),
+                path,
+                host_path,
                 state,
                 hash,
             }) {
                 return;
             }
         }
-    }
-}
-
-/// The closures above run exactly once per call; this only satisfies the type checker.
-fn unreachable_item(path: &[u8]) -> ScanItem {
-    ScanItem::Unreadable {
-        path: path.to_vec(),
-        error: "internal: item sent twice".into(),
-        subtree_unknown: false,
     }
 }
 
