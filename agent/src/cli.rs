@@ -134,6 +134,12 @@ pub struct CreateArgs {
     /// Where to write the baseline (written atomically).
     #[arg(long, value_name = "FILE")]
     pub out: PathBuf,
+    /// Also record the runtime state of this running system — its listeners and the
+    /// processes no baseline can explain (memory-backed executables, executables in
+    /// mutable paths) — so that hosts accept them. For images baked on a running
+    /// builder; needs --root /.
+    #[arg(long)]
+    pub capture_runtime: bool,
     /// Output format of the summary.
     #[arg(long, value_enum, default_value_t)]
     pub format: Format,

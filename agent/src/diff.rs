@@ -7,11 +7,14 @@
 
 use crate::policy::{AttributeSet, PathState, Policy, Rule};
 use driftwatch_protocol::entry::{Entry, FileType};
+use driftwatch_protocol::package::PackageSet;
 use driftwatch_protocol::path;
 use driftwatch_protocol::report::{
     report_path, Attribute, EntryState, FileChange, FileFinding, Finding, Severity,
 };
+use driftwatch_protocol::report::{PackageChange, PackageFinding};
 use std::cmp::Ordering;
+use std::collections::BTreeMap;
 
 /// The attributes that differ between two recordings of one path, limited to `checked`.
 ///
@@ -68,7 +71,7 @@ pub fn file_finding(
     let raw_path = after.or(before)?.path.as_slice();
     let escalated = after.is_some_and(|a| gains_privilege(before, a));
     let (path, path_bytes_b64) = report_path(raw_path);
-    Some(Finding::File(FileFinding {
+    Some(Finding::File(Box::new(FileFinding {
         change,
         path,
         path_bytes_b64,
@@ -81,7 +84,7 @@ pub fn file_finding(
         rule: rule.name.clone(),
         baseline: before.map(EntryState::of),
         observed: after.map(EntryState::of),
-    }))
+    })))
 }
 
 /// Collects findings from pairings of baseline and observed entries.
@@ -171,6 +174,65 @@ impl<'a> Differ<'a> {
     pub fn finish(self) -> Vec<Finding> {
         self.findings
     }
+}
+
+/// Package findings: the baseline's package set against the one installed now.
+///
+/// Packages are keyed by name and architecture; one key may carry several versions
+/// (rpm installs kernels side by side). A version gone and another come under one key
+/// is an upgrade (`version_changed`); what remains unpaired is installed or removed.
+pub fn package_findings(
+    before: &PackageSet,
+    after: &PackageSet,
+    severity: Severity,
+) -> Vec<Finding> {
+    type Versions<'a> = BTreeMap<(&'a str, &'a str), Vec<&'a str>>;
+    fn by_key(set: &PackageSet) -> Versions<'_> {
+        let mut map = Versions::new();
+        for p in &set.packages {
+            map.entry((p.name.as_str(), p.arch.as_str()))
+                .or_default()
+                .push(p.version.as_str());
+        }
+        map
+    }
+    let (old, new) = (by_key(before), by_key(after));
+    let mut keys: Vec<&(&str, &str)> = old.keys().chain(new.keys()).collect();
+    keys.sort();
+    keys.dedup();
+    let mut findings = Vec::new();
+    for key in keys {
+        let was = old.get(key).map_or(&[][..], Vec::as_slice);
+        let is = new.get(key).map_or(&[][..], Vec::as_slice);
+        let gone: Vec<&str> = was.iter().filter(|v| !is.contains(v)).copied().collect();
+        let came: Vec<&str> = is.iter().filter(|v| !was.contains(v)).copied().collect();
+        let paired = gone.len().min(came.len());
+        let finding = |change, baseline_version: Option<&str>, observed_version: Option<&str>| {
+            Finding::Package(PackageFinding {
+                change,
+                name: key.0.to_string(),
+                arch: key.1.to_string(),
+                db: after.db,
+                baseline_version: baseline_version.map(str::to_string),
+                observed_version: observed_version.map(str::to_string),
+                severity,
+            })
+        };
+        for (old_version, new_version) in gone.iter().zip(came.iter()) {
+            findings.push(finding(
+                PackageChange::VersionChanged,
+                Some(old_version),
+                Some(new_version),
+            ));
+        }
+        for version in &gone[paired..] {
+            findings.push(finding(PackageChange::Removed, Some(version), None));
+        }
+        for version in &came[paired..] {
+            findings.push(finding(PackageChange::Installed, None, Some(version)));
+        }
+    }
+    findings
 }
 
 /// Walks a sorted stream of baseline entries in step with sorted observations.
@@ -356,6 +418,60 @@ mod tests {
     }
 
     #[test]
+    fn package_sets_compare_by_name_and_arch() {
+        use driftwatch_protocol::package::{Package, PackageDb};
+        let set = |packages: &[(&str, &str, &str)]| {
+            PackageSet::new(
+                PackageDb::Rpm,
+                packages
+                    .iter()
+                    .map(|(name, arch, version)| Package {
+                        name: name.to_string(),
+                        arch: arch.to_string(),
+                        version: version.to_string(),
+                    })
+                    .collect(),
+            )
+        };
+        let before = set(&[
+            ("curl", "x86_64", "7.1"),
+            ("kernel", "x86_64", "5.14-1"),
+            ("kernel", "x86_64", "5.14-2"),
+            ("gone", "noarch", "1"),
+            ("same", "noarch", "1"),
+        ]);
+        let after = set(&[
+            ("curl", "x86_64", "7.2"),
+            ("kernel", "x86_64", "5.14-2"),
+            ("kernel", "x86_64", "5.14-3"),
+            ("kernel", "x86_64", "5.14-4"),
+            ("new", "x86_64", "2"),
+            ("same", "noarch", "1"),
+        ]);
+        let summary: Vec<String> = package_findings(&before, &after, Severity::High)
+            .into_iter()
+            .map(|f| match f {
+                Finding::Package(p) => format!(
+                    "{:?} {} {:?}->{:?}",
+                    p.change, p.name, p.baseline_version, p.observed_version
+                ),
+                other => panic!("unexpected {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                "VersionChanged curl Some(\"7.1\")->Some(\"7.2\")",
+                "Removed gone Some(\"1\")->None",
+                "VersionChanged kernel Some(\"5.14-1\")->Some(\"5.14-3\")",
+                "Installed kernel None->Some(\"5.14-4\")",
+                "Installed new None->Some(\"2\")",
+            ]
+        );
+        assert!(package_findings(&after, &after, Severity::High).is_empty());
+    }
+
+    #[test]
     fn merge_join_pairs_sorted_streams() {
         let policy = Policy::parse("exclude = [\"/gone-but-excluded\"]").unwrap();
         let baseline = vec![
@@ -382,7 +498,10 @@ mod tests {
         let summary: Vec<(String, FileChange)> = differ
             .finish()
             .into_iter()
-            .map(|Finding::File(f)| (f.path, f.change))
+            .map(|finding| match finding {
+                Finding::File(f) => (f.path, f.change),
+                other => panic!("unexpected {other:?}"),
+            })
             .collect();
         assert_eq!(
             summary,

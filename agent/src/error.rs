@@ -86,6 +86,12 @@ pub enum Error {
         /// What it is.
         value: String,
     },
+    /// The package database inside the root could not be read.
+    #[error("{0}")]
+    PackageDb(crate::source::packages::PackageDbError),
+    /// Options that cannot be used together or here.
+    #[error("{0}")]
+    Usage(String),
     /// Writing the report failed.
     #[error("cannot write output: {0}")]
     Output(#[from] io::Error),

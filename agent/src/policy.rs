@@ -53,6 +53,68 @@ pub struct PolicyConfig {
     /// Rules, in order; the last covering rule wins.
     #[serde(default, rename = "rule")]
     pub rules: Vec<RuleConfig>,
+    /// Package drift and package-manager verification.
+    #[serde(default)]
+    pub packages: PackagesConfig,
+    /// `[runtime]`: processes, kernel modules, listeners and mounts (default: see
+    /// [`crate::source::runtime::RuntimeConfig`]).
+    #[serde(default)]
+    pub runtime: crate::source::runtime::RuntimeConfig,
+}
+
+/// `[packages]`: the package set and the package manager's own file records.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PackagesConfig {
+    /// Record the package set in baselines and compare it on check (default `true`).
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Severity of an installed, removed or upgraded package (default `high`).
+    #[serde(default = "default_package_severity")]
+    pub severity: Severity,
+    /// Which packaged files to verify against the package database's digests
+    /// (default `uncovered`): `uncovered` verifies the files the file scan does not
+    /// compare (excluded or outside the scan paths) — the scan's comparison with the
+    /// baseline is stronger for the rest; `all` verifies every packaged file, like
+    /// `debsums`; `off` verifies nothing.
+    #[serde(default)]
+    pub verify: VerifyScope,
+    /// Severity of a packaged file that differs from its package (default `high`).
+    #[serde(default = "default_package_severity")]
+    pub verify_severity: Severity,
+    /// The same for configuration files the package manager expects to be edited
+    /// (dpkg conffiles, rpm `%config`; default `medium`).
+    #[serde(default = "default_severity")]
+    pub verify_config_severity: Severity,
+}
+
+/// `[packages] verify`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VerifyScope {
+    /// Only packaged files the file scan does not compare.
+    #[default]
+    Uncovered,
+    /// Every packaged file.
+    All,
+    /// None.
+    Off,
+}
+
+fn default_package_severity() -> Severity {
+    Severity::High
+}
+
+impl Default for PackagesConfig {
+    fn default() -> Self {
+        PackagesConfig {
+            enabled: default_true(),
+            severity: default_package_severity(),
+            verify: VerifyScope::default(),
+            verify_severity: default_package_severity(),
+            verify_config_severity: default_severity(),
+        }
+    }
 }
 
 /// `[scan]`: what to walk.

@@ -67,6 +67,13 @@ pub struct BaselineMeta {
     pub policy_digest: String,
     /// The content hashes recorded: `blake3`, and `sha256` when the policy asked.
     pub hashes: Vec<String>,
+    /// The installed packages, when the root has a package database driftwatch reads.
+    #[serde(default)]
+    pub packages: Option<crate::package::PackageSet>,
+    /// Runtime state accepted at bake time (`--capture-runtime`); `None` when not
+    /// captured.
+    #[serde(default)]
+    pub runtime: Option<crate::runtime::CapturedRuntime>,
 }
 
 /// Why a baseline could not be written.
@@ -611,6 +618,31 @@ impl<R: ReadAt> BaselineReader<R> {
         }
     }
 
+    /// Streams the entries at and below `prefix` (e.g. every module under
+    /// `/lib/modules/6.1.0`), reading only the blocks that can hold them.
+    pub fn entries_within<'a>(
+        &'a self,
+        prefix: &'a [u8],
+    ) -> impl Iterator<Item = Result<Entry, ReadError>> + 'a {
+        let start = self
+            .index
+            .partition_point(|b| path::cmp(&b.first_path, prefix) == Ordering::Less)
+            .saturating_sub(1);
+        Entries {
+            reader: self,
+            block: start,
+            pending: Vec::new().into_iter(),
+        }
+        .skip_while(move |e| {
+            e.as_ref()
+                .is_ok_and(|e| path::cmp(&e.path, prefix) == Ordering::Less)
+        })
+        .take_while(move |e| {
+            e.as_ref()
+                .map_or(true, |e| path::is_within(&e.path, prefix))
+        })
+    }
+
     /// Finds one path: a binary search over the index and one block read.
     pub fn lookup(&self, wanted: &[u8]) -> Result<Option<Entry>, ReadError> {
         let block = self
@@ -672,6 +704,8 @@ mod tests {
             policy: String::new(),
             policy_digest: String::new(),
             hashes: vec!["blake3".into()],
+            packages: None,
+            runtime: None,
         }
     }
 
@@ -714,6 +748,15 @@ mod tests {
             assert_eq!(reader.lookup(&entry.path).unwrap().as_ref(), Some(entry));
         }
         assert_eq!(reader.lookup(b"/d3/nope").unwrap(), None);
+        let within: Vec<Entry> = reader.entries_within(b"/d3").map(Result::unwrap).collect();
+        let expected: Vec<Entry> = all
+            .iter()
+            .filter(|e| path::is_within(&e.path, b"/d3"))
+            .cloned()
+            .collect();
+        assert_eq!(within, expected);
+        assert!(!within.is_empty());
+        assert_eq!(reader.entries_within(b"/nothing").count(), 0);
         assert_eq!(reader.lookup(b"").unwrap(), None);
     }
 

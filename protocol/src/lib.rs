@@ -20,8 +20,10 @@
 pub mod baseline;
 pub mod codec;
 pub mod entry;
+pub mod package;
 pub mod path;
 pub mod report;
+pub mod runtime;
 pub mod sign;
 
 pub use entry::{Entry, FileType, Timestamp};

@@ -196,16 +196,177 @@ impl Summary {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Finding {
     /// A file, directory, link or special file differs, appeared or disappeared.
-    File(FileFinding),
+    /// Boxed: with both entry states it is several times larger than the others.
+    File(Box<FileFinding>),
+    /// A package was installed, removed or changed version.
+    Package(PackageFinding),
+    /// The package manager's own record says a packaged file differs from what its
+    /// package shipped (a second opinion that also covers paths the policy excludes).
+    PackageFile(PackageFileFinding),
+    /// A running process the image does not explain.
+    Process(ProcessFinding),
+    /// A loaded kernel module the image does not ship, or a kernel taint.
+    KernelModule(KernelModuleFinding),
+    /// A listening socket the policy does not allow.
+    Listener(ListenerFinding),
+    /// A mount whose options differ from the policy's expectations.
+    Mount(MountFinding),
 }
 
 impl Finding {
     /// The finding's severity.
     pub fn severity(&self) -> Severity {
         match self {
-            Finding::File(file) => file.severity,
+            Finding::File(f) => f.severity,
+            Finding::Package(f) => f.severity,
+            Finding::PackageFile(f) => f.severity,
+            Finding::Process(f) => f.severity,
+            Finding::KernelModule(f) => f.severity,
+            Finding::Listener(f) => f.severity,
+            Finding::Mount(f) => f.severity,
         }
     }
+}
+
+/// How a package changed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PackageChange {
+    /// Installed now, absent from the baseline.
+    Installed,
+    /// In the baseline, not installed now.
+    Removed,
+    /// Installed in both, at different versions.
+    VersionChanged,
+}
+
+/// A package finding.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PackageFinding {
+    /// Installed, removed or version changed.
+    pub change: PackageChange,
+    /// Package name.
+    pub name: String,
+    /// Architecture.
+    pub arch: String,
+    /// The database (`dpkg`, `rpm`, `apk`).
+    pub db: crate::package::PackageDb,
+    /// Version in the baseline.
+    pub baseline_version: Option<String>,
+    /// Version installed now.
+    pub observed_version: Option<String>,
+    /// How serious it is (policy `[packages] severity`, default `high`).
+    pub severity: Severity,
+}
+
+/// A packaged file that no longer matches its package's record.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PackageFileFinding {
+    /// The file, readable.
+    pub path: String,
+    /// Exact path bytes (base64), only when the path is not UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path_bytes_b64: Option<String>,
+    /// The package that ships it.
+    pub package: String,
+    /// The database that recorded it.
+    pub db: crate::package::PackageDb,
+    /// The digest the database records, `algorithm:hex` (e.g. `md5:…`, `sha256:…`).
+    pub expected: String,
+    /// The digest of the file now, or `None` when the file is missing.
+    pub observed: Option<String>,
+    /// True for a configuration file the package manager expects to be edited (dpkg
+    /// conffile, rpm `%config`).
+    #[serde(default)]
+    pub config: bool,
+    /// How serious it is.
+    pub severity: Severity,
+}
+
+/// Why a process is reported.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProcessReason {
+    /// Its executable is not in the baseline.
+    NotInBaseline,
+    /// Its executable differs from the baseline's.
+    DiffersFromBaseline,
+    /// Its executable was deleted after it started.
+    DeletedExecutable,
+    /// It runs from a writable, mutable location (/tmp, /dev/shm, /var/tmp).
+    MutablePath,
+}
+
+/// A process finding.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProcessFinding {
+    /// Why it is reported.
+    pub reason: ProcessReason,
+    /// Process id.
+    pub pid: i32,
+    /// Executable path as the kernel reports it.
+    pub exe: String,
+    /// Command line, arguments joined by spaces.
+    pub cmdline: String,
+    /// Real user id.
+    pub uid: u32,
+    /// User name, when it resolves.
+    pub user: Option<String>,
+    /// How serious it is.
+    pub severity: Severity,
+}
+
+/// Why a kernel module is reported.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KernelModuleReason {
+    /// No matching `.ko` in the baseline under `/lib/modules/$(uname -r)`.
+    NotInImage,
+    /// Out-of-tree or unsigned (taint flags `O` or `E`).
+    Tainted,
+}
+
+/// A kernel module finding.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KernelModuleFinding {
+    /// Why it is reported.
+    pub reason: KernelModuleReason,
+    /// Module name.
+    pub name: String,
+    /// The module's taint flags, when any.
+    pub taint: Option<String>,
+    /// How serious it is.
+    pub severity: Severity,
+}
+
+/// A listener finding.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ListenerFinding {
+    /// `tcp`, `tcp6`, `udp` or `udp6`.
+    pub protocol: String,
+    /// Local address.
+    pub address: String,
+    /// Local port.
+    pub port: u16,
+    /// The owning process, when known.
+    pub pid: Option<i32>,
+    /// The owning process's executable, when known.
+    pub program: Option<String>,
+    /// How serious it is.
+    pub severity: Severity,
+}
+
+/// A mount finding.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MountFinding {
+    /// Mount point.
+    pub mountpoint: String,
+    /// Options the policy expects (e.g. `ro`, `noexec`).
+    pub expected: Vec<String>,
+    /// The mount's options now (empty when the mount is missing).
+    pub observed: Vec<String>,
+    /// How serious it is.
+    pub severity: Severity,
 }
 
 /// How a file changed.
@@ -529,7 +690,7 @@ mod tests {
 
     #[test]
     fn finding_json_matches_contract() {
-        let finding = Finding::File(FileFinding {
+        let finding = Finding::File(Box::new(FileFinding {
             change: FileChange::Modified,
             path: "/usr/bin/ssh".into(),
             path_bytes_b64: None,
@@ -538,7 +699,7 @@ mod tests {
             rule: "default".into(),
             baseline: None,
             observed: None,
-        });
+        }));
         let json = serde_json::to_value(&finding).unwrap();
         assert_eq!(json["kind"], "file");
         assert_eq!(json["change"], "modified");

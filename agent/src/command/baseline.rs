@@ -11,7 +11,9 @@ use crate::policy::Policy;
 use crate::sink::progress::Progress;
 use crate::sink::report::{colour_stdout, summary_line, write_findings, write_json, Paint};
 use crate::source::files::{scan, ScanAbort, ScanItem, ScanOptions};
+use crate::source::{packages, runtime};
 use driftwatch_protocol::baseline::{digest_string, BaselineMeta, BaselineReader};
+use driftwatch_protocol::package::AcceptedMismatch;
 use driftwatch_protocol::report::{report_path, BaselineInfo, EntryState, Finding, Summary};
 use serde::Serialize;
 use std::fs::File;
@@ -27,6 +29,7 @@ struct CreateSummary {
     image_id: Option<String>,
     signer: Option<String>,
     entries: u64,
+    packages: Option<usize>,
     size: u64,
     bytes_hashed: u64,
     duration_ms: u64,
@@ -36,6 +39,11 @@ struct CreateSummary {
 /// Scans the root and writes a sealed (optionally signed) baseline.
 pub fn create(args: &CreateArgs, out: &mut impl Write) -> Result<Outcome> {
     let root = canonical_root(&args.scan.root)?;
+    if args.capture_runtime && root != Path::new("/") {
+        return Err(Error::Usage(
+            "--capture-runtime records this running system, so it needs --root /".to_string(),
+        ));
+    }
     let policy = match &args.scan.policy {
         Some(path) => load_policy(path)?,
         None => Policy::builtin().map_err(|source| Error::Policy {
@@ -48,6 +56,35 @@ pub fn create(args: &CreateArgs, out: &mut impl Write) -> Result<Outcome> {
         .as_deref()
         .map(baseline::read_private_key)
         .transpose()?;
+    // Read before the scan: a broken package database fails the bake before minutes
+    // of hashing, and the baseline records what the image was built with.
+    let mut errors = Vec::new();
+    let mut packages = if policy.config().packages.enabled {
+        packages::read(&root).map_err(Error::PackageDb)?
+    } else {
+        None
+    };
+    if let Some(set) = packages.as_mut() {
+        // What already differs from its package at bake time is the image's own state.
+        let outcome =
+            packages::verify_for_policy(&root, &policy, set.db).map_err(Error::PackageDb)?;
+        set.accepted_mismatches = outcome
+            .findings
+            .into_iter()
+            .map(|f| AcceptedMismatch {
+                path: f.path,
+                package: f.package,
+                observed: f.observed,
+            })
+            .collect();
+        set.accepted_mismatches.sort();
+        errors.extend(
+            outcome
+                .errors
+                .iter()
+                .map(|(path, e)| scan_error(path, e.clone())),
+        );
+    }
     let mut hashes = vec!["blake3".to_string()];
     if policy.config().scan.sha256 {
         hashes.push("sha256".to_string());
@@ -59,6 +96,10 @@ pub fn create(args: &CreateArgs, out: &mut impl Write) -> Result<Outcome> {
         policy: policy.text().to_string(),
         policy_digest: policy.digest(),
         hashes,
+        packages,
+        runtime: args
+            .capture_runtime
+            .then(|| runtime::capture(&policy.config().runtime)),
     };
     let mut pending = PendingBaseline::create(&args.out, &meta)?;
     // The baseline being written may lie inside the tree; it is not part of the image.
@@ -69,7 +110,6 @@ pub fn create(args: &CreateArgs, out: &mut impl Write) -> Result<Outcome> {
 
     let timer = Instant::now();
     let progress = Progress::new(None, "recording");
-    let mut errors = Vec::new();
     let mut bytes_seen = 0u64;
     let options = ScanOptions {
         threads: args.scan.threads,
@@ -104,6 +144,7 @@ pub fn create(args: &CreateArgs, out: &mut impl Write) -> Result<Outcome> {
         image_id: args.image_id.clone(),
         signer: sealed.signer.map(|k| k.fingerprint()),
         entries: sealed.entry_count,
+        packages: meta.packages.as_ref().map(|p| p.packages.len()),
         size: sealed.size,
         bytes_hashed: stats.bytes_hashed,
         duration_ms: timer.elapsed().as_millis() as u64,
@@ -116,9 +157,12 @@ pub fn create(args: &CreateArgs, out: &mut impl Write) -> Result<Outcome> {
             write_findings(out, paint, &[], &summary.errors)?;
             writeln!(
                 out,
-                "Wrote {}: {} entries, {}, {} ({}); {} hashed in {:.1} s",
+                "Wrote {}: {} entries{}, {}, {} ({}); {} hashed in {:.1} s",
                 summary.path,
                 summary.entries,
+                summary
+                    .packages
+                    .map_or(String::new(), |n| format!(", {n} packages")),
                 indicatif::HumanBytes(summary.size),
                 summary.digest,
                 summary

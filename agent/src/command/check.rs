@@ -5,17 +5,21 @@ use super::{
 };
 use crate::baseline::{self, DEFAULT_BASELINE_PATH};
 use crate::cli::{CheckArgs, Format};
-use crate::diff::{BaselineCursor, Differ};
+use crate::diff::{package_findings, BaselineCursor, Differ};
 use crate::error::{Error, Result};
 use crate::policy::Policy;
 use crate::sink::progress::Progress;
 use crate::sink::report::{colour_stdout, summary_line, write_findings, write_json, Paint};
 use crate::source::files::{scan, ScanAbort, ScanItem, ScanOptions};
+use crate::source::{packages, runtime};
 use driftwatch_protocol::baseline::digest_string;
+use driftwatch_protocol::package::PackageSet;
 use driftwatch_protocol::report::{
-    BaselineInfo, HostInfo, Report, ScanInfo, Summary, REPORT_SCHEMA,
+    BaselineInfo, Finding, HostInfo, PackageFileFinding, Report, ScanError, ScanInfo, Summary,
+    REPORT_SCHEMA,
 };
 use std::io::Write;
+use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::time::{Instant, SystemTime};
 
@@ -100,7 +104,65 @@ pub fn run(args: &CheckArgs, out: &mut impl Write) -> Result<Outcome> {
         })?;
     progress.finish();
 
-    let findings = differ.finish();
+    let mut findings = differ.finish();
+    let baked_packages = reader.meta().packages.as_ref();
+    if let Some(baked) = baked_packages.filter(|_| policy.config().packages.enabled) {
+        // A database that cannot be read is one error; verification would only repeat it.
+        let verified = packages::read(&root).and_then(|now| {
+            // No database at all where the image had one: every package is gone.
+            let now = now.unwrap_or_else(|| PackageSet::new(baked.db, Vec::new()));
+            findings.extend(package_findings(
+                baked,
+                &now,
+                policy.config().packages.severity,
+            ));
+            packages::verify_for_policy(&root, &policy, baked.db)
+        });
+        match verified {
+            Ok(outcome) => {
+                let accepted = |f: &PackageFileFinding| {
+                    baked.accepted_mismatches.iter().any(|a| {
+                        a.path == f.path && a.package == f.package && a.observed == f.observed
+                    })
+                };
+                findings.extend(
+                    outcome
+                        .findings
+                        .into_iter()
+                        .filter(|f| !accepted(f))
+                        .map(Finding::PackageFile),
+                );
+                errors.extend(
+                    outcome
+                        .errors
+                        .iter()
+                        .map(|(path, e)| scan_error(path, e.clone())),
+                );
+            }
+            Err(err) => errors.push(ScanError {
+                path: "(package database)".to_string(),
+                path_bytes_b64: None,
+                error: err.to_string(),
+            }),
+        }
+    }
+    // Runtime state belongs to the running system, so only a check of / reads it.
+    let mut skipped = Vec::new();
+    if root == Path::new("/") && !args.no_runtime {
+        let observed = runtime::observe(
+            &policy.config().runtime,
+            &reader,
+            reader.meta().runtime.as_ref(),
+        );
+        findings.extend(observed.findings);
+        errors.extend(observed.errors.into_iter().map(|error| ScanError {
+            path: "(runtime)".to_string(),
+            path_bytes_b64: None,
+            error,
+        }));
+        skipped = observed.skipped;
+    }
+
     let report = Report {
         schema: REPORT_SCHEMA.to_string(),
         host: HostInfo {
@@ -125,7 +187,12 @@ pub fn run(args: &CheckArgs, out: &mut impl Write) -> Result<Outcome> {
     };
     match args.format {
         Format::Json => write_json(out, &report)?,
-        Format::Text => write_text(out, &report, reader.signer().map(|k| k.fingerprint()))?,
+        Format::Text => write_text(
+            out,
+            &report,
+            reader.signer().map(|k| k.fingerprint()),
+            &skipped,
+        )?,
     }
     Ok(Outcome::of(report.findings.len(), report.errors.len()))
 }
@@ -134,6 +201,7 @@ fn write_text(
     out: &mut impl Write,
     report: &Report,
     signer: Option<String>,
+    skipped: &[String],
 ) -> std::io::Result<()> {
     let paint = Paint(colour_stdout());
     let image = report.baseline.image_id.as_deref().unwrap_or("no image id");
@@ -148,6 +216,9 @@ fn write_text(
     )?;
     writeln!(out)?;
     write_findings(out, paint, &report.findings, &report.errors)?;
+    for note in skipped {
+        writeln!(out, "{}", paint.dim(&format!("Not checked: {note}.")))?;
+    }
     writeln!(
         out,
         "{} · {} entries, {} hashed in {:.1} s",

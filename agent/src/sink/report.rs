@@ -2,7 +2,8 @@
 //! severity, one line per finding, a summary line last, colour only on a terminal.
 
 use driftwatch_protocol::report::{
-    Attribute, EntryState, FileChange, FileFinding, Finding, ScanError, Severity, Summary,
+    Attribute, EntryState, FileChange, FileFinding, Finding, KernelModuleReason, PackageChange,
+    ProcessReason, ScanError, Severity, Summary,
 };
 use serde::Serialize;
 use std::io::{self, IsTerminal, Write};
@@ -124,6 +125,94 @@ fn file_line(paint: Paint, finding: &FileFinding) -> String {
     line
 }
 
+/// One line for any finding: what changed, on what, and the detail that explains it.
+fn finding_line(paint: Paint, finding: &Finding) -> String {
+    let line = |what: &str, subject: &str, detail: String| {
+        format!(
+            "  {what:<8}  {}  {}",
+            paint.bold(subject),
+            paint.dim(&detail)
+        )
+    };
+    match finding {
+        Finding::File(file) => file_line(paint, file),
+        Finding::Package(p) => {
+            let versions = match p.change {
+                PackageChange::Installed => p.observed_version.clone().unwrap_or_default(),
+                PackageChange::Removed => p.baseline_version.clone().unwrap_or_default(),
+                PackageChange::VersionChanged => format!(
+                    "{} → {}",
+                    p.baseline_version.as_deref().unwrap_or("?"),
+                    p.observed_version.as_deref().unwrap_or("?")
+                ),
+            };
+            let what = match p.change {
+                PackageChange::Installed => "installed",
+                PackageChange::Removed => "removed",
+                PackageChange::VersionChanged => "upgraded",
+            };
+            line(
+                what,
+                &format!("package {}:{}", p.name, p.arch),
+                format!("{versions} ({})", p.db.name()),
+            )
+        }
+        Finding::PackageFile(f) => {
+            let how = match &f.observed {
+                Some(observed) => {
+                    format!("{} records {}, file has {observed}", f.package, f.expected)
+                }
+                None => format!("{} ships it; it is missing", f.package),
+            };
+            line("packaged", &f.path, how)
+        }
+        Finding::Process(p) => {
+            let why = match p.reason {
+                ProcessReason::NotInBaseline => "executable not in the image",
+                ProcessReason::DiffersFromBaseline => "executable differs from the image",
+                ProcessReason::DeletedExecutable => "executable deleted",
+                ProcessReason::MutablePath => "runs from a writable path",
+            };
+            let user = p.user.clone().unwrap_or_else(|| p.uid.to_string());
+            line(
+                "process",
+                &p.exe,
+                format!("{why}; pid {} user {user}: {}", p.pid, p.cmdline),
+            )
+        }
+        Finding::KernelModule(m) => {
+            let why = match m.reason {
+                KernelModuleReason::NotInImage => "not shipped in the image".to_string(),
+                KernelModuleReason::Tainted => {
+                    format!("taints the kernel ({})", m.taint.as_deref().unwrap_or("?"))
+                }
+            };
+            line("module", &m.name, why)
+        }
+        Finding::Listener(l) => {
+            let owner = match (&l.program, l.pid) {
+                (Some(program), Some(pid)) => format!("{program} (pid {pid})"),
+                (Some(program), None) => program.clone(),
+                _ => "owner unknown".to_string(),
+            };
+            line(
+                "listener",
+                &format!("{} {}:{}", l.protocol, l.address, l.port),
+                format!("{owner}; not allowed by the policy"),
+            )
+        }
+        Finding::Mount(m) => line(
+            "mount",
+            &m.mountpoint,
+            format!(
+                "expected {}, mounted {}",
+                m.expected.join(","),
+                m.observed.join(",")
+            ),
+        ),
+    }
+}
+
 /// Writes findings grouped by severity, then errors. Nothing is written for empty
 /// groups.
 pub fn write_findings(
@@ -143,9 +232,7 @@ pub fn write_findings(
         let title = format!("{} ({})", severity.name().to_uppercase(), group.len());
         writeln!(out, "{}", paint.severity(severity, &title))?;
         for finding in group {
-            match finding {
-                Finding::File(file) => writeln!(out, "{}", file_line(paint, file))?,
-            }
+            writeln!(out, "{}", finding_line(paint, finding))?;
         }
         writeln!(out)?;
     }

@@ -2,3 +2,5 @@
 //! sources join them with their own modules.
 
 pub mod files;
+pub mod packages;
+pub mod runtime;

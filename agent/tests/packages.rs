@@ -1,0 +1,287 @@
+//! Package drift through the real binary: a baseline records the package set of the
+//! root's own database (dpkg status, rpm sqlite), and `check` reports packages
+//! installed, removed and upgraded since — and a broken database as an error, not a
+//! crash. Fixtures are real databases: a copy of a Debian host's dpkg status, and rpm
+//! databases built with rpm itself (`fixtures/rpm/make-fixtures.sh`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod util;
+
+use serde_json::Value;
+use std::fs;
+use std::path::Path;
+use util::{Tree, TEST_POLICY};
+
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures");
+
+/// The test policy, with the databases themselves excluded so that only package
+/// findings appear (a changed status file would otherwise be a file finding too).
+fn policy() -> String {
+    format!("exclude = [\"/var/lib/dpkg\", \"/var/lib/rpm\"]\n{TEST_POLICY}")
+}
+
+/// `(change, name, baseline_version, observed_version)` of each package finding.
+fn package_findings(report: &Value) -> Vec<(String, String, Option<String>, Option<String>)> {
+    let text = |v: &Value| v.as_str().map(str::to_string);
+    report["findings"]
+        .as_array()
+        .expect("findings")
+        .iter()
+        .map(|f| {
+            assert_eq!(f["kind"], "package", "unexpected finding: {f:#}");
+            assert_eq!(f["severity"], "high", "{f:#}");
+            (
+                text(&f["change"]).expect("change"),
+                text(&f["name"]).expect("name"),
+                text(&f["baseline_version"]),
+                text(&f["observed_version"]),
+            )
+        })
+        .collect()
+}
+
+fn some(s: &str) -> Option<String> {
+    Some(s.to_string())
+}
+
+fn install_file(tree: &Tree, rel: &str, from: &Path) {
+    let to = tree.path(rel);
+    fs::create_dir_all(to.parent().expect("parent")).unwrap();
+    fs::copy(from, &to).unwrap();
+}
+
+/// The stanza of one package in a dpkg status file.
+fn stanza<'a>(status: &'a str, package: &str) -> &'a str {
+    let start = status
+        .find(&format!("Package: {package}\n"))
+        .unwrap_or_else(|| panic!("{package} not in the fixture"));
+    let end = status[start..]
+        .find("\n\n")
+        .map_or(status.len(), |e| start + e + 2);
+    &status[start..end]
+}
+
+#[test]
+fn dpkg_install_remove_and_upgrade_are_reported() {
+    let t = Tree::new();
+    t.write_policy(&policy());
+    let status = fs::read_to_string(Path::new(FIXTURES).join("dpkg/status")).unwrap();
+    t.file("/var/lib/dpkg/status", &status);
+    let created = t.create();
+    let recorded = created.json()["packages"].as_u64().expect("package count");
+    assert!(recorded > 100, "{created}");
+    t.assert_clean();
+
+    // Remove one package, upgrade another, install a third.
+    let removed = stanza(&status, "bash");
+    let upgraded = stanza(&status, "coreutils");
+    let old_version = upgraded
+        .lines()
+        .find_map(|l| l.strip_prefix("Version: "))
+        .expect("version");
+    let new_stanza = upgraded.replace(&format!("Version: {old_version}\n"), "Version: 99.0-1\n");
+    let installed = "Package: dw-extra\nStatus: install ok installed\nArchitecture: amd64\n\
+                     Version: 1.0-1\nDescription: test\n\n";
+    let changed = status.replace(removed, "").replace(upgraded, &new_stanza) + installed;
+    t.file("/var/lib/dpkg/status", &changed);
+
+    let out = t.check();
+    out.assert_code(1);
+    let mut findings = package_findings(&out.json());
+    findings.sort();
+    assert_eq!(
+        findings,
+        [
+            ("installed".into(), "dw-extra".into(), None, some("1.0-1")),
+            ("removed".into(), "bash".into(), findings[1].2.clone(), None),
+            (
+                "version_changed".into(),
+                "coreutils".into(),
+                some(old_version),
+                some("99.0-1")
+            ),
+        ],
+        "{out}"
+    );
+    assert!(findings[1].2.is_some(), "{out}");
+
+    // A package that is only configured-but-removed does not count as installed.
+    let half_removed = changed.replace(
+        "Package: dw-extra\nStatus: install ok installed",
+        "Package: dw-extra\nStatus: deinstall ok config-files",
+    );
+    t.file("/var/lib/dpkg/status", &half_removed);
+    let names: Vec<String> = package_findings(&t.check().json())
+        .into_iter()
+        .map(|f| f.1)
+        .collect();
+    assert!(!names.contains(&"dw-extra".to_string()), "{names:?}");
+}
+
+#[test]
+fn rpm_install_and_remove_are_reported() {
+    let t = Tree::new();
+    t.write_policy(&policy());
+    let full = Path::new(FIXTURES).join("rpm/rpmdb.sqlite");
+    let removed = Path::new(FIXTURES).join("rpm/rpmdb-removed.sqlite");
+    install_file(&t, "/var/lib/rpm/rpmdb.sqlite", &full);
+    t.create();
+    t.assert_clean();
+
+    install_file(&t, "/var/lib/rpm/rpmdb.sqlite", &removed);
+    let out = t.check();
+    out.assert_code(1);
+    let findings = package_findings(&out.json());
+    assert_eq!(findings.len(), 1, "{out}");
+    assert_eq!(
+        (findings[0].0.as_str(), findings[0].1.as_str()),
+        ("removed", "dw-extra")
+    );
+    assert_eq!(out.json()["findings"][0]["db"], "rpm");
+
+    // The other way round: baked without it, installed later.
+    let t = Tree::new();
+    t.write_policy(&policy());
+    install_file(&t, "/var/lib/rpm/rpmdb.sqlite", &removed);
+    t.create();
+    install_file(&t, "/var/lib/rpm/rpmdb.sqlite", &full);
+    let out = t.check();
+    out.assert_code(1);
+    let findings = package_findings(&out.json());
+    assert_eq!(findings.len(), 1, "{out}");
+    assert_eq!(
+        (findings[0].0.as_str(), findings[0].1.as_str()),
+        ("installed", "dw-extra")
+    );
+}
+
+#[test]
+fn a_broken_database_is_an_error_not_a_crash() {
+    let t = Tree::new();
+    t.write_policy(&policy());
+    install_file(
+        &t,
+        "/var/lib/rpm/rpmdb.sqlite",
+        &Path::new(FIXTURES).join("rpm/rpmdb.sqlite"),
+    );
+    t.create();
+
+    // Garbage where the database was: the check completes, names the database, exit 2.
+    t.file(
+        "/var/lib/rpm/rpmdb.sqlite",
+        b"SQLite format 3\0 but not really".repeat(50),
+    );
+    let out = t.check();
+    out.assert_code(2);
+    let report = out.json();
+    assert_eq!(report["findings"], serde_json::json!([]), "{out}");
+    let errors = report["errors"].as_array().expect("errors");
+    assert_eq!(errors.len(), 1, "{out}");
+    assert!(
+        errors[0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("rpmdb.sqlite"),
+        "{out}"
+    );
+    assert!(!out.stderr.contains("panicked"), "{out}");
+
+    // At bake time a broken database fails the bake, naming it.
+    let broken = t.create_cmd(&t.outside("other-baseline")).run();
+    broken.assert_code(2);
+    assert!(broken.stderr.contains("rpmdb.sqlite"), "{broken}");
+}
+
+#[test]
+fn a_root_without_a_database_records_no_packages() {
+    let t = Tree::new();
+    t.write_policy(TEST_POLICY);
+    t.file("/etc/hostname", b"x\n");
+    let created = t.create();
+    assert_eq!(created.json()["packages"], Value::Null, "{created}");
+    // A database appearing later is not package drift (there is nothing to compare it
+    // with) — only the new files are.
+    t.file(
+        "/var/lib/dpkg/status",
+        b"Package: a\nStatus: install ok installed\nVersion: 1\n\n",
+    );
+    let out = t.check();
+    assert!(
+        out.json()["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f["kind"] == "file"),
+        "{out}"
+    );
+}
+
+fn md5_hex(bytes: &[u8]) -> String {
+    use md5::Digest;
+    md5::Md5::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[test]
+fn package_verification_covers_excluded_paths_and_accepts_the_images_own_edits() {
+    let t = Tree::new();
+    // /opt/dw is excluded from the file scan: only the package manager's record sees it.
+    t.write_policy(&format!(
+        "exclude = [\"/var/lib/dpkg\", \"/opt/dw\"]\n{TEST_POLICY}"
+    ));
+    t.file(
+        "/var/lib/dpkg/status",
+        "Package: dw-tool\nStatus: install ok installed\nArchitecture: amd64\nVersion: 1.0\n\n",
+    );
+    t.file(
+        "/var/lib/dpkg/info/dw-tool.md5sums",
+        format!(
+            "{}  opt/dw/tool\n{}  opt/dw/edited\n",
+            md5_hex(b"tool v1\n"),
+            md5_hex(b"as packaged\n")
+        ),
+    );
+    t.file("/opt/dw/tool", b"tool v1\n");
+    // The image itself edited this one before baking: that is not drift.
+    t.file("/opt/dw/edited", b"as the image wants it\n");
+    t.create();
+    t.assert_clean();
+
+    t.file("/opt/dw/tool", b"tool v2\n");
+    let out = t.check();
+    out.assert_code(1);
+    let report = out.json();
+    let findings = report["findings"].as_array().unwrap();
+    assert_eq!(findings.len(), 1, "{out}");
+    let f = &findings[0];
+    assert_eq!(f["kind"], "package_file", "{f:#}");
+    assert_eq!(f["path"], "/opt/dw/tool");
+    assert_eq!(f["package"], "dw-tool");
+    assert_eq!(f["expected"], format!("md5:{}", md5_hex(b"tool v1\n")));
+    assert_eq!(f["observed"], format!("md5:{}", md5_hex(b"tool v2\n")));
+    assert_eq!(f["severity"], "high");
+
+    // The accepted edit changing again is drift again.
+    t.file("/opt/dw/edited", b"edited on the host\n");
+    t.remove("/opt/dw/tool");
+    let out = t.check();
+    let report = out.json();
+    let mut seen: Vec<(String, Value)> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["path"].as_str().unwrap().to_string(),
+                f["observed"].clone(),
+            )
+        })
+        .collect();
+    seen.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(seen.len(), 2, "{out}");
+    assert_eq!(seen[0].0, "/opt/dw/edited");
+    assert_eq!(seen[1], ("/opt/dw/tool".to_string(), Value::Null), "{out}");
+}
