@@ -22,6 +22,7 @@
 //! [`ScanItem`]s with an error, never a failed scan; a file that vanishes between being
 //! listed and being examined is simply not there.
 
+use super::rootfs::{io_message, open_no_follow};
 use crate::policy::{PathState, Policy};
 use crossbeam_channel::{bounded, Receiver, Sender};
 use driftwatch_protocol::entry::{Entry, FileType, Timestamp};
@@ -29,10 +30,10 @@ use driftwatch_protocol::report::Attribute;
 use sha2::Digest;
 use std::collections::{HashMap, VecDeque};
 use std::ffi::OsStr;
-use std::fs::{self, File, Metadata};
+use std::fs::{self, Metadata};
 use std::io::{self, Read};
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -258,20 +259,6 @@ fn reorder<E>(
         }
     }
     failure.map_or(Ok(()), Err)
-}
-
-fn io_message(err: &io::Error) -> String {
-    match err.raw_os_error() {
-        // Strip Rust's " (os error N)" suffix: reports are for people.
-        Some(code) => {
-            let text = io::Error::from_raw_os_error(code).to_string();
-            text.split(" (os error")
-                .next()
-                .unwrap_or(&text)
-                .to_lowercase()
-        }
-        None => err.to_string(),
-    }
 }
 
 fn inside_path(scan_path: &[u8], relative: &Path) -> Vec<u8> {
@@ -587,7 +574,7 @@ impl Inspector<'_> {
         host: &Path,
         listed: &Metadata,
     ) -> io::Result<Option<(Hashes, Metadata)>> {
-        let file = open_regular(host)?;
+        let file = open_no_follow(host)?;
         let before = file.metadata()?;
         if !before.file_type().is_file()
             || before.ino() != listed.ino()
@@ -629,23 +616,6 @@ impl Inspector<'_> {
             sha256: sha256.map(|sha| sha.finalize().into()),
         };
         Ok(Some((hashes, before)))
-    }
-}
-
-/// Opens a file for reading without following a symlink swapped in after listing and
-/// without blocking on a FIFO swapped in; `O_NOATIME` where permitted.
-fn open_regular(host: &Path) -> io::Result<File> {
-    let flags = libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC;
-    let open = |extra: i32| {
-        fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(flags | extra)
-            .open(host)
-    };
-    match open(libc::O_NOATIME) {
-        // O_NOATIME is refused for files we do not own unless we hold CAP_FOWNER.
-        Err(err) if err.raw_os_error() == Some(libc::EPERM) => open(0),
-        other => other,
     }
 }
 

@@ -3,4 +3,5 @@
 
 pub mod files;
 pub mod packages;
+pub mod rootfs;
 pub mod runtime;

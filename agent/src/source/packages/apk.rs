@@ -16,8 +16,9 @@
 //! The database is hostile input like any other: the file is capped at 256 MiB, a line
 //! at 1 MiB, and a malformed line is an error naming the record and line.
 
-use super::dpkg::{read_db_file, MAX_FIELD_BYTES};
-use super::{DigestAlgorithm, PackageDbError, PackagedFile};
+use super::{
+    db_file, read_db_file, DigestAlgorithm, PackageDbError, PackagedFile, MAX_FIELD_BYTES,
+};
 use base64::Engine;
 use driftwatch_protocol::package::Package;
 use std::path::Path;
@@ -27,7 +28,7 @@ const INSTALLED: &str = "lib/apk/db/installed";
 
 /// True when the root has an apk installed database.
 pub fn is_present(root: &Path) -> bool {
-    root.join(INSTALLED).is_file()
+    db_file(root, INSTALLED).is_ok_and(|path| path.is_file())
 }
 
 /// The installed packages of the root, in database order.
@@ -61,7 +62,7 @@ pub struct Installed {
 }
 
 fn read(root: &Path) -> Result<Installed, PackageDbError> {
-    let path = root.join(INSTALLED);
+    let path = db_file(root, INSTALLED)?;
     let bytes = read_db_file(&path)?;
     parse_installed(&bytes).map_err(|reason| PackageDbError::Malformed { path, reason })
 }

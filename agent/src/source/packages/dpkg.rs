@@ -21,11 +21,12 @@
 //!   the status file's `Conffiles` field, and admins are expected to edit them, so they
 //!   are marked `config`.
 
-use super::{DigestAlgorithm, PackageDbError, PackagedFile};
+use super::{
+    db_file, read_db_file, read_optional_db_file, DigestAlgorithm, PackageDbError, PackagedFile,
+    MAX_FIELD_BYTES,
+};
 use driftwatch_protocol::package::Package;
 use std::collections::{HashMap, HashSet};
-use std::fs;
-use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 /// The status file, relative to the root.
@@ -35,17 +36,9 @@ const INFO_DIR: &str = "var/lib/dpkg/info";
 /// The diversions database, relative to the root.
 const DIVERSIONS: &str = "var/lib/dpkg/diversions";
 
-/// Largest database file read (status, md5sums, diversions, apk's installed). A real
-/// status file is a few MiB (≈ 3 MiB for 2,500 packages); the cap only keeps a hostile
-/// file from becoming a huge allocation.
-pub(super) const MAX_DB_FILE_BYTES: u64 = 256 << 20;
-/// Largest single field value. Real ones (long descriptions, the conffiles of big
-/// packages) stay below 100 KiB.
-pub(super) const MAX_FIELD_BYTES: usize = 1 << 20;
-
 /// True when the root has a dpkg status file.
 pub fn is_present(root: &Path) -> bool {
-    root.join(STATUS).is_file()
+    db_file(root, STATUS).is_ok_and(|path| path.is_file())
 }
 
 /// The installed packages of the root (`Status: … installed`), in status-file order.
@@ -53,7 +46,7 @@ pub fn is_present(root: &Path) -> bool {
 /// Errors: the status file cannot be read, is larger than 256 MiB, or is malformed
 /// (see [`parse_status`]).
 pub fn read_packages(root: &Path) -> Result<Vec<Package>, PackageDbError> {
-    let path = root.join(STATUS);
+    let path = db_file(root, STATUS)?;
     let bytes = read_db_file(&path)?;
     parse_status(&bytes).map_err(|reason| PackageDbError::Malformed { path, reason })
 }
@@ -88,7 +81,7 @@ pub fn parse_status(bytes: &[u8]) -> Result<Vec<Package>, String> {
 /// Errors: an unreadable or malformed status, md5sums or diversions file, naming the
 /// file and the line.
 pub fn packaged_files(root: &Path) -> Result<Vec<PackagedFile>, PackageDbError> {
-    let status_path = root.join(STATUS);
+    let status_path = db_file(root, STATUS)?;
     let status = read_db_file(&status_path)?;
     let malformed = |path: &Path, reason: String| PackageDbError::Malformed {
         path: path.to_path_buf(),
@@ -96,7 +89,7 @@ pub fn packaged_files(root: &Path) -> Result<Vec<PackagedFile>, PackageDbError> 
     };
     let installed = installed_stanzas(&status).map_err(|reason| malformed(&status_path, reason))?;
 
-    let diversions_path = root.join(DIVERSIONS);
+    let diversions_path = db_file(root, DIVERSIONS)?;
     let diversions = match read_optional_db_file(&diversions_path)? {
         Some(bytes) => {
             parse_diversions(&bytes).map_err(|reason| malformed(&diversions_path, reason))?
@@ -108,7 +101,7 @@ pub fn packaged_files(root: &Path) -> Result<Vec<PackagedFile>, PackageDbError> 
         .map(|diversion| (diversion.from.as_slice(), diversion))
         .collect();
 
-    let info = root.join(INFO_DIR);
+    let info = db_file(root, INFO_DIR)?;
     let mut files = Vec::new();
     for package in &installed {
         let name = &package.package.name;
@@ -232,40 +225,6 @@ pub fn parse_diversions(bytes: &[u8]) -> Result<Vec<Diversion>, String> {
         });
     }
     Ok(diversions)
-}
-
-/// Reads a database file whole, refusing files over [`MAX_DB_FILE_BYTES`].
-pub(super) fn read_db_file(path: &Path) -> Result<Vec<u8>, PackageDbError> {
-    read_optional_db_file(path)?.ok_or_else(|| PackageDbError::Io {
-        path: path.to_path_buf(),
-        source: io::Error::from(io::ErrorKind::NotFound),
-    })
-}
-
-/// Like [`read_db_file`], but a missing file is `None`.
-pub(super) fn read_optional_db_file(path: &Path) -> Result<Option<Vec<u8>>, PackageDbError> {
-    let io_error = |source| PackageDbError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let file = match fs::File::open(path) {
-        Ok(file) => file,
-        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
-        Err(err) => return Err(io_error(err)),
-    };
-    let mut bytes = Vec::new();
-    // Read one byte past the cap, so that "exactly the cap" and "larger" differ, without
-    // trusting the size fstat reports (a FIFO or procfs file reports 0).
-    file.take(MAX_DB_FILE_BYTES + 1)
-        .read_to_end(&mut bytes)
-        .map_err(io_error)?;
-    if bytes.len() as u64 > MAX_DB_FILE_BYTES {
-        return Err(PackageDbError::Malformed {
-            path: path.to_path_buf(),
-            reason: format!("larger than {} MiB", MAX_DB_FILE_BYTES >> 20),
-        });
-    }
-    Ok(Some(bytes))
 }
 
 /// An installed package and what [`packaged_files`] needs from its stanza.
@@ -737,8 +696,10 @@ fn for_each_stanza<'a>(
 
 #[cfg(test)]
 mod tests {
+    use super::super::MAX_DB_FILE_BYTES;
     use super::*;
     use proptest::prelude::*;
+    use std::fs;
 
     const FIXTURE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/dpkg/status");
 

@@ -17,8 +17,10 @@ pub mod rpm;
 pub mod verify;
 
 use crate::policy::{PathState, Policy, VerifyScope};
+use crate::source::rootfs;
 use driftwatch_protocol::package::{PackageDb, PackageSet};
 use driftwatch_protocol::report::Attribute;
+use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
@@ -88,6 +90,63 @@ pub struct PackagedFile {
     /// True for configuration files the package manager expects admins to edit
     /// (dpkg conffiles, rpm `%config`): verified, but reported separately.
     pub config: bool,
+}
+
+/// The host path of a database file given relative to the root, its directories
+/// resolved inside the root (an image's absolute links must not lead to the scanning
+/// host's own database).
+pub(super) fn db_file(root: &Path, relative: &str) -> Result<PathBuf, PackageDbError> {
+    let (dir, name) = relative.rsplit_once('/').unwrap_or(("", relative));
+    rootfs::resolve_in_root(root, dir.as_bytes())
+        .map(|dir| dir.join(name))
+        .map_err(|source| PackageDbError::Io {
+            path: root.join(relative),
+            source,
+        })
+}
+
+/// Largest database file read (status, md5sums, diversions, apk's installed). A real
+/// status file is a few MiB (≈ 3 MiB for 2,500 packages); the cap only keeps a hostile
+/// file from becoming a huge allocation.
+pub(super) const MAX_DB_FILE_BYTES: u64 = 256 << 20;
+/// Largest single field value. Real ones (long descriptions, the conffiles of big
+/// packages) stay below 100 KiB.
+pub(super) const MAX_FIELD_BYTES: usize = 1 << 20;
+
+/// Reads a database file whole, refusing files over [`MAX_DB_FILE_BYTES`].
+pub(super) fn read_db_file(path: &Path) -> Result<Vec<u8>, PackageDbError> {
+    read_optional_db_file(path)?.ok_or_else(|| PackageDbError::Io {
+        path: path.to_path_buf(),
+        source: io::Error::from(io::ErrorKind::NotFound),
+    })
+}
+
+/// Like [`read_db_file`], but a missing file is `None`.
+pub(super) fn read_optional_db_file(path: &Path) -> Result<Option<Vec<u8>>, PackageDbError> {
+    let io_error = |source| PackageDbError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    // Not following a final symlink: the directories were resolved inside the root,
+    // and a database file that is itself a link is not what dpkg or apk write.
+    let file = match rootfs::open_no_follow(path) {
+        Ok(file) => file,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(err) => return Err(io_error(err)),
+    };
+    let mut bytes = Vec::new();
+    // Read one byte past the cap, so that "exactly the cap" and "larger" differ, without
+    // trusting the size fstat reports (a FIFO or procfs file reports 0).
+    file.take(MAX_DB_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io_error)?;
+    if bytes.len() as u64 > MAX_DB_FILE_BYTES {
+        return Err(PackageDbError::Malformed {
+            path: path.to_path_buf(),
+            reason: format!("larger than {} MiB", MAX_DB_FILE_BYTES >> 20),
+        });
+    }
+    Ok(Some(bytes))
 }
 
 /// Which database a root has, if any driftwatch reads (dpkg, then rpm, then apk).

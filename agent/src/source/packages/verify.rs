@@ -29,16 +29,17 @@
 //! `debsums -s`, with the same findings.
 
 use super::{DigestAlgorithm, PackagedFile};
+use crate::source::rootfs;
 use driftwatch_protocol::package::PackageDb;
 use driftwatch_protocol::path;
 use driftwatch_protocol::report::{report_path, PackageFileFinding, Severity};
 use sha2::Digest;
 use std::ffi::OsStr;
-use std::fs::{self, File};
+use std::fs;
 use std::io::{self, Read};
 use std::ops::Range;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
@@ -52,7 +53,6 @@ const READ_BUFFER_BYTES: usize = 128 * 1024;
 /// other thread idle at the end, large enough that the shared cursor is not contended.
 const BATCH: usize = 32;
 /// Symlinks followed while resolving one directory inside the root (Linux's limit).
-const MAX_SYMLINK_HOPS: usize = 40;
 /// The `observed` value for something that is not a regular file.
 pub const NOT_REGULAR: &str = "not a regular file";
 
@@ -261,11 +261,15 @@ impl<'a> Worker<'a> {
     }
 
     fn observe(&mut self, path: &[u8], algorithms: &[DigestAlgorithm]) -> Result<Observed, String> {
-        let host = self.host_path(path).map_err(|err| io_message(&err))?;
+        let host = match self.host_path(path) {
+            Ok(host) => host,
+            Err(err) if is_missing(&err) => return Ok(Observed::Missing),
+            Err(err) => return Err(rootfs::io_message(&err)),
+        };
         let meta = match fs::symlink_metadata(&host) {
             Ok(meta) => meta,
             Err(err) if is_missing(&err) => return Ok(Observed::Missing),
-            Err(err) => return Err(io_message(&err)),
+            Err(err) => return Err(rootfs::io_message(&err)),
         };
         if meta.file_type().is_symlink() {
             if self.db != PackageDb::Apk {
@@ -275,7 +279,7 @@ impl<'a> Worker<'a> {
             let target = match fs::read_link(&host) {
                 Ok(target) => target.into_os_string().into_vec(),
                 Err(err) if is_missing(&err) => return Ok(Observed::Missing),
-                Err(err) => return Err(io_message(&err)),
+                Err(err) => return Err(rootfs::io_message(&err)),
             };
             let mut hashers: Vec<Hasher> = algorithms.iter().map(|&a| Hasher::new(a)).collect();
             for hasher in &mut hashers {
@@ -288,14 +292,14 @@ impl<'a> Worker<'a> {
         if !meta.is_file() {
             return Ok(Observed::NotRegular);
         }
-        let file = match open_no_follow(&host) {
+        let file = match rootfs::open_no_follow(&host) {
             Ok(file) => file,
             Err(err) if is_missing(&err) => return Ok(Observed::Missing),
             // Swapped for a symlink since the lstat.
             Err(err) if err.raw_os_error() == Some(libc::ELOOP) => return Ok(Observed::NotRegular),
-            Err(err) => return Err(io_message(&err)),
+            Err(err) => return Err(rootfs::io_message(&err)),
         };
-        let opened = file.metadata().map_err(|err| io_message(&err))?;
+        let opened = file.metadata().map_err(|err| rootfs::io_message(&err))?;
         if !opened.is_file() {
             return Ok(Observed::NotRegular);
         }
@@ -307,7 +311,7 @@ impl<'a> Worker<'a> {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-                Err(err) => return Err(io_message(&err)),
+                Err(err) => return Err(rootfs::io_message(&err)),
             };
             total += read as u64;
             self.bytes_read += read as u64;
@@ -345,7 +349,7 @@ impl<'a> Worker<'a> {
         let resolved = match &self.resolved_dir {
             Some((cached, resolved)) if cached.as_slice() == dir => resolved.clone(),
             _ => {
-                let resolved = resolve_in_root(self.root, dir)?;
+                let resolved = rootfs::resolve_in_root(self.root, dir)?;
                 self.resolved_dir = Some((dir.to_vec(), resolved.clone()));
                 resolved
             }
@@ -358,86 +362,9 @@ impl<'a> Worker<'a> {
     }
 }
 
-/// Resolves a directory path (relative to the root) the way the kernel would if `root`
-/// were `/`: symlinks followed, absolute targets taken from the root, `..` stopping at
-/// the root. A component that cannot be examined is kept as it is: the final `lstat`
-/// reports what is wrong.
-fn resolve_in_root(root: &Path, dir: &[u8]) -> io::Result<PathBuf> {
-    fn components(path: &[u8]) -> impl DoubleEndedIterator<Item = &[u8]> {
-        path.split(|&b| b == b'/').filter(|c| !c.is_empty())
-    }
-    fn join(root: &Path, parts: &[Vec<u8>]) -> PathBuf {
-        let mut path = root.to_path_buf();
-        path.extend(parts.iter().map(|part| OsStr::from_bytes(part)));
-        path
-    }
-    let mut resolved: Vec<Vec<u8>> = Vec::new();
-    let mut pending: Vec<Vec<u8>> = components(dir).rev().map(<[u8]>::to_vec).collect();
-    let mut hops = 0;
-    while let Some(component) = pending.pop() {
-        match component.as_slice() {
-            b"." => continue,
-            b".." => {
-                resolved.pop();
-                continue;
-            }
-            _ => {}
-        }
-        resolved.push(component);
-        let candidate = join(root, &resolved);
-        let is_symlink = fs::symlink_metadata(&candidate).is_ok_and(|m| m.file_type().is_symlink());
-        if !is_symlink {
-            continue;
-        }
-        hops += 1;
-        if hops > MAX_SYMLINK_HOPS {
-            return Err(io::Error::from_raw_os_error(libc::ELOOP));
-        }
-        let target = fs::read_link(&candidate)?.into_os_string().into_vec();
-        resolved.pop();
-        if target.first() == Some(&b'/') {
-            resolved.clear();
-        }
-        pending.extend(components(&target).rev().map(<[u8]>::to_vec));
-    }
-    Ok(join(root, &resolved))
-}
-
-/// Opens without following a symlink or blocking on a FIFO swapped in after the
-/// `lstat`; `O_NOATIME` where permitted, so verification leaves no trace in atimes.
-fn open_no_follow(host: &Path) -> io::Result<File> {
-    let flags = libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC;
-    let open = |extra: i32| {
-        fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(flags | extra)
-            .open(host)
-    };
-    match open(libc::O_NOATIME) {
-        // O_NOATIME is refused for files we do not own unless we hold CAP_FOWNER.
-        Err(err) if err.raw_os_error() == Some(libc::EPERM) => open(0),
-        other => other,
-    }
-}
-
 /// Missing, as debsums counts it: no such file, or a parent that is not a directory.
 fn is_missing(err: &io::Error) -> bool {
     matches!(err.raw_os_error(), Some(libc::ENOENT) | Some(libc::ENOTDIR))
-}
-
-/// An I/O error for people: `permission denied`, without Rust's ` (os error 13)`.
-/// (Same wording as the file scan's errors.)
-fn io_message(err: &io::Error) -> String {
-    match err.raw_os_error() {
-        Some(code) => {
-            let text = io::Error::from_raw_os_error(code).to_string();
-            text.split(" (os error")
-                .next()
-                .unwrap_or(&text)
-                .to_lowercase()
-        }
-        None => err.to_string(),
-    }
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -9,7 +9,7 @@
 //! The database lives in `/var/lib/rpm` or, since Fedora 36 and on openSUSE, in
 //! `/usr/lib/sysimage/rpm` with `/var/lib/rpm` a symlink to it. Such a symlink may be
 //! absolute; followed from the scanning host it would read the *host's* database instead
-//! of the image's, so paths are resolved inside the root ([`resolve_in_root`]). Where the
+//! of the image's, so paths are resolved inside the root ([`crate::source::rootfs::resolve_in_root`]). Where the
 //! two directories differ, `/var/lib/rpm` (the historic default) is tried first, and
 //! SQLite before BerkeleyDB, as rpm ≥ 4.16 itself prefers.
 //!
@@ -24,10 +24,9 @@ mod sqlite;
 use super::{DigestAlgorithm, PackageDbError, PackagedFile};
 use driftwatch_protocol::package::Package;
 use header::{Header, HeaderError};
-use std::ffi::OsString;
-use std::fs::{self, File};
+use std::fs::File;
 use std::io;
-use std::path::{Component, Path, PathBuf};
+use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 /// Header tags read here (`rpmTag` values).
@@ -75,9 +74,6 @@ const S_IFMT: u16 = 0o170_000;
 const S_IFREG: u16 = 0o100_000;
 /// Pseudo-packages for imported signing keys (`rpm --import`): not software.
 const GPG_PUBKEY: &[u8] = b"gpg-pubkey";
-/// Symlinks followed while resolving one database path (Linux's own limit).
-const MAX_SYMLINK_HOPS: usize = 40;
-
 /// Where a database may be, relative to the root, in the order tried.
 const CANDIDATES: [(&str, Backend); 4] = [
     ("var/lib/rpm/rpmdb.sqlite", Backend::Sqlite),
@@ -360,7 +356,7 @@ fn required_string(header: &Header<'_>, tag: u32) -> Result<String, RecordError>
 /// unreadable database look like a root without one.
 fn locate(root: &Path) -> Result<Option<Location>, PackageDbError> {
     for (relative, backend) in CANDIDATES {
-        match resolve_in_root(root, Path::new(relative)) {
+        match crate::source::rootfs::resolve_in_root(root, relative.as_bytes()) {
             Ok(path) => return Ok(Some(Location { backend, path })),
             Err(e) if is_absent(&e) => continue,
             Err(source) => {
@@ -391,62 +387,14 @@ fn is_absent(e: &io::Error) -> bool {
     )
 }
 
-/// The host path of `relative` inside `root`, following symlinks the way the root's
-/// own system would: an absolute target restarts at the root, and `..` never climbs
-/// above it. Fails with `NotFound` when a component does not exist.
-///
-/// The root itself is taken as given (the caller chose it). Between this check and the
-/// open, a symlink could be swapped by someone who can write to the root; images are
-/// not being modified while scanned, and on a live host only root can write there.
-fn resolve_in_root(root: &Path, relative: &Path) -> io::Result<PathBuf> {
-    let mut resolved = PathBuf::new();
-    // Components still to walk, last one first.
-    let mut pending: Vec<OsString> = Vec::new();
-    push_components(&mut pending, relative);
-    let mut hops = 0;
-    while let Some(component) = pending.pop() {
-        if component == ".." {
-            resolved.pop();
-            continue;
-        }
-        let candidate = resolved.join(&component);
-        let host = root.join(&candidate);
-        if fs::symlink_metadata(&host)?.file_type().is_symlink() {
-            hops += 1;
-            if hops > MAX_SYMLINK_HOPS {
-                return Err(io::Error::from_raw_os_error(libc::ELOOP));
-            }
-            let target = fs::read_link(&host)?;
-            if target.is_absolute() {
-                resolved.clear();
-            }
-            push_components(&mut pending, &target);
-        } else {
-            resolved = candidate;
-        }
-    }
-    Ok(root.join(resolved))
-}
-
-/// Pushes a path's components onto a last-first stack (`.` and `/` dropped).
-fn push_components(stack: &mut Vec<OsString>, path: &Path) {
-    let components: Vec<OsString> = path
-        .components()
-        .filter_map(|c| match c {
-            Component::Normal(name) => Some(name.to_os_string()),
-            Component::ParentDir => Some(OsString::from("..")),
-            Component::RootDir | Component::CurDir | Component::Prefix(_) => None,
-        })
-        .collect();
-    stack.extend(components.into_iter().rev());
-}
-
 #[cfg(test)]
 mod tests {
     use super::header::testing::Builder;
     use super::*;
     use sha2::{Digest, Sha256, Sha512};
     use std::collections::BTreeMap;
+    use std::ffi::OsString;
+    use std::fs;
     use std::os::unix::fs::symlink;
     use tempfile::TempDir;
 
