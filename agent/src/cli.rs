@@ -63,6 +63,41 @@ pub enum Command {
     /// Manage the pipeline's signing keys.
     #[command(subcommand)]
     Key(KeyCommand),
+    /// Run the agent daemon (what the systemd unit starts).
+    ///
+    /// Verifies the baseline, checks the host, then watches the policy's critical paths
+    /// in real time and verifies everything on a schedule. Findings are remembered
+    /// under the state directory; once one reaches `[replacement] mark_severity` the
+    /// host is marked for replacement: /healthz on the loopback endpoint answers 503, a
+    /// marker file appears under the run directory and the configured command runs.
+    /// SIGHUP reloads the configuration and policy; SIGTERM stops within seconds.
+    Run(RunArgs),
+    /// Show what the running daemon knows (from its loopback endpoint).
+    ///
+    /// Exit status: 0 clean, 1 drifted or marked for replacement, 2 the daemon cannot
+    /// be reached.
+    Status(StatusArgs),
+}
+
+/// `run`
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The configuration [default: /etc/driftwatch/agent.toml; a missing default file
+    /// means all defaults].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+/// `status`
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The daemon's configuration, to find its endpoint [default:
+    /// /etc/driftwatch/agent.toml].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
 }
 
 /// `driftwatch baseline …`

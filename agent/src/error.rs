@@ -89,6 +89,31 @@ pub enum Error {
     /// The package database inside the root could not be read.
     #[error("{0}")]
     PackageDb(crate::source::packages::PackageDbError),
+    /// The daemon's configuration cannot be used.
+    #[error("{0}")]
+    Config(crate::daemon::config::ConfigError),
+    /// The health endpoint cannot listen.
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        /// The address.
+        address: std::net::SocketAddr,
+        /// Why.
+        source: io::Error,
+    },
+    /// The daemon's state cannot be read or written.
+    #[error("daemon state: {0}")]
+    State(io::Error),
+    /// The daemon cannot start (runtime, signal handlers).
+    #[error("cannot start the daemon: {0}")]
+    Start(io::Error),
+    /// The daemon cannot be reached for its status.
+    #[error("cannot get the status from {address} (is the daemon running?): {source}")]
+    Status {
+        /// The address asked.
+        address: std::net::SocketAddr,
+        /// Why.
+        source: io::Error,
+    },
     /// Options that cannot be used together or here.
     #[error("{0}")]
     Usage(String),

@@ -12,11 +12,15 @@
 mod baseline;
 mod cli;
 mod command;
+mod daemon;
 mod diff;
 mod error;
+mod logging;
+mod pipeline;
 mod policy;
 mod sink;
 mod source;
+mod watch;
 
 use clap::Parser;
 use cli::{BaselineCommand, Cli, Command, KeyCommand};
@@ -37,6 +41,8 @@ fn run(cli: Cli) -> error::Result<Outcome> {
         }
         Command::Baseline(BaselineCommand::Show(args)) => command::baseline::show(args, &mut out),
         Command::Baseline(BaselineCommand::Diff(args)) => command::baseline::diff(args, &mut out),
+        Command::Run(args) => daemon::run(args.config.as_deref()).map(|()| Outcome::Clean),
+        Command::Status(args) => command::status::run(args, &mut out),
         Command::Key(KeyCommand::Generate(args)) => {
             command::key::generate(args, &mut out).map(|()| Outcome::Clean)
         }

@@ -5,12 +5,11 @@
 pub mod baseline;
 pub mod check;
 pub mod key;
+pub mod status;
 
 use crate::error::{Error, Result};
 use crate::policy::Policy;
-use driftwatch_protocol::report::{report_path, ScanError};
 use std::fs;
-use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -68,32 +67,6 @@ pub fn canonical_root(root: &Path) -> Result<PathBuf> {
     })
 }
 
-/// The path of `file` inside `root`, if it lies there (used to keep driftwatch's own
-/// files out of what it reports).
-pub fn inside_root(root: &Path, file: &Path) -> Option<Vec<u8>> {
-    let parent = fs::canonicalize(file.parent().filter(|p| !p.as_os_str().is_empty())?).ok()?;
-    let relative = parent.join(file.file_name()?);
-    let relative = relative.strip_prefix(root).ok()?;
-    let mut inside = b"/".to_vec();
-    inside.extend_from_slice(relative.as_os_str().as_bytes());
-    Some(inside)
-}
-
-/// An error entry for the report.
-pub fn scan_error(path: &[u8], error: String) -> ScanError {
-    let (path, path_bytes_b64) = report_path(path);
-    ScanError {
-        path,
-        path_bytes_b64,
-        error,
-    }
-}
-
-/// RFC 3339, to the second.
-pub fn rfc3339(time: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(time).to_string()
-}
-
 /// The creation time of a baseline: `SOURCE_DATE_EPOCH` when set (reproducible builds),
 /// else now.
 pub fn creation_time() -> Result<SystemTime> {
@@ -109,18 +82,4 @@ pub fn creation_time() -> Result<SystemTime> {
             }),
         Err(_) => Ok(SystemTime::now()),
     }
-}
-
-/// The kernel's hostname.
-pub fn hostname() -> String {
-    fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|name| name.trim().to_string())
-        .unwrap_or_default()
-}
-
-/// `/etc/machine-id` inside the root.
-pub fn machine_id(root: &Path) -> Option<String> {
-    let id = fs::read_to_string(root.join("etc/machine-id")).ok()?;
-    let id = id.trim();
-    (!id.is_empty() && id.len() <= 64).then(|| id.to_string())
 }

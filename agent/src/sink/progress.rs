@@ -37,6 +37,13 @@ impl Progress {
         Progress { bar }
     }
 
+    /// No progress shown (the daemon).
+    pub fn hidden() -> Self {
+        Progress {
+            bar: ProgressBar::hidden(),
+        }
+    }
+
     /// One more entry; `bytes_hashed` is the running total.
     pub fn entry(&self, bytes_hashed: u64) {
         self.bar.inc(1);

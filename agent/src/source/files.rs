@@ -666,6 +666,22 @@ fn is_unsupported(err: &io::Error) -> bool {
     err.raw_os_error() == Some(libc::ENOTSUP) || err.raw_os_error() == Some(libc::ENODATA)
 }
 
+/// Examines one path the way the scan does (for targeted re-checks after watch
+/// events); `None` when it does not exist.
+pub fn observe_one(root: &Path, policy: &Policy, path: &[u8]) -> Option<ScanItem> {
+    let bytes_hashed = AtomicU64::new(0);
+    let links = Mutex::new(HashMap::new());
+    let mut inspector = Inspector {
+        sha256: policy.config().scan.sha256,
+        buffer: vec![0; READ_BUFFER_BYTES],
+        bytes_hashed: &bytes_hashed,
+        links: &links,
+    };
+    let state = policy.state_for(path);
+    let hash = policy.rule(&state).attributes.contains(Attribute::Content);
+    inspector.inspect(path.to_vec(), &host_path(root, path), state, hash)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,150 @@
+//! The loopback endpoint: `/healthz` for load balancers and autoscalers (200 while the
+//! host may serve, 503 once it is marked for replacement), `/status` for people and
+//! `driftwatch status`, `/metrics` for Prometheus.
+
+use super::{Shared, Status};
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Json, Router};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use std::sync::Arc;
+
+/// The router, a function of the shared state (tests call it without a socket).
+pub fn app(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/status", get(status))
+        .route("/metrics", get(metrics))
+        .with_state(shared)
+}
+
+async fn healthz(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    let status = shared.status();
+    match &status.mark {
+        Some(mark) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(
+                serde_json::json!({"status": "marked", "reason": mark.reason, "since": mark.since}),
+            ),
+        ),
+        None => (
+            StatusCode::OK,
+            Json(serde_json::json!({"status": status.state})),
+        ),
+    }
+}
+
+async fn status(State(shared): State<Arc<Shared>>) -> Json<Status> {
+    Json(shared.status().clone())
+}
+
+async fn metrics(State(shared): State<Arc<Shared>>) -> impl IntoResponse {
+    let text = render_metrics(&shared.status());
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+}
+
+/// The metrics of a status snapshot (built per request: a handful of series).
+fn render_metrics(status: &Status) -> String {
+    let mut registry = Registry::with_prefix("driftwatch");
+    let findings = Family::<Vec<(&'static str, &'static str)>, Gauge>::default();
+    for severity in driftwatch_protocol::report::Severity::ALL_DESCENDING {
+        let count = status
+            .findings
+            .iter()
+            .filter(|r| r.finding.severity() == severity)
+            .count();
+        findings
+            .get_or_create(&vec![("severity", severity.name())])
+            .set(count as i64);
+    }
+    registry.register("findings", "Findings remembered, by severity", findings);
+    let marked = Gauge::<i64>::default();
+    marked.set(i64::from(status.mark.is_some()));
+    registry.register(
+        "marked",
+        "1 when the host is marked for replacement",
+        marked,
+    );
+    let degraded = Gauge::<i64>::default();
+    degraded.set(status.degradations.len() as i64);
+    registry.register(
+        "watch_degradations",
+        "Ways real-time watching is degraded",
+        degraded,
+    );
+    let checks = Counter::<u64>::default();
+    checks.inc_by(status.full_checks);
+    registry.register("full_checks", "Full checks finished", checks);
+    let rechecks = Counter::<u64>::default();
+    rechecks.inc_by(status.watch_rechecks);
+    registry.register(
+        "watch_rechecks",
+        "Paths re-checked after watch events",
+        rechecks,
+    );
+    let duration = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+    duration.set(status.last_full_check_ms.unwrap_or(0) as f64 / 1000.0);
+    registry.register(
+        "last_full_check_duration_seconds",
+        "Duration of the last full check",
+        duration,
+    );
+    let mut text = String::new();
+    // Writing into a String cannot fail.
+    let _ = encode(&mut text, &registry);
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt;
+
+    async fn get(shared: &Arc<Shared>, uri: &str) -> (StatusCode, String) {
+        let response = app(Arc::clone(shared))
+            .oneshot(Request::get(uri).body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        let code = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (code, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn healthz_turns_503_once_marked() {
+        let shared = Arc::new(Shared::default());
+        shared.status().state = "clean";
+        assert_eq!(get(&shared, "/healthz").await.0, StatusCode::OK);
+        shared.status().mark = Some(super::super::state::Mark {
+            since: "now".into(),
+            reason: "critical finding".into(),
+        });
+        let (code, body) = get(&shared, "/healthz").await;
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
+        assert!(body.contains("critical finding"), "{body}");
+        let (code, body) = get(&shared, "/metrics").await;
+        assert_eq!(code, StatusCode::OK);
+        assert!(body.contains("driftwatch_marked 1"), "{body}");
+        assert!(
+            body.contains("driftwatch_findings{severity=\"critical\"} 0"),
+            "{body}"
+        );
+        assert_eq!(get(&shared, "/nope").await.0, StatusCode::NOT_FOUND);
+    }
+}

@@ -1,0 +1,464 @@
+//! `driftwatch run`: the agent daemon, a systemd service shipped in the image.
+//!
+//! It runs the same pipeline as `driftwatch check`, on a schedule and on demand:
+//!
+//! 1. **Start**: verify the baseline (a baseline that fails verification is never used:
+//!    the host is marked for replacement at once), tell systemd it is ready, then run a
+//!    full check.
+//! 2. **Real time**: [`crate::watch`] watches the policy's critical paths; an event
+//!    re-checks only the paths it names (one baseline lookup each).
+//! 3. **Scheduled**: full verification every `full_verify_interval_secs`, with jitter,
+//!    on a share of the cores, at the priority the unit gives it.
+//! 4. **Replacement signal**: findings are remembered in [`state`]; once one reaches
+//!    `mark_severity`, the host is marked — `/healthz` answers 503, a marker file
+//!    appears under `run_dir`, and the configured command runs. Only replacing the
+//!    host clears it.
+//!
+//! Everything an operator can see is on the loopback endpoint ([`health`]) and in the
+//! journal. Scans run on blocking threads; the async side only waits for timers,
+//! signals, events and HTTP requests.
+
+pub mod config;
+pub mod health;
+pub mod state;
+
+use crate::baseline;
+use crate::error::Error;
+use crate::pipeline::{self, rfc3339, CheckPlan};
+use crate::policy::Policy;
+use crate::sink::progress::Progress;
+use crate::watch::{self, WatchEvent};
+use config::AgentConfig;
+use driftwatch_protocol::baseline::{digest_string, BaselineReader};
+use driftwatch_protocol::report::{Finding, ScanError};
+use serde::Serialize;
+use state::{Mark, State};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::mpsc;
+use tracing::{error, info, warn};
+
+/// Name of the marker file written under `run_dir` when the host is marked.
+pub const MARKER_FILE: &str = "replace-me";
+/// Watch events queued before the watcher waits: a burst (a package unpacking) is
+/// absorbed, and a full queue slows the watcher rather than growing memory.
+const WATCH_QUEUE: usize = 4096;
+
+/// What `/status` shows.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Status {
+    /// `starting`, `clean`, `drifted` or `marked`.
+    pub state: &'static str,
+    /// The baseline in use (`blake3:…`), once verified.
+    pub baseline_digest: Option<String>,
+    /// The image id recorded in the baseline.
+    pub image_id: Option<String>,
+    /// Why the host is marked for replacement.
+    pub mark: Option<Mark>,
+    /// Every finding remembered, in key order.
+    pub findings: Vec<state::Remembered>,
+    /// What the last check could not examine.
+    pub errors: Vec<ScanError>,
+    /// Ways in which real-time watching is degraded (scheduled verification covers
+    /// them).
+    pub degradations: Vec<String>,
+    /// When the last full check finished (RFC 3339).
+    pub last_full_check: Option<String>,
+    /// How long it took.
+    pub last_full_check_ms: Option<u64>,
+    /// Full checks finished since start.
+    pub full_checks: u64,
+    /// Paths re-checked after watch events since start.
+    pub watch_rechecks: u64,
+}
+
+/// State shared between the daemon loop and the HTTP endpoint.
+#[derive(Default)]
+pub struct Shared {
+    status: Mutex<Status>,
+}
+
+impl Shared {
+    /// The status, locked (a poisoned lock still holds a usable status: it is only
+    /// ever replaced field by field).
+    pub fn status(&self) -> MutexGuard<'_, Status> {
+        self.status
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// The verified baseline and the policy in force.
+struct Context {
+    baseline_path: PathBuf,
+    reader: BaselineReader<File>,
+    policy: Policy,
+}
+
+fn now() -> String {
+    rfc3339(SystemTime::now())
+}
+
+/// Runs the daemon until SIGTERM or SIGINT.
+pub fn run(config_path: Option<&Path>) -> Result<(), Error> {
+    let explicit = config_path.is_some();
+    let path = config_path.unwrap_or(Path::new(config::DEFAULT_CONFIG_PATH));
+    let config = AgentConfig::load(path, explicit).map_err(Error::Config)?;
+    crate::logging::init();
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(Error::Start)?;
+    runtime.block_on(Daemon::new(config, path.to_path_buf()).serve())
+}
+
+struct Daemon {
+    config: AgentConfig,
+    config_path: PathBuf,
+    shared: Arc<Shared>,
+    cancel: Arc<AtomicBool>,
+    state: State,
+}
+
+impl Daemon {
+    fn new(config: AgentConfig, config_path: PathBuf) -> Self {
+        Daemon {
+            config,
+            config_path,
+            shared: Arc::new(Shared::default()),
+            cancel: Arc::new(AtomicBool::new(false)),
+            state: State::default(),
+        }
+    }
+
+    fn load_context(config: &AgentConfig) -> Result<Context, Error> {
+        let key = config
+            .pubkey
+            .as_deref()
+            .map(baseline::read_public_key)
+            .transpose()?;
+        let reader = baseline::open(&config.baseline, key.as_ref())?;
+        let policy = match &config.policy {
+            Some(path) => crate::command::load_policy(path)?,
+            None => Policy::parse(&reader.meta().policy).map_err(|source| Error::Policy {
+                origin: format!("recorded in {}", config.baseline.display()),
+                source,
+            })?,
+        };
+        Ok(Context {
+            baseline_path: config.baseline.clone(),
+            reader,
+            policy,
+        })
+    }
+
+    async fn serve(mut self) -> Result<(), Error> {
+        let listener = tokio::net::TcpListener::bind(self.config.health.listen)
+            .await
+            .map_err(|source| Error::Listen {
+                address: self.config.health.listen,
+                source,
+            })?;
+        let shared = Arc::clone(&self.shared);
+        tokio::spawn(async move {
+            if let Err(err) = axum::serve(listener, health::app(shared)).await {
+                error!(error = %err, "Health endpoint stopped.");
+            }
+        });
+        self.shared.status().state = "starting";
+
+        let mut context = match Daemon::load_context(&self.config) {
+            Ok(context) => Some(Arc::new(context)),
+            Err(Error::VerifyBaseline { path, source }) if source.is_integrity_failure() => {
+                // A baseline that does not verify cannot be trusted to judge the host;
+                // the host itself is what is in doubt. Mark it and keep serving.
+                let reason = format!("baseline {} failed verification: {source}", path.display());
+                error!(reason = %reason, "Baseline failed verification.");
+                self.state = State::load(&self.config.state_dir, "untrusted").unwrap_or_default();
+                let mark = self.state.mark(reason, &now());
+                self.apply_mark(mark).await;
+                None
+            }
+            Err(err) => return Err(err),
+        };
+        if let Some(context) = &context {
+            let digest = digest_string(context.reader.digest());
+            self.state = State::load(&self.config.state_dir, &digest).map_err(Error::State)?;
+            let mut status = self.shared.status();
+            status.baseline_digest = Some(digest);
+            status.image_id = context.reader.meta().image_id.clone();
+            drop(status);
+            info!(baseline = %self.config.baseline.display(), "Baseline verified.");
+        }
+        self.publish();
+        notify_systemd(&[sd_notify::NotifyState::Ready]);
+
+        let (events_tx, mut events) = mpsc::channel::<WatchEvent>(WATCH_QUEUE);
+        let mut watcher = context
+            .as_ref()
+            .filter(|_| self.config.watch.enabled)
+            .map(|c| watch::start(&self.config.root, &c.policy, events_tx.clone()));
+        if let Some(context) = &context {
+            self.full_check(Arc::clone(context), "boot").await;
+        }
+
+        let mut sigterm = signal(SignalKind::terminate()).map_err(Error::Start)?;
+        let mut sigint = signal(SignalKind::interrupt()).map_err(Error::Start)?;
+        let mut sighup = signal(SignalKind::hangup()).map_err(Error::Start)?;
+        let full_interval = Duration::from_secs(self.config.schedule.full_verify_interval_secs);
+        let mut next_full = Instant::now() + jittered(full_interval, self.config.schedule.jitter);
+        let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
+        let mut watchdog_tick =
+            tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+        loop {
+            tokio::select! {
+                _ = sigterm.recv() => break,
+                _ = sigint.recv() => break,
+                _ = sighup.recv() => {
+                    info!(config = %self.config_path.display(), "Reloading configuration and policy.");
+                    match AgentConfig::load(&self.config_path, true).map_err(Error::Config).and_then(|c| {
+                        let context = Daemon::load_context(&c)?;
+                        Ok((c, context))
+                    }) {
+                        Ok((config, reloaded)) => {
+                            self.config = config;
+                            let reloaded = Arc::new(reloaded);
+                            watcher = self
+                                .config
+                                .watch
+                                .enabled
+                                .then(|| watch::start(&self.config.root, &reloaded.policy, events_tx.clone()));
+                            context = Some(Arc::clone(&reloaded));
+                            self.full_check(reloaded, "reload").await;
+                        }
+                        // Keep running on the old configuration: a typo must not blind a host.
+                        Err(err) => error!(error = %err, "Reload failed; keeping the running configuration."),
+                    }
+                }
+                _ = tokio::time::sleep_until(next_full.into()) => {
+                    if let Some(context) = &context {
+                        self.full_check(Arc::clone(context), "scheduled").await;
+                    }
+                    next_full = Instant::now() + jittered(full_interval, self.config.schedule.jitter);
+                }
+                Some(event) = events.recv() => {
+                    if let Some(context) = &context {
+                        self.watch_event(Arc::clone(context), event, &mut events).await;
+                    }
+                }
+                _ = watchdog_tick.tick(), if watchdog.is_some() => {
+                    notify_systemd(&[sd_notify::NotifyState::Watchdog]);
+                }
+            }
+        }
+        info!("Stopping.");
+        notify_systemd(&[sd_notify::NotifyState::Stopping]);
+        self.cancel.store(true, Ordering::Relaxed);
+        drop(watcher);
+        if let Err(err) = self.state.save(&self.config.state_dir) {
+            error!(error = %err, "Cannot save state.");
+        }
+        Ok(())
+    }
+
+    /// Runs the whole pipeline on a blocking thread and applies what it found.
+    async fn full_check(&mut self, context: Arc<Context>, why: &'static str) {
+        let root = self.config.root.clone();
+        let threads = self.config.throttle.threads();
+        let cancel = Arc::clone(&self.cancel);
+        let started = Instant::now();
+        let result = tokio::task::spawn_blocking(move || {
+            let plan = CheckPlan {
+                root: &root,
+                baseline: &context.reader,
+                baseline_path: &context.baseline_path,
+                policy: &context.policy,
+                threads,
+                runtime: true,
+                cancel: &cancel,
+            };
+            pipeline::check(&plan, &Progress::hidden())
+        })
+        .await;
+        match result {
+            Ok(Ok(outcome)) => {
+                let report = outcome.report;
+                info!(
+                    why,
+                    entries = report.scan.entries,
+                    findings = report.findings.len(),
+                    errors = report.errors.len(),
+                    duration_ms = report.scan.duration_ms,
+                    "Full check finished."
+                );
+                {
+                    let mut status = self.shared.status();
+                    status.errors = report.errors;
+                    status.last_full_check = Some(now());
+                    status.last_full_check_ms = Some(started.elapsed().as_millis() as u64);
+                    status.full_checks += 1;
+                }
+                self.state.last_full_verification = Some(now());
+                self.apply(&report.findings).await;
+            }
+            Ok(Err(err)) => error!(why, error = %err, "Full check failed."),
+            Err(err) => error!(why, error = %err, "Full check panicked."),
+        }
+    }
+
+    /// Re-checks the paths named by a burst of watch events.
+    async fn watch_event(
+        &mut self,
+        context: Arc<Context>,
+        first: WatchEvent,
+        events: &mut mpsc::Receiver<WatchEvent>,
+    ) {
+        let mut paths = Vec::new();
+        let mut rescan = None;
+        let mut handle = |event: WatchEvent, status: &mut Status| match event {
+            WatchEvent::Changed(path) => paths.push(path),
+            WatchEvent::Rescan(reason) => rescan = Some(reason),
+            WatchEvent::Degraded(reason) => {
+                warn!(reason = %reason, "Real-time watching is degraded; scheduled verification covers it.");
+                if !status.degradations.contains(&reason) {
+                    status.degradations.push(reason);
+                }
+            }
+        };
+        {
+            let mut status = self.shared.status();
+            handle(first, &mut status);
+            // Take the whole burst at once: one re-check per path, not per event.
+            while let Ok(event) = events.try_recv() {
+                handle(event, &mut status);
+            }
+        }
+        if let Some(reason) = rescan {
+            warn!(reason = %reason, "Watch events were lost; running a full check.");
+            self.full_check(context, "rescan").await;
+            return;
+        }
+        paths.sort();
+        paths.dedup();
+        if paths.is_empty() {
+            return;
+        }
+        let root = self.config.root.clone();
+        let count = paths.len() as u64;
+        let result = tokio::task::spawn_blocking(move || {
+            pipeline::recheck(&root, &context.reader, &context.policy, &paths)
+        })
+        .await;
+        match result {
+            Ok(Ok(findings)) => {
+                self.shared.status().watch_rechecks += count;
+                self.apply(&findings).await;
+            }
+            Ok(Err(err)) => error!(error = %err, "Re-check failed."),
+            Err(err) => error!(error = %err, "Re-check panicked."),
+        }
+    }
+
+    /// Remembers findings, marks the host when needed, saves the state.
+    async fn apply(&mut self, findings: &[Finding]) {
+        let time = now();
+        for finding in self.state.record(findings, &time) {
+            // Drift is output, but an operator reading the journal must see it too.
+            warn!(
+                kind = kind_of(&finding),
+                key = %state::finding_key(&finding),
+                severity = finding.severity().name(),
+                "Drift found."
+            );
+        }
+        let mark = self
+            .state
+            .mark_if_needed(self.config.replacement.mark_severity, &time);
+        self.apply_mark(mark).await;
+    }
+
+    async fn apply_mark(&mut self, mark: Option<Mark>) {
+        if let Some(mark) = &mark {
+            error!(reason = %mark.reason, "Host marked for replacement.");
+            if let Err(err) = write_marker(&self.config.run_dir, mark) {
+                error!(error = %err, "Cannot write the replacement marker.");
+            }
+            run_mark_command(&self.config.replacement.command, mark).await;
+        }
+        if let Err(err) = self.state.save(&self.config.state_dir) {
+            error!(error = %err, "Cannot save state.");
+        }
+        self.publish();
+    }
+
+    fn publish(&self) {
+        let mut status = self.shared.status();
+        status.mark = self.state.mark.clone();
+        status.findings = self.state.findings.values().cloned().collect();
+        status.state = if self.state.mark.is_some() {
+            "marked"
+        } else if !self.state.findings.is_empty() {
+            "drifted"
+        } else if status.full_checks > 0 {
+            "clean"
+        } else {
+            "starting"
+        };
+    }
+}
+
+fn kind_of(finding: &Finding) -> &'static str {
+    match finding {
+        Finding::File(_) => "file",
+        Finding::Package(_) => "package",
+        Finding::PackageFile(_) => "package_file",
+        Finding::Process(_) => "process",
+        Finding::KernelModule(_) => "kernel_module",
+        Finding::Listener(_) => "listener",
+        Finding::Mount(_) => "mount",
+    }
+}
+
+/// `interval` plus a random share of it up to `jitter`, so that a fleet booted together
+/// does not verify together.
+fn jittered(interval: Duration, jitter: f64) -> Duration {
+    let mut byte = [0u8; 2];
+    let random =
+        getrandom::fill(&mut byte).map_or(0.5, |()| f64::from(u16::from_le_bytes(byte)) / 65_535.0);
+    interval + interval.mul_f64(jitter * random)
+}
+
+fn notify_systemd(states: &[sd_notify::NotifyState<'_>]) {
+    // Outside systemd (NOTIFY_SOCKET unset) this does nothing; a failure to reach
+    // systemd is not worth stopping for, systemd's own timeout will say so.
+    if let Err(err) = sd_notify::notify(states) {
+        warn!(error = %err, "Cannot notify systemd.");
+    }
+}
+
+fn write_marker(run_dir: &Path, mark: &Mark) -> std::io::Result<()> {
+    std::fs::create_dir_all(run_dir)?;
+    let json = serde_json::to_vec_pretty(mark).map_err(std::io::Error::other)?;
+    std::fs::write(run_dir.join(MARKER_FILE), json)
+}
+
+async fn run_mark_command(command: &[String], mark: &Mark) {
+    let Some((program, args)) = command.split_first() else {
+        return;
+    };
+    let outcome = tokio::process::Command::new(program)
+        .args(args)
+        .env("DRIFTWATCH_REASON", &mark.reason)
+        .env("DRIFTWATCH_SINCE", &mark.since)
+        .status()
+        .await;
+    match outcome {
+        Ok(status) if status.success() => info!(program, "Replacement command succeeded."),
+        Ok(status) => error!(program, status = %status, "Replacement command failed."),
+        Err(err) => error!(program, error = %err, "Cannot run the replacement command."),
+    }
+}

@@ -1,0 +1,285 @@
+//! The check pipeline: sources (files, packages, runtime) → diff → one report.
+//!
+//! `driftwatch check` and the daemon run exactly this; they differ only in where the
+//! report goes. The file scan streams into a merge-join with the baseline (flat memory),
+//! then the package set and the package manager's records are compared, then — for a
+//! check of `/` — the running system.
+
+use crate::diff::{package_findings, BaselineCursor, Differ};
+use crate::error::{Error, Result};
+use crate::policy::Policy;
+use crate::sink::progress::Progress;
+use crate::source::files::{self, scan, ScanAbort, ScanItem, ScanOptions};
+use crate::source::{packages, runtime};
+use driftwatch_protocol::baseline::{digest_string, BaselineReader};
+use driftwatch_protocol::package::PackageSet;
+use driftwatch_protocol::path::display;
+use driftwatch_protocol::report::{
+    report_path, BaselineInfo, Finding, HostInfo, PackageFileFinding, Report, ScanError, ScanInfo,
+    Summary, REPORT_SCHEMA,
+};
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicBool;
+use std::time::{Instant, SystemTime};
+
+/// What to check, resolved.
+pub struct CheckPlan<'a> {
+    /// The root, canonical.
+    pub root: &'a Path,
+    /// The verified baseline.
+    pub baseline: &'a BaselineReader<File>,
+    /// Its file (named in errors; left out of the scan when it lies in the root).
+    pub baseline_path: &'a Path,
+    /// The policy in force.
+    pub policy: &'a Policy,
+    /// Hashing threads (0: one per core).
+    pub threads: usize,
+    /// Read runtime state (only ever done when the root is `/`).
+    pub runtime: bool,
+    /// Stops the file scan between files (best effort).
+    pub cancel: &'a AtomicBool,
+}
+
+/// A finished check.
+pub struct CheckOutcome {
+    /// The report (`driftwatch.report/v1`).
+    pub report: Report,
+    /// Sources that could not be looked at on this host, and why (for people).
+    pub skipped: Vec<String>,
+}
+
+/// An error entry for the report.
+pub fn scan_error(path: &[u8], error: String) -> ScanError {
+    let (path, path_bytes_b64) = report_path(path);
+    ScanError {
+        path,
+        path_bytes_b64,
+        error,
+    }
+}
+
+fn source_error(source: &str, error: String) -> ScanError {
+    ScanError {
+        path: format!("({source})"),
+        path_bytes_b64: None,
+        error,
+    }
+}
+
+/// The path of `file` inside `root`, if it lies there (used to keep driftwatch's own
+/// files out of what it reports).
+pub fn inside_root(root: &Path, file: &Path) -> Option<Vec<u8>> {
+    use std::os::unix::ffi::OsStrExt;
+    let parent = fs::canonicalize(file.parent().filter(|p| !p.as_os_str().is_empty())?).ok()?;
+    let relative = parent.join(file.file_name()?);
+    let relative = relative.strip_prefix(root).ok()?;
+    let mut inside = b"/".to_vec();
+    inside.extend_from_slice(relative.as_os_str().as_bytes());
+    Some(inside)
+}
+
+/// Runs the whole pipeline.
+pub fn check(plan: &CheckPlan<'_>, progress: &Progress) -> Result<CheckOutcome> {
+    let (root, reader, policy) = (plan.root, plan.baseline, plan.policy);
+    let baseline_error = |source| Error::VerifyBaseline {
+        path: plan.baseline_path.to_path_buf(),
+        source,
+    };
+    // The baseline itself lives in the image but is not part of it.
+    let own_files: Vec<Vec<u8>> = inside_root(root, plan.baseline_path).into_iter().collect();
+
+    let started_at = SystemTime::now();
+    let timer = Instant::now();
+    let mut cursor = BaselineCursor::new(reader.entries());
+    let mut differ = Differ::new(policy, &own_files);
+    let mut errors = Vec::new();
+    let mut bytes_seen = 0u64;
+    let options = ScanOptions {
+        threads: plan.threads,
+        skip: own_files.clone(),
+    };
+    let stats = scan(root, policy, &options, plan.cancel, |item| {
+        match item {
+            ScanItem::Observed {
+                entry,
+                state,
+                error,
+            } => {
+                if entry.blake3.is_some() {
+                    bytes_seen += entry.size;
+                }
+                progress.entry(bytes_seen);
+                let before = cursor.seek(&entry.path, |b| differ.unmatched_baseline(b))?;
+                differ.observed(before.as_ref(), &entry, &state);
+                if let Some(error) = error {
+                    errors.push(scan_error(&entry.path, error));
+                }
+            }
+            ScanItem::Unreadable {
+                path,
+                error,
+                subtree_unknown,
+            } => {
+                // What is below an unreadable path is unknown, not removed.
+                cursor.seek(&path, |b| differ.unmatched_baseline(b))?;
+                if subtree_unknown {
+                    differ.subtree_unknown(path.clone());
+                }
+                errors.push(scan_error(&path, error));
+            }
+        }
+        Ok(())
+    })
+    .map_err(|abort| match abort {
+        ScanAbort::Root { path, source } => Error::Root { path, source },
+        ScanAbort::Visitor(source) => baseline_error(source),
+    })?;
+    cursor
+        .drain(|b| differ.unmatched_baseline(b))
+        .map_err(baseline_error)?;
+    progress.finish();
+
+    let mut findings = differ.finish();
+    if let Some(baked) = reader
+        .meta()
+        .packages
+        .as_ref()
+        .filter(|_| policy.config().packages.enabled)
+    {
+        // A database that cannot be read is one error; verification would only repeat it.
+        let verified = packages::read(root).and_then(|now| {
+            // No database at all where the image had one: every package is gone.
+            let now = now.unwrap_or_else(|| PackageSet::new(baked.db, Vec::new()));
+            findings.extend(package_findings(
+                baked,
+                &now,
+                policy.config().packages.severity,
+            ));
+            packages::verify_for_policy(root, policy, baked.db)
+        });
+        match verified {
+            Ok(outcome) => {
+                let accepted = |f: &PackageFileFinding| {
+                    baked.accepted_mismatches.iter().any(|a| {
+                        a.path == f.path && a.package == f.package && a.observed == f.observed
+                    })
+                };
+                findings.extend(
+                    outcome
+                        .findings
+                        .into_iter()
+                        .filter(|f| !accepted(f))
+                        .map(Finding::PackageFile),
+                );
+                errors.extend(
+                    outcome
+                        .errors
+                        .iter()
+                        .map(|(path, e)| scan_error(path, e.clone())),
+                );
+            }
+            Err(err) => errors.push(source_error("package database", err.to_string())),
+        }
+    }
+    // Runtime state belongs to the running system, so only a check of / reads it.
+    let mut skipped = Vec::new();
+    if root == Path::new("/") && plan.runtime {
+        let observed = runtime::observe(
+            &policy.config().runtime,
+            reader,
+            reader.meta().runtime.as_ref(),
+        );
+        findings.extend(observed.findings);
+        errors.extend(
+            observed
+                .errors
+                .into_iter()
+                .map(|e| source_error("runtime", e)),
+        );
+        skipped = observed.skipped;
+    }
+
+    let report = Report {
+        schema: REPORT_SCHEMA.to_string(),
+        host: HostInfo {
+            hostname: hostname(),
+            machine_id: machine_id(root),
+        },
+        baseline: BaselineInfo {
+            digest: digest_string(reader.digest()),
+            image_id: reader.meta().image_id.clone(),
+            signed: reader.signer().is_some(),
+        },
+        scan: ScanInfo {
+            root: display(root.as_os_str().as_encoded_bytes()),
+            started_at: rfc3339(started_at),
+            duration_ms: timer.elapsed().as_millis() as u64,
+            entries: stats.entries,
+            bytes_hashed: stats.bytes_hashed,
+        },
+        summary: Summary::of(&findings),
+        findings,
+        errors,
+    };
+    Ok(CheckOutcome { report, skipped })
+}
+
+/// Re-checks single paths against the baseline (after watch events): one baseline
+/// lookup and one inspection per path. Paths outside the policy's scope give nothing.
+pub fn recheck(
+    root: &Path,
+    baseline: &BaselineReader<File>,
+    policy: &Policy,
+    paths: &[Vec<u8>],
+) -> Result<Vec<Finding>> {
+    let mut differ = Differ::new(policy, &[]);
+    for path in paths {
+        if !policy.in_scope(path) || policy.state_for(path).excluded {
+            continue;
+        }
+        let before = baseline
+            .lookup(path)
+            .map_err(|source| Error::VerifyBaseline {
+                path: PathBuf::from("(baseline lookup)"),
+                source,
+            })?;
+        match files::observe_one(root, policy, path) {
+            Some(ScanItem::Observed { entry, state, .. }) => {
+                differ.observed(before.as_ref(), &entry, &state)
+            }
+            // Unreadable now: the next full check reports it as an error.
+            Some(ScanItem::Unreadable { .. }) => {}
+            None => {
+                if let Some(before) = &before {
+                    differ.unmatched_baseline(before);
+                }
+            }
+        }
+    }
+    Ok(differ.finish())
+}
+
+/// RFC 3339, to the second.
+pub fn rfc3339(time: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(time).to_string()
+}
+
+/// The kernel's hostname.
+pub fn hostname() -> String {
+    fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|name| name.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// `/etc/machine-id` inside the root.
+pub fn machine_id(root: &Path) -> Option<String> {
+    let id = fs::read_to_string(root.join("etc/machine-id")).ok()?;
+    let id = id.trim();
+    (!id.is_empty() && id.len() <= 64).then(|| id.to_string())
+}
+
+/// The default baseline location inside `root`.
+pub fn default_baseline(root: &Path) -> PathBuf {
+    root.join(crate::baseline::DEFAULT_BASELINE_PATH.trim_start_matches('/'))
+}
