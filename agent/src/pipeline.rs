@@ -9,7 +9,9 @@ use crate::diff::{package_findings, BaselineCursor, Differ};
 use crate::error::{Error, Result};
 use crate::policy::Policy;
 use crate::sink::progress::Progress;
-use crate::source::files::{self, scan, ScanAbort, ScanItem, ScanOptions};
+use crate::source::files::{
+    self, scan, ContentHashes, FileIdentity, ScanAbort, ScanItem, ScanOptions,
+};
 use crate::source::{packages, runtime};
 use driftwatch_protocol::baseline::{digest_string, BaselineReader};
 use driftwatch_protocol::package::PackageSet;
@@ -33,8 +35,12 @@ pub struct CheckPlan<'a> {
     pub baseline_path: &'a Path,
     /// The policy in force.
     pub policy: &'a Policy,
-    /// Hashing threads (0: one per core).
-    pub threads: usize,
+    /// Threads, read pacing and known hashes for the file scan (its `skip` is filled
+    /// in here).
+    pub scan: ScanOptions,
+    /// Hand back the identity and hashes of every hashed file (to refresh the daemon's
+    /// hash cache).
+    pub collect_hashes: bool,
     /// Read runtime state (only ever done when the root is `/`).
     pub runtime: bool,
     /// Stops the file scan between files (best effort).
@@ -47,6 +53,9 @@ pub struct CheckOutcome {
     pub report: Report,
     /// Sources that could not be looked at on this host, and why (for people).
     pub skipped: Vec<String>,
+    /// With `collect_hashes`: each hashed file's path, identity and hashes, in walk
+    /// order.
+    pub hashed: Vec<(Vec<u8>, FileIdentity, ContentHashes)>,
 }
 
 /// An error entry for the report.
@@ -95,9 +104,10 @@ pub fn check(plan: &CheckPlan<'_>, progress: &Progress) -> Result<CheckOutcome> 
     let mut differ = Differ::new(policy, &own_files);
     let mut errors = Vec::new();
     let mut bytes_seen = 0u64;
+    let mut hashed = Vec::new();
     let options = ScanOptions {
-        threads: plan.threads,
         skip: own_files.clone(),
+        ..plan.scan.clone()
     };
     let stats = scan(root, policy, &options, plan.cancel, |item| {
         match item {
@@ -105,9 +115,19 @@ pub fn check(plan: &CheckPlan<'_>, progress: &Progress) -> Result<CheckOutcome> 
                 entry,
                 state,
                 error,
+                identity,
             } => {
                 if entry.blake3.is_some() {
                     bytes_seen += entry.size;
+                }
+                if let (true, Some(identity), Some(blake3)) =
+                    (plan.collect_hashes, identity, entry.blake3)
+                {
+                    let hashes = ContentHashes {
+                        blake3,
+                        sha256: entry.sha256,
+                    };
+                    hashed.push((entry.path.clone(), identity, hashes));
                 }
                 progress.entry(bytes_seen);
                 let before = cursor.seek(&entry.path, |b| differ.unmatched_baseline(b))?;
@@ -222,7 +242,11 @@ pub fn check(plan: &CheckPlan<'_>, progress: &Progress) -> Result<CheckOutcome> 
         findings,
         errors,
     };
-    Ok(CheckOutcome { report, skipped })
+    Ok(CheckOutcome {
+        report,
+        skipped,
+        hashed,
+    })
 }
 
 /// Re-checks single paths against the baseline (after watch events): one baseline

@@ -64,7 +64,19 @@ fn write_config(t: &Tree, port: u16, extra: &str) -> PathBuf {
 }
 
 fn start(t: &Tree, config: &Path, notify: Option<&Path>) -> Daemon {
-    let mut command = Command::new(BIN);
+    start_via(t, config, notify, &[])
+}
+
+/// Starts the daemon through a wrapper command (e.g. `unshare …`), or directly.
+fn start_via(t: &Tree, config: &Path, notify: Option<&Path>, wrapper: &[&str]) -> Daemon {
+    let mut command = match wrapper.split_first() {
+        Some((program, args)) => {
+            let mut command = Command::new(program);
+            command.args(args).arg(BIN);
+            command
+        }
+        None => Command::new(BIN),
+    };
     command
         .args(["run", "--config"])
         .arg(config)
@@ -251,6 +263,170 @@ fn drift_is_found_in_real_time_marks_the_host_and_survives_a_restart() {
     assert_eq!(again, first_seen);
     assert_eq!(get(port2, "/healthz").unwrap().0, 503);
     drop(restarted);
+}
+
+#[test]
+fn fast_verification_catches_what_watching_does_not() {
+    let t = baked_tree();
+    let port = free_port();
+    // /etc is not watched (no critical rule covers it): only scheduled verification
+    // can see a change there.
+    let config = write_config(&t, port, "");
+    with_fast_schedule(&config);
+    let _daemon = start(&t, &config, None);
+    wait_for(port, Duration::from_secs(20), "the boot check", |s| {
+        s["state"] == "clean"
+    });
+    // Same size, mtime put back: only the content (and the ctime) differ.
+    let path = t.path("/etc/app.conf");
+    let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+    std::fs::write(&path, b"x=9\n").unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&path)
+        .unwrap()
+        .set_modified(mtime)
+        .unwrap();
+    let status = wait_for(port, Duration::from_secs(20), "fast verification", |s| {
+        finding_paths(s).contains(&"/etc/app.conf".to_string())
+    });
+    assert!(status["fast_checks"].as_u64() >= Some(1), "{status:#}");
+    assert_eq!(status["state"], "drifted");
+}
+
+fn with_fast_schedule(config: &Path) {
+    let text = std::fs::read_to_string(config).unwrap()
+        + "[schedule]\nfast_verify_interval_secs = 1\njitter = 0.0\n";
+    std::fs::write(config, text).unwrap();
+}
+
+#[test]
+fn an_exhausted_watch_limit_is_reported_and_scheduled_verification_covers_it() {
+    if !util::root_or_skip() || !util::have_tool("unshare") {
+        return;
+    }
+    let t = Tree::new();
+    t.write_policy(POLICY);
+    for i in 0..20 {
+        t.file(format!("/usr/bin/d{i:02}/tool"), b"v1\n");
+    }
+    t.create();
+    let port = free_port();
+    let config = write_config(&t, port, "");
+    with_fast_schedule(&config);
+    // A user namespace of our own, allowed 3 inotify watches: the host's limit is left
+    // alone, the daemon hits its own.
+    let _daemon = start_via(
+        &t,
+        &config,
+        None,
+        &[
+            "unshare",
+            "--user",
+            "--map-root-user",
+            "sh",
+            "-c",
+            "echo 3 > /proc/sys/user/max_inotify_watches && exec \"$0\" \"$@\"",
+        ],
+    );
+    let status = wait_for(port, Duration::from_secs(20), "the degradation", |s| {
+        s["degradations"].as_array().is_some_and(|d| !d.is_empty())
+    });
+    let degradation = status["degradations"][0].as_str().unwrap().to_string();
+    assert!(degradation.contains("watch limit"), "{degradation}");
+    // A directory that got no watch: the scheduled fast verification still finds it.
+    t.file("/usr/bin/d19/tool", b"v2\n");
+    wait_for(port, Duration::from_secs(20), "the finding", |s| {
+        finding_paths(s).contains(&"/usr/bin/d19/tool".to_string())
+    });
+}
+
+#[test]
+fn lost_watch_events_trigger_a_full_check() {
+    if !util::root_or_skip() {
+        return;
+    }
+    const QUEUE_LIMIT: &str = "/proc/sys/fs/inotify/max_queued_events";
+    let t = baked_tree();
+    let port = free_port();
+    let config = write_config(&t, port, "");
+    // The queue limit is taken when an inotify instance is created: lower it only while
+    // the daemon starts.
+    let original = std::fs::read_to_string(QUEUE_LIMIT).unwrap();
+    std::fs::write(QUEUE_LIMIT, "16").unwrap();
+    let daemon = start(&t, &config, None);
+    let started = wait_for(port, Duration::from_secs(20), "the boot check", |s| {
+        s["state"] == "clean"
+    });
+    std::fs::write(QUEUE_LIMIT, original.trim()).unwrap();
+    assert_eq!(started["rescans"], 0);
+    // A burst far beyond 16 queued events, then one real drift among them.
+    for i in 0..2000 {
+        t.file(format!("/usr/bin/burst{}", i % 50), format!("{i}"));
+    }
+    t.file("/usr/bin/tool", b"tampered\n");
+    let status = wait_for(
+        port,
+        Duration::from_secs(30),
+        "a rescan finding the drift",
+        |s| {
+            s["rescans"].as_u64() >= Some(1)
+                && finding_paths(s).contains(&"/usr/bin/tool".to_string())
+        },
+    );
+    assert_eq!(status["state"], "marked");
+    drop(daemon);
+}
+
+#[test]
+fn killed_mid_scan_the_daemon_restarts_with_its_state_intact() {
+    let t = baked_tree();
+    // Enough content that the boot check is still running when the daemon is killed.
+    let big = vec![7u8; 64 << 20];
+    for i in 0..8 {
+        t.file(format!("/usr/lib/big{i}"), &big);
+    }
+    t.file("/usr/bin/tool", b"tampered\n");
+    t.create();
+    t.file("/usr/bin/tool", b"tampered again\n");
+    let port = free_port();
+    let config = write_config(&t, port, "");
+    let first = start(&t, &config, None);
+    let status = wait_for(port, Duration::from_secs(60), "the first finding", |s| {
+        s["state"] == "marked"
+    });
+    let sightings = |status: &Value| -> Vec<(String, String)> {
+        status["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| {
+                (
+                    r["finding"]["path"].as_str().unwrap_or("").to_string(),
+                    r["first_seen"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let before = sightings(&status);
+    drop(first); // SIGKILL, whatever it was doing
+    let mut second = start(&t, &config, None);
+    // Kill the second one mid-scan (its boot check reads 512 MiB).
+    std::thread::sleep(Duration::from_millis(150));
+    second.child.kill().unwrap();
+    second.child.wait().unwrap();
+    let port3 = free_port();
+    let config3 = write_config(&t, port3, "");
+    let _third = start(&t, &config3, None);
+    let status = wait_for(port3, Duration::from_secs(60), "the restarted check", |s| {
+        s["full_checks"].as_u64() >= Some(1)
+    });
+    assert_eq!(status["state"], "marked", "{status:#}");
+    assert_eq!(
+        sightings(&status),
+        before,
+        "state intact, nothing duplicated"
+    );
 }
 
 #[test]

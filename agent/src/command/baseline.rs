@@ -113,6 +113,7 @@ pub fn create(args: &CreateArgs, out: &mut impl Write) -> Result<Outcome> {
     let options = ScanOptions {
         threads: args.scan.threads,
         skip: own_files,
+        ..ScanOptions::default()
     };
     let stats = scan(&root, &policy, &options, &AtomicBool::new(false), |item| {
         match item {

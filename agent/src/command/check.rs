@@ -8,6 +8,7 @@ use crate::pipeline::{self, CheckOutcome, CheckPlan};
 use crate::policy::Policy;
 use crate::sink::progress::Progress;
 use crate::sink::report::{colour_stdout, summary_line, write_findings, write_json, Paint};
+use crate::source::files::ScanOptions;
 use driftwatch_protocol::report::Report;
 use std::io::Write;
 use std::sync::atomic::AtomicBool;
@@ -38,11 +39,17 @@ pub fn run(args: &CheckArgs, out: &mut impl Write) -> Result<Outcome> {
         baseline: &reader,
         baseline_path: &baseline_path,
         policy: &policy,
-        threads: args.scan.threads,
+        scan: ScanOptions {
+            threads: args.scan.threads,
+            ..ScanOptions::default()
+        },
+        collect_hashes: false,
         runtime: !args.no_runtime,
         cancel: &AtomicBool::new(false),
     };
-    let CheckOutcome { report, skipped } = pipeline::check(&plan, &progress)?;
+    let CheckOutcome {
+        report, skipped, ..
+    } = pipeline::check(&plan, &progress)?;
     match args.format {
         Format::Json => write_json(out, &report)?,
         Format::Text => write_text(

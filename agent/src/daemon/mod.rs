@@ -7,8 +7,11 @@
 //!    full check.
 //! 2. **Real time**: [`crate::watch`] watches the policy's critical paths; an event
 //!    re-checks only the paths it names (one baseline lookup each).
-//! 3. **Scheduled**: full verification every `full_verify_interval_secs`, with jitter,
-//!    on a share of the cores, at the priority the unit gives it.
+//! 3. **Scheduled**: fast verification every `fast_verify_interval_secs` re-hashes only
+//!    files whose identity (size, mtime, ctime, inode, device) moved since they were
+//!    hashed ([`cache`]); full verification every `full_verify_interval_secs` re-hashes
+//!    everything. Both are jittered, paced to `read_bytes_per_sec`, on a share of the
+//!    cores, at the priority the unit gives them.
 //! 4. **Replacement signal**: findings are remembered in [`state`]; once one reaches
 //!    `mark_severity`, the host is marked — `/healthz` answers 503, a marker file
 //!    appears under `run_dir`, and the configured command runs. Only replacing the
@@ -18,6 +21,7 @@
 //! journal. Scans run on blocking threads; the async side only waits for timers,
 //! signals, events and HTTP requests.
 
+pub mod cache;
 pub mod config;
 pub mod health;
 pub mod state;
@@ -27,7 +31,9 @@ use crate::error::Error;
 use crate::pipeline::{self, rfc3339, CheckPlan};
 use crate::policy::Policy;
 use crate::sink::progress::Progress;
+use crate::source::files::{KnownHashes, ScanOptions};
 use crate::watch::{self, WatchEvent};
+use cache::HashCache;
 use config::AgentConfig;
 use driftwatch_protocol::baseline::{digest_string, BaselineReader};
 use driftwatch_protocol::report::{Finding, ScanError};
@@ -40,7 +46,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// Name of the marker file written under `run_dir` when the host is marked.
 pub const MARKER_FILE: &str = "replace-me";
@@ -70,10 +76,20 @@ pub struct Status {
     pub last_full_check: Option<String>,
     /// How long it took.
     pub last_full_check_ms: Option<u64>,
-    /// Full checks finished since start.
+    /// Full checks finished since start (boot, reload, rescan and scheduled).
     pub full_checks: u64,
+    /// When the last fast verification finished (RFC 3339).
+    pub last_fast_check: Option<String>,
+    /// How long it took.
+    pub last_fast_check_ms: Option<u64>,
+    /// Fast verifications finished since start.
+    pub fast_checks: u64,
+    /// Bytes read for hashing by the last check (fast or full).
+    pub last_check_bytes_hashed: u64,
     /// Paths re-checked after watch events since start.
     pub watch_rechecks: u64,
+    /// Full checks run because watch events were lost (queue overflow).
+    pub rescans: u64,
 }
 
 /// State shared between the daemon loop and the HTTP endpoint.
@@ -90,6 +106,17 @@ impl Shared {
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// How much a check re-reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Depth {
+    /// Everything, unthrottled: at start, after a reload or lost events.
+    Boot,
+    /// Everything, paced: the scheduled full re-hash.
+    Full,
+    /// Only files whose identity moved since they were hashed, paced.
+    Fast,
 }
 
 /// The verified baseline and the policy in force.
@@ -209,8 +236,11 @@ impl Daemon {
         let mut sigterm = signal(SignalKind::terminate()).map_err(Error::Start)?;
         let mut sigint = signal(SignalKind::interrupt()).map_err(Error::Start)?;
         let mut sighup = signal(SignalKind::hangup()).map_err(Error::Start)?;
-        let full_interval = Duration::from_secs(self.config.schedule.full_verify_interval_secs);
-        let mut next_full = Instant::now() + jittered(full_interval, self.config.schedule.jitter);
+        let schedule = &self.config.schedule;
+        let full_interval = Duration::from_secs(schedule.full_verify_interval_secs);
+        let fast_interval = Duration::from_secs(schedule.fast_verify_interval_secs);
+        let mut next_full = Instant::now() + jittered(full_interval, schedule.jitter);
+        let mut next_fast = Instant::now() + jittered(fast_interval, schedule.jitter);
         let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
         let mut watchdog_tick =
             tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
@@ -241,9 +271,17 @@ impl Daemon {
                 }
                 _ = tokio::time::sleep_until(next_full.into()) => {
                     if let Some(context) = &context {
-                        self.full_check(Arc::clone(context), "scheduled").await;
+                        self.check(Arc::clone(context), "scheduled", Depth::Full).await;
                     }
                     next_full = Instant::now() + jittered(full_interval, self.config.schedule.jitter);
+                    // A full verification is also the freshest fast one.
+                    next_fast = Instant::now() + jittered(fast_interval, self.config.schedule.jitter);
+                }
+                _ = tokio::time::sleep_until(next_fast.into()) => {
+                    if let Some(context) = &context {
+                        self.check(Arc::clone(context), "scheduled", Depth::Fast).await;
+                    }
+                    next_fast = Instant::now() + jittered(fast_interval, self.config.schedule.jitter);
                 }
                 Some(event) = events.recv() => {
                     if let Some(context) = &context {
@@ -265,23 +303,51 @@ impl Daemon {
         Ok(())
     }
 
-    /// Runs the whole pipeline on a blocking thread and applies what it found.
+    /// Runs the whole pipeline on a blocking thread and applies what it found; then
+    /// refreshes the hash cache with what it hashed.
     async fn full_check(&mut self, context: Arc<Context>, why: &'static str) {
+        self.check(context, why, Depth::Boot).await;
+    }
+
+    async fn check(&mut self, context: Arc<Context>, why: &'static str, depth: Depth) {
         let root = self.config.root.clone();
-        let threads = self.config.throttle.threads();
+        let state_dir = self.config.state_dir.clone();
+        let scan = ScanOptions {
+            threads: match depth {
+                Depth::Boot => 0,
+                Depth::Full | Depth::Fast => self.config.throttle.threads(),
+            },
+            read_bytes_per_sec: match depth {
+                Depth::Boot => 0,
+                Depth::Full | Depth::Fast => self.config.throttle.read_bytes_per_sec,
+            },
+            known: None,
+            skip: Vec::new(),
+        };
         let cancel = Arc::clone(&self.cancel);
         let started = Instant::now();
         let result = tokio::task::spawn_blocking(move || {
+            let known = (depth == Depth::Fast).then(|| {
+                let cache = HashCache::load(&state_dir);
+                debug!(files = cache.len(), "Hash cache loaded.");
+                Arc::new(cache) as Arc<dyn KnownHashes>
+            });
             let plan = CheckPlan {
                 root: &root,
                 baseline: &context.reader,
                 baseline_path: &context.baseline_path,
                 policy: &context.policy,
-                threads,
+                scan: ScanOptions { known, ..scan },
+                collect_hashes: true,
                 runtime: true,
                 cancel: &cancel,
             };
-            pipeline::check(&plan, &Progress::hidden())
+            let outcome = pipeline::check(&plan, &Progress::hidden())?;
+            if let Err(err) = HashCache::save(&state_dir, &outcome.hashed) {
+                // Only fast verification loses: it re-reads more next time.
+                warn!(error = %err, "Cannot save the hash cache.");
+            }
+            Ok::<_, Error>(outcome)
         })
         .await;
         match result {
@@ -289,24 +355,36 @@ impl Daemon {
                 let report = outcome.report;
                 info!(
                     why,
+                    depth = ?depth,
                     entries = report.scan.entries,
+                    bytes_hashed = report.scan.bytes_hashed,
                     findings = report.findings.len(),
                     errors = report.errors.len(),
                     duration_ms = report.scan.duration_ms,
-                    "Full check finished."
+                    "Check finished."
                 );
                 {
                     let mut status = self.shared.status();
                     status.errors = report.errors;
-                    status.last_full_check = Some(now());
-                    status.last_full_check_ms = Some(started.elapsed().as_millis() as u64);
-                    status.full_checks += 1;
+                    status.last_check_bytes_hashed = report.scan.bytes_hashed;
+                    let elapsed = Some(started.elapsed().as_millis() as u64);
+                    if depth == Depth::Fast {
+                        status.last_fast_check = Some(now());
+                        status.last_fast_check_ms = elapsed;
+                        status.fast_checks += 1;
+                    } else {
+                        status.last_full_check = Some(now());
+                        status.last_full_check_ms = elapsed;
+                        status.full_checks += 1;
+                    }
                 }
-                self.state.last_full_verification = Some(now());
+                if depth != Depth::Fast {
+                    self.state.last_full_verification = Some(now());
+                }
                 self.apply(&report.findings).await;
             }
-            Ok(Err(err)) => error!(why, error = %err, "Full check failed."),
-            Err(err) => error!(why, error = %err, "Full check panicked."),
+            Ok(Err(err)) => error!(why, error = %err, "Check failed."),
+            Err(err) => error!(why, error = %err, "Check panicked."),
         }
     }
 
@@ -339,6 +417,7 @@ impl Daemon {
         }
         if let Some(reason) = rescan {
             warn!(reason = %reason, "Watch events were lost; running a full check.");
+            self.shared.status().rescans += 1;
             self.full_check(context, "rescan").await;
             return;
         }
@@ -403,7 +482,7 @@ impl Daemon {
             "marked"
         } else if !self.state.findings.is_empty() {
             "drifted"
-        } else if status.full_checks > 0 {
+        } else if status.full_checks + status.fast_checks > 0 {
             "clean"
         } else {
             "starting"

@@ -63,17 +63,94 @@ fn is_security_xattr(name: &[u8]) -> bool {
     ) || name.starts_with(b"trusted.")
 }
 
+/// What identifies a file's content without reading it. Writing content through the
+/// filesystem changes mtime and ctime, and putting mtime back (`touch -r`) changes
+/// ctime, which no system call can set: if none of these moved since a file was
+/// hashed, its hash still holds. (Raw writes to the block device bypass this; the
+/// daemon's periodic full re-hash, which ignores known hashes, covers them.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FileIdentity {
+    /// Device.
+    pub dev: u64,
+    /// Inode.
+    pub ino: u64,
+    /// Size in bytes.
+    pub size: u64,
+    /// Modification time, seconds and nanoseconds.
+    pub mtime: (i64, i64),
+    /// Status change time, seconds and nanoseconds.
+    pub ctime: (i64, i64),
+}
+
+impl FileIdentity {
+    /// The identity in a stat result.
+    pub fn of(meta: &Metadata) -> Self {
+        FileIdentity {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime: (meta.mtime(), meta.mtime_nsec()),
+            ctime: (meta.ctime(), meta.ctime_nsec()),
+        }
+    }
+}
+
+/// Content hashes of one file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ContentHashes {
+    /// BLAKE3.
+    pub blake3: [u8; 32],
+    /// SHA-256, when the policy asks for it.
+    pub sha256: Option<[u8; 32]>,
+}
+
+/// Hashes known from an earlier scan (the daemon's fast verification): a file whose
+/// identity matches is not read again.
+pub trait KnownHashes: Send + Sync {
+    /// The hashes of `path`, if they were taken when it had exactly `identity`.
+    fn get(&self, path: &[u8], identity: &FileIdentity) -> Option<ContentHashes>;
+}
+
+/// Paces reading across all inspectors to a rate in bytes per second.
+struct Pacer {
+    bytes_per_sec: u64,
+    started: std::time::Instant,
+    consumed: AtomicU64,
+}
+
+impl Pacer {
+    /// Accounts for `bytes` read and sleeps for as long as reading is ahead of the rate.
+    fn pace(&self, bytes: u64) {
+        if self.bytes_per_sec == 0 {
+            return;
+        }
+        let total = self.consumed.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        let due = std::time::Duration::from_secs_f64(total as f64 / self.bytes_per_sec as f64);
+        if let Some(ahead) = due.checked_sub(self.started.elapsed()) {
+            std::thread::sleep(ahead);
+        }
+    }
+}
+
 /// How to scan.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Default)]
 pub struct ScanOptions {
     /// Inspector threads; 0 means one per core.
     pub threads: usize,
+    /// Bytes per second read for hashing, across all threads (0: unlimited; default).
+    pub read_bytes_per_sec: u64,
+    /// Hashes from an earlier scan to reuse for files whose identity did not change
+    /// (default: none — everything is read).
+    pub known: Option<Arc<dyn KnownHashes>>,
     /// Paths inside the root to leave out entirely, e.g. the baseline being written
     /// or read, which lives in the image but is not part of it (default: none).
     pub skip: Vec<Vec<u8>>,
 }
 
 /// One observed entry, in walk order.
+// Nearly every item is `Observed`: boxing it would add an allocation per file on the
+// scan's hot path to shrink the rare error variant.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum ScanItem {
     /// An entry and where it stands with the policy; `error` says what could not be
@@ -85,6 +162,8 @@ pub enum ScanItem {
         state: PathState,
         /// A partial failure.
         error: Option<String>,
+        /// The identity the content hashes were taken at (hashed regular files only).
+        identity: Option<FileIdentity>,
     },
     /// A path that could not be examined at all. When `subtree_unknown`, nothing below
     /// it was seen either (an unreadable directory), so nothing there may be called
@@ -124,6 +203,8 @@ pub enum ScanAbort<E> {
     Visitor(E),
 }
 
+// As for `ScanItem`: `Ready` carries one, and both variants are on the hot path.
+#[allow(clippy::large_enum_variant)]
 enum Job {
     Inspect {
         seq: u64,
@@ -139,19 +220,15 @@ enum Job {
 }
 
 /// Hashes of one inode, shared between the hard links that name it.
-type InodeHashes = Arc<Mutex<Option<Hashes>>>;
-
-#[derive(Clone, Copy, Debug)]
-struct Hashes {
-    blake3: [u8; 32],
-    sha256: Option<[u8; 32]>,
-}
+type InodeHashes = Arc<Mutex<Option<ContentHashes>>>;
 
 struct Inspector<'a> {
     sha256: bool,
     buffer: Vec<u8>,
     bytes_hashed: &'a AtomicU64,
     links: &'a Mutex<HashMap<(u64, u64), InodeHashes>>,
+    known: Option<&'a dyn KnownHashes>,
+    pacer: &'a Pacer,
 }
 
 /// Walks `policy`'s scan paths inside `root` and calls `visit` for every item in walk
@@ -180,6 +257,11 @@ pub fn scan<E>(
     };
     let bytes_hashed = AtomicU64::new(0);
     let links = Mutex::new(HashMap::new());
+    let pacer = Pacer {
+        bytes_per_sec: options.read_bytes_per_sec,
+        started: std::time::Instant::now(),
+        consumed: AtomicU64::new(0),
+    };
     let (job_tx, job_rx) = bounded::<Job>(JOB_QUEUE);
     let (result_tx, result_rx) = bounded::<(u64, Option<ScanItem>)>(JOB_QUEUE);
     let (window_tx, window_rx) = bounded::<()>(REORDER_WINDOW);
@@ -195,6 +277,8 @@ pub fn scan<E>(
                 buffer: vec![0; READ_BUFFER_BYTES],
                 bytes_hashed: &bytes_hashed,
                 links: &links,
+                known: options.known.as_deref(),
+                pacer: &pacer,
             };
             scope.spawn(move || inspector.run(jobs, results));
         }
@@ -495,12 +579,25 @@ impl Inspector<'_> {
             };
             let mut entry = entry_from(path.clone(), file_type, &meta);
             let mut error = None;
+            let mut identity = None;
+            let known = match (file_type, hash, self.known) {
+                (FileType::File, true, Some(known)) => known.get(&path, &FileIdentity::of(&meta)),
+                _ => None,
+            };
             match file_type {
+                FileType::File if hash && known.is_some() => {
+                    if let Some(hashes) = known {
+                        entry.blake3 = Some(hashes.blake3);
+                        entry.sha256 = hashes.sha256;
+                        identity = Some(FileIdentity::of(&meta));
+                    }
+                }
                 FileType::File if hash => match self.hash_file(host, &meta) {
                     Ok(Some((hashes, stable_meta))) => {
                         entry = entry_from(path.clone(), file_type, &stable_meta);
                         entry.blake3 = Some(hashes.blake3);
                         entry.sha256 = hashes.sha256;
+                        identity = Some(FileIdentity::of(&stable_meta));
                     }
                     Ok(None) => {
                         last_error = "changed while being read".to_string();
@@ -527,6 +624,7 @@ impl Inspector<'_> {
                 entry,
                 state,
                 error,
+                identity,
             });
         }
         Some(ScanItem::Unreadable {
@@ -546,7 +644,7 @@ impl Inspector<'_> {
         &mut self,
         host: &Path,
         listed: &Metadata,
-    ) -> io::Result<Option<(Hashes, Metadata)>> {
+    ) -> io::Result<Option<(ContentHashes, Metadata)>> {
         if listed.nlink() < 2 {
             return self.hash_once(host, listed);
         }
@@ -573,7 +671,7 @@ impl Inspector<'_> {
         &mut self,
         host: &Path,
         listed: &Metadata,
-    ) -> io::Result<Option<(Hashes, Metadata)>> {
+    ) -> io::Result<Option<(ContentHashes, Metadata)>> {
         let file = open_no_follow(host)?;
         let before = file.metadata()?;
         if !before.file_type().is_file()
@@ -600,6 +698,7 @@ impl Inspector<'_> {
             }
             remaining -= read as u64;
             self.bytes_hashed.fetch_add(read as u64, Ordering::Relaxed);
+            self.pacer.pace(read as u64);
         }
         let after = file.metadata()?;
         let stable = remaining == 0
@@ -611,7 +710,7 @@ impl Inspector<'_> {
         if !stable {
             return Ok(None);
         }
-        let hashes = Hashes {
+        let hashes = ContentHashes {
             blake3: *blake3.finalize().as_bytes(),
             sha256: sha256.map(|sha| sha.finalize().into()),
         };
@@ -671,11 +770,18 @@ fn is_unsupported(err: &io::Error) -> bool {
 pub fn observe_one(root: &Path, policy: &Policy, path: &[u8]) -> Option<ScanItem> {
     let bytes_hashed = AtomicU64::new(0);
     let links = Mutex::new(HashMap::new());
+    let pacer = Pacer {
+        bytes_per_sec: 0,
+        started: std::time::Instant::now(),
+        consumed: AtomicU64::new(0),
+    };
     let mut inspector = Inspector {
         sha256: policy.config().scan.sha256,
         buffer: vec![0; READ_BUFFER_BYTES],
         bytes_hashed: &bytes_hashed,
         links: &links,
+        known: None,
+        pacer: &pacer,
     };
     let state = policy.state_for(path);
     let hash = policy.rule(&state).attributes.contains(Attribute::Content);
@@ -759,6 +865,81 @@ mod tests {
         assert_eq!(paths(&items), ["/usr"]);
         let items = collect(dir.path(), "[scan]\npaths = [\"/usr/secret\"]");
         assert_eq!(paths(&items), ["!/usr/secret"]);
+    }
+
+    struct Remembered(Mutex<HashMap<Vec<u8>, (FileIdentity, ContentHashes)>>);
+
+    impl KnownHashes for Remembered {
+        fn get(&self, path: &[u8], identity: &FileIdentity) -> Option<ContentHashes> {
+            let known = self.0.lock().unwrap();
+            known
+                .get(path)
+                .filter(|(i, _)| i == identity)
+                .map(|(_, h)| *h)
+        }
+    }
+
+    #[test]
+    fn known_hashes_spare_unchanged_files_only() {
+        let dir = tempfile::tempdir().unwrap();
+        for i in 0..20 {
+            fs::write(dir.path().join(format!("f{i}")), vec![b'x'; 1000]).unwrap();
+        }
+        let policy = Policy::parse("").unwrap();
+        let remembered = Arc::new(Remembered(Mutex::new(HashMap::new())));
+        let run = |known: Option<Arc<dyn KnownHashes>>| {
+            let options = ScanOptions {
+                known,
+                ..ScanOptions::default()
+            };
+            let mut seen = Vec::new();
+            let stats = scan(
+                dir.path(),
+                &policy,
+                &options,
+                &AtomicBool::new(false),
+                |item| -> Result<(), ()> {
+                    if let ScanItem::Observed {
+                        entry,
+                        identity: Some(identity),
+                        ..
+                    } = item
+                    {
+                        let hashes = ContentHashes {
+                            blake3: entry.blake3.unwrap(),
+                            sha256: None,
+                        };
+                        seen.push((entry.path, identity, hashes));
+                    }
+                    Ok(())
+                },
+            )
+            .unwrap();
+            (stats.bytes_hashed, seen)
+        };
+        let (read, seen) = run(None);
+        assert_eq!(read, 20_000);
+        remembered
+            .0
+            .lock()
+            .unwrap()
+            .extend(seen.into_iter().map(|(p, i, h)| (p, (i, h))));
+        let (read, _) = run(Some(remembered.clone()));
+        assert_eq!(read, 0, "nothing changed, nothing read");
+        // Same size, mtime put back: ctime still moves, so it is read again.
+        let changed = dir.path().join("f3");
+        let mtime = fs::metadata(&changed).unwrap().modified().unwrap();
+        fs::write(&changed, vec![b'y'; 1000]).unwrap();
+        fs::File::options()
+            .write(true)
+            .open(&changed)
+            .unwrap()
+            .set_modified(mtime)
+            .unwrap();
+        let (read, seen) = run(Some(remembered));
+        assert_eq!(read, 1000);
+        let f3 = seen.iter().find(|(p, _, _)| p.ends_with(b"/f3")).unwrap();
+        assert_eq!(f3.2.blake3, *blake3::hash(&[b'y'; 1000]).as_bytes());
     }
 
     #[test]

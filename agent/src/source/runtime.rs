@@ -2144,10 +2144,7 @@ nvidia 56000000 0 - Loading 0xffffffffc1000000 (P)
         let policy = Policy::parse(policy_text).unwrap();
         let timer = Instant::now();
         let mut writer = BaselineWriter::new(Vec::new(), &meta(policy_text)).unwrap();
-        let options = ScanOptions {
-            threads: 0,
-            skip: Vec::new(),
-        };
+        let options = ScanOptions::default();
         scan(
             Path::new("/"),
             &policy,

@@ -1,0 +1,184 @@
+//! The hash cache behind fast verification (`state_dir/hash-cache`).
+//!
+//! After each full or fast verification the daemon records, per hashed file, the
+//! identity it had (device, inode, size, mtime, ctime) and its hashes. The next fast
+//! verification reads only files whose identity moved. The cache is an optimisation,
+//! never a source of truth: it is sealed with a BLAKE3 digest, replaced atomically, and
+//! anything wrong with it (missing, torn, corrupt, another format) means an empty cache
+//! — every file is read again. The periodic full re-hash ignores it altogether, so a
+//! forged cache can hide a change only until then.
+
+use crate::source::files::{ContentHashes, FileIdentity, KnownHashes};
+use driftwatch_protocol::codec::{put_bytes, put_varint, DecodeError, Reader, MAX_PATH_BYTES};
+use std::collections::HashMap;
+use std::fs;
+use std::io::{self, Write};
+use std::path::Path;
+
+/// The cache file's name inside `state_dir`.
+pub const CACHE_FILE: &str = "hash-cache";
+const MAGIC: &[u8; 8] = b"DWHCACH1";
+
+/// Known hashes by path.
+#[derive(Debug, Default)]
+pub struct HashCache {
+    entries: HashMap<Vec<u8>, (FileIdentity, ContentHashes)>,
+}
+
+impl KnownHashes for HashCache {
+    fn get(&self, path: &[u8], identity: &FileIdentity) -> Option<ContentHashes> {
+        self.entries
+            .get(path)
+            .filter(|(known, _)| known == identity)
+            .map(|(_, hashes)| *hashes)
+    }
+}
+
+fn decode(bytes: &[u8]) -> Result<HashCache, DecodeError> {
+    let mut input = Reader::new(bytes);
+    let mut entries = HashMap::new();
+    while !input.is_empty() {
+        let path = input.bytes("path", MAX_PATH_BYTES)?.to_vec();
+        let mut numbers = [0u64; 8];
+        for number in &mut numbers {
+            *number = input.varint()?;
+        }
+        let [dev, ino, size, mtime, mtime_ns, ctime, ctime_ns, with_sha256] = numbers;
+        let mut blake3 = [0u8; 32];
+        blake3.copy_from_slice(input.take(32)?);
+        let sha256 = if with_sha256 == 1 {
+            let mut sha = [0u8; 32];
+            sha.copy_from_slice(input.take(32)?);
+            Some(sha)
+        } else {
+            None
+        };
+        let identity = FileIdentity {
+            dev,
+            ino,
+            size,
+            mtime: (mtime as i64, mtime_ns as i64),
+            ctime: (ctime as i64, ctime_ns as i64),
+        };
+        entries.insert(path, (identity, ContentHashes { blake3, sha256 }));
+    }
+    Ok(HashCache { entries })
+}
+
+impl HashCache {
+    /// Loads the cache; any problem gives an empty cache (and everything is re-read).
+    pub fn load(state_dir: &Path) -> HashCache {
+        let Ok(bytes) = fs::read(state_dir.join(CACHE_FILE)) else {
+            return HashCache::default();
+        };
+        let Some(body) = bytes
+            .strip_prefix(MAGIC)
+            .and_then(|rest| rest.len().checked_sub(32).map(|at| rest.split_at(at)))
+            .filter(|(body, digest)| blake3::hash(body).as_bytes() == *digest)
+            .map(|(body, _)| body)
+        else {
+            return HashCache::default();
+        };
+        decode(body).unwrap_or_default()
+    }
+
+    /// The number of files known.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Writes a new cache atomically.
+    pub fn save(
+        state_dir: &Path,
+        hashed: &[(Vec<u8>, FileIdentity, ContentHashes)],
+    ) -> io::Result<()> {
+        let mut body = Vec::with_capacity(hashed.len() * 120);
+        for (path, identity, hashes) in hashed {
+            put_bytes(&mut body, path);
+            for number in [
+                identity.dev,
+                identity.ino,
+                identity.size,
+                identity.mtime.0 as u64,
+                identity.mtime.1 as u64,
+                identity.ctime.0 as u64,
+                identity.ctime.1 as u64,
+                u64::from(hashes.sha256.is_some()),
+            ] {
+                put_varint(&mut body, number);
+            }
+            body.extend_from_slice(&hashes.blake3);
+            if let Some(sha256) = &hashes.sha256 {
+                body.extend_from_slice(sha256);
+            }
+        }
+        fs::create_dir_all(state_dir)?;
+        let temp = state_dir.join(format!(".{CACHE_FILE}.tmp"));
+        let mut file = fs::File::create(&temp)?;
+        file.write_all(MAGIC)?;
+        file.write_all(&body)?;
+        file.write_all(blake3::hash(&body).as_bytes())?;
+        file.sync_all()?;
+        fs::rename(&temp, state_dir.join(CACHE_FILE))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn identity(ctime: i64) -> FileIdentity {
+        FileIdentity {
+            dev: 1,
+            ino: 2,
+            size: 3,
+            mtime: (-4, 5),
+            ctime: (ctime, 6),
+        }
+    }
+
+    #[test]
+    fn round_trip_and_identity_must_match_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let hashes = ContentHashes {
+            blake3: [7; 32],
+            sha256: Some([8; 32]),
+        };
+        let plain = ContentHashes {
+            blake3: [9; 32],
+            sha256: None,
+        };
+        HashCache::save(
+            dir.path(),
+            &[
+                (b"/a".to_vec(), identity(10), hashes),
+                (b"/b\xff".to_vec(), identity(11), plain),
+            ],
+        )
+        .unwrap();
+        let cache = HashCache::load(dir.path());
+        assert_eq!(cache.len(), 2);
+        assert_eq!(cache.get(b"/a", &identity(10)), Some(hashes));
+        assert_eq!(cache.get(b"/b\xff", &identity(11)), Some(plain));
+        assert_eq!(cache.get(b"/a", &identity(99)), None, "ctime moved");
+        assert_eq!(cache.get(b"/c", &identity(10)), None);
+    }
+
+    #[test]
+    fn anything_wrong_means_an_empty_cache() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(HashCache::load(dir.path()).len(), 0);
+        let hashes = ContentHashes {
+            blake3: [7; 32],
+            sha256: None,
+        };
+        HashCache::save(dir.path(), &[(b"/a".to_vec(), identity(1), hashes)]).unwrap();
+        let path = dir.path().join(CACHE_FILE);
+        let mut bytes = fs::read(&path).unwrap();
+        bytes[10] ^= 1;
+        fs::write(&path, &bytes).unwrap();
+        assert_eq!(HashCache::load(dir.path()).len(), 0);
+        fs::write(&path, &bytes[..5]).unwrap();
+        assert_eq!(HashCache::load(dir.path()).len(), 0);
+    }
+}
