@@ -36,17 +36,24 @@ pub struct Watcher {
 }
 
 /// The directories to watch: the literal part (up to the first glob character) of every
-/// pattern of every critical rule, inside the scan paths, none inside another.
+/// pattern of every critical rule — or, when `[default]` itself is critical, the scan
+/// paths — inside the scan paths, none inside another.
 pub fn watched_paths(policy: &Policy) -> Vec<Vec<u8>> {
-    let mut paths: Vec<Vec<u8>> = policy
-        .config()
+    let config = policy.config();
+    let default_critical = config.default.severity == Severity::Critical;
+    let critical_rules = config
         .rules
         .iter()
-        .filter(|rule| {
-            rule.severity.unwrap_or(policy.config().default.severity) == Severity::Critical
-        })
+        .filter(|rule| rule.severity.unwrap_or(config.default.severity) == Severity::Critical)
         .flat_map(|rule| rule.paths.iter())
-        .map(|pattern| literal_prefix(pattern.as_bytes()))
+        .map(|pattern| literal_prefix(pattern.as_bytes()));
+    let scan_paths = policy
+        .scan_paths()
+        .iter()
+        .filter(|_| default_critical)
+        .cloned();
+    let mut paths: Vec<Vec<u8>> = critical_rules
+        .chain(scan_paths)
         .filter(|path| {
             policy.in_scope(path) && !policy.state_for(path).excluded
                 || policy.may_include_below(path)
@@ -180,6 +187,17 @@ severity = "low"
             .map(|p| String::from_utf8(p).unwrap())
             .collect();
         assert_eq!(paths, ["/etc/ssh", "/home", "/usr/bin", "/usr/lib"]);
+    }
+
+    #[test]
+    fn a_critical_default_watches_the_scan_paths() {
+        let policy = Policy::parse(
+            "[scan]\npaths = [\"/usr\", \"/etc\"]\n[default]\nseverity = \"critical\"",
+        )
+        .unwrap();
+        assert_eq!(watched_paths(&policy), [b"/etc".to_vec(), b"/usr".to_vec()]);
+        let calm = Policy::parse("[scan]\npaths = [\"/usr\"]").unwrap();
+        assert!(watched_paths(&calm).is_empty());
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
