@@ -7,13 +7,12 @@
 mod util;
 
 use serde_json::Value;
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpListener;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use util::{Tree, BIN};
+use util::{http_get, Tree, BIN};
 
 /// Critical rule on /usr/bin, low everywhere else.
 const POLICY: &str = r#"
@@ -94,20 +93,8 @@ fn start_via(t: &Tree, config: &Path, notify: Option<&Path>, wrapper: &[&str]) -
     }
 }
 
-/// GET on the daemon's endpoint: (status code, body), or None while it is not up.
-fn get(port: u16, path: &str) -> Option<(u16, String)> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(stream, "GET {path} HTTP/1.0\r\n\r\n").ok()?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).ok()?;
-    let code = response.get(9..12)?.parse().ok()?;
-    let body = response.split_once("\r\n\r\n")?.1.to_string();
-    Some((code, body))
-}
-
 fn status(port: u16) -> Option<Value> {
-    get(port, "/status").and_then(|(_, body)| serde_json::from_str(&body).ok())
+    http_get(port, "/status").and_then(|(_, body)| serde_json::from_str(&body).ok())
 }
 
 /// Polls until `done` holds for the status, failing after `limit`.
@@ -187,7 +174,7 @@ fn drift_is_found_in_real_time_marks_the_host_and_survives_a_restart() {
     wait_for(port, Duration::from_secs(20), "the boot check", |s| {
         s["state"] == "clean"
     });
-    assert_eq!(get(port, "/healthz").unwrap().0, 200);
+    assert_eq!(http_get(port, "/healthz").unwrap().0, 200);
 
     // A low finding: remembered, host not marked.
     t.file("/etc/app.conf", b"x=2\n");
@@ -196,7 +183,7 @@ fn drift_is_found_in_real_time_marks_the_host_and_survives_a_restart() {
         finding_paths(s).contains(&"/etc/app.conf".to_string())
     });
     assert_eq!(status["state"], "drifted", "{status:#}");
-    assert_eq!(get(port, "/healthz").unwrap().0, 200);
+    assert_eq!(http_get(port, "/healthz").unwrap().0, 200);
 
     // A critical change under a watched path: seen in real time, the host is marked.
     let changed_at = Instant::now();
@@ -206,7 +193,7 @@ fn drift_is_found_in_real_time_marks_the_host_and_survives_a_restart() {
     });
     eprintln!("watch latency: {:?}", changed_at.elapsed());
     assert_eq!(status["state"], "marked", "{status:#}");
-    let (code, body) = get(port, "/healthz").unwrap();
+    let (code, body) = http_get(port, "/healthz").unwrap();
     assert_eq!(code, 503, "{body}");
     assert!(body.contains("/usr/bin/tool"), "{body}");
     let marker = std::fs::read_to_string(daemon.run_dir.join("replace-me")).unwrap();
@@ -219,7 +206,7 @@ fn drift_is_found_in_real_time_marks_the_host_and_survives_a_restart() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    let (_, metrics) = get(port, "/metrics").unwrap();
+    let (_, metrics) = http_get(port, "/metrics").unwrap();
     assert!(metrics.contains("driftwatch_marked 1"), "{metrics}");
     let first_seen = status["findings"]
         .as_array()
@@ -261,7 +248,7 @@ fn drift_is_found_in_real_time_marks_the_host_and_survives_a_restart() {
         .unwrap()["first_seen"]
         .clone();
     assert_eq!(again, first_seen);
-    assert_eq!(get(port2, "/healthz").unwrap().0, 503);
+    assert_eq!(http_get(port2, "/healthz").unwrap().0, 503);
     drop(restarted);
 }
 
@@ -444,7 +431,7 @@ fn a_tampered_baseline_marks_the_host_at_start() {
     });
     let reason = status["mark"]["reason"].as_str().unwrap();
     assert!(reason.contains("failed verification"), "{reason}");
-    assert_eq!(get(port, "/healthz").unwrap().0, 503);
+    assert_eq!(http_get(port, "/healthz").unwrap().0, 503);
 }
 
 #[test]

@@ -586,3 +586,17 @@ pub fn generate_key(dir: &Path, name: &str) -> (PathBuf, PathBuf) {
         .assert_code(0);
     (private, public)
 }
+
+/// A minimal HTTP/1.0 GET on 127.0.0.1: (status code, body), or `None` while nothing
+/// answers there.
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::Write as _;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let code = response.get(9..12)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n")?.1.to_string();
+    Some((code, body))
+}
