@@ -417,6 +417,69 @@ fn killed_mid_scan_the_daemon_restarts_with_its_state_intact() {
 }
 
 #[test]
+fn sigterm_stops_a_paced_full_check_within_seconds_and_applies_nothing() {
+    let t = baked_tree();
+    let big = vec![3u8; 32 << 20];
+    for i in 0..8 {
+        t.file(format!("/usr/lib/big{i}"), &big);
+    }
+    t.create();
+    let port = free_port();
+    let config = write_config(&t, port, "");
+    // A scheduled full re-hash paced to 4 MiB/s: 256 MiB would take a minute.
+    let text = std::fs::read_to_string(&config).unwrap()
+        + "[schedule]\nfull_verify_interval_secs = 1\njitter = 0.0\n[throttle]\nread_bytes_per_sec = 4194304\n";
+    std::fs::write(&config, text).unwrap();
+    let mut daemon = start(&t, &config, None);
+    wait_for(port, Duration::from_secs(30), "the boot check", |s| {
+        s["state"] == "clean"
+    });
+    std::thread::sleep(Duration::from_secs(3)); // the paced check is under way
+    let asked = Instant::now();
+    signal(&daemon.child, libc::SIGTERM);
+    let exit = wait_exit(&mut daemon.child, Duration::from_secs(5));
+    assert!(exit.success(), "{exit:?}");
+    eprintln!("stopped {:?} after SIGTERM", asked.elapsed());
+    // The cut-short walk was not applied: nothing looks removed.
+    let state = std::fs::read_to_string(t.outside("state").join("state.json")).unwrap();
+    let state: Value = serde_json::from_str(&state).unwrap();
+    assert_eq!(state["findings"], serde_json::json!({}), "{state:#}");
+}
+
+#[test]
+fn sighup_picks_up_a_policy_change() {
+    let t = baked_tree();
+    let port = free_port();
+    // The policy in force comes from the configuration: first one that ignores /etc.
+    let policy = t.outside("override.toml");
+    std::fs::write(&policy, format!("exclude = [\"/etc\"]\n{POLICY}")).unwrap();
+    let config = write_config(&t, port, &format!("policy = {policy:?}"));
+    let daemon = start(&t, &config, None);
+    wait_for(port, Duration::from_secs(20), "the boot check", |s| {
+        s["state"] == "clean"
+    });
+    t.file("/etc/app.conf", b"x=3\n");
+    signal(&daemon.child, libc::SIGHUP);
+    std::thread::sleep(Duration::from_millis(500));
+    let status = wait_for(port, Duration::from_secs(20), "the reload's check", |s| {
+        s["full_checks"].as_u64() >= Some(2)
+    });
+    assert!(
+        finding_paths(&status).is_empty(),
+        "/etc is excluded: {status:#}"
+    );
+    // The policy changes to the baseline's own (no exclusion): a reload sees /etc.
+    std::fs::write(&policy, POLICY).unwrap();
+    signal(&daemon.child, libc::SIGHUP);
+    wait_for(
+        port,
+        Duration::from_secs(20),
+        "the finding after the policy change",
+        |s| finding_paths(s).contains(&"/etc/app.conf".to_string()),
+    );
+}
+
+#[test]
 fn a_tampered_baseline_marks_the_host_at_start() {
     let t = baked_tree();
     let mut bytes = std::fs::read(t.baseline()).unwrap();

@@ -229,13 +229,28 @@ impl Daemon {
             .as_ref()
             .filter(|_| self.config.watch.enabled)
             .map(|c| watch::start(&self.config.root, &c.policy, events_tx.clone()));
+        // Stop requests are taken by a task of their own: a check in progress (a paced
+        // full re-hash takes minutes) is cancelled between files at once, and the loop
+        // sees the request as soon as the check returns.
+        let mut sigterm = signal(SignalKind::terminate()).map_err(Error::Start)?;
+        let mut sigint = signal(SignalKind::interrupt()).map_err(Error::Start)?;
+        let mut sighup = signal(SignalKind::hangup()).map_err(Error::Start)?;
+        let stop = Arc::new(tokio::sync::Notify::new());
+        {
+            let (stop, cancel) = (Arc::clone(&stop), Arc::clone(&self.cancel));
+            tokio::spawn(async move {
+                tokio::select! {
+                    _ = sigterm.recv() => {}
+                    _ = sigint.recv() => {}
+                }
+                cancel.store(true, Ordering::Relaxed);
+                stop.notify_one();
+            });
+        }
         if let Some(context) = &context {
             self.full_check(Arc::clone(context), "boot").await;
         }
 
-        let mut sigterm = signal(SignalKind::terminate()).map_err(Error::Start)?;
-        let mut sigint = signal(SignalKind::interrupt()).map_err(Error::Start)?;
-        let mut sighup = signal(SignalKind::hangup()).map_err(Error::Start)?;
         let schedule = &self.config.schedule;
         let full_interval = Duration::from_secs(schedule.full_verify_interval_secs);
         let fast_interval = Duration::from_secs(schedule.fast_verify_interval_secs);
@@ -246,8 +261,7 @@ impl Daemon {
             tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
         loop {
             tokio::select! {
-                _ = sigterm.recv() => break,
-                _ = sigint.recv() => break,
+                _ = stop.notified() => break,
                 _ = sighup.recv() => {
                     info!(config = %self.config_path.display(), "Reloading configuration and policy.");
                     match AgentConfig::load(&self.config_path, true).map_err(Error::Config).and_then(|c| {
@@ -350,6 +364,11 @@ impl Daemon {
             Ok::<_, Error>(outcome)
         })
         .await;
+        if self.cancel.load(Ordering::Relaxed) {
+            // A walk cut short looks like deleted files: never apply it.
+            info!(why, "Check cancelled.");
+            return;
+        }
         match result {
             Ok(Ok(outcome)) => {
                 let report = outcome.report;

@@ -229,6 +229,7 @@ struct Inspector<'a> {
     links: &'a Mutex<HashMap<(u64, u64), InodeHashes>>,
     known: Option<&'a dyn KnownHashes>,
     pacer: &'a Pacer,
+    cancel: &'a AtomicBool,
 }
 
 /// Walks `policy`'s scan paths inside `root` and calls `visit` for every item in walk
@@ -279,6 +280,7 @@ pub fn scan<E>(
                 links: &links,
                 known: options.known.as_deref(),
                 pacer: &pacer,
+                cancel,
             };
             scope.spawn(move || inspector.run(jobs, results));
         }
@@ -685,6 +687,10 @@ impl Inspector<'_> {
         let mut remaining = before.size();
         let mut reader = &file;
         while remaining > 0 {
+            // A paced read of one large file can take minutes: stop within one buffer.
+            if self.cancel.load(Ordering::Relaxed) {
+                return Err(io::Error::other("scan cancelled"));
+            }
             let want = remaining.min(self.buffer.len() as u64) as usize;
             let read = match reader.read(&mut self.buffer[..want]) {
                 Ok(0) => break, // shrank: caught by the second fstat
@@ -782,6 +788,7 @@ pub fn observe_one(root: &Path, policy: &Policy, path: &[u8]) -> Option<ScanItem
         links: &links,
         known: None,
         pacer: &pacer,
+        cancel: &AtomicBool::new(false),
     };
     let state = policy.state_for(path);
     let hash = policy.rule(&state).attributes.contains(Attribute::Content);
