@@ -22,7 +22,7 @@ DW=${DW:-target/release/driftwatch}
 [[ -x $DW ]] || { echo "build first: cargo build --release --locked" >&2; exit 2; }
 [[ $(id -u) == 0 ]] || { echo "run as root" >&2; exit 2; }
 TMP=$(mktemp -d)
-PORT=$((20000 + RANDOM % 20000))
+PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 DAEMON=
 cleanup() {
   [[ -n $DAEMON ]] && kill "$DAEMON" 2>/dev/null && wait "$DAEMON" 2>/dev/null

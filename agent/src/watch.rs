@@ -1,4 +1,4 @@
-//! Real-time watching: inotify (through `notify`) on the policy's critical paths.
+//! Real-time watching: inotify on the policy's critical paths.
 //!
 //! An event names paths; the daemon re-checks just those against the baseline. inotify
 //! has limits that bite on real hosts — a per-user watch count (one watch per
@@ -7,17 +7,39 @@
 //! scheduled verification still covers those paths), [`WatchEvent::Rescan`] when
 //! events were lost (the daemon runs a full check). Watching never fails silently.
 //!
-//! The agent's own reads (a full check opens every file) produce open/access events;
-//! only creation, modification (content or metadata) and removal are passed on.
+//! The mask asks only for changes — creation, deletion, moves, writes, metadata — and
+//! never for opens or reads: a full check reads every watched file, and with open
+//! events in the mask (as general-purpose watcher crates set it) those reads alone
+//! overflow the kernel's queue and force needless rescans. Directories created later
+//! are watched as they appear, and what they already hold is reported.
 
 use crate::policy::Policy;
 use driftwatch_protocol::path as dwpath;
 use driftwatch_protocol::report::Severity;
-use notify::event::EventKind;
-use notify::{Config, RecommendedWatcher, RecursiveMode, Watcher as _};
+use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use tokio::sync::mpsc;
+
+/// Changes only: see the module documentation for why opens and reads are left out.
+const MASK: WatchMask = WatchMask::CREATE
+    .union(WatchMask::DELETE)
+    .union(WatchMask::MODIFY)
+    .union(WatchMask::ATTRIB)
+    .union(WatchMask::CLOSE_WRITE)
+    .union(WatchMask::MOVED_FROM)
+    .union(WatchMask::MOVED_TO)
+    .union(WatchMask::DELETE_SELF)
+    .union(WatchMask::MOVE_SELF)
+    .union(WatchMask::DONT_FOLLOW)
+    .union(WatchMask::EXCL_UNLINK);
+/// How often the watcher thread looks at its stop flag while no event arrives.
+const POLL_MILLIS: i32 = 200;
 
 /// What the watcher tells the daemon.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -32,7 +54,17 @@ pub enum WatchEvent {
 
 /// A running watcher; dropping it stops watching.
 pub struct Watcher {
-    _inner: Option<RecommendedWatcher>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 /// The directories to watch: the literal part (up to the first glob character) of every
@@ -97,70 +129,190 @@ fn inside(root: &Path, host: &Path) -> Option<Vec<u8>> {
     Some(path)
 }
 
-/// Starts watching the critical paths of `policy` inside `root`. Problems placing
-/// watches are reported on `events` as [`WatchEvent::Degraded`].
-pub fn start(root: &Path, policy: &Policy, events: mpsc::Sender<WatchEvent>) -> Watcher {
-    let root_owned: PathBuf = root.to_path_buf();
-    let sender = events.clone();
-    let handler = move |result: notify::Result<notify::Event>| {
-        let event = match result {
-            Ok(event) => event,
+/// The watches of one inotify instance, by descriptor, with the host directory each
+/// watches.
+struct Watches {
+    inotify: Inotify,
+    dirs: HashMap<WatchDescriptor, PathBuf>,
+    root: PathBuf,
+    events: mpsc::Sender<WatchEvent>,
+    limit_reported: bool,
+    /// On the watcher's own thread (blocking sends allowed); false while the watches
+    /// are placed from the caller's async context.
+    on_thread: bool,
+}
+
+impl Watches {
+    fn send(&self, event: WatchEvent) {
+        if self.on_thread {
+            // A full queue blocks this thread; the kernel's queue then overflows and a
+            // rescan follows — slower, never silent.
+            let _ = self.events.blocking_send(event);
+        } else {
+            // While placing watches the queue is nearly empty; a degradation that does
+            // not fit is one of many identical ones.
+            let _ = self.events.try_send(event);
+        }
+    }
+
+    fn changed(&self, host: &Path) {
+        if let Some(path) = inside(&self.root, host) {
+            self.send(WatchEvent::Changed(path));
+        }
+    }
+
+    fn add(&mut self, dir: &Path) -> bool {
+        match self.inotify.watches().add(dir, MASK | WatchMask::ONLYDIR) {
+            Ok(wd) => {
+                self.dirs.insert(wd, dir.to_path_buf());
+                true
+            }
+            Err(err) if err.raw_os_error() == Some(libc::ENOSPC) => {
+                if !self.limit_reported {
+                    self.limit_reported = true;
+                    self.send(WatchEvent::Degraded(format!(
+                        "inotify watch limit reached at {} (raise fs.inotify.max_user_watches)",
+                        dir.display()
+                    )));
+                }
+                false
+            }
+            // Gone, or not a directory any more: nothing to watch.
+            Err(err) if matches!(err.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => true,
             Err(err) => {
-                let _ = sender.blocking_send(WatchEvent::Degraded(format!("inotify error: {err}")));
+                self.send(WatchEvent::Degraded(format!(
+                    "cannot watch {}: {err}",
+                    dir.display()
+                )));
+                true
+            }
+        }
+    }
+
+    /// Watches `dir` and every directory below it; with `report`, also reports what
+    /// is there (a directory created after the fact may already hold files).
+    fn add_tree(&mut self, dir: &Path, report: bool) {
+        for entry in walkdir::WalkDir::new(dir)
+            .follow_links(false)
+            .into_iter()
+            .flatten()
+        {
+            if report {
+                self.changed(entry.path());
+            }
+            if entry.file_type().is_dir() && !self.add(entry.path()) {
                 return;
             }
-        };
-        if event.need_rescan() {
-            let _ = sender.blocking_send(WatchEvent::Rescan(
+        }
+    }
+
+    /// A watched path: a directory is watched with everything below it; a file, or a
+    /// path that does not exist yet (`/etc/ld.so.preload`), through its nearest
+    /// existing parent directory.
+    fn watch_path(&mut self, host: &Path) {
+        if host.is_dir() && !host.is_symlink() {
+            self.add_tree(host, false);
+            return;
+        }
+        if let Some(parent) = host.ancestors().skip(1).find(|p| p.is_dir()) {
+            self.add(parent);
+        }
+    }
+
+    fn handle(&mut self, wd: WatchDescriptor, mask: EventMask, name: Option<OsString>) {
+        if mask.contains(EventMask::Q_OVERFLOW) {
+            self.send(WatchEvent::Rescan(
                 "the inotify event queue overflowed".to_string(),
             ));
             return;
         }
-        if !matches!(
-            event.kind,
-            EventKind::Create(_) | EventKind::Modify(_) | EventKind::Remove(_) | EventKind::Any
-        ) {
+        if mask.contains(EventMask::IGNORED) {
+            self.dirs.remove(&wd);
             return;
         }
-        for path in &event.paths {
-            if let Some(path) = inside(&root_owned, path) {
-                // A full queue blocks this thread; the kernel's queue then overflows
-                // and a rescan follows — slower, never silent.
-                let _ = sender.blocking_send(WatchEvent::Changed(path));
+        let Some(dir) = self.dirs.get(&wd).cloned() else {
+            return;
+        };
+        let host = name.map_or(dir.clone(), |name| dir.join(name));
+        if mask.contains(EventMask::ISDIR)
+            && (mask.contains(EventMask::CREATE) || mask.contains(EventMask::MOVED_TO))
+        {
+            self.add_tree(&host, true);
+        } else {
+            self.changed(&host);
+        }
+    }
+
+    fn run(mut self, stop: &AtomicBool) {
+        let mut buffer = vec![0u8; 64 * 1024];
+        while !stop.load(Ordering::Relaxed) {
+            let mut poll = libc::pollfd {
+                fd: self.inotify.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd for the duration of the call.
+            if unsafe { libc::poll(&mut poll, 1, POLL_MILLIS) } <= 0 {
+                continue;
+            }
+            let events: Vec<(WatchDescriptor, EventMask, Option<OsString>)> =
+                match self.inotify.read_events(&mut buffer) {
+                    Ok(events) => events
+                        .map(|e| (e.wd, e.mask, e.name.map(|n| n.to_os_string())))
+                        .collect(),
+                    Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    Err(err) => {
+                        self.send(WatchEvent::Degraded(format!(
+                            "real-time watching stopped: {err}"
+                        )));
+                        return;
+                    }
+                };
+            for (wd, mask, name) in events {
+                self.handle(wd, mask, name);
             }
         }
-    };
-    let config = Config::default().with_follow_symlinks(false);
-    let mut watcher = match RecommendedWatcher::new(handler, config) {
-        Ok(watcher) => watcher,
+    }
+}
+
+/// Starts watching the critical paths of `policy` inside `root` on a thread of its
+/// own. Problems placing watches are reported on `events` as
+/// [`WatchEvent::Degraded`].
+pub fn start(root: &Path, policy: &Policy, events: mpsc::Sender<WatchEvent>) -> Watcher {
+    let stop = Arc::new(AtomicBool::new(false));
+    let inotify = match Inotify::init() {
+        Ok(inotify) => inotify,
         Err(err) => {
             let _ = events.try_send(WatchEvent::Degraded(format!(
                 "real-time watching unavailable: {err}"
             )));
-            return Watcher { _inner: None };
+            return Watcher { stop, thread: None };
         }
     };
+    let mut watches = Watches {
+        inotify,
+        dirs: HashMap::new(),
+        root: root.to_path_buf(),
+        events,
+        limit_reported: false,
+        on_thread: false,
+    };
+    // Placed before returning, so that watching covers everything from then on.
     for path in watched_paths(policy) {
         let host = root.join(std::ffi::OsStr::from_bytes(
             path.strip_prefix(b"/").unwrap_or(&path),
         ));
-        if !host.exists() {
-            continue;
-        }
-        if let Err(err) = watcher.watch(&host, RecursiveMode::Recursive) {
-            let reason = match err.kind {
-                notify::ErrorKind::MaxFilesWatch => format!(
-                    "inotify watch limit reached while watching {} (raise fs.inotify.max_user_watches)",
-                    dwpath::display(&path)
-                ),
-                _ => format!("cannot watch {}: {err}", dwpath::display(&path)),
-            };
-            let _ = events.try_send(WatchEvent::Degraded(reason));
-        }
+        watches.watch_path(&host);
     }
-    Watcher {
-        _inner: Some(watcher),
-    }
+    let flag = Arc::clone(&stop);
+    let thread = std::thread::Builder::new()
+        .name("watch".to_string())
+        .spawn(move || {
+            watches.on_thread = true;
+            watches.run(&flag);
+        })
+        .ok();
+    Watcher { stop, thread }
 }
 
 #[cfg(test)]
@@ -218,5 +370,40 @@ severity = "low"
             .expect("an event within 5 s")
             .expect("open channel");
         assert_eq!(event, WatchEvent::Changed(b"/usr/bin/tool".to_vec()));
+    }
+
+    async fn next_paths(rx: &mut mpsc::Receiver<WatchEvent>, until: &[u8]) -> Vec<Vec<u8>> {
+        let mut seen = Vec::new();
+        while !seen.iter().any(|p: &Vec<u8>| p.as_slice() == until) {
+            match tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv()).await {
+                Ok(Some(WatchEvent::Changed(path))) => seen.push(path),
+                other => panic!("expected a change of {until:?}, got {other:?} after {seen:?}"),
+            }
+        }
+        seen
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn new_directories_and_files_not_there_yet_are_covered() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        std::fs::create_dir_all(root.join("usr/bin")).unwrap();
+        std::fs::create_dir_all(root.join("etc")).unwrap();
+        let policy = Policy::parse(
+            "[[rule]]\npaths = [\"/usr/bin\", \"/etc/ld.so.preload\"]\nseverity = \"critical\"",
+        )
+        .unwrap();
+        let (tx, mut rx) = mpsc::channel(256);
+        let _watcher = start(&root, &policy, tx);
+        // A file that does not exist yet, watched through its parent.
+        std::fs::write(root.join("etc/ld.so.preload"), b"/tmp/evil.so").unwrap();
+        next_paths(&mut rx, b"/etc/ld.so.preload").await;
+        // A directory made after the watch, with a file in it already (mkdir -p + cp):
+        // its content is reported, and later changes inside it too.
+        std::fs::create_dir_all(root.join("usr/bin/sub/deeper")).unwrap();
+        std::fs::write(root.join("usr/bin/sub/deeper/early"), b"x").unwrap();
+        next_paths(&mut rx, b"/usr/bin/sub/deeper/early").await;
+        std::fs::write(root.join("usr/bin/sub/deeper/late"), b"y").unwrap();
+        next_paths(&mut rx, b"/usr/bin/sub/deeper/late").await;
     }
 }
