@@ -140,6 +140,10 @@ struct Watches {
     /// On the watcher's own thread (blocking sends allowed); false while the watches
     /// are placed from the caller's async context.
     on_thread: bool,
+    /// The watched trees' own directories.
+    roots: Vec<PathBuf>,
+    /// Roots moved or deleted, to watch again once a directory is back at their path.
+    replaced: Vec<PathBuf>,
 }
 
 impl Watches {
@@ -211,6 +215,7 @@ impl Watches {
     /// existing parent directory.
     fn watch_path(&mut self, host: &Path) {
         if host.is_dir() && !host.is_symlink() {
+            self.roots.push(host.to_path_buf());
             self.add_tree(host, false);
             return;
         }
@@ -233,6 +238,17 @@ impl Watches {
         let Some(dir) = self.dirs.get(&wd).cloned() else {
             return;
         };
+        if (mask.contains(EventMask::DELETE_SELF) || mask.contains(EventMask::MOVE_SELF))
+            && self.roots.contains(&dir)
+        {
+            // A whole watched tree was swapped: what changed in it is unknown.
+            self.send(WatchEvent::Rescan(format!(
+                "watched tree {} was moved or deleted",
+                dir.display()
+            )));
+            self.replaced.push(dir);
+            return;
+        }
         let host = name.map_or(dir.clone(), |name| dir.join(name));
         if mask.contains(EventMask::ISDIR)
             && (mask.contains(EventMask::CREATE) || mask.contains(EventMask::MOVED_TO))
@@ -240,6 +256,21 @@ impl Watches {
             self.add_tree(&host, true);
         } else {
             self.changed(&host);
+        }
+    }
+
+    /// Watches replaced roots again once a directory is back at their path, reporting
+    /// what it holds (it was filled while nothing watched it).
+    fn rewatch_replaced(&mut self) {
+        let back: Vec<PathBuf> = self
+            .replaced
+            .iter()
+            .filter(|path| path.is_dir() && !path.is_symlink())
+            .cloned()
+            .collect();
+        self.replaced.retain(|path| !back.contains(path));
+        for path in back {
+            self.add_tree(&path, true);
         }
     }
 
@@ -252,7 +283,9 @@ impl Watches {
                 revents: 0,
             };
             // SAFETY: one valid pollfd for the duration of the call.
-            if unsafe { libc::poll(&mut poll, 1, POLL_MILLIS) } <= 0 {
+            let ready = unsafe { libc::poll(&mut poll, 1, POLL_MILLIS) } > 0;
+            self.rewatch_replaced();
+            if !ready {
                 continue;
             }
             let events: Vec<(WatchDescriptor, EventMask, Option<OsString>)> =
@@ -296,6 +329,8 @@ pub fn start(root: &Path, policy: &Policy, events: mpsc::Sender<WatchEvent>) -> 
         events,
         limit_reported: false,
         on_thread: false,
+        roots: Vec::new(),
+        replaced: Vec::new(),
     };
     // Placed before returning, so that watching covers everything from then on.
     for path in watched_paths(policy) {
@@ -405,5 +440,24 @@ severity = "low"
         next_paths(&mut rx, b"/usr/bin/sub/deeper/early").await;
         std::fs::write(root.join("usr/bin/sub/deeper/late"), b"y").unwrap();
         next_paths(&mut rx, b"/usr/bin/sub/deeper/late").await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+    async fn a_replaced_watched_tree_asks_for_a_rescan_and_is_watched_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        std::fs::create_dir_all(root.join("usr/bin")).unwrap();
+        let policy =
+            Policy::parse("[[rule]]\npaths = [\"/usr/bin\"]\nseverity = \"critical\"").unwrap();
+        let (tx, mut rx) = mpsc::channel(256);
+        let _watcher = start(&root, &policy, tx);
+        std::fs::rename(root.join("usr/bin"), root.join("usr/bin.old")).unwrap();
+        match tokio::time::timeout(std::time::Duration::from_secs(5), rx.recv()).await {
+            Ok(Some(WatchEvent::Rescan(reason))) => assert!(reason.contains("usr/bin"), "{reason}"),
+            other => panic!("expected a rescan, got {other:?}"),
+        }
+        std::fs::create_dir(root.join("usr/bin")).unwrap();
+        std::fs::write(root.join("usr/bin/implant"), b"x").unwrap();
+        next_paths(&mut rx, b"/usr/bin/implant").await;
     }
 }

@@ -84,8 +84,13 @@ fn start_via(t: &Tree, config: &Path, notify: Option<&Path>, wrapper: &[&str]) -
         .stdout(Stdio::null())
         .stderr(Stdio::inherit());
     match notify {
-        Some(socket) => command.env("NOTIFY_SOCKET", socket),
-        None => command.env_remove("NOTIFY_SOCKET"),
+        // As systemd does for a unit with WatchdogSec=300ms.
+        Some(socket) => command
+            .env("NOTIFY_SOCKET", socket)
+            .env("WATCHDOG_USEC", "300000"),
+        None => command
+            .env_remove("NOTIFY_SOCKET")
+            .env_remove("WATCHDOG_USEC"),
     };
     Daemon {
         child: command.spawn().unwrap(),
@@ -171,6 +176,19 @@ fn drift_is_found_in_real_time_marks_the_host_and_survives_a_restart() {
         .recv(&mut message)
         .expect("a notification from the daemon");
     assert!(String::from_utf8_lossy(&message[..n]).contains("READY=1"));
+    // The watchdog is fed at half its interval.
+    let fed = Instant::now();
+    loop {
+        let n = notify.recv(&mut message).expect("a watchdog notification");
+        if String::from_utf8_lossy(&message[..n]).contains("WATCHDOG=1") {
+            break;
+        }
+    }
+    assert!(
+        fed.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        fed.elapsed()
+    );
     wait_for(port, Duration::from_secs(20), "the boot check", |s| {
         s["state"] == "clean"
     });

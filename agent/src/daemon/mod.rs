@@ -341,6 +341,9 @@ impl Daemon {
         let cancel = Arc::clone(&self.cancel);
         let started = Instant::now();
         let result = tokio::task::spawn_blocking(move || {
+            // Scheduled checks yield to the host's own work, also outside systemd; the
+            // scan's threads inherit this thread's priorities.
+            let _priority = (depth != Depth::Boot).then(BackgroundPriority::enter);
             let known = (depth == Depth::Fast).then(|| {
                 let cache = HashCache::load(&state_dir);
                 debug!(files = cache.len(), "Hash cache loaded.");
@@ -506,6 +509,56 @@ impl Daemon {
         } else {
             "starting"
         };
+    }
+}
+
+/// Idle I/O class and the lowest CPU priority for the calling thread, restored on drop
+/// (blocking-pool threads are reused for other work).
+struct BackgroundPriority {
+    nice: i32,
+    ioprio: i32,
+}
+
+const IOPRIO_WHO_PROCESS: i32 = 1;
+const IOPRIO_CLASS_IDLE: i32 = 3;
+const IOPRIO_CLASS_SHIFT: i32 = 13;
+
+fn thread_id() -> libc::id_t {
+    // SAFETY: gettid has no preconditions.
+    unsafe { libc::gettid() as libc::id_t }
+}
+
+impl BackgroundPriority {
+    fn enter() -> Self {
+        let tid = thread_id();
+        // SAFETY: plain syscalls on this thread's own id; failures leave the priority
+        // as it was, which is only less polite.
+        unsafe {
+            let nice = libc::getpriority(libc::PRIO_PROCESS, tid);
+            let ioprio = libc::syscall(libc::SYS_ioprio_get, IOPRIO_WHO_PROCESS, tid) as i32;
+            libc::setpriority(libc::PRIO_PROCESS, tid, 19);
+            libc::syscall(
+                libc::SYS_ioprio_set,
+                IOPRIO_WHO_PROCESS,
+                tid,
+                IOPRIO_CLASS_IDLE << IOPRIO_CLASS_SHIFT,
+            );
+            BackgroundPriority { nice, ioprio }
+        }
+    }
+}
+
+impl Drop for BackgroundPriority {
+    fn drop(&mut self) {
+        let tid = thread_id();
+        // SAFETY: as in `enter`. Lowering nice back needs CAP_SYS_NICE, which the
+        // daemon has as root outside the unit; inside it stays at the unit's Nice=.
+        unsafe {
+            libc::setpriority(libc::PRIO_PROCESS, tid, self.nice);
+            if self.ioprio >= 0 {
+                libc::syscall(libc::SYS_ioprio_set, IOPRIO_WHO_PROCESS, tid, self.ioprio);
+            }
+        }
     }
 }
 
