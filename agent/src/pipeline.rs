@@ -38,9 +38,6 @@ pub struct CheckPlan<'a> {
     /// Threads, read pacing and known hashes for the file scan (its `skip` is filled
     /// in here).
     pub scan: ScanOptions,
-    /// Hand back the identity and hashes of every hashed file (to refresh the daemon's
-    /// hash cache).
-    pub collect_hashes: bool,
     /// Read runtime state (only ever done when the root is `/`).
     pub runtime: bool,
     /// Stops the file scan between files (best effort).
@@ -53,9 +50,6 @@ pub struct CheckOutcome {
     pub report: Report,
     /// Sources that could not be looked at on this host, and why (for people).
     pub skipped: Vec<String>,
-    /// With `collect_hashes`: each hashed file's path, identity and hashes, in walk
-    /// order.
-    pub hashed: Vec<(Vec<u8>, FileIdentity, ContentHashes)>,
 }
 
 /// An error entry for the report.
@@ -88,8 +82,16 @@ pub fn inside_root(root: &Path, file: &Path) -> Option<Vec<u8>> {
     Some(inside)
 }
 
+/// Where each hashed file's path, identity and hashes go as the scan finds them (the
+/// daemon's hash cache).
+pub type HashedSink<'a> = &'a mut dyn FnMut(&[u8], &FileIdentity, &ContentHashes);
+
 /// Runs the whole pipeline.
-pub fn check(plan: &CheckPlan<'_>, progress: &Progress) -> Result<CheckOutcome> {
+pub fn check(
+    plan: &CheckPlan<'_>,
+    progress: &Progress,
+    hashed: HashedSink<'_>,
+) -> Result<CheckOutcome> {
     let (root, reader, policy) = (plan.root, plan.baseline, plan.policy);
     let baseline_error = |source| Error::VerifyBaseline {
         path: plan.baseline_path.to_path_buf(),
@@ -104,7 +106,6 @@ pub fn check(plan: &CheckPlan<'_>, progress: &Progress) -> Result<CheckOutcome> 
     let mut differ = Differ::new(policy, &own_files);
     let mut errors = Vec::new();
     let mut bytes_seen = 0u64;
-    let mut hashed = Vec::new();
     let options = ScanOptions {
         skip: own_files.clone(),
         ..plan.scan.clone()
@@ -120,14 +121,12 @@ pub fn check(plan: &CheckPlan<'_>, progress: &Progress) -> Result<CheckOutcome> 
                 if entry.blake3.is_some() {
                     bytes_seen += entry.size;
                 }
-                if let (true, Some(identity), Some(blake3)) =
-                    (plan.collect_hashes, identity, entry.blake3)
-                {
+                if let (Some(identity), Some(blake3)) = (identity, entry.blake3) {
                     let hashes = ContentHashes {
                         blake3,
                         sha256: entry.sha256,
                     };
-                    hashed.push((entry.path.clone(), identity, hashes));
+                    hashed(&entry.path, &identity, &hashes);
                 }
                 progress.entry(bytes_seen);
                 let before = cursor.seek(&entry.path, |b| differ.unmatched_baseline(b))?;
@@ -242,11 +241,7 @@ pub fn check(plan: &CheckPlan<'_>, progress: &Progress) -> Result<CheckOutcome> 
         findings,
         errors,
     };
-    Ok(CheckOutcome {
-        report,
-        skipped,
-        hashed,
-    })
+    Ok(CheckOutcome { report, skipped })
 }
 
 /// Re-checks single paths against the baseline (after watch events): one baseline

@@ -43,13 +43,10 @@ pub fn run(args: &CheckArgs, out: &mut impl Write) -> Result<Outcome> {
             threads: args.scan.threads,
             ..ScanOptions::default()
         },
-        collect_hashes: false,
         runtime: !args.no_runtime,
         cancel: &AtomicBool::new(false),
     };
-    let CheckOutcome {
-        report, skipped, ..
-    } = pipeline::check(&plan, &progress)?;
+    let CheckOutcome { report, skipped } = pipeline::check(&plan, &progress, &mut |_, _, _| {})?;
     match args.format {
         Format::Json => write_json(out, &report)?,
         Format::Text => write_text(

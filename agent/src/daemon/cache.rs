@@ -86,40 +86,86 @@ impl HashCache {
     pub fn len(&self) -> usize {
         self.entries.len()
     }
+}
 
-    /// Writes a new cache atomically.
-    pub fn save(
-        state_dir: &Path,
-        hashed: &[(Vec<u8>, FileIdentity, ContentHashes)],
-    ) -> io::Result<()> {
-        let mut body = Vec::with_capacity(hashed.len() * 120);
-        for (path, identity, hashes) in hashed {
-            put_bytes(&mut body, path);
-            for number in [
-                identity.dev,
-                identity.ino,
-                identity.size,
-                identity.mtime.0 as u64,
-                identity.mtime.1 as u64,
-                identity.ctime.0 as u64,
-                identity.ctime.1 as u64,
-                u64::from(hashes.sha256.is_some()),
-            ] {
-                put_varint(&mut body, number);
-            }
-            body.extend_from_slice(&hashes.blake3);
-            if let Some(sha256) = &hashes.sha256 {
-                body.extend_from_slice(sha256);
-            }
-        }
+/// Writes a new cache record by record while a check runs (no list of every file is
+/// held in memory); it replaces the old cache only on [`finish`](CacheWriter::finish).
+pub struct CacheWriter {
+    /// `None` once finished.
+    out: Option<io::BufWriter<fs::File>>,
+    hasher: blake3::Hasher,
+    record: Vec<u8>,
+    temp: std::path::PathBuf,
+    target: std::path::PathBuf,
+}
+
+impl CacheWriter {
+    /// Starts a new cache in `state_dir`.
+    pub fn create(state_dir: &Path) -> io::Result<CacheWriter> {
         fs::create_dir_all(state_dir)?;
         let temp = state_dir.join(format!(".{CACHE_FILE}.tmp"));
-        let mut file = fs::File::create(&temp)?;
-        file.write_all(MAGIC)?;
-        file.write_all(&body)?;
-        file.write_all(blake3::hash(&body).as_bytes())?;
+        let mut out = io::BufWriter::new(fs::File::create(&temp)?);
+        out.write_all(MAGIC)?;
+        Ok(CacheWriter {
+            out: Some(out),
+            hasher: blake3::Hasher::new(),
+            record: Vec::with_capacity(256),
+            temp,
+            target: state_dir.join(CACHE_FILE),
+        })
+    }
+
+    /// Appends one file.
+    pub fn push(
+        &mut self,
+        path: &[u8],
+        identity: &FileIdentity,
+        hashes: &ContentHashes,
+    ) -> io::Result<()> {
+        let body = &mut self.record;
+        body.clear();
+        put_bytes(body, path);
+        for number in [
+            identity.dev,
+            identity.ino,
+            identity.size,
+            identity.mtime.0 as u64,
+            identity.mtime.1 as u64,
+            identity.ctime.0 as u64,
+            identity.ctime.1 as u64,
+            u64::from(hashes.sha256.is_some()),
+        ] {
+            put_varint(body, number);
+        }
+        body.extend_from_slice(&hashes.blake3);
+        if let Some(sha256) = &hashes.sha256 {
+            body.extend_from_slice(sha256);
+        }
+        self.hasher.update(&self.record);
+        match self.out.as_mut() {
+            Some(out) => out.write_all(&self.record),
+            None => Err(io::Error::other("cache already finished")),
+        }
+    }
+
+    /// Seals the cache, syncs it and moves it into place.
+    pub fn finish(mut self) -> io::Result<()> {
+        let mut out = self
+            .out
+            .take()
+            .ok_or_else(|| io::Error::other("cache already finished"))?;
+        out.write_all(self.hasher.finalize().as_bytes())?;
+        let file = out.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
-        fs::rename(&temp, state_dir.join(CACHE_FILE))
+        fs::rename(&self.temp, &self.target)
+    }
+}
+
+impl Drop for CacheWriter {
+    fn drop(&mut self) {
+        // Unfinished (a cancelled or failed check): the old cache stays. After a
+        // successful finish the temporary name no longer exists.
+        let _ = fs::remove_file(&self.temp);
     }
 }
 
@@ -148,14 +194,10 @@ mod tests {
             blake3: [9; 32],
             sha256: None,
         };
-        HashCache::save(
-            dir.path(),
-            &[
-                (b"/a".to_vec(), identity(10), hashes),
-                (b"/b\xff".to_vec(), identity(11), plain),
-            ],
-        )
-        .unwrap();
+        let mut writer = CacheWriter::create(dir.path()).unwrap();
+        writer.push(b"/a", &identity(10), &hashes).unwrap();
+        writer.push(b"/b\xff", &identity(11), &plain).unwrap();
+        writer.finish().unwrap();
         let cache = HashCache::load(dir.path());
         assert_eq!(cache.len(), 2);
         assert_eq!(cache.get(b"/a", &identity(10)), Some(hashes));
@@ -172,7 +214,14 @@ mod tests {
             blake3: [7; 32],
             sha256: None,
         };
-        HashCache::save(dir.path(), &[(b"/a".to_vec(), identity(1), hashes)]).unwrap();
+        let mut writer = CacheWriter::create(dir.path()).unwrap();
+        writer.push(b"/a", &identity(1), &hashes).unwrap();
+        writer.finish().unwrap();
+        // A writer dropped unfinished (a cancelled check) leaves the old cache alone.
+        let mut abandoned = CacheWriter::create(dir.path()).unwrap();
+        abandoned.push(b"/b", &identity(2), &hashes).unwrap();
+        drop(abandoned);
+        assert_eq!(HashCache::load(dir.path()).len(), 1);
         let path = dir.path().join(CACHE_FILE);
         let mut bytes = fs::read(&path).unwrap();
         bytes[10] ^= 1;

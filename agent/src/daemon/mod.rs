@@ -31,9 +31,9 @@ use crate::error::Error;
 use crate::pipeline::{self, rfc3339, CheckPlan};
 use crate::policy::Policy;
 use crate::sink::progress::Progress;
-use crate::source::files::{KnownHashes, ScanOptions};
+use crate::source::files::{ContentHashes, FileIdentity, KnownHashes, ScanOptions};
 use crate::watch::{self, WatchEvent};
-use cache::HashCache;
+use cache::{CacheWriter, HashCache};
 use config::AgentConfig;
 use driftwatch_protocol::baseline::{digest_string, BaselineReader};
 use driftwatch_protocol::report::{Finding, ScanError};
@@ -355,14 +355,27 @@ impl Daemon {
                 baseline_path: &context.baseline_path,
                 policy: &context.policy,
                 scan: ScanOptions { known, ..scan },
-                collect_hashes: true,
                 runtime: true,
                 cancel: &cancel,
             };
-            let outcome = pipeline::check(&plan, &Progress::hidden())?;
-            if let Err(err) = HashCache::save(&state_dir, &outcome.hashed) {
-                // Only fast verification loses: it re-reads more next time.
-                warn!(error = %err, "Cannot save the hash cache.");
+            // The cache is rewritten as the scan goes; a failure to write it costs only
+            // fast verification, which then re-reads more.
+            let mut cache = CacheWriter::create(&state_dir)
+                .map_err(|err| warn!(error = %err, "Cannot write the hash cache."))
+                .ok();
+            let mut record = |path: &[u8], identity: &FileIdentity, hashes: &ContentHashes| {
+                if let Some(writer) = cache.as_mut() {
+                    if let Err(err) = writer.push(path, identity, hashes) {
+                        warn!(error = %err, "Cannot write the hash cache.");
+                        cache = None;
+                    }
+                }
+            };
+            let outcome = pipeline::check(&plan, &Progress::hidden(), &mut record)?;
+            // A cancelled scan saw only part of the tree: keep the old cache.
+            let complete = !cancel.load(Ordering::Relaxed);
+            if let Some(Err(err)) = cache.filter(|_| complete).map(CacheWriter::finish) {
+                warn!(error = %err, "Cannot write the hash cache.");
             }
             Ok::<_, Error>(outcome)
         })
