@@ -87,6 +87,16 @@ fn render_metrics(status: &Status) -> String {
     let checks = Counter::<u64>::default();
     checks.inc_by(status.full_checks);
     registry.register("full_checks", "Full checks finished", checks);
+    let rescans = Counter::<u64>::default();
+    rescans.inc_by(status.rescans);
+    registry.register(
+        "watch_rescans",
+        "Full checks run because watch events were lost",
+        rescans,
+    );
+    let fast = Counter::<u64>::default();
+    fast.inc_by(status.fast_checks);
+    registry.register("fast_checks", "Fast verifications finished", fast);
     let rechecks = Counter::<u64>::default();
     rechecks.inc_by(status.watch_rechecks);
     registry.register(
@@ -141,6 +151,7 @@ mod tests {
         let (code, body) = get(&shared, "/metrics").await;
         assert_eq!(code, StatusCode::OK);
         assert!(body.contains("driftwatch_marked 1"), "{body}");
+        assert!(body.contains("driftwatch_watch_rescans_total 0"), "{body}");
         assert!(
             body.contains("driftwatch_findings{severity=\"critical\"} 0"),
             "{body}"
