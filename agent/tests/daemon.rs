@@ -129,6 +129,17 @@ fn finding_paths(status: &Value) -> Vec<String> {
         .collect()
 }
 
+/// When the finding at `path` was first seen.
+fn first_seen_of(status: &Value, path: &str) -> Value {
+    status["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["finding"]["path"] == path)
+        .unwrap_or_else(|| panic!("no finding at {path}: {status:#}"))["first_seen"]
+        .clone()
+}
+
 fn signal(child: &Child, signal: i32) {
     // SAFETY: kill(2) on our own child's pid; no memory is involved.
     let rc = unsafe { libc::kill(child.id() as i32, signal) };
@@ -226,13 +237,7 @@ fn drift_is_found_in_real_time_marks_the_host_and_survives_a_restart() {
     }
     let (_, metrics) = http_get(port, "/metrics").unwrap();
     assert!(metrics.contains("driftwatch_marked 1"), "{metrics}");
-    let first_seen = status["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["finding"]["path"] == "/usr/bin/tool")
-        .unwrap()["first_seen"]
-        .clone();
+    let first_seen = first_seen_of(&status, "/usr/bin/tool");
 
     // SIGTERM: a clean stop within 5 s.
     signal(&daemon.child, libc::SIGTERM);
@@ -258,13 +263,7 @@ fn drift_is_found_in_real_time_marks_the_host_and_survives_a_restart() {
         1,
         "{paths:?}"
     );
-    let again = status["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|r| r["finding"]["path"] == "/usr/bin/tool")
-        .unwrap()["first_seen"]
-        .clone();
+    let again = first_seen_of(&status, "/usr/bin/tool");
     assert_eq!(again, first_seen);
     assert_eq!(http_get(port2, "/healthz").unwrap().0, 503);
     drop(restarted);
