@@ -82,7 +82,7 @@ fn start_via(t: &Tree, config: &Path, notify: Option<&Path>, wrapper: &[&str]) -
         .env_remove("JOURNAL_STREAM")
         .env("RUST_LOG", "driftwatch=debug")
         .stdout(Stdio::null())
-        .stderr(Stdio::inherit());
+        .stderr(std::fs::File::create(t.outside("daemon.log")).unwrap());
     match notify {
         // As systemd does for a unit with WatchdogSec=300ms.
         Some(socket) => command
@@ -267,6 +267,71 @@ fn drift_is_found_in_real_time_marks_the_host_and_survives_a_restart() {
     assert_eq!(again, first_seen);
     assert_eq!(http_get(port2, "/healthz").unwrap().0, 503);
     drop(restarted);
+}
+
+#[test]
+fn every_kind_of_change_is_seen_in_real_time_on_status_and_in_the_log() {
+    let t = baked_tree();
+    std::fs::create_dir_all(t.path("/usr/bin")).unwrap();
+    let port = free_port();
+    let config = write_config(&t, port, "");
+    let _daemon = start(&t, &config, None);
+    wait_for(port, Duration::from_secs(20), "the boot check", |s| {
+        s["state"] == "clean"
+    });
+    let changes: Vec<(&str, Box<dyn Fn()>, &str)> = vec![
+        (
+            "/usr/bin/new",
+            Box::new(|| drop(t.file("/usr/bin/new", b"x"))),
+            "added",
+        ),
+        (
+            "/usr/bin/tool",
+            Box::new(|| drop(t.file("/usr/bin/tool", b"tool v9\n"))),
+            "modified",
+        ),
+        (
+            "/usr/bin/other",
+            Box::new(|| drop(t.chmod("/usr/bin/other", 0o600))),
+            "modified",
+        ),
+    ];
+    for (path, change, kind) in &changes {
+        change();
+        let status = wait_for(port, Duration::from_secs(5), path, |s| {
+            finding_paths(s).contains(&path.to_string())
+        });
+        let finding = status["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["finding"]["path"] == *path)
+            .unwrap();
+        assert_eq!(finding["finding"]["change"], *kind, "{finding:#}");
+    }
+    if util::is_root() {
+        std::os::unix::fs::chown(t.path("/usr/bin/new"), Some(4321), Some(4321)).unwrap();
+        wait_for(port, Duration::from_secs(5), "the owner change", |s| {
+            s["findings"].as_array().unwrap().iter().any(|r| {
+                r["finding"]["path"] == "/usr/bin/new" && r["finding"]["observed"]["uid"] == 4321
+            })
+        });
+    }
+    t.remove("/usr/bin/tool");
+    wait_for(port, Duration::from_secs(5), "the removal", |s| {
+        s["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["finding"]["path"] == "/usr/bin/tool" && r["finding"]["change"] == "removed")
+    });
+    let log = std::fs::read_to_string(t.outside("daemon.log")).unwrap();
+    for path in ["/usr/bin/new", "/usr/bin/tool", "/usr/bin/other"] {
+        assert!(
+            log.contains(&format!("key=file:{path}")),
+            "{path} not in the log:\n{log}"
+        );
+    }
 }
 
 #[test]
