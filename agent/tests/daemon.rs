@@ -160,6 +160,14 @@ fn wait_exit(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
     }
 }
 
+/// Eight files of `size` bytes under /usr/lib: content that takes a while to hash.
+fn add_big_files(t: &Tree, size: usize) {
+    let big = vec![7u8; size];
+    for i in 0..8 {
+        t.file(format!("/usr/lib/big{i}"), &big);
+    }
+}
+
 fn baked_tree() -> Tree {
     let t = Tree::new();
     t.write_policy(POLICY);
@@ -440,10 +448,7 @@ fn lost_watch_events_trigger_a_full_check() {
 fn killed_mid_scan_the_daemon_restarts_with_its_state_intact() {
     let t = baked_tree();
     // Enough content that the boot check is still running when the daemon is killed.
-    let big = vec![7u8; 64 << 20];
-    for i in 0..8 {
-        t.file(format!("/usr/lib/big{i}"), &big);
-    }
+    add_big_files(&t, 64 << 20);
     t.file("/usr/bin/tool", b"tampered\n");
     t.create();
     t.file("/usr/bin/tool", b"tampered again\n");
@@ -490,10 +495,7 @@ fn killed_mid_scan_the_daemon_restarts_with_its_state_intact() {
 #[test]
 fn sigterm_stops_a_paced_full_check_within_seconds_and_applies_nothing() {
     let t = baked_tree();
-    let big = vec![3u8; 32 << 20];
-    for i in 0..8 {
-        t.file(format!("/usr/lib/big{i}"), &big);
-    }
+    add_big_files(&t, 32 << 20);
     t.create();
     let port = free_port();
     let config = write_config(&t, port, "");

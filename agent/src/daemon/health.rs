@@ -70,39 +70,51 @@ fn render_metrics(status: &Status) -> String {
             .set(count as i64);
     }
     registry.register("findings", "Findings remembered, by severity", findings);
-    let marked = Gauge::<i64>::default();
-    marked.set(i64::from(status.mark.is_some()));
-    registry.register(
+    let gauge = |registry: &mut Registry, name: &str, help: &str, value: i64| {
+        let gauge = Gauge::<i64>::default();
+        gauge.set(value);
+        registry.register(name, help, gauge);
+    };
+    let counter = |registry: &mut Registry, name: &str, help: &str, value: u64| {
+        let counter = Counter::<u64>::default();
+        counter.inc_by(value);
+        registry.register(name, help, counter);
+    };
+    gauge(
+        &mut registry,
         "marked",
         "1 when the host is marked for replacement",
-        marked,
+        i64::from(status.mark.is_some()),
     );
-    let degraded = Gauge::<i64>::default();
-    degraded.set(status.degradations.len() as i64);
-    registry.register(
+    gauge(
+        &mut registry,
         "watch_degradations",
         "Ways real-time watching is degraded",
-        degraded,
+        status.degradations.len() as i64,
     );
-    let checks = Counter::<u64>::default();
-    checks.inc_by(status.full_checks);
-    registry.register("full_checks", "Full checks finished", checks);
-    let rescans = Counter::<u64>::default();
-    rescans.inc_by(status.rescans);
-    registry.register(
+    counter(
+        &mut registry,
+        "full_checks",
+        "Full checks finished",
+        status.full_checks,
+    );
+    counter(
+        &mut registry,
         "watch_rescans",
         "Full checks run because watch events were lost",
-        rescans,
+        status.rescans,
     );
-    let fast = Counter::<u64>::default();
-    fast.inc_by(status.fast_checks);
-    registry.register("fast_checks", "Fast verifications finished", fast);
-    let rechecks = Counter::<u64>::default();
-    rechecks.inc_by(status.watch_rechecks);
-    registry.register(
+    counter(
+        &mut registry,
+        "fast_checks",
+        "Fast verifications finished",
+        status.fast_checks,
+    );
+    counter(
+        &mut registry,
         "watch_rechecks",
         "Paths re-checked after watch events",
-        rechecks,
+        status.watch_rechecks,
     );
     let duration = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
     duration.set(status.last_full_check_ms.unwrap_or(0) as f64 / 1000.0);

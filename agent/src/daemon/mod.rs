@@ -111,8 +111,8 @@ impl Shared {
 /// How much a check re-reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Depth {
-    /// Everything, unthrottled: at start, after a reload or lost events.
-    Boot,
+    /// Everything, unpaced, on all cores: at start, after a reload or lost events.
+    Immediate,
     /// Everything, paced: the scheduled full re-hash.
     Full,
     /// Only files whose identity moved since they were hashed, paced.
@@ -320,7 +320,7 @@ impl Daemon {
     /// Runs the whole pipeline on a blocking thread and applies what it found; then
     /// refreshes the hash cache with what it hashed.
     async fn full_check(&mut self, context: Arc<Context>, why: &'static str) {
-        self.check(context, why, Depth::Boot).await;
+        self.check(context, why, Depth::Immediate).await;
     }
 
     async fn check(&mut self, context: Arc<Context>, why: &'static str, depth: Depth) {
@@ -328,11 +328,11 @@ impl Daemon {
         let state_dir = self.config.state_dir.clone();
         let scan = ScanOptions {
             threads: match depth {
-                Depth::Boot => 0,
+                Depth::Immediate => 0,
                 Depth::Full | Depth::Fast => self.config.throttle.threads(),
             },
             read_bytes_per_sec: match depth {
-                Depth::Boot => 0,
+                Depth::Immediate => 0,
                 Depth::Full | Depth::Fast => self.config.throttle.read_bytes_per_sec,
             },
             known: None,
@@ -343,7 +343,7 @@ impl Daemon {
         let result = tokio::task::spawn_blocking(move || {
             // Scheduled checks yield to the host's own work, also outside systemd; the
             // scan's threads inherit this thread's priorities.
-            let _priority = (depth != Depth::Boot).then(BackgroundPriority::enter);
+            let _priority = (depth != Depth::Immediate).then(BackgroundPriority::enter);
             let known = (depth == Depth::Fast).then(|| {
                 let cache = HashCache::load(&state_dir);
                 debug!(files = cache.len(), "Hash cache loaded.");

@@ -121,6 +121,15 @@ struct Pacer {
 }
 
 impl Pacer {
+    /// Paces to `bytes_per_sec` from now on (0: unlimited).
+    fn new(bytes_per_sec: u64) -> Self {
+        Pacer {
+            bytes_per_sec,
+            started: std::time::Instant::now(),
+            consumed: AtomicU64::new(0),
+        }
+    }
+
     /// Accounts for `bytes` read and, once reading is more than [`PACE_SLACK`] ahead of
     /// the rate, sleeps until it is back on it. Sleeping after every buffer would cut
     /// hashing into bursts too short to keep caches warm: measured here, that doubled
@@ -229,6 +238,40 @@ enum Job {
 /// Hashes of one inode, shared between the hard links that name it.
 type InodeHashes = Arc<Mutex<Option<ContentHashes>>>;
 
+/// What every inspector of one scan shares.
+struct Shared {
+    bytes_hashed: AtomicU64,
+    links: Mutex<HashMap<(u64, u64), InodeHashes>>,
+    pacer: Pacer,
+}
+
+impl Shared {
+    fn new(read_bytes_per_sec: u64) -> Self {
+        Shared {
+            bytes_hashed: AtomicU64::new(0),
+            links: Mutex::new(HashMap::new()),
+            pacer: Pacer::new(read_bytes_per_sec),
+        }
+    }
+
+    fn inspector<'a>(
+        &'a self,
+        policy: &Policy,
+        known: Option<&'a dyn KnownHashes>,
+        cancel: &'a AtomicBool,
+    ) -> Inspector<'a> {
+        Inspector {
+            sha256: policy.config().scan.sha256,
+            buffer: vec![0; READ_BUFFER_BYTES],
+            bytes_hashed: &self.bytes_hashed,
+            links: &self.links,
+            known,
+            pacer: &self.pacer,
+            cancel,
+        }
+    }
+}
+
 struct Inspector<'a> {
     sha256: bool,
     buffer: Vec<u8>,
@@ -263,13 +306,7 @@ pub fn scan<E>(
         0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
         n => n,
     };
-    let bytes_hashed = AtomicU64::new(0);
-    let links = Mutex::new(HashMap::new());
-    let pacer = Pacer {
-        bytes_per_sec: options.read_bytes_per_sec,
-        started: std::time::Instant::now(),
-        consumed: AtomicU64::new(0),
-    };
+    let shared = Shared::new(options.read_bytes_per_sec);
     let (job_tx, job_rx) = bounded::<Job>(JOB_QUEUE);
     let (result_tx, result_rx) = bounded::<(u64, Option<ScanItem>)>(JOB_QUEUE);
     let (window_tx, window_rx) = bounded::<()>(REORDER_WINDOW);
@@ -280,22 +317,14 @@ pub fn scan<E>(
         for _ in 0..threads {
             let jobs = job_rx.clone();
             let results = result_tx.clone();
-            let mut inspector = Inspector {
-                sha256: policy.config().scan.sha256,
-                buffer: vec![0; READ_BUFFER_BYTES],
-                bytes_hashed: &bytes_hashed,
-                links: &links,
-                known: options.known.as_deref(),
-                pacer: &pacer,
-                cancel,
-            };
+            let mut inspector = shared.inspector(policy, options.known.as_deref(), cancel);
             scope.spawn(move || inspector.run(jobs, results));
         }
         drop(result_tx);
         drop(job_rx);
         reorder(result_rx, &window_rx, cancel, &mut stats, &mut visit)
     });
-    stats.bytes_hashed = bytes_hashed.load(Ordering::Relaxed);
+    stats.bytes_hashed = shared.bytes_hashed.load(Ordering::Relaxed);
     outcome.map(|()| stats).map_err(ScanAbort::Visitor)
 }
 
@@ -781,22 +810,9 @@ fn is_unsupported(err: &io::Error) -> bool {
 /// Examines one path the way the scan does (for targeted re-checks after watch
 /// events); `None` when it does not exist.
 pub fn observe_one(root: &Path, policy: &Policy, path: &[u8]) -> Option<ScanItem> {
-    let bytes_hashed = AtomicU64::new(0);
-    let links = Mutex::new(HashMap::new());
-    let pacer = Pacer {
-        bytes_per_sec: 0,
-        started: std::time::Instant::now(),
-        consumed: AtomicU64::new(0),
-    };
-    let mut inspector = Inspector {
-        sha256: policy.config().scan.sha256,
-        buffer: vec![0; READ_BUFFER_BYTES],
-        bytes_hashed: &bytes_hashed,
-        links: &links,
-        known: None,
-        pacer: &pacer,
-        cancel: &AtomicBool::new(false),
-    };
+    let shared = Shared::new(0);
+    let never = AtomicBool::new(false);
+    let mut inspector = shared.inspector(policy, None, &never);
     let state = policy.state_for(path);
     let hash = policy.rule(&state).attributes.contains(Attribute::Content);
     inspector.inspect(path.to_vec(), &host_path(root, path), state, hash)
