@@ -52,6 +52,26 @@ pub struct CheckOutcome {
     pub skipped: Vec<String>,
 }
 
+/// Opens and verifies a baseline (against the key in `pubkey` when given) and picks
+/// the policy in force: the file `policy` when given, else the one recorded in the
+/// baseline at bake time.
+pub fn open_baseline_and_policy(
+    baseline_path: &Path,
+    pubkey: Option<&Path>,
+    policy: Option<&Path>,
+) -> Result<(BaselineReader<File>, Policy)> {
+    let trusted_key = pubkey.map(crate::baseline::read_public_key).transpose()?;
+    let reader = crate::baseline::open(baseline_path, trusted_key.as_ref())?;
+    let policy = match policy {
+        Some(path) => crate::command::load_policy(path)?,
+        None => Policy::parse(&reader.meta().policy).map_err(|source| Error::Policy {
+            origin: format!("recorded in {}", baseline_path.display()),
+            source,
+        })?,
+    };
+    Ok((reader, policy))
+}
+
 /// An error entry for the report.
 pub fn scan_error(path: &[u8], error: String) -> ScanError {
     let (path, path_bytes_b64) = report_path(path);

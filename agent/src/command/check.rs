@@ -1,11 +1,9 @@
 //! `driftwatch check`: the live tree merged against the baseline, findings out.
 
-use super::{canonical_root, load_policy, Outcome};
-use crate::baseline;
+use super::{canonical_root, Outcome};
 use crate::cli::{CheckArgs, Format};
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::pipeline::{self, CheckOutcome, CheckPlan};
-use crate::policy::Policy;
 use crate::sink::progress::Progress;
 use crate::sink::report::{colour_stdout, summary_line, write_findings, write_json, Paint};
 use crate::source::files::ScanOptions;
@@ -20,19 +18,11 @@ pub fn run(args: &CheckArgs, out: &mut impl Write) -> Result<Outcome> {
         .baseline
         .clone()
         .unwrap_or_else(|| pipeline::default_baseline(&root));
-    let trusted_key = args
-        .pubkey
-        .as_deref()
-        .map(baseline::read_public_key)
-        .transpose()?;
-    let reader = baseline::open(&baseline_path, trusted_key.as_ref())?;
-    let policy = match &args.scan.policy {
-        Some(path) => load_policy(path)?,
-        None => Policy::parse(&reader.meta().policy).map_err(|source| Error::Policy {
-            origin: format!("recorded in {}", baseline_path.display()),
-            source,
-        })?,
-    };
+    let (reader, policy) = pipeline::open_baseline_and_policy(
+        &baseline_path,
+        args.pubkey.as_deref(),
+        args.scan.policy.as_deref(),
+    )?;
     let progress = Progress::new(Some(reader.entry_count()), "checking");
     let plan = CheckPlan {
         root: &root,

@@ -26,7 +26,6 @@ pub mod config;
 pub mod health;
 pub mod state;
 
-use crate::baseline;
 use crate::error::Error;
 use crate::pipeline::{self, rfc3339, CheckPlan};
 use crate::policy::Policy;
@@ -163,19 +162,11 @@ impl Daemon {
     }
 
     fn load_context(config: &AgentConfig) -> Result<Context, Error> {
-        let key = config
-            .pubkey
-            .as_deref()
-            .map(baseline::read_public_key)
-            .transpose()?;
-        let reader = baseline::open(&config.baseline, key.as_ref())?;
-        let policy = match &config.policy {
-            Some(path) => crate::command::load_policy(path)?,
-            None => Policy::parse(&reader.meta().policy).map_err(|source| Error::Policy {
-                origin: format!("recorded in {}", config.baseline.display()),
-                source,
-            })?,
-        };
+        let (reader, policy) = pipeline::open_baseline_and_policy(
+            &config.baseline,
+            config.pubkey.as_deref(),
+            config.policy.as_deref(),
+        )?;
         Ok(Context {
             baseline_path: config.baseline.clone(),
             reader,
