@@ -567,6 +567,14 @@ fn a_tampered_baseline_marks_the_host_at_start() {
     });
     let reason = status["mark"]["reason"].as_str().unwrap();
     assert!(reason.contains("failed verification"), "{reason}");
+    // And it is a critical finding of its own.
+    let finding = &status["findings"][0]["finding"];
+    assert_eq!(finding["kind"], "baseline", "{status:#}");
+    assert_eq!(finding["severity"], "critical");
+    assert!(
+        finding["error"].as_str().unwrap().contains("digest"),
+        "{finding:#}"
+    );
     assert_eq!(http_get(port, "/healthz").unwrap().0, 503);
 }
 

@@ -211,6 +211,9 @@ pub enum Finding {
     Listener(ListenerFinding),
     /// A mount whose options differ from the policy's expectations.
     Mount(MountFinding),
+    /// The baseline itself failed verification (digest or signature): the host cannot
+    /// be judged against its image and is in doubt itself.
+    Baseline(BaselineFinding),
 }
 
 impl Finding {
@@ -224,6 +227,7 @@ impl Finding {
             Finding::KernelModule(f) => f.severity,
             Finding::Listener(f) => f.severity,
             Finding::Mount(f) => f.severity,
+            Finding::Baseline(f) => f.severity,
         }
     }
 }
@@ -280,6 +284,17 @@ pub struct PackageFileFinding {
     #[serde(default)]
     pub config: bool,
     /// How serious it is.
+    pub severity: Severity,
+}
+
+/// A baseline that failed verification.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BaselineFinding {
+    /// The baseline file.
+    pub path: String,
+    /// What failed, e.g. `its digest does not match its content`.
+    pub error: String,
+    /// Always critical.
     pub severity: Severity,
 }
 

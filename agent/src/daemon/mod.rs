@@ -35,7 +35,7 @@ use crate::watch::{self, WatchEvent};
 use cache::{CacheWriter, HashCache};
 use config::AgentConfig;
 use driftwatch_protocol::baseline::{digest_string, BaselineReader};
-use driftwatch_protocol::report::{Finding, ScanError};
+use driftwatch_protocol::report::{BaselineFinding, Finding, ScanError, Severity};
 use serde::Serialize;
 use state::{Mark, State};
 use std::fs::File;
@@ -194,10 +194,20 @@ impl Daemon {
             Err(Error::VerifyBaseline { path, source }) if source.is_integrity_failure() => {
                 // A baseline that does not verify cannot be trusted to judge the host;
                 // the host itself is what is in doubt. Mark it and keep serving.
-                let reason = format!("baseline {} failed verification: {source}", path.display());
-                error!(reason = %reason, "Baseline failed verification.");
+                error!(baseline = %path.display(), error = %source, "Baseline failed verification.");
                 self.state = State::load(&self.config.state_dir, "untrusted").unwrap_or_default();
-                let mark = self.state.mark(reason, &now());
+                let finding = Finding::Baseline(BaselineFinding {
+                    path: path.display().to_string(),
+                    error: source.to_string(),
+                    severity: Severity::Critical,
+                });
+                // Marked whatever `mark_severity` says, with the reason itself: the
+                // trust anchor failed. The finding is recorded beside the mark.
+                let mark = self.state.mark(
+                    format!("baseline {} failed verification: {source}", path.display()),
+                    &now(),
+                );
+                self.apply(std::slice::from_ref(&finding)).await;
                 self.apply_mark(mark).await;
                 None
             }
@@ -575,6 +585,7 @@ fn kind_of(finding: &Finding) -> &'static str {
         Finding::KernelModule(_) => "kernel_module",
         Finding::Listener(_) => "listener",
         Finding::Mount(_) => "mount",
+        Finding::Baseline(_) => "baseline",
     }
 }
 

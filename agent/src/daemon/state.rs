@@ -59,6 +59,7 @@ pub fn finding_key(finding: &Finding) -> String {
         Finding::KernelModule(m) => format!("kernel_module:{}", m.name),
         Finding::Listener(l) => format!("listener:{}:{}:{}", l.protocol, l.address, l.port),
         Finding::Mount(m) => format!("mount:{}", m.mountpoint),
+        Finding::Baseline(b) => format!("baseline:{}", b.path),
     }
 }
 

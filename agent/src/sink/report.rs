@@ -210,6 +210,11 @@ fn finding_line(paint: Paint, finding: &Finding) -> String {
                 m.observed.join(",")
             ),
         ),
+        Finding::Baseline(b) => line(
+            "baseline",
+            &b.path,
+            format!("failed verification: {}", b.error),
+        ),
     }
 }
 
