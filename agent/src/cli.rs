@@ -11,7 +11,8 @@ EXIT STATUS
     0  no drift (or: the baseline verifies)
     1  drift found (for `baseline diff`: the baselines differ)
     2  operational error: bad arguments, unreadable files, I/O failure; also when
-       entries could not be examined and no drift was found
+       entries could not be examined and no drift was found; for `check --report`,
+       also when the report could not be delivered to the collector, drift or not
     3  baseline integrity failure: truncated, corrupted, tampered with, or not
        signed by the trusted key
 
@@ -29,6 +30,9 @@ EXAMPLES
     Check a host against its image
         driftwatch check --pubkey /etc/driftwatch/pipeline.pub
         driftwatch check --format json | jq '.findings[] | select(.severity==\"critical\")'
+
+    Check once and report to the collector (hosts without the daemon, CI)
+        driftwatch check --report --config /etc/driftwatch/agent.toml
 
     See what changed between two image builds
         driftwatch baseline diff old.baseline new.baseline";
@@ -58,6 +62,9 @@ pub enum Command {
     /// every entry that was added, removed or modified, grouped by severity. The
     /// baseline is verified first (digest, and signature when --pubkey is given): a
     /// baseline that fails verification is never used (exit status 3).
+    ///
+    /// With --report, the findings also go to the collector of the agent
+    /// configuration's [collector] section once the report is printed.
     #[command(after_long_help = AFTER_HELP)]
     Check(CheckArgs),
     /// Manage the pipeline's signing keys.
@@ -67,10 +74,13 @@ pub enum Command {
     ///
     /// Verifies the baseline, checks the host, then watches the policy's critical paths
     /// in real time and verifies everything on a schedule. Findings are remembered
-    /// under the state directory; once one reaches `[replacement] mark_severity` the
-    /// host is marked for replacement: /healthz on the loopback endpoint answers 503, a
-    /// marker file appears under the run directory and the configured command runs.
-    /// SIGHUP reloads the configuration and policy; SIGTERM stops within seconds.
+    /// under the state directory and, with a [collector] section, spooled on disk and
+    /// reported to the collector over mutual TLS. The host is marked for replacement
+    /// when the collector says so, or (without a collector, or with `[replacement]
+    /// mark_severity` set) once a finding reaches `mark_severity`: /healthz on the
+    /// loopback endpoint answers 503, a marker file appears under the run directory and
+    /// the configured command runs. SIGHUP reloads the configuration and policy;
+    /// SIGTERM stops within seconds, leaving unsent events in the spool.
     Run(RunArgs),
     /// Show what the running daemon knows (from its loopback endpoint).
     ///
@@ -236,6 +246,30 @@ pub struct CheckArgs {
     /// read when the root is /.
     #[arg(long)]
     pub no_runtime: bool,
+    /// Also deliver the findings to the collector.
+    ///
+    /// After the report is printed, every finding is sent to the collector named by the
+    /// [collector] section of the agent configuration (--config), as the daemon would,
+    /// with the same identity (a provisioned client certificate, or one obtained with
+    /// the enrollment token and kept in the state directory), together with one
+    /// heartbeat that tells the collector this host reports once and will not send
+    /// heartbeats (so it is never called silent). Requests are gzip-compressed JSON over
+    /// mutual TLS. Connection failures, 5xx and 429 answers are retried with backoff
+    /// (honouring Retry-After) for up to three times `timeout_secs` in all; a refusal
+    /// (400, 401, 403) ends it at once, and a 413 is retried with smaller batches.
+    /// Nothing is spooled: what is not delivered now is reported by the next run.
+    ///
+    /// Once delivered, one line on stderr gives the host's state at the collector and,
+    /// when the collector marked it for replacement, the mark. When the report cannot be
+    /// delivered, one sentence on stderr says why and the exit status is 2 — also when
+    /// drift was found, since nobody else will hear of it. The configuration is read
+    /// before the scan, so a missing [collector] section fails at once.
+    #[arg(long)]
+    pub report: bool,
+    /// The agent configuration whose [collector] section --report uses [default:
+    /// /etc/driftwatch/agent.toml].
+    #[arg(long, value_name = "FILE", requires = "report")]
+    pub config: Option<PathBuf>,
 }
 
 /// `key generate`

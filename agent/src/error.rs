@@ -114,6 +114,17 @@ pub enum Error {
         /// Why.
         source: io::Error,
     },
+    /// The spool of events for the collector cannot be used.
+    #[error("{0}")]
+    Spool(crate::sink::spool::SpoolError),
+    /// `check --report` could not deliver the report.
+    #[error("cannot deliver the report to {url}: {source}")]
+    Report {
+        /// The collector.
+        url: String,
+        /// Why.
+        source: crate::sink::collector::ReportError,
+    },
     /// Options that cannot be used together or here.
     #[error("{0}")]
     Usage(String),

@@ -4,15 +4,20 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+#[path = "util/test_collector.rs"]
+mod test_collector;
 mod util;
 
+use driftwatch_protocol::report::Finding;
+use driftwatch_protocol::wire::{EventBody, MarkDirective};
 use serde_json::Value;
 use std::net::TcpListener;
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use util::{http_get, Tree, BIN};
+use test_collector::TestCollector;
+use util::{http_get, Cmd, Tree, BIN};
 
 /// Critical rule on /usr/bin, low everywhere else.
 const POLICY: &str = r#"
@@ -641,4 +646,216 @@ fn status_command_reads_the_running_daemon() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is the daemon running?"));
+}
+
+/// A `[collector]` section for `url`, with a provisioned identity from `collector`.
+fn collector_section(collector: &TestCollector, url: &str, extra: &str) -> String {
+    let (cert, key) = collector.provision("web-1");
+    format!(
+        "[collector]\nurl = {url:?}\nca_file = {:?}\ncert_file = {cert:?}\nkey_file = {key:?}\nhost_id = \"web-1\"\nheartbeat_interval_secs = 1\nretry_max_secs = 1\n{extra}\n",
+        collector.ca_file()
+    )
+}
+
+/// Polls `done` until it holds, failing after `limit`.
+fn wait_until(limit: Duration, what: &str, done: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !done() {
+        assert!(start.elapsed() < limit, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+/// How many finding events about `path` the collector received.
+fn received_findings(collector: &TestCollector, path: &str) -> usize {
+    collector
+        .events()
+        .iter()
+        .filter(|e| {
+            matches!(&e.body, EventBody::Finding { finding: Finding::File(f) } if f.path == path)
+        })
+        .count()
+}
+
+/// An address where nothing listens.
+fn dead_url() -> String {
+    format!("https://127.0.0.1:{}", free_port())
+}
+
+#[test]
+fn the_collector_gets_the_findings_and_its_verdict_marks_and_unmarks_the_host() {
+    let collector = TestCollector::start(500, None, vec![]);
+    let t = baked_tree();
+    let port = free_port();
+    let config = write_config(&t, port, &collector_section(&collector, &collector.url, ""));
+    let mut daemon = start(&t, &config, None);
+    wait_for(
+        port,
+        Duration::from_secs(20),
+        "a first acknowledgement",
+        |s| s["state"] == "clean" && s["collector"]["reachable"] == true,
+    );
+
+    // A critical change: reported, but with a collector the host does not mark itself.
+    t.file("/usr/bin/tool", b"tool v2\n");
+    wait_until(
+        Duration::from_secs(10),
+        "the finding at the collector",
+        || received_findings(&collector, "/usr/bin/tool") == 1,
+    );
+    let status = wait_for(port, Duration::from_secs(5), "the ack", |s| {
+        s["collector"]["spooled_events"] == 0
+    });
+    assert_eq!(status["state"], "drifted", "{status:#}");
+    assert_eq!(http_get(port, "/healthz").unwrap().0, 200);
+
+    // The fleet policy marks the host at the collector: the next heartbeat brings it.
+    collector.set_mark(Some(MarkDirective {
+        reason: "critical drift on web, within budget".into(),
+        since: "2026-01-01T00:00:00Z".into(),
+    }));
+    let status = wait_for(port, Duration::from_secs(10), "the collector's mark", |s| {
+        s["state"] == "marked"
+    });
+    assert_eq!(status["mark"]["origin"], "collector", "{status:#}");
+    assert_eq!(status["collector"]["host_state"], "marked", "{status:#}");
+    let (code, body) = http_get(port, "/healthz").unwrap();
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("within budget"), "{body}");
+    let marker = daemon.run_dir.join("replace-me");
+    assert!(std::fs::read_to_string(&marker)
+        .unwrap()
+        .contains("within budget"));
+    wait_until(Duration::from_secs(5), "the replacement command", || {
+        t.outside("command-ran").exists()
+    });
+    let text = Cmd::new(["status", "--config"]).arg(&config).run();
+    text.assert_code(1);
+    assert!(
+        text.stdout
+            .contains("marked for replacement by the collector"),
+        "{text}"
+    );
+    assert!(text.stdout.contains("web-1: reachable"), "{text}");
+
+    // An operator unmarks it at the collector: lifted, since the collector set it.
+    collector.set_mark(None);
+    wait_for(
+        port,
+        Duration::from_secs(10),
+        "the mark to be lifted",
+        |s| s["mark"].is_null() && s["state"] == "drifted",
+    );
+    assert_eq!(http_get(port, "/healthz").unwrap().0, 200);
+    assert!(!marker.exists());
+    let (_, metrics) = http_get(port, "/metrics").unwrap();
+    assert!(
+        metrics.contains("driftwatch_collector_reachable 1"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("driftwatch_collector_events_spooled_total 1"),
+        "{metrics}"
+    );
+
+    signal(&daemon.child, libc::SIGTERM);
+    assert!(wait_exit(&mut daemon.child, Duration::from_secs(5)).success());
+    // Nothing was sent twice.
+    assert_eq!(received_findings(&collector, "/usr/bin/tool"), 1);
+}
+
+#[test]
+fn findings_spooled_during_an_outage_are_delivered_after_a_restart() {
+    let collector = TestCollector::start(500, None, vec![]);
+    let t = baked_tree();
+    // The collector is unreachable: the finding waits in the spool, and SIGTERM does
+    // not wait for a collector that is not there.
+    let port = free_port();
+    let config = write_config(&t, port, &collector_section(&collector, &dead_url(), ""));
+    let mut daemon = start(&t, &config, None);
+    wait_for(port, Duration::from_secs(20), "the boot check", |s| {
+        s["state"] == "clean"
+    });
+    t.file("/usr/bin/tool", b"tool v2\n");
+    let status = wait_for(port, Duration::from_secs(10), "the spooled finding", |s| {
+        s["collector"]["spooled_events"] == 1
+    });
+    assert_eq!(status["collector"]["reachable"], false, "{status:#}");
+    assert!(status["collector"]["last_error"]
+        .as_str()
+        .unwrap()
+        .contains("cannot reach"));
+    let stopping = Instant::now();
+    signal(&daemon.child, libc::SIGTERM);
+    assert!(wait_exit(&mut daemon.child, Duration::from_secs(5)).success());
+    eprintln!(
+        "stopped in {:?} with the collector down",
+        stopping.elapsed()
+    );
+
+    // Back with the collector reachable: the spooled finding arrives, once.
+    let port = free_port();
+    let config = write_config(&t, port, &collector_section(&collector, &collector.url, ""));
+    let _daemon = start(&t, &config, None);
+    wait_until(
+        Duration::from_secs(20),
+        "the spooled finding at the collector",
+        || received_findings(&collector, "/usr/bin/tool") == 1,
+    );
+    wait_for(port, Duration::from_secs(10), "the spool to drain", |s| {
+        s["collector"]["spooled_events"] == 0 && s["collector"]["reachable"] == true
+    });
+    assert_eq!(received_findings(&collector, "/usr/bin/tool"), 1);
+}
+
+#[test]
+fn check_report_delivers_the_findings_or_exits_2() {
+    let collector = TestCollector::start(500, None, vec![]);
+    let t = baked_tree();
+    t.file("/usr/bin/tool", b"tool v2\n");
+    let port = free_port();
+    let report = |config: &Path| {
+        Cmd::new(["check", "--no-runtime", "--report", "--config"])
+            .arg(config)
+            .arg("--root")
+            .arg(t.root())
+            .arg("--baseline")
+            .arg(t.baseline())
+            .run()
+    };
+    let config = write_config(&t, port, &collector_section(&collector, &collector.url, ""));
+    let out = report(&config);
+    out.assert_code(1);
+    assert!(
+        out.stderr.contains("report delivered to")
+            && out
+                .stderr
+                .contains("host web-1 is drifted at the collector"),
+        "{out}"
+    );
+    assert_eq!(received_findings(&collector, "/usr/bin/tool"), 1);
+
+    // Not delivered: exit 2 although drift was found, one sentence saying why, and the
+    // report itself still printed.
+    let config = write_config(
+        &t,
+        port,
+        &collector_section(&collector, &dead_url(), "timeout_secs = 1"),
+    );
+    let out = report(&config);
+    out.assert_code(2);
+    assert!(out.stdout.contains("/usr/bin/tool"), "{out}");
+    assert!(
+        out.stderr
+            .contains("cannot deliver the report to https://127.0.0.1:"),
+        "{out}"
+    );
+    // A configuration without [collector] is refused before scanning.
+    let bare = write_config(&t, port, "");
+    let out = report(&bare);
+    out.assert_code(2).assert_one_line_error();
+    assert!(
+        out.stderr.contains("--report needs a [collector] section"),
+        "{out}"
+    );
 }

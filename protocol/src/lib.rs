@@ -25,5 +25,6 @@ pub mod path;
 pub mod report;
 pub mod runtime;
 pub mod sign;
+pub mod wire;
 
 pub use entry::{Entry, FileType, Timestamp};

@@ -217,6 +217,52 @@ pub enum Finding {
 }
 
 impl Finding {
+    /// A stable identity: the same drift seen again (by the daemon after a restart, or
+    /// by the collector in a retried batch) has the same key.
+    pub fn key(&self) -> String {
+        match self {
+            Finding::File(f) => format!("file:{}", f.path_bytes_b64.as_deref().unwrap_or(&f.path)),
+            Finding::Package(p) => format!("package:{}:{}", p.name, p.arch),
+            Finding::PackageFile(p) => format!("package_file:{}:{}", p.package, p.path),
+            Finding::Process(p) => format!("process:{:?}:{}", p.reason, p.exe),
+            Finding::KernelModule(m) => format!("kernel_module:{}", m.name),
+            Finding::Listener(l) => format!("listener:{}:{}:{}", l.protocol, l.address, l.port),
+            Finding::Mount(m) => format!("mount:{}", m.mountpoint),
+            Finding::Baseline(b) => format!("baseline:{}", b.path),
+        }
+    }
+
+    /// The `kind` tag as it appears in JSON (`file`, `package`, …).
+    pub fn kind_name(&self) -> &'static str {
+        match self {
+            Finding::File(_) => "file",
+            Finding::Package(_) => "package",
+            Finding::PackageFile(_) => "package_file",
+            Finding::Process(_) => "process",
+            Finding::KernelModule(_) => "kernel_module",
+            Finding::Listener(_) => "listener",
+            Finding::Mount(_) => "mount",
+            Finding::Baseline(_) => "baseline",
+        }
+    }
+
+    /// What the finding is about, as a path where there is one (file, packaged file,
+    /// process executable, mountpoint, baseline file) and a name otherwise (package,
+    /// kernel module, `proto:address:port` for a listener). Replacement rules match
+    /// their path globs against it.
+    pub fn subject(&self) -> String {
+        match self {
+            Finding::File(f) => f.path.clone(),
+            Finding::Package(p) => p.name.clone(),
+            Finding::PackageFile(p) => p.path.clone(),
+            Finding::Process(p) => p.exe.clone(),
+            Finding::KernelModule(m) => m.name.clone(),
+            Finding::Listener(l) => format!("{}:{}:{}", l.protocol, l.address, l.port),
+            Finding::Mount(m) => m.mountpoint.clone(),
+            Finding::Baseline(b) => b.path.clone(),
+        }
+    }
+
     /// The finding's severity.
     pub fn severity(&self) -> Severity {
         match self {

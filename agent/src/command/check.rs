@@ -1,18 +1,25 @@
-//! `driftwatch check`: the live tree merged against the baseline, findings out.
+//! `driftwatch check`: the live tree merged against the baseline, findings out — and,
+//! with `--report`, to the collector as well (a one-shot delivery, nothing spooled).
 
 use super::{canonical_root, Outcome};
 use crate::cli::{CheckArgs, Format};
-use crate::error::Result;
+use crate::daemon::config::{AgentConfig, CollectorConfig, DEFAULT_CONFIG_PATH};
+use crate::error::{Error, Result};
 use crate::pipeline::{self, CheckOutcome, CheckPlan};
+use crate::sink::collector::deliver_report;
 use crate::sink::progress::Progress;
 use crate::sink::report::{colour_stdout, summary_line, write_findings, write_json, Paint};
 use crate::source::files::ScanOptions;
 use driftwatch_protocol::report::Report;
+use driftwatch_protocol::wire::ImageClaim;
 use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
 
-/// Runs a check and writes the report.
+/// Runs a check and writes the report; with `--report`, delivers it.
 pub fn run(args: &CheckArgs, out: &mut impl Write) -> Result<Outcome> {
+    // Read before the scan: a bad configuration should not cost a whole scan.
+    let collector = args.report.then(|| collector_config(args)).transpose()?;
     let root = canonical_root(&args.scan.root)?;
     let baseline_path = args
         .baseline
@@ -46,7 +53,55 @@ pub fn run(args: &CheckArgs, out: &mut impl Write) -> Result<Outcome> {
             &skipped,
         )?,
     }
+    if let Some((collector, state_dir)) = collector {
+        // The report is out before the network is tried: a slow collector must not
+        // hold it back.
+        out.flush()?;
+        deliver(&collector, &state_dir, &report)?;
+    }
     Ok(Outcome::of(report.findings.len(), report.errors.len()))
+}
+
+/// The `[collector]` section and state directory of the agent configuration.
+fn collector_config(args: &CheckArgs) -> Result<(CollectorConfig, PathBuf)> {
+    let path = args
+        .config
+        .as_deref()
+        .unwrap_or(Path::new(DEFAULT_CONFIG_PATH));
+    let config = AgentConfig::load(path, true).map_err(Error::Config)?;
+    let collector = config.collector.ok_or_else(|| {
+        Error::Usage(format!(
+            "--report needs a [collector] section in {}",
+            path.display()
+        ))
+    })?;
+    Ok((collector, config.state_dir))
+}
+
+/// Sends the report and says, on stderr, what the collector thinks of the host.
+fn deliver(collector: &CollectorConfig, state_dir: &Path, report: &Report) -> Result<()> {
+    let image = ImageClaim {
+        image_id: report.baseline.image_id.clone(),
+        baseline_digest: Some(report.baseline.digest.clone()),
+    };
+    let delivered =
+        deliver_report(collector, state_dir, image, &report.findings).map_err(|source| {
+            Error::Report {
+                url: collector.url.clone(),
+                source,
+            }
+        })?;
+    let mark = delivered.host.mark.map_or(String::new(), |m| {
+        format!(", marked for replacement since {}: {}", m.since, m.reason)
+    });
+    eprintln!(
+        "driftwatch: report delivered to {} ({} findings); host {} is {} at the collector{mark}.",
+        collector.url,
+        delivered.findings,
+        collector.host_id(),
+        delivered.host.state.name(),
+    );
+    Ok(())
 }
 
 fn write_text(

@@ -65,9 +65,14 @@ pub fn run(args: &StatusArgs, out: &mut impl Write) -> Result<Outcome> {
                 }
             )?;
             if let Some(reason) = status["mark"]["reason"].as_str() {
+                let by = if status["mark"]["origin"] == "collector" {
+                    " by the collector"
+                } else {
+                    ""
+                };
                 writeln!(
                     out,
-                    "marked for replacement since {}: {reason}",
+                    "marked for replacement{by} since {}: {reason}",
                     status["mark"]["since"].as_str().unwrap_or("?")
                 )?;
             }
@@ -84,6 +89,26 @@ pub fn run(args: &StatusArgs, out: &mut impl Write) -> Result<Outcome> {
                 text(&status["last_full_check"]),
                 status["last_full_check_ms"]
             )?;
+            let collector = &status["collector"];
+            if collector.is_object() {
+                let reach = if collector["reachable"] == true {
+                    "reachable".to_string()
+                } else {
+                    match collector["last_error"].as_str() {
+                        Some(error) => format!("not reachable ({error})"),
+                        None => "not reached yet".to_string(),
+                    }
+                };
+                writeln!(
+                    out,
+                    "collector  {} as {}: {reach}; {} events spooled; last ack {}; host {} there",
+                    text(&collector["url"]),
+                    text(&collector["host_id"]),
+                    collector["spooled_events"],
+                    text(&collector["last_ack"]),
+                    text(&collector["host_state"]),
+                )?;
+            }
             for degradation in status["degradations"].as_array().into_iter().flatten() {
                 writeln!(out, "degraded   {}", text(degradation))?;
             }

@@ -3,8 +3,12 @@
 //! at all) runs the daemon against the image's own baseline and policy.
 //!
 //! Validation happens here, before any thread starts: an unknown key, a relative path
-//! or a zero interval is an error naming the key.
+//! or a zero interval is an error naming the key. Validation also resolves the few
+//! defaults that depend on other keys or on the host (the local marking threshold, the
+//! collector host id), so the rest of the agent reads one settled value.
 
+use driftwatch_protocol::report::Severity;
+use driftwatch_protocol::wire::is_valid_host_id;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -52,6 +56,10 @@ pub struct AgentConfig {
     /// When and how the host is marked for replacement.
     #[serde(default)]
     pub replacement: ReplacementConfig,
+    /// Where findings and heartbeats are reported (default: nowhere — the agent only
+    /// serves its loopback endpoint and logs).
+    #[serde(default)]
+    pub collector: Option<CollectorConfig>,
 }
 
 fn default_baseline() -> PathBuf {
@@ -84,6 +92,7 @@ impl Default for AgentConfig {
             throttle: ThrottleConfig::default(),
             watch: WatchConfig::default(),
             replacement: ReplacementConfig::default(),
+            collector: None,
         }
     }
 }
@@ -208,12 +217,17 @@ impl Default for WatchConfig {
 }
 
 /// `[replacement]`: what marks this host for replacement, and what happens then.
-#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ReplacementConfig {
-    /// A finding at or above this severity marks the host (default `critical`).
-    #[serde(default = "default_mark_severity")]
-    pub mark_severity: driftwatch_protocol::report::Severity,
+    /// A finding at or above this severity marks the host locally (`low`, `medium`,
+    /// `high` or `critical`). Default: `critical` without a `[collector]` section; with
+    /// one, no local marking — the collector's fleet policy, with its replacement
+    /// budget, decides, and its verdict marks the host the same way. Setting it keeps
+    /// local marking alongside the collector. A baseline that fails verification marks
+    /// the host whatever this says. After loading, `None` means local marking is off.
+    #[serde(default)]
+    pub mark_severity: Option<Severity>,
     /// A command run once when the host is marked, e.g. to fail a cloud health check
     /// or power off: program and arguments (default: none). It gets
     /// `DRIFTWATCH_REASON` in its environment.
@@ -221,16 +235,105 @@ pub struct ReplacementConfig {
     pub command: Vec<String>,
 }
 
-fn default_mark_severity() -> driftwatch_protocol::report::Severity {
-    driftwatch_protocol::report::Severity::Critical
+/// The local marking threshold when `[replacement] mark_severity` is not set and no
+/// collector decides.
+const LOCAL_MARK_SEVERITY: Severity = Severity::Critical;
+
+/// `[collector]`: reporting to the collector over HTTPS with mutual TLS (DESIGN.md §8).
+///
+/// Findings are spooled on disk under `state_dir/spool/` before they are sent, so a
+/// collector outage of any length loses nothing; the host authenticates with a client
+/// certificate, either provisioned (`cert_file` + `key_file`) or obtained on first
+/// contact with an enrollment token (`enrollment_token_file`).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CollectorConfig {
+    /// The collector's base URL, `https://` only (required), e.g.
+    /// `https://collector.example.org:8443`; requests go to `/v1/ingest` and
+    /// `/v1/enroll` below it.
+    pub url: String,
+    /// PEM file with the CA certificate(s) that signed the collector's server
+    /// certificate (required). Only these are trusted for the collector, not the
+    /// system's roots.
+    pub ca_file: PathBuf,
+    /// A provisioned client certificate chain (PEM) naming this host (default: none).
+    /// Set together with `key_file`; excludes `enrollment_token_file`.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// The private key (PEM: PKCS#8, PKCS#1 or SEC1) of `cert_file` (default: none).
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
+    /// A file holding an enrollment token (default: none). On first contact the host
+    /// generates its own key, sends only a certificate signing request with the token,
+    /// and keeps the certificate it gets back, with the key, in
+    /// `state_dir/identity/HOST_ID.pem` (mode 0600) for every later contact.
+    #[serde(default)]
+    pub enrollment_token_file: Option<PathBuf>,
+    /// The id this host reports as: 1 to 128 ASCII letters, digits, `.`, `-`, `_` or
+    /// `:` (default: `/etc/machine-id` inside `root`, else the hostname).
+    #[serde(default)]
+    pub host_id: Option<String>,
+    /// Seconds between heartbeats when there is nothing else to send (default 30); the
+    /// collector calls a host silent when they stop.
+    #[serde(default = "default_heartbeat_interval_secs")]
+    pub heartbeat_interval_secs: u64,
+    /// Most events in one request (default 500). A request the collector finds too
+    /// large (413) is retried with half as many.
+    #[serde(default = "default_batch_max_events")]
+    pub batch_max_events: usize,
+    /// Most bytes the spool of unsent events may hold on disk (default 64 MiB, at
+    /// least 1 MiB). When full, the unsent events are folded into one event per
+    /// current finding, which is all the collector needs.
+    #[serde(default = "default_spool_max_bytes")]
+    pub spool_max_bytes: u64,
+    /// Seconds one request (connect, TLS, send, answer) may take (default 10).
+    /// `check --report` gives up after three times this.
+    #[serde(default = "default_timeout_secs")]
+    pub timeout_secs: u64,
+    /// Longest wait in seconds between retries after a failure (default 300); waits
+    /// start at 1 s and double, with jitter. A `Retry-After` from the collector is
+    /// honoured.
+    #[serde(default = "default_retry_max_secs")]
+    pub retry_max_secs: u64,
 }
 
-impl Default for ReplacementConfig {
-    fn default() -> Self {
-        ReplacementConfig {
-            mark_severity: default_mark_severity(),
-            command: Vec::new(),
-        }
+fn default_heartbeat_interval_secs() -> u64 {
+    30
+}
+
+fn default_batch_max_events() -> usize {
+    500
+}
+
+fn default_spool_max_bytes() -> u64 {
+    64 << 20
+}
+
+fn default_timeout_secs() -> u64 {
+    10
+}
+
+fn default_retry_max_secs() -> u64 {
+    300
+}
+
+/// The smallest spool worth having: room for thousands of findings.
+const MIN_SPOOL_BYTES: u64 = 1 << 20;
+/// More events per request than this makes requests the collector would refuse.
+const MAX_BATCH_EVENTS: usize = 10_000;
+
+impl CollectorConfig {
+    /// The host id; set by validation, so always present in a loaded configuration.
+    pub fn host_id(&self) -> &str {
+        self.host_id.as_deref().unwrap_or_default()
+    }
+
+    /// The host id this host reports as when none is configured: the machine id
+    /// inside `root`, else the kernel's hostname.
+    fn default_host_id(root: &Path) -> Option<String> {
+        crate::pipeline::machine_id(root)
+            .filter(|id| is_valid_host_id(id))
+            .or_else(|| Some(crate::pipeline::hostname()).filter(|id| is_valid_host_id(id)))
     }
 }
 
@@ -283,11 +386,12 @@ impl AgentConfig {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
-        config.validate(path)?;
-        Ok(config)
+        config.validate(path)
     }
 
-    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+    /// Checks every value and resolves the defaults that depend on other keys or on
+    /// the host: the local marking threshold and the collector host id.
+    fn validate(mut self, path: &Path) -> Result<AgentConfig, ConfigError> {
         let value = |key, problem| {
             Err(ConfigError::Value {
                 path: path.to_path_buf(),
@@ -328,6 +432,105 @@ impl AgentConfig {
         {
             return value("replacement.command", "must start with a program");
         }
+        if let Some(collector) = &mut self.collector {
+            collector.validate(&self.root, path)?;
+        }
+        if self.replacement.mark_severity.is_none() && self.collector.is_none() {
+            self.replacement.mark_severity = Some(LOCAL_MARK_SEVERITY);
+        }
+        Ok(self)
+    }
+}
+
+impl CollectorConfig {
+    fn validate(&mut self, root: &Path, path: &Path) -> Result<(), ConfigError> {
+        let value = |key, problem| {
+            Err(ConfigError::Value {
+                path: path.to_path_buf(),
+                key,
+                problem,
+            })
+        };
+        match reqwest::Url::parse(&self.url) {
+            Ok(url) if url.scheme() == "https" && url.host().is_some() => {}
+            Ok(url) if url.scheme() != "https" => {
+                return value(
+                    "collector.url",
+                    "must be an https:// URL (the collector is HTTPS only)",
+                )
+            }
+            _ => {
+                return value(
+                    "collector.url",
+                    "must be a URL such as https://collector.example.org:8443",
+                )
+            }
+        }
+        let absolute = [
+            ("collector.ca_file", Some(&self.ca_file)),
+            ("collector.cert_file", self.cert_file.as_ref()),
+            ("collector.key_file", self.key_file.as_ref()),
+            (
+                "collector.enrollment_token_file",
+                self.enrollment_token_file.as_ref(),
+            ),
+        ];
+        for (key, path) in absolute {
+            if path.is_some_and(|p| !p.is_absolute()) {
+                return value(key, "must be an absolute path");
+            }
+        }
+        match (&self.cert_file, &self.key_file, &self.enrollment_token_file) {
+            (Some(_), Some(_), None) | (None, None, Some(_)) => {}
+            (Some(_), None, _) => return value("collector.key_file", "must be set with cert_file"),
+            (None, Some(_), _) => return value("collector.cert_file", "must be set with key_file"),
+            (Some(_), Some(_), Some(_)) => {
+                return value(
+                    "collector.enrollment_token_file",
+                    "cannot be used with cert_file and key_file (choose one identity)",
+                )
+            }
+            (None, None, None) => return value(
+                "collector.cert_file",
+                "and key_file, or enrollment_token_file, must be set (the host needs an identity)",
+            ),
+        }
+        match &self.host_id {
+            Some(id) if !is_valid_host_id(id) => {
+                return value(
+                    "collector.host_id",
+                    "must be 1 to 128 ASCII letters, digits, '.', '-', '_' or ':', not starting with '.' or '-'",
+                )
+            }
+            Some(_) => {}
+            None => match CollectorConfig::default_host_id(root) {
+                Some(id) => self.host_id = Some(id),
+                None => {
+                    return value(
+                        "collector.host_id",
+                        "must be set: neither the machine id nor the hostname is a valid host id",
+                    )
+                }
+            },
+        }
+        if self.heartbeat_interval_secs == 0 {
+            return value("collector.heartbeat_interval_secs", "must be at least 1");
+        }
+        if !(1..=MAX_BATCH_EVENTS).contains(&self.batch_max_events) {
+            return value("collector.batch_max_events", "must be between 1 and 10000");
+        }
+        if self.spool_max_bytes < MIN_SPOOL_BYTES {
+            return value(
+                "collector.spool_max_bytes",
+                "must be at least 1048576 (1 MiB)",
+            );
+        }
+        if self.timeout_secs == 0 {
+            return value("collector.timeout_secs", "must be at least 1");
+        }
+        if self.retry_max_secs == 0 {
+            return value("collector.retry_max_secs", "must be at least 1");
+        }
         Ok(())
     }
 }
@@ -357,9 +560,176 @@ mod tests {
         assert!(load("[schedule]\njitter = 2.0").contains("`schedule.jitter`"));
         assert!(load("[health]\nlisten = \"nowhere\"").contains("listen"));
         assert!(AgentConfig::load(&dir.path().join("missing"), true).is_err());
+        let mut expected = AgentConfig::default();
+        expected.replacement.mark_severity = Some(Severity::Critical);
         assert_eq!(
             AgentConfig::load(&dir.path().join("missing"), false).unwrap(),
-            AgentConfig::default()
+            expected
         );
+    }
+
+    /// Writes `text` as a configuration (with `DIR` replaced by a scratch directory)
+    /// and loads it.
+    fn load(text: &str) -> Result<AgentConfig, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent.toml");
+        let text = text.replace("DIR", &dir.path().display().to_string());
+        std::fs::write(&path, text).unwrap();
+        AgentConfig::load(&path, true).map_err(|e| e.to_string())
+    }
+
+    const COLLECTOR: &str = "[collector]\nurl = \"https://collector.example.org:8443\"\nca_file = \"/etc/driftwatch/collector-ca.pem\"\n";
+
+    #[test]
+    fn a_collector_section_has_documented_defaults() {
+        let config = load(&format!(
+            "root = \"DIR\"\n{COLLECTOR}enrollment_token_file = \"/etc/driftwatch/token\"\nhost_id = \"web-1\""
+        ))
+        .unwrap();
+        let collector = config.collector.unwrap();
+        assert_eq!(collector.host_id(), "web-1");
+        assert_eq!(collector.heartbeat_interval_secs, 30);
+        assert_eq!(collector.batch_max_events, 500);
+        assert_eq!(collector.spool_max_bytes, 64 << 20);
+        assert_eq!(collector.timeout_secs, 10);
+        assert_eq!(collector.retry_max_secs, 300);
+        // With a collector, its fleet policy marks hosts, not the host itself.
+        assert_eq!(config.replacement.mark_severity, None);
+    }
+
+    #[test]
+    fn local_marking_is_on_without_a_collector_and_when_asked_for() {
+        assert_eq!(
+            load("").unwrap().replacement.mark_severity,
+            Some(Severity::Critical)
+        );
+        let both = load(&format!(
+            "[replacement]\nmark_severity = \"high\"\n{COLLECTOR}cert_file = \"/c.pem\"\nkey_file = \"/c.key\"\nhost_id = \"h\""
+        ))
+        .unwrap();
+        assert_eq!(both.replacement.mark_severity, Some(Severity::High));
+        assert_eq!(
+            load("[replacement]\nmark_severity = \"low\"")
+                .unwrap()
+                .replacement
+                .mark_severity,
+            Some(Severity::Low)
+        );
+    }
+
+    #[test]
+    fn the_host_id_defaults_to_the_machine_id_inside_root() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("etc")).unwrap();
+        std::fs::write(
+            dir.path().join("etc/machine-id"),
+            "4f2c9e0d1b2a4c5d8e9f00112233aabb\n",
+        )
+        .unwrap();
+        let path = dir.path().join("agent.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "root = {:?}\n{COLLECTOR}enrollment_token_file = \"/t\"",
+                dir.path()
+            ),
+        )
+        .unwrap();
+        let config = AgentConfig::load(&path, true).unwrap();
+        assert_eq!(
+            config.collector.unwrap().host_id(),
+            "4f2c9e0d1b2a4c5d8e9f00112233aabb"
+        );
+        // No machine id: the hostname, when it is a valid id.
+        std::fs::remove_file(dir.path().join("etc/machine-id")).unwrap();
+        let fallback = AgentConfig::load(&path, true).map(|c| c.collector.unwrap());
+        let hostname = crate::pipeline::hostname();
+        if is_valid_host_id(&hostname) {
+            assert_eq!(fallback.unwrap().host_id(), hostname);
+        } else {
+            assert!(fallback
+                .unwrap_err()
+                .to_string()
+                .contains("collector.host_id"));
+        }
+    }
+
+    #[test]
+    fn collector_errors_name_the_key() {
+        let identity = "enrollment_token_file = \"/t\"\nhost_id = \"h\"\n";
+        let cases = [
+            // Required keys.
+            (
+                "[collector]\nca_file = \"/ca\"\nhost_id = \"h\"",
+                "missing field `url`",
+            ),
+            (
+                "[collector]\nurl = \"https://c\"\nenrollment_token_file = \"/t\"",
+                "missing field `ca_file`",
+            ),
+            // HTTPS only, and a URL at all.
+            (
+                &format!("[collector]\nurl = \"http://c\"\nca_file = \"/ca\"\n{identity}"),
+                "`collector.url` must be an https:// URL",
+            ),
+            (
+                &format!("[collector]\nurl = \"c:8443\"\nca_file = \"/ca\"\n{identity}"),
+                "`collector.url`",
+            ),
+            (
+                &format!("{COLLECTOR}{identity}colour = 1"),
+                "unknown field `colour`",
+            ),
+            // One identity, complete.
+            (
+                &format!("{COLLECTOR}host_id = \"h\""),
+                "`collector.cert_file` and key_file, or enrollment_token_file",
+            ),
+            (
+                &format!("{COLLECTOR}cert_file = \"/c\"\nhost_id = \"h\""),
+                "`collector.key_file` must be set with cert_file",
+            ),
+            (
+                &format!("{COLLECTOR}key_file = \"/k\"\nhost_id = \"h\""),
+                "`collector.cert_file` must be set with key_file",
+            ),
+            (
+                &format!("{COLLECTOR}cert_file = \"/c\"\nkey_file = \"/k\"\n{identity}"),
+                "`collector.enrollment_token_file` cannot be used",
+            ),
+            (
+                &format!("[collector]\nurl = \"https://c\"\nca_file = \"ca.pem\"\n{identity}"),
+                "`collector.ca_file` must be an absolute path",
+            ),
+            (
+                &format!("{COLLECTOR}enrollment_token_file = \"/t\"\nhost_id = \"../etc\""),
+                "`collector.host_id` must be",
+            ),
+            // Numbers that cannot work.
+            (
+                &format!("{COLLECTOR}{identity}heartbeat_interval_secs = 0"),
+                "`collector.heartbeat_interval_secs`",
+            ),
+            (
+                &format!("{COLLECTOR}{identity}batch_max_events = 0"),
+                "`collector.batch_max_events`",
+            ),
+            (
+                &format!("{COLLECTOR}{identity}spool_max_bytes = 4096"),
+                "`collector.spool_max_bytes` must be at least",
+            ),
+            (
+                &format!("{COLLECTOR}{identity}timeout_secs = 0"),
+                "`collector.timeout_secs`",
+            ),
+            (
+                &format!("{COLLECTOR}{identity}retry_max_secs = 0"),
+                "`collector.retry_max_secs`",
+            ),
+        ];
+        for (text, expected) in cases {
+            let err = load(text).unwrap_err();
+            assert!(err.contains(expected), "{text:?}: {err}");
+        }
     }
 }

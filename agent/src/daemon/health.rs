@@ -1,6 +1,6 @@
 //! The loopback endpoint: `/healthz` for load balancers and autoscalers (200 while the
-//! host may serve, 503 once it is marked for replacement), `/status` for people and
-//! `driftwatch status`, `/metrics` for Prometheus.
+//! host may serve, 503 once it is marked for replacement, locally or by the collector),
+//! `/status` for people and `driftwatch status`, `/metrics` for Prometheus.
 
 use super::{Shared, Status};
 use axum::extract::State;
@@ -116,6 +116,44 @@ fn render_metrics(status: &Status) -> String {
         "Paths re-checked after watch events",
         status.watch_rechecks,
     );
+    if let Some(collector) = &status.collector {
+        gauge(
+            &mut registry,
+            "collector_reachable",
+            "1 when the collector acknowledged the last request",
+            i64::from(collector.reachable),
+        );
+        gauge(
+            &mut registry,
+            "collector_spooled_events",
+            "Events in the spool waiting for the collector",
+            collector.spooled_events as i64,
+        );
+        gauge(
+            &mut registry,
+            "collector_spool_bytes",
+            "Bytes the spool holds on disk",
+            collector.spool_bytes as i64,
+        );
+        counter(
+            &mut registry,
+            "collector_events_sent",
+            "Events the collector acknowledged, heartbeats included",
+            collector.events_sent,
+        );
+        counter(
+            &mut registry,
+            "collector_requests_failed",
+            "Requests to the collector that failed",
+            collector.requests_failed,
+        );
+        counter(
+            &mut registry,
+            "collector_events_spooled",
+            "Events written to the spool",
+            collector.events_spooled,
+        );
+    }
     let duration = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
     duration.set(status.last_full_check_ms.unwrap_or(0) as f64 / 1000.0);
     registry.register(
@@ -156,6 +194,7 @@ mod tests {
         shared.status().mark = Some(super::super::state::Mark {
             since: "now".into(),
             reason: "critical finding".into(),
+            origin: super::super::state::MarkOrigin::Collector,
         });
         let (code, body) = get(&shared, "/healthz").await;
         assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
@@ -169,5 +208,39 @@ mod tests {
             "{body}"
         );
         assert_eq!(get(&shared, "/nope").await.0, StatusCode::NOT_FOUND);
+        // Without a collector there are no collector series.
+        assert!(!body.contains("collector"), "{body}");
+    }
+
+    #[tokio::test]
+    async fn collector_state_is_on_status_and_metrics() {
+        let shared = Arc::new(Shared::default());
+        shared.status().collector = Some(crate::sink::collector::CollectorStatus {
+            url: "https://collector:8443".into(),
+            host_id: "web-1".into(),
+            reachable: true,
+            spooled_events: 3,
+            spool_bytes: 900,
+            last_ack: Some("2026-01-01T00:00:00Z".into()),
+            last_error: None,
+            host_state: Some(driftwatch_protocol::wire::HostState::Drifted),
+            events_sent: 12,
+            requests_failed: 2,
+            events_spooled: 15,
+        });
+        let (_, body) = get(&shared, "/metrics").await;
+        for line in [
+            "driftwatch_collector_reachable 1",
+            "driftwatch_collector_spooled_events 3",
+            "driftwatch_collector_events_sent_total 12",
+            "driftwatch_collector_requests_failed_total 2",
+            "driftwatch_collector_events_spooled_total 15",
+        ] {
+            assert!(body.contains(line), "{line} missing: {body}");
+        }
+        let (_, body) = get(&shared, "/status").await;
+        let status: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(status["collector"]["host_state"], "drifted");
+        assert_eq!(status["collector"]["last_ack"], "2026-01-01T00:00:00Z");
     }
 }

@@ -12,10 +12,18 @@
 //!    hashed ([`cache`]); full verification every `full_verify_interval_secs` re-hashes
 //!    everything. Both are jittered, paced to `read_bytes_per_sec`, on a share of the
 //!    cores, at the priority the unit gives them.
-//! 4. **Replacement signal**: findings are remembered in [`state`]; once one reaches
-//!    `mark_severity`, the host is marked — `/healthz` answers 503, a marker file
-//!    appears under `run_dir`, and the configured command runs. Only replacing the
-//!    host clears it.
+//! 4. **Reporting**: with a `[collector]` section, every new finding is written to the
+//!    spool ([`crate::sink::spool`], durable) before anything else happens to it, and
+//!    the reporter task ([`crate::sink::collector`]) delivers the spool and heartbeats
+//!    while the daemon runs. SIGTERM gives it about two seconds to send what it can;
+//!    the rest waits in the spool for the next start.
+//! 5. **Replacement signal**: findings are remembered in [`state`]; the host is marked
+//!    when one reaches `mark_severity` (local marking, the default without a
+//!    collector), when the collector's fleet policy says so (its verdict comes back
+//!    with every acknowledgement), or when the baseline fails verification. Marked,
+//!    `/healthz` answers 503, a marker file appears under `run_dir`, and the
+//!    configured command runs. Only replacing the host clears a local mark; the
+//!    collector may lift its own (an operator unmarked the host there).
 //!
 //! Everything an operator can see is on the loopback endpoint ([`health`]) and in the
 //! journal. Scans run on blocking threads; the async side only waits for timers,
@@ -29,22 +37,26 @@ pub mod state;
 use crate::error::Error;
 use crate::pipeline::{self, rfc3339, CheckPlan};
 use crate::policy::Policy;
+use crate::sink::collector::{no_image, CollectorStatus, HostSummary, Reporter, ReporterHandle};
 use crate::sink::progress::Progress;
+use crate::sink::spool::{Appended, Spool, SPOOL_DIR};
 use crate::source::files::{ContentHashes, FileIdentity, KnownHashes, ScanOptions};
 use crate::watch::{self, WatchEvent};
 use cache::{CacheWriter, HashCache};
 use config::AgentConfig;
 use driftwatch_protocol::baseline::{digest_string, BaselineReader};
 use driftwatch_protocol::report::{BaselineFinding, Finding, ScanError, Severity};
+use driftwatch_protocol::wire::{EventBody, HostDirective, ImageClaim};
 use serde::Serialize;
-use state::{Mark, State};
+use state::{Directed, Mark, State};
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch as latest, Notify};
+use tokio::task::{JoinError, JoinHandle};
 use tracing::{debug, error, info, warn};
 
 /// Name of the marker file written under `run_dir` when the host is marked.
@@ -52,6 +64,9 @@ pub const MARKER_FILE: &str = "replace-me";
 /// Watch events queued before the watcher waits: a burst (a package unpacking) is
 /// absorbed, and a full queue slows the watcher rather than growing memory.
 const WATCH_QUEUE: usize = 4096;
+/// How long SIGTERM waits for the reporter to send what is still unsent: short enough
+/// for systemd's stop timeout, and the spool keeps the rest.
+const FLUSH_GRACE: Duration = Duration::from_secs(2);
 
 /// What `/status` shows.
 #[derive(Clone, Debug, Default, Serialize)]
@@ -89,6 +104,8 @@ pub struct Status {
     pub watch_rechecks: u64,
     /// Full checks run because watch events were lost (queue overflow).
     pub rescans: u64,
+    /// Reporting to the collector, when configured.
+    pub collector: Option<CollectorStatus>,
 }
 
 /// State shared between the daemon loop and the HTTP endpoint.
@@ -148,16 +165,44 @@ struct Daemon {
     shared: Arc<Shared>,
     cancel: Arc<AtomicBool>,
     state: State,
+    /// The image and baseline the host runs on, for the collector.
+    image: ImageClaim,
+    /// Events for the collector (with a `[collector]` section).
+    spool: Option<Arc<Mutex<Spool>>>,
+    /// A spool append failed: the next one re-spools every current finding.
+    spool_behind: bool,
+    /// Tells the reporter there is something to send.
+    wake: Arc<Notify>,
+    /// What heartbeats say about the host.
+    summary: latest::Sender<HostSummary>,
+    /// The collector's verdicts, from the reporter (only the latest matters).
+    directives_tx: latest::Sender<Option<HostDirective>>,
+    directives: latest::Receiver<Option<HostDirective>>,
+    reporter: Option<ReporterHandle>,
 }
 
 impl Daemon {
     fn new(config: AgentConfig, config_path: PathBuf) -> Self {
+        let (directives_tx, directives) = latest::channel(None);
+        let (summary, _) = latest::channel(HostSummary {
+            image: no_image(),
+            findings: 0,
+            last_full_verification: None,
+        });
         Daemon {
             config,
             config_path,
             shared: Arc::new(Shared::default()),
             cancel: Arc::new(AtomicBool::new(false)),
             state: State::default(),
+            image: no_image(),
+            spool: None,
+            spool_behind: false,
+            wake: Arc::new(Notify::new()),
+            summary,
+            directives_tx,
+            directives,
+            reporter: None,
         }
     }
 
@@ -196,6 +241,7 @@ impl Daemon {
                 // the host itself is what is in doubt. Mark it and keep serving.
                 error!(baseline = %path.display(), error = %source, "Baseline failed verification.");
                 self.state = State::load(&self.config.state_dir, "untrusted").unwrap_or_default();
+                self.open_spool()?;
                 let finding = Finding::Baseline(BaselineFinding {
                     path: path.display().to_string(),
                     error: source.to_string(),
@@ -216,6 +262,11 @@ impl Daemon {
         if let Some(context) = &context {
             let digest = digest_string(context.reader.digest());
             self.state = State::load(&self.config.state_dir, &digest).map_err(Error::State)?;
+            self.image = ImageClaim {
+                image_id: context.reader.meta().image_id.clone(),
+                baseline_digest: Some(digest.clone()),
+            };
+            self.open_spool()?;
             let mut status = self.shared.status();
             status.baseline_digest = Some(digest);
             status.image_id = context.reader.meta().image_id.clone();
@@ -223,6 +274,7 @@ impl Daemon {
             info!(baseline = %self.config.baseline.display(), "Baseline verified.");
         }
         self.publish();
+        self.start_reporter();
         notify_systemd(&[sd_notify::NotifyState::Ready]);
 
         let (events_tx, mut events) = mpsc::channel::<WatchEvent>(WATCH_QUEUE);
@@ -271,6 +323,8 @@ impl Daemon {
                     }) {
                         Ok((config, reloaded)) => {
                             self.config = config;
+                            // Also picks up a rotated client certificate.
+                            self.restart_reporter().await;
                             let reloaded = Arc::new(reloaded);
                             watcher = self
                                 .config
@@ -303,6 +357,7 @@ impl Daemon {
                         self.watch_event(Arc::clone(context), event, &mut events).await;
                     }
                 }
+                Ok(()) = self.directives.changed() => self.apply_directive().await,
                 _ = watchdog_tick.tick(), if watchdog.is_some() => {
                     notify_systemd(&[sd_notify::NotifyState::Watchdog]);
                 }
@@ -312,6 +367,9 @@ impl Daemon {
         notify_systemd(&[sd_notify::NotifyState::Stopping]);
         self.cancel.store(true, Ordering::Relaxed);
         drop(watcher);
+        if let Some(reporter) = self.reporter.take() {
+            reporter.shutdown(FLUSH_GRACE).await;
+        }
         if let Err(err) = self.state.save(&self.config.state_dir) {
             error!(error = %err, "Cannot save state.");
         }
@@ -341,7 +399,7 @@ impl Daemon {
         };
         let cancel = Arc::clone(&self.cancel);
         let started = Instant::now();
-        let result = tokio::task::spawn_blocking(move || {
+        let task = tokio::task::spawn_blocking(move || {
             // Scheduled checks yield to the host's own work, also outside systemd; the
             // scan's threads inherit this thread's priorities.
             let _priority = (depth != Depth::Immediate).then(BackgroundPriority::enter);
@@ -379,8 +437,8 @@ impl Daemon {
                 warn!(error = %err, "Cannot write the hash cache.");
             }
             Ok::<_, Error>(outcome)
-        })
-        .await;
+        });
+        let result = self.wait_serving(task).await;
         if self.cancel.load(Ordering::Relaxed) {
             // A walk cut short looks like deleted files: never apply it.
             info!(why, "Check cancelled.");
@@ -464,10 +522,10 @@ impl Daemon {
         }
         let root = self.config.root.clone();
         let count = paths.len() as u64;
-        let result = tokio::task::spawn_blocking(move || {
+        let task = tokio::task::spawn_blocking(move || {
             pipeline::recheck(&root, &context.reader, &context.policy, &paths)
-        })
-        .await;
+        });
+        let result = self.wait_serving(task).await;
         match result {
             Ok(Ok(findings)) => {
                 self.shared.status().watch_rechecks += count;
@@ -478,27 +536,188 @@ impl Daemon {
         }
     }
 
-    /// Remembers findings, marks the host when needed, saves the state.
+    /// Waits for blocking work while still applying the collector's verdicts: a paced
+    /// full check takes minutes, a mark must not wait for it.
+    async fn wait_serving<T>(&mut self, mut task: JoinHandle<T>) -> Result<T, JoinError> {
+        loop {
+            tokio::select! {
+                result = &mut task => return result,
+                Ok(()) = self.directives.changed() => self.apply_directive().await,
+            }
+        }
+    }
+
+    /// Remembers findings, spools the new ones for the collector, marks the host when
+    /// needed, saves the state.
     async fn apply(&mut self, findings: &[Finding]) {
         let time = now();
-        for finding in self.state.record(findings, &time) {
+        let new = self.state.record(findings, &time);
+        // Durable for the collector before anything else: a crash from here on
+        // re-finds them at worst (the state is saved below), never loses them.
+        self.spool_findings(&new, &time);
+        for finding in &new {
             // Drift is output, but an operator reading the journal must see it too.
             warn!(
-                kind = kind_of(&finding),
-                key = %state::finding_key(&finding),
+                kind = finding.kind_name(),
+                key = %finding.key(),
                 severity = finding.severity().name(),
                 "Drift found."
             );
         }
-        let mark = self
-            .state
-            .mark_if_needed(self.config.replacement.mark_severity, &time);
+        let mark = self.local_mark(&time);
         self.apply_mark(mark).await;
+    }
+
+    /// Marks the host by `[replacement] mark_severity`, when local marking is on.
+    fn local_mark(&mut self, time: &str) -> Option<Mark> {
+        let threshold = self.config.replacement.mark_severity?;
+        self.state.mark_if_needed(threshold, time)
+    }
+
+    /// Applies the collector's latest verdict on the host.
+    async fn apply_directive(&mut self) {
+        let Some(host) = self.directives.borrow_and_update().clone() else {
+            return;
+        };
+        match self.state.apply_directive(host.mark.as_ref()) {
+            Directed::Unchanged => {}
+            Directed::Marked(mark) => self.apply_mark(Some(mark)).await,
+            Directed::Lifted(mark) => {
+                info!(reason = %mark.reason, "The collector lifted its mark; the host is no longer marked for replacement.");
+                if let Err(err) = remove_marker(&self.config.run_dir) {
+                    error!(error = %err, "Cannot remove the replacement marker.");
+                }
+                // A local rule may still want the host replaced.
+                let local = self.local_mark(&now());
+                self.apply_mark(local).await;
+            }
+        }
+    }
+
+    /// Opens the spool when reporting is configured (once; a reload only changes its
+    /// bound). A spool made just now is seeded with every finding remembered so far:
+    /// the collector must know them all, also on a host that reported nowhere before.
+    fn open_spool(&mut self) -> Result<(), Error> {
+        let Some(collector) = &self.config.collector else {
+            return Ok(());
+        };
+        if let Some(spool) = &self.spool {
+            lock(spool).set_max_bytes(collector.spool_max_bytes);
+            return Ok(());
+        }
+        let mut spool = Spool::open(
+            &self.config.state_dir.join(SPOOL_DIR),
+            collector.spool_max_bytes,
+        )
+        .map_err(Error::Spool)?;
+        let seeded = if spool.created() && !self.state.findings.is_empty() {
+            let current = current_findings(&self.state);
+            spool
+                .append(current.clone(), || current)
+                .map_err(Error::Spool)?
+        } else {
+            Appended::Added(0)
+        };
+        self.spool = Some(Arc::new(Mutex::new(spool)));
+        self.shared.status().collector = Some(CollectorStatus::new(collector));
+        self.spooled(seeded);
+        Ok(())
+    }
+
+    /// Writes new findings to the spool and wakes the reporter.
+    fn spool_findings(&mut self, new: &[Finding], time: &str) {
+        let Some(spool) = self.spool.clone() else {
+            return;
+        };
+        if new.is_empty() && !self.spool_behind {
+            return;
+        }
+        let state = &self.state;
+        let result = if self.spool_behind {
+            let current = current_findings(state);
+            lock(&spool).append(current.clone(), || current)
+        } else {
+            let events = new
+                .iter()
+                .map(|f| (time.to_string(), EventBody::Finding { finding: f.clone() }))
+                .collect();
+            lock(&spool).append(events, || current_findings(state))
+        };
+        match result {
+            Ok(appended) => {
+                self.spool_behind = false;
+                self.spooled(appended);
+                self.wake.notify_one();
+            }
+            Err(err) => {
+                // The findings are in the state; once the spool works again all of
+                // them are spooled anew.
+                error!(error = %err, "Cannot spool findings for the collector.");
+                self.spool_behind = true;
+            }
+        }
+    }
+
+    /// Counts spooled events on `/status` and `/metrics`.
+    fn spooled(&self, appended: Appended) {
+        let Some(spool) = &self.spool else {
+            return;
+        };
+        let (len, bytes) = {
+            let spool = lock(spool);
+            (spool.len() as u64, spool.bytes())
+        };
+        if let Some(collector) = self.shared.status().collector.as_mut() {
+            collector.events_spooled += match appended {
+                Appended::Added(n) => n as u64,
+                Appended::Compacted { kept, .. } => kept as u64,
+            };
+            collector.spooled_events = len;
+            collector.spool_bytes = bytes;
+        }
+    }
+
+    /// Starts the reporter when reporting is configured.
+    fn start_reporter(&mut self) {
+        let (Some(collector), Some(spool)) = (&self.config.collector, &self.spool) else {
+            return;
+        };
+        self.reporter = Some(
+            Reporter {
+                config: collector.clone(),
+                state_dir: self.config.state_dir.clone(),
+                spool: Arc::clone(spool),
+                wake: Arc::clone(&self.wake),
+                summary: self.summary.subscribe(),
+                directives: self.directives_tx.clone(),
+                shared: Arc::clone(&self.shared),
+            }
+            .spawn(),
+        );
+    }
+
+    /// Stops the reporter at once (its work is in the spool) and starts it with the
+    /// configuration now in force.
+    async fn restart_reporter(&mut self) {
+        if let Some(reporter) = self.reporter.take() {
+            reporter.shutdown(Duration::ZERO).await;
+        }
+        if self.config.collector.is_none() {
+            self.spool = None;
+            self.shared.status().collector = None;
+            return;
+        }
+        match self.open_spool() {
+            Ok(()) => self.start_reporter(),
+            Err(err) => {
+                error!(error = %err, "Cannot open the spool; not reporting to the collector.")
+            }
+        }
     }
 
     async fn apply_mark(&mut self, mark: Option<Mark>) {
         if let Some(mark) = &mark {
-            error!(reason = %mark.reason, "Host marked for replacement.");
+            error!(reason = %mark.reason, origin = ?mark.origin, "Host marked for replacement.");
             if let Err(err) = write_marker(&self.config.run_dir, mark) {
                 error!(error = %err, "Cannot write the replacement marker.");
             }
@@ -511,6 +730,11 @@ impl Daemon {
     }
 
     fn publish(&self) {
+        self.summary.send_replace(HostSummary {
+            image: self.image.clone(),
+            findings: self.state.findings.len() as u64,
+            last_full_verification: self.state.last_full_verification.clone(),
+        });
         let mut status = self.shared.status();
         status.mark = self.state.mark.clone();
         status.findings = self.state.findings.values().cloned().collect();
@@ -576,19 +800,6 @@ impl Drop for BackgroundPriority {
     }
 }
 
-fn kind_of(finding: &Finding) -> &'static str {
-    match finding {
-        Finding::File(_) => "file",
-        Finding::Package(_) => "package",
-        Finding::PackageFile(_) => "package_file",
-        Finding::Process(_) => "process",
-        Finding::KernelModule(_) => "kernel_module",
-        Finding::Listener(_) => "listener",
-        Finding::Mount(_) => "mount",
-        Finding::Baseline(_) => "baseline",
-    }
-}
-
 /// `interval` plus a random share of it up to `jitter`, so that a fleet booted together
 /// does not verify together.
 fn jittered(interval: Duration, jitter: f64) -> Duration {
@@ -603,6 +814,37 @@ fn notify_systemd(states: &[sd_notify::NotifyState<'_>]) {
     // systemd is not worth stopping for, systemd's own timeout will say so.
     if let Err(err) = sd_notify::notify(states) {
         warn!(error = %err, "Cannot notify systemd.");
+    }
+}
+
+/// One spool event per remembered finding, as last seen.
+fn current_findings(state: &State) -> Vec<(String, EventBody)> {
+    state
+        .findings
+        .values()
+        .map(|r| {
+            (
+                r.last_seen.clone(),
+                EventBody::Finding {
+                    finding: r.finding.clone(),
+                },
+            )
+        })
+        .collect()
+}
+
+/// The spool, locked (every spool operation is durable before it changes memory, so
+/// a poisoned lock still guards a consistent spool).
+fn lock(spool: &Mutex<Spool>) -> MutexGuard<'_, Spool> {
+    spool
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn remove_marker(run_dir: &Path) -> std::io::Result<()> {
+    match std::fs::remove_file(run_dir.join(MARKER_FILE)) {
+        Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(err),
+        _ => Ok(()),
     }
 }
 

@@ -2,11 +2,14 @@
 //!
 //! A drifted host stays drifted until it is replaced: a finding seen once is kept even
 //! if the file is put back, and the host's mark is never lifted by the daemon itself.
-//! Each finding has a stable identity ([`finding_key`]), so a restart or a repeated
+//! The one exception is a mark the collector set: the collector may lift it again (an
+//! operator unmarked the host there), but it never lifts a mark the host set itself.
+//! Each finding has a stable identity ([`Finding::key`]), so a restart or a repeated
 //! scan does not report the same drift as new. The file is replaced atomically (write,
 //! fsync, rename), so a crash leaves either the old or the new state, never a torn one.
 
 use driftwatch_protocol::report::{Finding, Severity};
+use driftwatch_protocol::wire::MarkDirective;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs;
@@ -23,6 +26,33 @@ pub struct Mark {
     pub since: String,
     /// One sentence, e.g. `critical finding: modified /usr/bin/ssh`.
     pub reason: String,
+    /// Who decided (state files written before the collector existed say nothing:
+    /// those marks are local).
+    #[serde(default)]
+    pub origin: MarkOrigin,
+}
+
+/// Who marked the host.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MarkOrigin {
+    /// The host itself: `[replacement] mark_severity`, or a baseline that failed
+    /// verification. Only replacing the host clears it.
+    #[default]
+    Local,
+    /// The collector's fleet policy; the collector may lift it again.
+    Collector,
+}
+
+/// What a collector verdict changed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Directed {
+    /// Nothing: the host was already marked, or is not and need not be.
+    Unchanged,
+    /// The host is now marked, by the collector.
+    Marked(Mark),
+    /// The collector lifted its own mark.
+    Lifted(Mark),
 }
 
 /// A finding as remembered.
@@ -43,24 +73,10 @@ pub struct State {
     pub baseline_digest: String,
     /// Set once the host is marked for replacement; never cleared by the daemon.
     pub mark: Option<Mark>,
-    /// Every finding seen, by [`finding_key`].
+    /// Every finding seen, by [`Finding::key`].
     pub findings: BTreeMap<String, Remembered>,
     /// When the last full verification finished.
     pub last_full_verification: Option<String>,
-}
-
-/// A stable identity for a finding: the same drift seen again has the same key.
-pub fn finding_key(finding: &Finding) -> String {
-    match finding {
-        Finding::File(f) => format!("file:{}", f.path_bytes_b64.as_deref().unwrap_or(&f.path)),
-        Finding::Package(p) => format!("package:{}:{}", p.name, p.arch),
-        Finding::PackageFile(p) => format!("package_file:{}:{}", p.package, p.path),
-        Finding::Process(p) => format!("process:{:?}:{}", p.reason, p.exe),
-        Finding::KernelModule(m) => format!("kernel_module:{}", m.name),
-        Finding::Listener(l) => format!("listener:{}:{}:{}", l.protocol, l.address, l.port),
-        Finding::Mount(m) => format!("mount:{}", m.mountpoint),
-        Finding::Baseline(b) => format!("baseline:{}", b.path),
-    }
 }
 
 impl State {
@@ -112,7 +128,7 @@ impl State {
     pub fn record(&mut self, findings: &[Finding], now: &str) -> Vec<Finding> {
         let mut new = Vec::new();
         for finding in findings {
-            let key = finding_key(finding);
+            let key = finding.key();
             match self.findings.get_mut(&key) {
                 Some(known) => {
                     known.last_seen = now.to_string();
@@ -150,8 +166,9 @@ impl State {
             reason: format!(
                 "{} finding: {}",
                 worst.finding.severity().name(),
-                finding_key(&worst.finding)
+                worst.finding.key()
             ),
+            origin: MarkOrigin::Local,
         };
         self.mark = Some(mark.clone());
         Some(mark)
@@ -166,9 +183,33 @@ impl State {
         let mark = Mark {
             since: now.to_string(),
             reason,
+            origin: MarkOrigin::Local,
         };
         self.mark = Some(mark.clone());
         Some(mark)
+    }
+
+    /// Applies the collector's verdict on the host: a mark from the collector marks an
+    /// unmarked host (an existing mark, local or not, is kept as it is); no mark lifts
+    /// only a mark the collector set — a local mark stays until the host is replaced.
+    pub fn apply_directive(&mut self, directive: Option<&MarkDirective>) -> Directed {
+        match (directive, &self.mark) {
+            (Some(directive), None) => {
+                let mark = Mark {
+                    since: directive.since.clone(),
+                    reason: directive.reason.clone(),
+                    origin: MarkOrigin::Collector,
+                };
+                self.mark = Some(mark.clone());
+                Directed::Marked(mark)
+            }
+            (None, Some(mark)) if mark.origin == MarkOrigin::Collector => {
+                let lifted = mark.clone();
+                self.mark = None;
+                Directed::Lifted(lifted)
+            }
+            _ => Directed::Unchanged,
+        }
     }
 }
 
@@ -214,5 +255,62 @@ mod tests {
         // A corrupt state file is an error, not a silent reset.
         fs::write(dir.path().join(STATE_FILE), b"{not json").unwrap();
         assert!(State::load(dir.path(), "blake3:a").is_err());
+    }
+
+    fn directive(reason: &str) -> MarkDirective {
+        MarkDirective {
+            reason: reason.into(),
+            since: "t9".into(),
+        }
+    }
+
+    #[test]
+    fn the_collector_marks_and_lifts_only_its_own_mark() {
+        let mut state = State::default();
+        // No verdict on an unmarked host: nothing happens.
+        assert_eq!(state.apply_directive(None), Directed::Unchanged);
+        let Directed::Marked(mark) = state.apply_directive(Some(&directive("budget ok"))) else {
+            panic!("not marked: {state:?}");
+        };
+        assert_eq!(mark.origin, MarkOrigin::Collector);
+        assert_eq!(
+            (mark.reason.as_str(), mark.since.as_str()),
+            ("budget ok", "t9")
+        );
+        // Repeated verdicts change nothing; another reason does not replace the mark.
+        assert_eq!(
+            state.apply_directive(Some(&directive("again"))),
+            Directed::Unchanged
+        );
+        assert_eq!(state.mark.as_ref().unwrap().reason, "budget ok");
+        // An operator unmarked the host at the collector.
+        assert_eq!(state.apply_directive(None), Directed::Lifted(mark));
+        assert_eq!(state.mark, None);
+    }
+
+    #[test]
+    fn the_collector_never_lifts_a_local_mark() {
+        let mut state = State::default();
+        state.record(&[file("/usr/bin/x", Severity::Critical)], "t1");
+        let local = state.mark_if_needed(Severity::Critical, "t1").unwrap();
+        assert_eq!(local.origin, MarkOrigin::Local);
+        assert_eq!(state.apply_directive(None), Directed::Unchanged);
+        assert_eq!(
+            state.apply_directive(Some(&directive("fleet"))),
+            Directed::Unchanged
+        );
+        assert_eq!(state.mark, Some(local));
+        // A baseline failure is local too.
+        let mut state = State::default();
+        state.mark("baseline failed verification".into(), "t1");
+        assert_eq!(state.apply_directive(None), Directed::Unchanged);
+        assert!(state.mark.is_some());
+    }
+
+    #[test]
+    fn marks_in_old_state_files_are_local() {
+        let old = r#"{"baseline_digest":"blake3:a","mark":{"since":"t","reason":"r"},"findings":{},"last_full_verification":null}"#;
+        let state: State = serde_json::from_str(old).unwrap();
+        assert_eq!(state.mark.unwrap().origin, MarkOrigin::Local);
     }
 }
