@@ -1,0 +1,404 @@
+//! What happens when a host is marked for replacement.
+//!
+//! Marking is a decision recorded in the store; the agent learns it from its next
+//! answer. The operators learn it from a `marked` alert (grouped per image like every
+//! alert, so a bad image gives one message, not one per host), and their automation
+//! from `alerts.mark_command`: a program run once per marked host — typically a cloud
+//! CLI call that terminates the instance so its auto-scaling group replaces it. The
+//! command runs without a shell, with the host in its environment
+//! (`DRIFTWATCH_HOST_ID`, `DRIFTWATCH_IMAGE_ID`, `DRIFTWATCH_REASON`,
+//! `DRIFTWATCH_HOSTNAME`), is killed after `alerts.command_timeout_secs`, and its
+//! outcome goes to the action log, because an instance terminated by automation must
+//! be traceable to a decision.
+
+use crate::alerts::{AlertKind, Alerter, Occurrence, QueueSlot};
+use crate::config::CollectorConfig;
+use crate::metrics::Metrics;
+use crate::store::{now_ms, ActionRecord, DynStore, HostRecord};
+use driftwatch_protocol::report::Severity;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+
+/// Marked hosts waiting for their command. The replacement budget lets only a few
+/// hosts per image be marked per window, so 256 is far above any real backlog; when
+/// full, the command is skipped and the failure logged instead of blocking the caller.
+const COMMAND_QUEUE: usize = 256;
+
+/// Commands running at once: enough to replace a handful of hosts in parallel, few
+/// enough that a burst does not fork a cloud CLI per host on the collector's machine.
+const MAX_CONCURRENT_COMMANDS: usize = 4;
+
+/// How much of a command's standard error is kept in the action log.
+const STDERR_TAIL_BYTES: usize = 500;
+
+/// How long to wait for the rest of standard error once the command exited (a child it
+/// left behind may hold the pipe open).
+const STDERR_GRACE: Duration = Duration::from_secs(1);
+
+/// The `queue` label of the queue depth gauge for commands.
+const QUEUE_LABEL: &str = "commands";
+
+/// The title of `marked` occurrences.
+const MARKED_TITLE: &str = "marked for replacement";
+
+/// Carries out what follows a host's marking; cheap to clone.
+#[derive(Clone)]
+pub struct Actions {
+    alerter: Alerter,
+    commands: Option<Commands>,
+}
+
+/// The queue of mark commands and what recording their outcome needs.
+#[derive(Clone)]
+struct Commands {
+    jobs: mpsc::Sender<Job>,
+    runner: Arc<Runner>,
+}
+
+/// One marked host's command, waiting.
+struct Job {
+    host_id: String,
+    image_id: Option<String>,
+    hostname: String,
+    reason: String,
+    _slot: QueueSlot,
+}
+
+/// Runs the configured command.
+struct Runner {
+    program: String,
+    args: Vec<String>,
+    timeout: Duration,
+    store: DynStore,
+    queue_depth: prometheus_client::metrics::gauge::Gauge<i64, std::sync::atomic::AtomicI64>,
+}
+
+impl Actions {
+    /// Spawns the command dispatcher (when `alerts.mark_command` is set) on the current
+    /// tokio runtime (panics outside one).
+    pub fn start(
+        config: &CollectorConfig,
+        store: DynStore,
+        alerter: Alerter,
+        metrics: Arc<Metrics>,
+    ) -> Actions {
+        let commands = config
+            .alerts
+            .mark_command
+            .split_first()
+            .map(|(program, args)| {
+                let runner = Arc::new(Runner {
+                    program: program.clone(),
+                    args: args.to_vec(),
+                    // A timeout of 0 would kill every command before it starts.
+                    timeout: Duration::from_secs(config.alerts.command_timeout_secs.max(1)),
+                    store,
+                    queue_depth: metrics
+                        .queue_depth
+                        .get_or_create(&Metrics::label("queue", QUEUE_LABEL))
+                        .clone(),
+                });
+                let (jobs, rx) = mpsc::channel(COMMAND_QUEUE);
+                tokio::spawn(dispatch(rx, runner.clone()));
+                Commands { jobs, runner }
+            });
+        Actions { alerter, commands }
+    }
+
+    /// Called once when a host becomes `marked` (not for dry_run). Never blocks: raises
+    /// the `marked` alert and queues the mark command.
+    pub fn host_marked(&self, host: &HostRecord, reason: &str) {
+        self.alerter.raise(Occurrence {
+            kind: AlertKind::Marked,
+            image_id: host.image_id.clone(),
+            group: String::new(),
+            title: MARKED_TITLE.to_string(),
+            // Replacing a host is disruptive and deserves attention, but the finding
+            // that caused it carries its own severity in its drift alert.
+            severity: Severity::High,
+            host_id: host.host_id.clone(),
+            detail: format!("{} ({}): {reason}", host.host_id, host.hostname),
+        });
+        let Some(commands) = &self.commands else {
+            return;
+        };
+        let job = Job {
+            host_id: host.host_id.clone(),
+            image_id: host.image_id.clone(),
+            hostname: host.hostname.clone(),
+            reason: reason.to_string(),
+            _slot: QueueSlot::new(&commands.runner.queue_depth),
+        };
+        match commands.jobs.try_send(job) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(job)) => {
+                tracing::warn!(host_id = %job.host_id, "The mark command queue is full; the command is skipped for this host.");
+                let runner = commands.runner.clone();
+                tokio::spawn(async move {
+                    let detail = format!("not run: {COMMAND_QUEUE} commands were already waiting");
+                    runner.record(&job, "failed", detail).await;
+                });
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                tracing::debug!("The command dispatcher has stopped; command skipped.");
+            }
+        }
+    }
+}
+
+/// Starts queued commands, at most [`MAX_CONCURRENT_COMMANDS`] at once.
+async fn dispatch(mut jobs: mpsc::Receiver<Job>, runner: Arc<Runner>) {
+    let slots = Arc::new(Semaphore::new(MAX_CONCURRENT_COMMANDS));
+    while let Some(job) = jobs.recv().await {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        tokio::spawn(runner.clone().run(job, permit));
+    }
+}
+
+impl Runner {
+    async fn run(self: Arc<Self>, job: Job, _permit: OwnedSemaphorePermit) {
+        let (outcome, detail) = match self.execute(&job).await {
+            Ok(detail) => {
+                tracing::info!(host_id = %job.host_id, program = %self.program, "Mark command completed.");
+                ("ok", detail)
+            }
+            Err(detail) => {
+                tracing::error!(host_id = %job.host_id, program = %self.program, %detail, "The mark command failed; the host may not be replaced.");
+                ("failed", detail)
+            }
+        };
+        self.record(&job, outcome, detail).await;
+    }
+
+    /// Runs the command for one host; the sentence says how it ended.
+    async fn execute(&self, job: &Job) -> Result<String, String> {
+        let mut child = tokio::process::Command::new(&self.program)
+            .args(&self.args)
+            .env("DRIFTWATCH_HOST_ID", &job.host_id)
+            .env("DRIFTWATCH_IMAGE_ID", job.image_id.as_deref().unwrap_or(""))
+            .env("DRIFTWATCH_REASON", &job.reason)
+            .env("DRIFTWATCH_HOSTNAME", &job.hostname)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            // Also kills it should this task be dropped (runtime shutdown).
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| format!("could not start {}: {e}", self.program))?;
+        let mut stderr = child.stderr.take();
+        let mut tail = Tail::default();
+        let mut buf = [0u8; 4096];
+        let deadline = tokio::time::sleep(self.timeout);
+        tokio::pin!(deadline);
+        let status = loop {
+            tokio::select! {
+                status = child.wait() => break Some(status),
+                Some(n) = read_some(&mut stderr, &mut buf) => tail.push(&buf[..n]),
+                () = &mut deadline => break None,
+            }
+        };
+        let status = match status {
+            Some(status) => status,
+            None => {
+                // The program's own children are not killed: without a process group
+                // API here, only the program itself is.
+                if let Err(error) = child.kill().await {
+                    tracing::warn!(%error, program = %self.program, "Cannot kill a timed-out mark command.");
+                }
+                return Err(format!(
+                    "timed out after {} s and was killed{}",
+                    self.timeout.as_secs(),
+                    tail.render()
+                ));
+            }
+        };
+        // Collect what it wrote just before exiting.
+        let _ = tokio::time::timeout(STDERR_GRACE, async {
+            while let Some(n) = read_some(&mut stderr, &mut buf).await {
+                tail.push(&buf[..n]);
+            }
+        })
+        .await;
+        match status {
+            Ok(status) if status.success() => Ok(format!("{status}{}", tail.render())),
+            Ok(status) => Err(format!("{status}{}", tail.render())),
+            Err(error) => Err(format!("cannot wait for {}: {error}", self.program)),
+        }
+    }
+
+    async fn record(&self, job: &Job, outcome: &str, detail: String) {
+        let record = ActionRecord {
+            id: 0,
+            at_ms: now_ms(),
+            host_id: Some(job.host_id.clone()),
+            image_id: job.image_id.clone(),
+            action: "command".to_string(),
+            target: Some(self.program.clone()),
+            outcome: outcome.to_string(),
+            detail,
+        };
+        if let Err(error) = self.store.record_action(record).await {
+            // The command has run; only its trace in the action log is lost.
+            tracing::warn!(%error, host_id = %job.host_id, "Cannot log a mark command.");
+        }
+    }
+}
+
+/// Reads from the pipe while it is open: `Some(n)` bytes, or `None` at its end (or an
+/// error), after which the pipe is dropped and never read again. Pending forever on a
+/// closed pipe, so the caller's `select!` waits for the other branches.
+async fn read_some(
+    pipe: &mut Option<tokio::process::ChildStderr>,
+    buf: &mut [u8],
+) -> Option<usize> {
+    let Some(reader) = pipe else {
+        return std::future::pending().await;
+    };
+    match reader.read(buf).await {
+        Ok(0) | Err(_) => {
+            *pipe = None;
+            None
+        }
+        Ok(n) => Some(n),
+    }
+}
+
+/// The last [`STDERR_TAIL_BYTES`] bytes of a stream.
+#[derive(Default)]
+struct Tail(Vec<u8>);
+
+impl Tail {
+    fn push(&mut self, bytes: &[u8]) {
+        self.0.extend_from_slice(bytes);
+        let excess = self.0.len().saturating_sub(STDERR_TAIL_BYTES);
+        self.0.drain(..excess);
+    }
+
+    /// `; stderr: …`, or nothing when it wrote nothing.
+    fn render(&self) -> String {
+        let text = String::from_utf8_lossy(&self.0);
+        let text = text.trim();
+        if text.is_empty() {
+            String::new()
+        } else {
+            format!("; stderr: {text}")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alerts::tests::{
+        config, fast_alerter, store_with_hosts, wait_for_actions, webhook, TestReceiver, IMAGE,
+    };
+    use crate::config::WebhookFormat;
+
+    /// Starts the actions with this command (and a webhook for `marked` alerts, if
+    /// given) on a store holding host `h1`; returns them with the store and `h1`.
+    async fn setup(
+        command: &[&str],
+        timeout_secs: u64,
+        webhook_url: Option<&str>,
+    ) -> (Actions, DynStore, HostRecord) {
+        let store = store_with_hosts(&["h1"]).await;
+        let hooks = webhook_url
+            .map(|url| webhook(url, WebhookFormat::Json, &["marked"]))
+            .into_iter()
+            .collect();
+        let mut config = config(hooks);
+        config.alerts.mark_command = command.iter().map(|s| s.to_string()).collect();
+        config.alerts.command_timeout_secs = timeout_secs;
+        let metrics = Arc::new(Metrics::new());
+        let alerter = fast_alerter(&config, store.clone(), metrics.clone());
+        let actions = Actions::start(&config, store.clone(), alerter, metrics);
+        let host = store.host("h1").await.unwrap().unwrap();
+        (actions, store, host)
+    }
+
+    #[tokio::test]
+    async fn mark_command_gets_the_host_in_its_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("env.txt");
+        let script = r#"printf '%s|%s|%s|%s' "$DRIFTWATCH_HOST_ID" "$DRIFTWATCH_IMAGE_ID" "$DRIFTWATCH_REASON" "$DRIFTWATCH_HOSTNAME" > "$0""#;
+        let receiver = TestReceiver::start(&[]).await;
+        let (actions, store, host) = setup(
+            &["sh", "-c", script, out.to_str().unwrap()],
+            10,
+            Some(&receiver.url),
+        )
+        .await;
+        actions.host_marked(&host, "critical finding: modified /usr/bin/ssh");
+
+        let logged = wait_for_actions(&store, "command", 1).await;
+        assert_eq!(logged.len(), 1);
+        assert_eq!(logged[0].outcome, "ok", "{}", logged[0].detail);
+        assert_eq!(logged[0].target.as_deref(), Some("sh"));
+        assert_eq!(logged[0].host_id.as_deref(), Some("h1"));
+        assert_eq!(logged[0].image_id.as_deref(), Some(IMAGE));
+        assert_eq!(
+            std::fs::read_to_string(&out).unwrap(),
+            "h1|img-1|critical finding: modified /usr/bin/ssh|h1.example"
+        );
+
+        let bodies = receiver.wait_for(1).await;
+        assert_eq!(bodies.len(), 1);
+        assert_eq!(bodies[0]["kind"], "marked");
+        assert_eq!(bodies[0]["hosts"], serde_json::json!(["h1"]));
+        assert_eq!(
+            bodies[0]["text"],
+            "[driftwatch] HIGH marked: 1 of 1 host of image img-1 was marked for replacement: \
+             h1 (h1.example): critical finding: modified /usr/bin/ssh"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_command_past_its_timeout_is_killed() {
+        let (actions, store, host) = setup(&["sleep", "30"], 1, None).await;
+        let started = std::time::Instant::now();
+        actions.host_marked(&host, "test");
+        let logged = wait_for_actions(&store, "command", 1).await;
+        assert_eq!(logged.len(), 1);
+        assert_eq!(logged[0].outcome, "failed");
+        assert_eq!(logged[0].detail, "timed out after 1 s and was killed");
+        assert!(started.elapsed() < Duration::from_secs(5));
+    }
+
+    #[tokio::test]
+    async fn a_failing_command_keeps_the_end_of_its_stderr() {
+        let script = "head -c 2000 /dev/zero | tr '\\0' x >&2; echo ' the end' >&2; exit 3";
+        let (actions, store, host) = setup(&["sh", "-c", script], 10, None).await;
+        actions.host_marked(&host, "test");
+        let logged = wait_for_actions(&store, "command", 1).await;
+        assert_eq!(logged.len(), 1);
+        assert_eq!(logged[0].outcome, "failed");
+        let detail = &logged[0].detail;
+        assert!(
+            detail.starts_with("exit status: 3; stderr: xxx"),
+            "{detail}"
+        );
+        assert!(detail.ends_with("x the end"), "{detail}");
+        assert!(detail.len() < STDERR_TAIL_BYTES + 50, "{detail}");
+    }
+
+    #[tokio::test]
+    async fn a_program_that_cannot_start_is_logged() {
+        let (actions, store, host) = setup(&["/nonexistent/terminate-instance"], 10, None).await;
+        actions.host_marked(&host, "test");
+        let logged = wait_for_actions(&store, "command", 1).await;
+        assert_eq!(logged.len(), 1);
+        assert_eq!(logged[0].outcome, "failed");
+        assert!(
+            logged[0]
+                .detail
+                .starts_with("could not start /nonexistent/terminate-instance: "),
+            "{}",
+            logged[0].detail
+        );
+    }
+}

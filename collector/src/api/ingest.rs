@@ -1,0 +1,136 @@
+//! `POST /v1/ingest`: a batch of events from an authenticated agent.
+//!
+//! The order of checks is the order of cost: identity, rate, size, decoding, schema —
+//! so a host that floods or sends garbage costs little — then the fleet stores the
+//! batch and only then is it acknowledged.
+
+use super::decode_body;
+use crate::app::AppState;
+use crate::error::ApiError;
+use crate::metrics::Metrics;
+use crate::tls::Peer;
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::{Extension, Json};
+use driftwatch_protocol::wire::{Batch, BatchAck, EventBody, INGEST_SCHEMA};
+use std::sync::Arc;
+use std::time::Instant;
+use tracing::{debug, instrument};
+
+/// Longest event id accepted.
+const MAX_EVENT_ID: usize = 200;
+/// Longest hostname, image id or digest accepted.
+const MAX_NAME: usize = 255;
+
+/// Stores a batch and answers with the host's verdict.
+#[instrument(skip_all, fields(host_id = peer.host_id.as_deref().unwrap_or("-")))]
+pub async fn ingest(
+    State(state): State<Arc<AppState>>,
+    Extension(peer): Extension<Peer>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<BatchAck>, ApiError> {
+    let started = Instant::now();
+    let result = accept(&state, &peer, &headers, &body).await;
+    let outcome = match &result {
+        Ok(_) => "accepted",
+        Err(ApiError::Internal(_) | ApiError::Unavailable) => "error",
+        Err(_) => "refused",
+    };
+    state
+        .metrics
+        .ingest_requests
+        .get_or_create(&Metrics::label("outcome", outcome))
+        .inc();
+    if let Ok(ack) = &result {
+        state
+            .metrics
+            .ingest_latency
+            .observe(started.elapsed().as_secs_f64());
+        state
+            .metrics
+            .ingest_duplicates
+            .inc_by(u64::from(ack.duplicates));
+        debug!(
+            accepted = ack.accepted,
+            duplicates = ack.duplicates,
+            "Batch stored."
+        );
+    }
+    result.map(Json)
+}
+
+async fn accept(
+    state: &AppState,
+    peer: &Peer,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<BatchAck, ApiError> {
+    let host_id = peer.host_id.as_deref().ok_or_else(|| {
+        ApiError::Unauthorized(
+            "reporting needs a client certificate from the collector's CA".into(),
+        )
+    })?;
+    state.limiter.check(host_id)?;
+    let limits = &state.config.ingest;
+    let json = decode_body(headers, body, limits.max_decoded_bytes)?;
+    let batch: Batch = serde_json::from_slice(&json)
+        .map_err(|e| ApiError::BadRequest(format!("the batch is not valid: {e}")))?;
+    if batch.schema != INGEST_SCHEMA {
+        return Err(ApiError::BadRequest(format!(
+            "unknown schema {:?}; this collector reads {INGEST_SCHEMA}",
+            batch.schema
+        )));
+    }
+    if batch.host_id != host_id {
+        return Err(ApiError::Forbidden(format!(
+            "this certificate belongs to host {host_id}; it cannot report as {}",
+            batch.host_id
+        )));
+    }
+    if batch.events.len() > limits.max_events_per_batch {
+        return Err(ApiError::TooLarge(format!(
+            "{} events in one batch; at most {} are accepted",
+            batch.events.len(),
+            limits.max_events_per_batch
+        )));
+    }
+    let too_long = |s: &Option<String>| s.as_ref().is_some_and(|s| s.len() > MAX_NAME);
+    if batch.hostname.len() > MAX_NAME
+        || too_long(&batch.image.image_id)
+        || too_long(&batch.image.baseline_digest)
+    {
+        return Err(ApiError::BadRequest(format!(
+            "hostname, image id and digest are limited to {MAX_NAME} bytes"
+        )));
+    }
+    if let Some(event) = batch
+        .events
+        .iter()
+        .find(|e| e.id.is_empty() || e.id.len() > MAX_EVENT_ID)
+    {
+        return Err(ApiError::BadRequest(format!(
+            "event ids must be 1 to {MAX_EVENT_ID} bytes (got {} bytes)",
+            event.id.len()
+        )));
+    }
+    let (mut heartbeats, mut findings) = (0u64, 0u64);
+    for event in &batch.events {
+        match event.body {
+            EventBody::Heartbeat(_) => heartbeats += 1,
+            EventBody::Finding { .. } => findings += 1,
+        }
+    }
+    let ack = state.fleet.ingest(batch).await?;
+    let metrics = &state.metrics;
+    metrics
+        .ingest_events
+        .get_or_create(&Metrics::label("type", "heartbeat"))
+        .inc_by(heartbeats);
+    metrics
+        .ingest_events
+        .get_or_create(&Metrics::label("type", "finding"))
+        .inc_by(findings.saturating_sub(u64::from(ack.duplicates)));
+    Ok(ack)
+}

@@ -1,0 +1,186 @@
+//! HTTP handlers: agent ingest and enrollment, and the operator API.
+//!
+//! Agents authenticate by their client certificate ([`crate::tls::Peer`]); operators
+//! by the bearer token in `Authorization` ([`Operator`]). What is shared by the
+//! handlers lives here: the per-host rate limiter, body decoding with its bounds, and
+//! time formatting.
+
+pub mod enroll;
+pub mod ingest;
+pub mod operator;
+
+use crate::app::AppState;
+use crate::error::ApiError;
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap};
+use std::collections::HashMap;
+use std::io::Read;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// Milliseconds since the epoch as RFC 3339 (UTC, seconds).
+pub fn rfc3339(ms: i64) -> String {
+    let time = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    humantime::format_rfc3339_seconds(time).to_string()
+}
+
+/// Now as RFC 3339.
+pub fn now_rfc3339() -> String {
+    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
+}
+
+/// Buckets kept before idle ones are dropped: memory stays bounded however many host
+/// ids (valid or not) show up.
+const MAX_BUCKETS: usize = 100_000;
+
+/// A token bucket per key (host id): `rate_per_sec` sustained, `burst` at once.
+pub struct RateLimiter {
+    rate_per_sec: f64,
+    burst: f64,
+    buckets: Mutex<HashMap<String, (f64, Instant)>>,
+}
+
+impl RateLimiter {
+    /// A limiter with these bounds.
+    pub fn new(rate_per_sec: f64, burst: f64) -> RateLimiter {
+        RateLimiter {
+            rate_per_sec,
+            burst,
+            buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Takes one token for `key`, or says how long to wait.
+    pub fn check(&self, key: &str) -> Result<(), ApiError> {
+        let now = Instant::now();
+        let Ok(mut buckets) = self.buckets.lock() else {
+            return Ok(());
+        };
+        if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(key) {
+            let full_after = Duration::from_secs_f64(self.burst / self.rate_per_sec);
+            buckets.retain(|_, (_, at)| now.duration_since(*at) < full_after);
+        }
+        let (tokens, at) = buckets.entry(key.to_string()).or_insert((self.burst, now));
+        *tokens =
+            (*tokens + now.duration_since(*at).as_secs_f64() * self.rate_per_sec).min(self.burst);
+        *at = now;
+        if *tokens >= 1.0 {
+            *tokens -= 1.0;
+            Ok(())
+        } else {
+            let wait = (1.0 - *tokens) / self.rate_per_sec;
+            Err(ApiError::TooManyRequests {
+                retry_after_secs: wait.ceil().max(1.0) as u64,
+            })
+        }
+    }
+}
+
+/// The request body, decompressed when `Content-Encoding: gzip`, never beyond
+/// `max_decoded` bytes.
+pub fn decode_body(
+    headers: &HeaderMap,
+    body: &[u8],
+    max_decoded: usize,
+) -> Result<Vec<u8>, ApiError> {
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase());
+    match encoding.as_deref() {
+        None | Some("identity") => Ok(body.to_vec()),
+        Some("gzip") => {
+            let mut decoded = Vec::new();
+            flate2::read::GzDecoder::new(body)
+                .take(max_decoded as u64 + 1)
+                .read_to_end(&mut decoded)
+                .map_err(|e| ApiError::BadRequest(format!("the gzip body is corrupt: {e}")))?;
+            if decoded.len() > max_decoded {
+                return Err(ApiError::TooLarge(format!(
+                    "the body expands beyond {max_decoded} bytes"
+                )));
+            }
+            Ok(decoded)
+        }
+        Some(other) => Err(ApiError::UnsupportedMediaType(format!(
+            "content encoding {other:?} is not supported (use gzip or none)"
+        ))),
+    }
+}
+
+/// An authenticated operator (bearer token).
+pub struct Operator;
+
+impl FromRequestParts<Arc<AppState>> for Operator {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Operator, ApiError> {
+        let value = parts
+            .headers
+            .get(header::AUTHORIZATION)
+            .ok_or_else(|| ApiError::Unauthorized("an operator token is required".into()))?;
+        let token = value
+            .to_str()
+            .ok()
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| ApiError::Unauthorized("use Authorization: Bearer <token>".into()))?;
+        // blake3::Hash compares in constant time.
+        if blake3::hash(token.trim().as_bytes()) == state.operator_token {
+            Ok(Operator)
+        } else {
+            Err(ApiError::Forbidden(
+                "the operator token is not valid".into(),
+            ))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    #[test]
+    fn the_limiter_allows_a_burst_then_refuses() {
+        let limiter = RateLimiter::new(1.0, 3.0);
+        for _ in 0..3 {
+            limiter.check("h").unwrap();
+        }
+        assert!(matches!(
+            limiter.check("h"),
+            Err(ApiError::TooManyRequests {
+                retry_after_secs: 1
+            })
+        ));
+        limiter.check("other").unwrap();
+    }
+
+    #[test]
+    fn a_gzip_bomb_is_too_large_and_garbage_is_bad() {
+        let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+        encoder.write_all(&vec![b'a'; 1 << 20]).unwrap();
+        let bomb = encoder.finish().unwrap();
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_ENCODING, "gzip".parse().unwrap());
+        assert!(matches!(
+            decode_body(&headers, &bomb, 1000),
+            Err(ApiError::TooLarge(_))
+        ));
+        assert_eq!(
+            decode_body(&headers, &bomb, 1 << 20).unwrap().len(),
+            1 << 20
+        );
+        assert!(matches!(
+            decode_body(&headers, b"not gzip", 1000),
+            Err(ApiError::BadRequest(_))
+        ));
+        headers.insert(header::CONTENT_ENCODING, "br".parse().unwrap());
+        assert!(matches!(
+            decode_body(&headers, b"x", 1000),
+            Err(ApiError::UnsupportedMediaType(_))
+        ));
+    }
+}

@@ -1,0 +1,569 @@
+//! `CollectorConfig`: the collector's configuration file (TOML).
+//!
+//! `driftwatch-collector init DIR` writes a working one. Every key is documented here
+//! and in the README; unknown keys are errors, so a typo never silently weakens the
+//! replacement policy. Paths in the file are relative to the file's directory, so an
+//! `init` directory can be moved as a whole.
+
+use driftwatch_protocol::report::Severity;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+/// The collector's configuration.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CollectorConfig {
+    /// Address and port of the HTTPS listener (default `0.0.0.0:8443`).
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// The SQLite database file (default `/var/lib/driftwatch-collector/collector.db`).
+    #[serde(default = "default_database")]
+    pub database: PathBuf,
+    /// Certificates and keys.
+    pub tls: TlsConfig,
+    /// Who may do what.
+    pub auth: AuthConfig,
+    /// Limits on what agents may send.
+    #[serde(default)]
+    pub ingest: IngestConfig,
+    /// Heartbeats, silence and expiry.
+    #[serde(default)]
+    pub hosts: HostsConfig,
+    /// Which findings mark a host for replacement, and how many hosts may be marked.
+    #[serde(default)]
+    pub replacement: ReplacementConfig,
+    /// How alerts are grouped.
+    #[serde(default)]
+    pub alerts: AlertsConfig,
+    /// Where alerts and replacement notices are sent (default: nowhere).
+    #[serde(default, rename = "webhook")]
+    pub webhooks: Vec<WebhookConfig>,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 8443))
+}
+
+fn default_database() -> PathBuf {
+    PathBuf::from("/var/lib/driftwatch-collector/collector.db")
+}
+
+/// `[tls]`: the collector's own certificate and the CA that vouches for agents.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The server certificate chain (PEM). Required.
+    pub cert_file: PathBuf,
+    /// The server's private key (PEM, PKCS#8). Required.
+    pub key_file: PathBuf,
+    /// The CA whose certificates identify agents (PEM): a client certificate it signed
+    /// names the host in its common name. Required.
+    pub client_ca_file: PathBuf,
+    /// The CA's private key (PEM). When set, enrolled hosts get certificates signed
+    /// with it; without it, enrollment is off and every agent needs a provisioned
+    /// certificate (default: none).
+    #[serde(default)]
+    pub client_ca_key_file: Option<PathBuf>,
+    /// How long certificates issued at enrollment stay valid, in days (default 397).
+    #[serde(default = "default_host_cert_days")]
+    pub host_cert_days: u32,
+}
+
+fn default_host_cert_days() -> u32 {
+    397
+}
+
+/// `[auth]`: the tokens and the keys the collector trusts.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    /// A file holding the bearer token of the operator API (and of the CLI). Required.
+    pub operator_token_file: PathBuf,
+    /// A file holding the token agents exchange for a certificate on first contact
+    /// (default: none, enrollment off).
+    #[serde(default)]
+    pub enrollment_token_file: Option<PathBuf>,
+    /// Public keys (PEM) of the bake pipelines: an image is registered only with a
+    /// baseline signed by one of them. Empty means unsigned baselines are registered
+    /// too (default: empty — set it for production).
+    #[serde(default)]
+    pub trusted_keys: Vec<PathBuf>,
+}
+
+/// `[ingest]`: bounds on agents' requests.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct IngestConfig {
+    /// Largest request body as sent (compressed), in bytes (default 1 MiB).
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Largest request body once decompressed, in bytes (default 16 MiB): a small gzip
+    /// body must not expand into gigabytes.
+    #[serde(default = "default_max_decoded_bytes")]
+    pub max_decoded_bytes: usize,
+    /// Most events in one batch (default 1000).
+    #[serde(default = "default_max_events")]
+    pub max_events_per_batch: usize,
+    /// Sustained requests per second one host may make (default 10); bursts up to
+    /// `burst` are allowed. Beyond it the answer is 429.
+    #[serde(default = "default_rate_per_sec")]
+    pub rate_per_sec: f64,
+    /// Requests one host may make in a burst (default 20).
+    #[serde(default = "default_burst")]
+    pub burst: f64,
+    /// Largest baseline accepted by image registration, in bytes (default 256 MiB).
+    #[serde(default = "default_max_baseline_bytes")]
+    pub max_baseline_bytes: usize,
+}
+
+fn default_max_body_bytes() -> usize {
+    1 << 20
+}
+fn default_max_decoded_bytes() -> usize {
+    16 << 20
+}
+fn default_max_events() -> usize {
+    1000
+}
+fn default_rate_per_sec() -> f64 {
+    10.0
+}
+fn default_burst() -> f64 {
+    20.0
+}
+fn default_max_baseline_bytes() -> usize {
+    256 << 20
+}
+
+impl Default for IngestConfig {
+    fn default() -> Self {
+        IngestConfig {
+            max_body_bytes: default_max_body_bytes(),
+            max_decoded_bytes: default_max_decoded_bytes(),
+            max_events_per_batch: default_max_events(),
+            rate_per_sec: default_rate_per_sec(),
+            burst: default_burst(),
+            max_baseline_bytes: default_max_baseline_bytes(),
+        }
+    }
+}
+
+/// `[hosts]`: liveness and expiry.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HostsConfig {
+    /// A host is `silent` after this many of its own heartbeat intervals pass without
+    /// a heartbeat (default 3).
+    #[serde(default = "default_missed_heartbeats")]
+    pub missed_heartbeats: u32,
+    /// Hosts `gone` or `silent` for longer than this many seconds are deleted with
+    /// their findings (default 7 days): fleets of short-lived hosts must not pile up.
+    #[serde(default = "default_retention_secs")]
+    pub retention_secs: u64,
+    /// How often liveness and expiry are evaluated, in seconds (default 5).
+    #[serde(default = "default_sweep_secs")]
+    pub sweep_interval_secs: u64,
+}
+
+fn default_missed_heartbeats() -> u32 {
+    3
+}
+fn default_retention_secs() -> u64 {
+    7 * 24 * 3600
+}
+fn default_sweep_secs() -> u64 {
+    5
+}
+
+impl Default for HostsConfig {
+    fn default() -> Self {
+        HostsConfig {
+            missed_heartbeats: default_missed_heartbeats(),
+            retention_secs: default_retention_secs(),
+            sweep_interval_secs: default_sweep_secs(),
+        }
+    }
+}
+
+/// How marking decisions are carried out.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum ReplacementMode {
+    /// Mark hosts the rules select, within the budget (default).
+    #[default]
+    Auto,
+    /// Decide and log as `auto` would, but mark nothing.
+    DryRun,
+    /// Hold selected hosts as `drifted` until an operator approves each.
+    ManualApprove,
+}
+
+/// `[replacement]`: which findings mark a host, and the budget.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ReplacementConfig {
+    /// `auto`, `dry_run` or `manual_approve` (default `auto`).
+    #[serde(default)]
+    pub mode: ReplacementMode,
+    /// At most this many hosts of one image are marked per window (default 5).
+    #[serde(default = "default_max_hosts")]
+    pub max_hosts: u32,
+    /// At most this share of an image's hosts, in percent, is marked per window
+    /// (default 10). The smaller of the two limits applies, but never less than one
+    /// host: a budget of zero would never replace anything.
+    #[serde(default = "default_max_percent")]
+    pub max_percent: f64,
+    /// The budget window in seconds (default 3600).
+    #[serde(default = "default_window_secs")]
+    pub window_secs: u64,
+    /// The rules; a finding matching any rule marks its host (default: one rule, any
+    /// critical finding).
+    #[serde(default = "default_rules", rename = "rule")]
+    pub rules: Vec<MarkRule>,
+}
+
+fn default_max_hosts() -> u32 {
+    5
+}
+fn default_max_percent() -> f64 {
+    10.0
+}
+fn default_window_secs() -> u64 {
+    3600
+}
+fn default_rules() -> Vec<MarkRule> {
+    vec![MarkRule::default()]
+}
+
+impl Default for ReplacementConfig {
+    fn default() -> Self {
+        ReplacementConfig {
+            mode: ReplacementMode::default(),
+            max_hosts: default_max_hosts(),
+            max_percent: default_max_percent(),
+            window_secs: default_window_secs(),
+            rules: default_rules(),
+        }
+    }
+}
+
+/// `[[replacement.rule]]`: a finding matching every given condition marks its host.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct MarkRule {
+    /// Finding kinds (`file`, `package`, `package_file`, `process`, `kernel_module`,
+    /// `listener`, `mount`, `baseline`, and the collector's own `image`); empty means
+    /// any (default: empty).
+    #[serde(default)]
+    pub kinds: Vec<String>,
+    /// The least severity that matches (default `critical`).
+    #[serde(default = "default_min_severity")]
+    pub min_severity: Severity,
+    /// Globs on the finding's subject (its path, or its name for packages, modules and
+    /// listeners); empty means any (default: empty).
+    #[serde(default)]
+    pub paths: Vec<String>,
+    /// Globs on the host's image id; empty means any (default: empty).
+    #[serde(default)]
+    pub images: Vec<String>,
+}
+
+fn default_min_severity() -> Severity {
+    Severity::Critical
+}
+
+impl Default for MarkRule {
+    fn default() -> Self {
+        MarkRule {
+            kinds: Vec::new(),
+            min_severity: default_min_severity(),
+            paths: Vec::new(),
+            images: Vec::new(),
+        }
+    }
+}
+
+/// `[alerts]`: grouping.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AlertsConfig {
+    /// How long, in seconds, the first occurrence of a change waits for the same change
+    /// on other hosts of its image before one alert goes out for all of them
+    /// (default 10). Later occurrences are gathered for as long again.
+    #[serde(default = "default_group_wait_secs")]
+    pub group_wait_secs: u64,
+    /// A running command for marked hosts, with `DRIFTWATCH_HOST_ID`,
+    /// `DRIFTWATCH_IMAGE_ID` and `DRIFTWATCH_REASON` in its environment: program and
+    /// arguments (default: none).
+    #[serde(default)]
+    pub mark_command: Vec<String>,
+    /// Seconds a mark command may run before it is killed (default 60).
+    #[serde(default = "default_command_timeout_secs")]
+    pub command_timeout_secs: u64,
+}
+
+fn default_group_wait_secs() -> u64 {
+    10
+}
+fn default_command_timeout_secs() -> u64 {
+    60
+}
+
+impl Default for AlertsConfig {
+    fn default() -> Self {
+        AlertsConfig {
+            group_wait_secs: default_group_wait_secs(),
+            mark_command: Vec::new(),
+            command_timeout_secs: default_command_timeout_secs(),
+        }
+    }
+}
+
+/// The payload a webhook receives.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum WebhookFormat {
+    /// A JSON object with every field (default).
+    #[default]
+    Json,
+    /// `{"text": "…"}`, which chat services' incoming webhooks accept.
+    Chat,
+}
+
+/// `[[webhook]]`: one receiver.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    /// The URL (`https://`, or `http://` for a receiver on the same machine). Required.
+    pub url: String,
+    /// `json` or `chat` (default `json`).
+    #[serde(default)]
+    pub format: WebhookFormat,
+    /// Which alerts it gets: `drift`, `silence`, `budget`, `image`, `marked` (default:
+    /// all).
+    #[serde(default = "default_webhook_events")]
+    pub events: Vec<String>,
+    /// A CA (PEM) to trust for this receiver instead of the system's roots (default:
+    /// none).
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// Attempts before giving up, with exponential backoff between them (default 5).
+    #[serde(default = "default_attempts")]
+    pub max_attempts: u32,
+    /// Seconds each attempt may take (default 10).
+    #[serde(default = "default_webhook_timeout_secs")]
+    pub timeout_secs: u64,
+}
+
+/// The alert kinds a webhook can subscribe to.
+pub const ALERT_KINDS: [&str; 5] = ["drift", "silence", "budget", "image", "marked"];
+
+fn default_webhook_events() -> Vec<String> {
+    ALERT_KINDS.iter().map(|s| s.to_string()).collect()
+}
+fn default_attempts() -> u32 {
+    5
+}
+fn default_webhook_timeout_secs() -> u64 {
+    10
+}
+
+/// Why a configuration cannot be used.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file cannot be read.
+    #[error("cannot read {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML for this schema.
+    #[error("{path} is not a valid collector configuration: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, naming the key.
+        message: String,
+    },
+    /// A value is out of range.
+    #[error("{path}: {message}")]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong, naming the key.
+        message: String,
+    },
+}
+
+impl CollectorConfig {
+    /// Reads, resolves relative paths against the file's directory, and validates.
+    pub fn load(path: &Path) -> Result<CollectorConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut config: CollectorConfig =
+            toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        config.resolve_paths(base);
+        config.validate().map_err(|message| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message,
+        })?;
+        Ok(config)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let resolve = |p: &mut PathBuf| {
+            if p.is_relative() {
+                *p = base.join(&*p);
+            }
+        };
+        resolve(&mut self.database);
+        resolve(&mut self.tls.cert_file);
+        resolve(&mut self.tls.key_file);
+        resolve(&mut self.tls.client_ca_file);
+        self.tls.client_ca_key_file.as_mut().map(resolve);
+        resolve(&mut self.auth.operator_token_file);
+        self.auth.enrollment_token_file.as_mut().map(resolve);
+        self.auth.trusted_keys.iter_mut().for_each(resolve);
+        for webhook in &mut self.webhooks {
+            webhook.ca_file.as_mut().map(resolve);
+        }
+    }
+
+    /// Checks ranges and names; the message names the key.
+    pub fn validate(&self) -> Result<(), String> {
+        let ingest = &self.ingest;
+        if ingest.max_body_bytes == 0 || ingest.max_decoded_bytes < ingest.max_body_bytes {
+            return Err(
+                "ingest.max_decoded_bytes must be at least ingest.max_body_bytes, and both above 0"
+                    .into(),
+            );
+        }
+        if ingest.max_events_per_batch == 0 {
+            return Err("ingest.max_events_per_batch must be above 0".into());
+        }
+        if !(ingest.rate_per_sec > 0.0 && ingest.burst >= 1.0) {
+            return Err("ingest.rate_per_sec must be above 0 and ingest.burst at least 1".into());
+        }
+        if self.hosts.missed_heartbeats == 0 || self.hosts.sweep_interval_secs == 0 {
+            return Err(
+                "hosts.missed_heartbeats and hosts.sweep_interval_secs must be above 0".into(),
+            );
+        }
+        let replacement = &self.replacement;
+        if !(replacement.max_percent > 0.0 && replacement.max_percent <= 100.0) {
+            return Err("replacement.max_percent must be above 0 and at most 100".into());
+        }
+        if replacement.window_secs == 0 {
+            return Err("replacement.window_secs must be above 0".into());
+        }
+        for (i, rule) in replacement.rules.iter().enumerate() {
+            for kind in &rule.kinds {
+                if !FINDING_KINDS.contains(&kind.as_str()) {
+                    return Err(format!(
+                        "replacement.rule[{i}].kinds: unknown kind {kind:?} (one of {})",
+                        FINDING_KINDS.join(", ")
+                    ));
+                }
+            }
+            for glob in rule.paths.iter().chain(&rule.images) {
+                globset::Glob::new(glob)
+                    .map_err(|e| format!("replacement.rule[{i}]: bad glob {glob:?}: {e}"))?;
+            }
+        }
+        for (i, webhook) in self.webhooks.iter().enumerate() {
+            if !(webhook.url.starts_with("https://") || webhook.url.starts_with("http://")) {
+                return Err(format!("webhook[{i}].url must be an http(s) URL"));
+            }
+            for event in &webhook.events {
+                if !ALERT_KINDS.contains(&event.as_str()) {
+                    return Err(format!(
+                        "webhook[{i}].events: unknown alert {event:?} (one of {})",
+                        ALERT_KINDS.join(", ")
+                    ));
+                }
+            }
+            if webhook.max_attempts == 0 {
+                return Err(format!("webhook[{i}].max_attempts must be above 0"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Finding kinds a replacement rule may name: the agent's, and `image` for a host on
+/// an unregistered image or another baseline than its image's.
+pub const FINDING_KINDS: [&str; 9] = [
+    "file",
+    "package",
+    "package_file",
+    "process",
+    "kernel_module",
+    "listener",
+    "mount",
+    "baseline",
+    "image",
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [tls]
+        cert_file = "server.pem"
+        key_file = "server.key"
+        client_ca_file = "ca.pem"
+        [auth]
+        operator_token_file = "operator.token"
+    "#;
+
+    #[test]
+    fn minimal_file_has_the_documented_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("collector.toml");
+        std::fs::write(&path, MINIMAL).unwrap();
+        let config = CollectorConfig::load(&path).unwrap();
+        assert_eq!(config.listen, default_listen());
+        assert_eq!(config.tls.cert_file, dir.path().join("server.pem"));
+        assert_eq!(config.replacement.rules, vec![MarkRule::default()]);
+        assert_eq!(config.replacement.mode, ReplacementMode::Auto);
+        assert_eq!(config.ingest, IngestConfig::default());
+        assert!(config.webhooks.is_empty());
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("collector.toml");
+        for (extra, key) in [
+            (
+                "[replacement]\nmax_percent = 0.0",
+                "replacement.max_percent",
+            ),
+            (
+                "[[replacement.rule]]\nkinds = [\"files\"]",
+                "replacement.rule[0].kinds",
+            ),
+            ("[[webhook]]\nurl = \"ftp://x\"", "webhook[0].url"),
+            (
+                "[[webhook]]\nurl = \"http://x\"\nevents = [\"all\"]",
+                "webhook[0].events",
+            ),
+            ("[hosts]\nmissed_heartbeat = 3", "missed_heartbeat"),
+        ] {
+            std::fs::write(&path, format!("{MINIMAL}\n{extra}")).unwrap();
+            let err = CollectorConfig::load(&path).unwrap_err().to_string();
+            assert!(err.contains(key), "{err} should name {key}");
+        }
+    }
+}

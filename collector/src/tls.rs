@@ -1,0 +1,195 @@
+//! The HTTPS listener: rustls (ring provider) in front of the axum router.
+//!
+//! `axum::serve` speaks plain HTTP only, so connections are accepted here: the TLS
+//! handshake asks for a client certificate signed by the agents' CA but does not
+//! require one (enrollment, the operator API and `/healthz` come without), and the host
+//! id the certificate names travels with every request of the connection as a
+//! [`Peer`] extension. Only handlers that need a host identity insist on it.
+//!
+//! Each connection is bounded in time to handshake, and the number of connections is
+//! bounded as a whole, so that slow or numerous clients cannot starve the collector.
+
+use crate::pki::{host_id_of, PkiError};
+use axum::{Extension, Router};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::service::TowerToHyperService;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, info, warn};
+
+/// Connections served at once; more wait in the kernel's backlog.
+const MAX_CONNECTIONS: usize = 16_384;
+/// A client that has not finished its TLS handshake by then is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// A client that has not sent its request headers by then is dropped.
+const HEADER_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// Who is at the other end of a connection.
+#[derive(Clone, Debug)]
+pub struct Peer {
+    /// The host id of a verified client certificate.
+    pub host_id: Option<String>,
+    /// The remote address.
+    pub address: SocketAddr,
+}
+
+/// Why TLS could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// A certificate or key file is unusable.
+    #[error("{path}: {message}")]
+    File {
+        /// The file.
+        path: String,
+        /// Why.
+        message: String,
+    },
+    /// rustls refused the configuration.
+    #[error("TLS configuration: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// The client CA cannot verify anything.
+    #[error("client CA: {0}")]
+    Verifier(#[from] rustls::server::VerifierBuilderError),
+    /// Reading a file failed.
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+}
+
+fn pem_error(path: &Path) -> impl Fn(rustls::pki_types::pem::Error) -> TlsError + '_ {
+    move |e| TlsError::File {
+        path: path.display().to_string(),
+        message: e.to_string(),
+    }
+}
+
+/// Certificates from a PEM file (at least one).
+pub fn load_certificates(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(pem_error(path))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(pem_error(path))?;
+    if certs.is_empty() {
+        return Err(TlsError::File {
+            path: path.display().to_string(),
+            message: "no certificate in the file".into(),
+        });
+    }
+    Ok(certs)
+}
+
+/// The ring provider, explicitly: two providers in one process make rustls refuse to
+/// pick one at run time.
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The server's TLS configuration from `[tls]`.
+pub fn server_config(
+    cert_file: &Path,
+    key_file: &Path,
+    client_ca_file: &Path,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let chain = load_certificates(cert_file)?;
+    let key = PrivateKeyDer::from_pem_file(key_file).map_err(pem_error(key_file))?;
+    let mut roots = RootCertStore::empty();
+    for ca in load_certificates(client_ca_file)? {
+        roots.add(ca)?;
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+        .allow_unauthenticated()
+        .build()?;
+    let mut config = ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Serves `app` over TLS on `listener` until `shutdown` resolves, then lets requests in
+/// flight finish (up to 10 s).
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<ServerConfig>,
+    app: Router,
+    shutdown: impl Future<Output = ()>,
+) {
+    let acceptor = TlsAcceptor::from(tls);
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = Builder::new(TokioExecutor::new());
+    http.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT);
+    let http = Arc::new(http);
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            _ = &mut shutdown => break,
+            permit = Arc::clone(&slots).acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
+        let (stream, address) = tokio::select! {
+            _ = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(err) => {
+                    // Out of file descriptors and the like: wait, do not spin.
+                    warn!(error = %err, "Cannot accept a connection.");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        let http = Arc::clone(&http);
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(err)) => {
+                    debug!(%address, error = %err, "TLS handshake failed.");
+                    return;
+                }
+                Err(_) => {
+                    debug!(%address, "TLS handshake timed out.");
+                    return;
+                }
+            };
+            let host_id = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|certs| certs.first())
+                .and_then(host_id_of);
+            let service = TowerToHyperService::new(app.layer(Extension(Peer { host_id, address })));
+            let connection = http.serve_connection_with_upgrades(TokioIo::new(tls), service);
+            if let Err(err) = watcher.watch(connection.into_owned()).await {
+                debug!(%address, error = %err, "Connection ended with an error.");
+            }
+        });
+    }
+    info!("Stopped accepting connections; finishing requests in flight.");
+    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
+        .await
+        .is_err()
+    {
+        warn!("Requests still in flight after 10 s; stopping anyway.");
+    }
+}

@@ -1,0 +1,763 @@
+//! The harness of the end-to-end tests: real `driftwatch-collector` and `driftwatch`
+//! processes on loopback, with certificates made by the collector's own `init` and
+//! `issue-host-cert`, and a real HTTP server standing in for a webhook receiver.
+//!
+//! Nothing here is a mock: a test starts a [`Collector`], bakes an [`Image`] (a small
+//! tree and its signed baseline, registered with the collector), boots [`Host`]s from
+//! copies of the image's tree (each a `driftwatch run` daemon reporting to the
+//! collector), changes files, and watches what the collector, the hosts' health
+//! endpoints and the [`WebhookReceiver`] see.
+//!
+//! The binaries are the workspace's debug builds: run `cargo build --workspace` first
+//! (the README's test command does).
+#![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A workspace binary, next to this test's own executable's directory.
+pub fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current exe");
+    // target/debug/deps/test-hash -> target/debug/NAME
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let path = dir.join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: run `cargo build --workspace` before the end-to-end tests",
+        path.display()
+    );
+    path
+}
+
+/// A free loopback port.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `probe` every 50 ms until it returns `Some`, failing after `limit`.
+pub fn wait_until<T>(limit: Duration, what: &str, mut probe: impl FnMut() -> Option<T>) -> T {
+    let start = Instant::now();
+    loop {
+        if let Some(value) = probe() {
+            return value;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "timed out after {limit:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Runs a command to completion, with its output.
+pub fn run(command: &mut Command) -> Output {
+    command.output().expect("run command")
+}
+
+/// Asserts success and returns stdout.
+pub fn ok(output: Output) -> String {
+    assert!(
+        output.status.success(),
+        "command failed ({}): {}{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// A plain HTTP GET on loopback: (status, body).
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    let mut stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())?;
+    Some((status, body))
+}
+
+fn signal(child: &Child, signal: i32) {
+    // SAFETY: kill(2) on a child we own.
+    unsafe {
+        libc::kill(child.id() as i32, signal);
+    }
+}
+
+fn stop_child(child: &mut Child, sig: i32) {
+    signal(child, sig);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A running collector in its own directory (made by `driftwatch-collector init`).
+pub struct Collector {
+    dir: tempfile::TempDir,
+    port: u16,
+    child: Option<Child>,
+}
+
+impl Collector {
+    /// Initialises a collector and starts it; `extra` is appended to its
+    /// configuration (webhooks, replacement policy…). Defaults made quick for tests:
+    /// one-second sweeps, two-second alert grouping.
+    pub fn start(extra: &str) -> Collector {
+        let dir = tempfile::Builder::new()
+            .prefix("driftwatch-collector-")
+            .tempdir()
+            .unwrap();
+        let port = free_port();
+        ok(run(Command::new(bin("driftwatch-collector"))
+            .arg("init")
+            .arg(dir.path())
+            .args(["--listen", &format!("127.0.0.1:{port}")])));
+        let config = dir.path().join("collector.toml");
+        let mut text = std::fs::read_to_string(&config).unwrap();
+        if extra.contains("[replacement]") {
+            // The test's replacement policy replaces the one `init` wrote (its rule
+            // and the commented webhook example come last).
+            let cut = text
+                .find("\n[replacement]")
+                .expect("init writes [replacement]");
+            text.truncate(cut + 1);
+        }
+        text.push_str(extra);
+        if !extra.contains("[hosts]") {
+            text.push_str("\n[hosts]\nsweep_interval_secs = 1\nmissed_heartbeats = 3\n");
+        }
+        if !extra.contains("[alerts]") {
+            text.push_str("\n[alerts]\ngroup_wait_secs = 2\n");
+        }
+        std::fs::write(&config, text).unwrap();
+        let mut collector = Collector {
+            dir,
+            port,
+            child: None,
+        };
+        collector.spawn();
+        collector
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.path("collector.log"))
+            .unwrap();
+        let child = Command::new(bin("driftwatch-collector"))
+            .arg("serve")
+            .arg("--config")
+            .arg(self.config())
+            .env("RUST_LOG", "driftwatch_collector=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let port = self.port;
+        wait_until(Duration::from_secs(20), "the collector to listen", || {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!("the collector exited ({status}): {}", self.log());
+            }
+            TcpStream::connect(("127.0.0.1", port)).ok()
+        });
+    }
+
+    /// A file in the collector's directory.
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Its configuration file.
+    pub fn config(&self) -> PathBuf {
+        self.path("collector.toml")
+    }
+
+    /// Its CA certificate (signs the server's and the hosts' certificates).
+    pub fn ca(&self) -> PathBuf {
+        self.path("ca.pem")
+    }
+
+    /// `https://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    /// The enrollment token.
+    pub fn enrollment_token(&self) -> PathBuf {
+        self.path("enrollment.token")
+    }
+
+    /// The log so far (for assertion messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.path("collector.log")).unwrap_or_default()
+    }
+
+    /// Runs `driftwatch-collector ARGS --config CONFIG`.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        run(Command::new(bin("driftwatch-collector"))
+            .args(args)
+            .arg("--config")
+            .arg(self.config()))
+    }
+
+    /// Runs an operator command with `--format json` and parses its output.
+    pub fn json(&self, args: &[&str]) -> Value {
+        let mut all = args.to_vec();
+        all.extend(["--format", "json"]);
+        serde_json::from_str(&ok(self.cli(&all))).unwrap()
+    }
+
+    /// Every host.
+    pub fn hosts(&self) -> Vec<Value> {
+        self.json(&["hosts"]).as_array().unwrap().clone()
+    }
+
+    /// One host with its findings, if known.
+    pub fn host(&self, host_id: &str) -> Option<Value> {
+        let output = self.cli(&["host", host_id, "--format", "json"]);
+        output
+            .status
+            .success()
+            .then(|| serde_json::from_slice(&output.stdout).unwrap())
+    }
+
+    /// A host's state, if known.
+    pub fn state(&self, host_id: &str) -> Option<String> {
+        self.host(host_id)
+            .map(|h| h["host"]["state"].as_str().unwrap().to_string())
+    }
+
+    /// The action log.
+    pub fn actions(&self) -> Vec<Value> {
+        self.json(&["actions", "--limit", "1000"])
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+
+    /// Issues a client certificate for `host_id` into DIR: (cert, key).
+    pub fn issue_cert(&self, host_id: &str, dir: &Path) -> (PathBuf, PathBuf) {
+        ok(self.cli(&[
+            "issue-host-cert",
+            "--host-id",
+            host_id,
+            "--out-dir",
+            dir.to_str().unwrap(),
+        ]));
+        (
+            dir.join(format!("{host_id}.pem")),
+            dir.join(format!("{host_id}.key")),
+        )
+    }
+
+    /// The value of one metric sample line (e.g.
+    /// `driftwatch_collector_ingest_events_total{type="finding"}`), 0 when absent.
+    pub fn metric(&self, sample: &str) -> f64 {
+        let (status, text) =
+            RawClient::new(self, None).get_operator("/metrics", &self.path("operator.token"));
+        assert_eq!(status, 200, "{text}");
+        text.lines()
+            .find_map(|line| line.strip_prefix(sample)?.trim().parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// Stops it with SIGTERM.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            stop_child(&mut child, libc::SIGTERM);
+        }
+    }
+
+    /// Kills it with SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            stop_child(&mut child, libc::SIGKILL);
+        }
+    }
+
+    /// Starts it again on the same directory and port.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+}
+
+impl Drop for Collector {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Critical on /usr/bin, low elsewhere: what the hosts' baselines record.
+pub const POLICY: &str = r#"
+[default]
+attributes = ["type","mode","uid","gid","size","content","link_target","xattrs","rdev"]
+severity = "low"
+[[rule]]
+name = "binaries"
+paths = ["/usr/bin"]
+severity = "critical"
+"#;
+
+/// A baked image: a small tree and its signed baseline.
+pub struct Image {
+    dir: tempfile::TempDir,
+    /// Its id.
+    pub id: String,
+}
+
+impl Image {
+    /// Bakes a tree with a few binaries and config files under image id `id`.
+    pub fn bake(id: &str) -> Image {
+        let dir = tempfile::Builder::new()
+            .prefix("driftwatch-image-")
+            .tempdir()
+            .unwrap();
+        let tree = dir.path().join("tree");
+        for (path, content) in [
+            ("usr/bin/tool", "#!/bin/sh\necho tool\n"),
+            ("usr/bin/other", "#!/bin/sh\necho other\n"),
+            ("etc/app.conf", "setting = 1\n"),
+            ("etc/machine-id", "0123456789abcdef0123456789abcdef\n"),
+        ] {
+            let path = tree.join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, content).unwrap();
+        }
+        let policy = dir.path().join("policy.toml");
+        std::fs::write(&policy, POLICY).unwrap();
+        let (private, public) = (dir.path().join("key.pem"), dir.path().join("key.pub"));
+        ok(run(Command::new(bin("driftwatch"))
+            .args(["key", "generate", "--private"])
+            .arg(&private)
+            .arg("--public")
+            .arg(&public)));
+        ok(run(Command::new(bin("driftwatch"))
+            .args(["baseline", "create", "--root"])
+            .arg(&tree)
+            .arg("--policy")
+            .arg(&policy)
+            .args(["--image-id", id, "--sign-key"])
+            .arg(&private)
+            .arg("--out")
+            .arg(dir.path().join("baseline"))));
+        Image {
+            dir,
+            id: id.to_string(),
+        }
+    }
+
+    /// The baseline file.
+    pub fn baseline(&self) -> PathBuf {
+        self.dir.path().join("baseline")
+    }
+
+    /// The pipeline's public key.
+    pub fn public_key(&self) -> PathBuf {
+        self.dir.path().join("key.pub")
+    }
+
+    /// The baked tree.
+    pub fn tree(&self) -> PathBuf {
+        self.dir.path().join("tree")
+    }
+
+    /// The baseline's digest, as `baseline verify` prints it.
+    pub fn digest(&self) -> String {
+        let out = ok(run(Command::new(bin("driftwatch"))
+            .args(["baseline", "show", "--format", "json"])
+            .arg(self.baseline())));
+        let show: Value = serde_json::from_str(&out).unwrap();
+        show["digest"].as_str().unwrap().to_string()
+    }
+
+    /// Registers the image with `collector`.
+    pub fn register(&self, collector: &Collector) {
+        ok(collector.cli(&[
+            "image",
+            "register",
+            "--image-id",
+            &self.id,
+            "--baseline",
+            self.baseline().to_str().unwrap(),
+        ]));
+    }
+}
+
+/// How a host proves who it is.
+pub enum Credentials {
+    /// A certificate issued by the collector's CA beforehand.
+    Certificate,
+    /// The enrollment token, exchanged on first contact.
+    Enrollment,
+}
+
+/// A host booted from an image: a copy of its tree, and a `driftwatch run` daemon
+/// reporting to a collector.
+pub struct Host {
+    dir: tempfile::TempDir,
+    /// Its id at the collector.
+    pub id: String,
+    /// Its health endpoint's port.
+    pub health_port: u16,
+    child: Option<Child>,
+}
+
+impl Host {
+    /// Copies the image's tree and baseline and writes the agent's configuration;
+    /// `extra` is appended to it. Does not start the daemon.
+    pub fn new(
+        image: &Image,
+        collector: &Collector,
+        id: &str,
+        credentials: Credentials,
+        extra: &str,
+    ) -> Host {
+        let dir = tempfile::Builder::new()
+            .prefix("driftwatch-host-")
+            .tempdir()
+            .unwrap();
+        ok(run(Command::new("cp")
+            .arg("-a")
+            .arg(image.tree())
+            .arg(dir.path().join("tree"))));
+        std::fs::copy(image.baseline(), dir.path().join("baseline")).unwrap();
+        let auth = match credentials {
+            Credentials::Certificate => {
+                let (cert, key) = collector.issue_cert(id, dir.path());
+                format!("cert_file = {cert:?}\nkey_file = {key:?}\n")
+            }
+            Credentials::Enrollment => format!(
+                "enrollment_token_file = {:?}\n",
+                collector.enrollment_token()
+            ),
+        };
+        let health_port = free_port();
+        let config = format!(
+            "root = {root:?}\nbaseline = {baseline:?}\npubkey = {pubkey:?}\nstate_dir = {state:?}\nrun_dir = {run:?}\n{extra}\n\
+             [health]\nlisten = \"127.0.0.1:{health_port}\"\n\
+             [collector]\nurl = \"{url}\"\nca_file = {ca:?}\nhost_id = \"{id}\"\nheartbeat_interval_secs = 1\nretry_max_secs = 2\n{auth}",
+            root = dir.path().join("tree"),
+            baseline = dir.path().join("baseline"),
+            pubkey = image.public_key(),
+            state = dir.path().join("state"),
+            run = dir.path().join("run"),
+            url = collector.url(),
+            ca = collector.ca(),
+        );
+        std::fs::write(dir.path().join("agent.toml"), config).unwrap();
+        Host {
+            dir,
+            id: id.to_string(),
+            health_port,
+            child: None,
+        }
+    }
+
+    /// The agent's configuration file.
+    pub fn config(&self) -> PathBuf {
+        self.dir.path().join("agent.toml")
+    }
+
+    /// A path inside the host's root.
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.dir
+            .path()
+            .join("tree")
+            .join(rel.trim_start_matches('/'))
+    }
+
+    /// The daemon's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("daemon.log")).unwrap_or_default()
+    }
+
+    /// Starts the daemon and waits for its health endpoint.
+    pub fn start(&mut self) -> &mut Self {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("daemon.log"))
+            .unwrap();
+        let child = Command::new(bin("driftwatch"))
+            .args(["run", "--config"])
+            .arg(self.config())
+            .env_remove("JOURNAL_STREAM")
+            .env_remove("NOTIFY_SOCKET")
+            .env("RUST_LOG", "driftwatch=debug")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.child = Some(child);
+        let port = self.health_port;
+        wait_until(
+            Duration::from_secs(30),
+            "the agent's health endpoint",
+            || http_get(port, "/healthz"),
+        );
+        self
+    }
+
+    /// The status of `/healthz`.
+    pub fn health(&self) -> Option<u16> {
+        http_get(self.health_port, "/healthz").map(|(status, _)| status)
+    }
+
+    /// Stops the daemon with SIGTERM.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            stop_child(&mut child, libc::SIGTERM);
+        }
+    }
+
+    /// Kills the daemon with SIGKILL.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            stop_child(&mut child, libc::SIGKILL);
+        }
+    }
+
+    /// Writes a file inside the host's root.
+    pub fn write(&self, rel: &str, content: &str) {
+        let path = self.path(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, content).unwrap();
+    }
+
+    /// Runs `driftwatch check --report` against this host's root; returns the output.
+    pub fn check_report(&self) -> Output {
+        run(Command::new(bin("driftwatch"))
+            .args(["check", "--report", "--no-runtime", "--root"])
+            .arg(self.path("/"))
+            .arg("--baseline")
+            .arg(self.dir.path().join("baseline"))
+            .arg("--config")
+            .arg(self.config()))
+    }
+}
+
+impl Drop for Host {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A webhook receiver: a real HTTP/1.1 server on loopback that records every JSON
+/// body POSTed to it and answers 200.
+pub struct WebhookReceiver {
+    port: u16,
+    bodies: Arc<Mutex<Vec<Value>>>,
+}
+
+impl Default for WebhookReceiver {
+    fn default() -> Self {
+        WebhookReceiver::start()
+    }
+}
+
+impl WebhookReceiver {
+    /// Starts listening.
+    pub fn start() -> WebhookReceiver {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let bodies = Arc::new(Mutex::new(Vec::new()));
+        let sink = Arc::clone(&bodies);
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let sink = Arc::clone(&sink);
+                std::thread::spawn(move || serve_one(stream, &sink));
+            }
+        });
+        WebhookReceiver { port, bodies }
+    }
+
+    /// Its URL.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/hook", self.port)
+    }
+
+    /// The bodies received so far.
+    pub fn received(&self) -> Vec<Value> {
+        self.bodies.lock().unwrap().clone()
+    }
+
+    /// The alerts of one kind received so far.
+    pub fn of_kind(&self, kind: &str) -> Vec<Value> {
+        self.received()
+            .into_iter()
+            .filter(|b| b["kind"] == kind)
+            .collect()
+    }
+}
+
+fn serve_one(stream: TcpStream, sink: &Mutex<Vec<Value>>) {
+    let mut reader = BufReader::new(stream);
+    loop {
+        let mut length = 0usize;
+        let mut line = String::new();
+        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+            return;
+        }
+        loop {
+            let mut header = String::new();
+            if reader.read_line(&mut header).unwrap_or(0) == 0 {
+                return;
+            }
+            let header = header.trim_end();
+            if header.is_empty() {
+                break;
+            }
+            if let Some((name, value)) = header.split_once(':') {
+                if name.eq_ignore_ascii_case("content-length") {
+                    length = value.trim().parse().unwrap_or(0);
+                }
+            }
+        }
+        let mut body = vec![0u8; length];
+        if reader.read_exact(&mut body).is_err() {
+            return;
+        }
+        if let Ok(value) = serde_json::from_slice(&body) {
+            sink.lock().unwrap().push(value);
+        }
+        let stream = reader.get_mut();
+        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
+    }
+}
+
+/// A raw HTTPS client of the collector, for requests an agent would never send.
+pub struct RawClient {
+    client: reqwest::Client,
+    base: String,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl RawClient {
+    /// Trusts `ca`; presents `identity` (cert + key PEM files) when given.
+    pub fn new(collector: &Collector, identity: Option<(&Path, &Path)>) -> RawClient {
+        let ca = std::fs::read(collector.ca()).unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(&ca) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let builder = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots);
+        let tls = match identity {
+            Some((cert, key)) => {
+                let chain = rustls::pki_types::pem::PemObject::pem_file_iter(cert)
+                    .unwrap()
+                    .collect::<Result<Vec<_>, _>>()
+                    .unwrap();
+                let key = rustls::pki_types::pem::PemObject::from_pem_file(key).unwrap();
+                builder.with_client_auth_cert(chain, key).unwrap()
+            }
+            None => builder.with_no_client_auth(),
+        };
+        // HTTP/2 as agents speak it: a refusal (413) arrives even while the body is
+        // still being sent, where HTTP/1.1 would see the connection closed under it.
+        let mut tls = tls;
+        tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        let client = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .timeout(Duration::from_secs(20))
+            .build()
+            .unwrap();
+        RawClient {
+            client,
+            base: collector.url(),
+            runtime: tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap(),
+        }
+    }
+
+    /// GETs `path` with the operator token: (status, body).
+    pub fn get_operator(&self, path: &str, token_file: &Path) -> (u16, String) {
+        let token = std::fs::read_to_string(token_file).unwrap();
+        let request = self
+            .client
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(token.trim());
+        self.runtime.block_on(async {
+            let response = request.send().await.unwrap();
+            let status = response.status().as_u16();
+            (status, response.text().await.unwrap())
+        })
+    }
+
+    /// POSTs `body` with extra headers: Ok((status, body)) or Err(transport error).
+    pub fn post(
+        &self,
+        path: &str,
+        body: Vec<u8>,
+        headers: &[(&str, &str)],
+    ) -> Result<(u16, String), String> {
+        let mut request = self
+            .client
+            .post(format!("{}{path}", self.base))
+            .header("content-type", "application/json")
+            .body(body);
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        self.runtime.block_on(async {
+            let response = request.send().await.map_err(|e| format!("{e:?}"))?;
+            let status = response.status().as_u16();
+            let text = response.text().await.map_err(|e| e.to_string())?;
+            Ok((status, text))
+        })
+    }
+}
+
+/// A well-formed batch of one heartbeat from `host_id`.
+pub fn heartbeat_batch(host_id: &str, event_id: &str) -> Value {
+    serde_json::json!({
+        "schema": "driftwatch.ingest/v1",
+        "host_id": host_id,
+        "hostname": host_id,
+        // No baseline digest: the registry check has nothing to judge.
+        "image": {"image_id": "img-raw", "baseline_digest": null},
+        "events": [{
+            "id": event_id,
+            "at": "2026-01-01T00:00:00Z",
+            "body": {"type": "heartbeat", "agent_version": "test", "findings": 0,
+                     "last_full_verification": null, "interval_secs": 0}
+        }]
+    })
+}
+
+/// Gzip-compresses `bytes`.
+pub fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    encoder.write_all(bytes).unwrap();
+    encoder.finish().unwrap()
+}

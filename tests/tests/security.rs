@@ -1,0 +1,186 @@
+//! Hostile requests against a real collector: each is refused with the right status,
+//! and the collector keeps serving honest hosts.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use driftwatch_tests::{gzip, heartbeat_batch, ok, Collector, RawClient};
+use serde_json::json;
+use std::process::Command;
+
+fn post_json(
+    client: &RawClient,
+    path: &str,
+    body: &serde_json::Value,
+) -> Result<(u16, String), String> {
+    client.post(path, serde_json::to_vec(body).unwrap(), &[])
+}
+
+#[test]
+fn hostile_requests_are_refused_and_the_collector_keeps_serving() {
+    let collector = Collector::start("");
+    let certs = tempfile::tempdir().unwrap();
+    let (cert_a, key_a) = collector.issue_cert("host-a", certs.path());
+    let host_a = RawClient::new(&collector, Some((&cert_a, &key_a)));
+    let anonymous = RawClient::new(&collector, None);
+
+    // An honest heartbeat is accepted.
+    let (status, body) =
+        post_json(&host_a, "/v1/ingest", &heartbeat_batch("host-a", "e1")).unwrap();
+    assert_eq!(status, 200, "{body}");
+
+    // No client certificate: 401.
+    let (status, body) =
+        post_json(&anonymous, "/v1/ingest", &heartbeat_batch("host-a", "e2")).unwrap();
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains("client certificate"), "{body}");
+
+    // A certificate from another CA does not even complete the handshake.
+    let other = Collector::start("");
+    let (cert_x, key_x) = other.issue_cert("host-a", certs.path().join("other").as_path());
+    let stranger = RawClient::new(&collector, Some((&cert_x, &key_x)));
+    let refused = post_json(&stranger, "/v1/ingest", &heartbeat_batch("host-a", "e3"));
+    assert!(
+        refused.is_err(),
+        "a foreign certificate was accepted: {refused:?}"
+    );
+
+    // Host A's valid certificate cannot report as host B.
+    let (status, body) =
+        post_json(&host_a, "/v1/ingest", &heartbeat_batch("host-b", "e4")).unwrap();
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("cannot report as host-b"), "{body}");
+    assert!(collector.host("host-b").is_none());
+
+    // A bad enrollment token: 403.
+    let enroll = json!({"token": "guess", "host_id": "host-c", "csr_pem": "x"});
+    let (status, body) = post_json(&anonymous, "/v1/enroll", &enroll).unwrap();
+    assert_eq!(status, 403, "{body}");
+
+    // Oversized body (default limit 1 MiB): 413.
+    let big = vec![b' '; 2 << 20];
+    let (status, _) = host_a.post("/v1/ingest", big, &[]).unwrap();
+    assert_eq!(status, 413);
+
+    // A small gzip body that expands beyond the decoded limit (16 MiB): 413.
+    let bomb = gzip(&vec![b' '; 20 << 20]);
+    assert!(bomb.len() < 1 << 20);
+    let (status, body) = host_a
+        .post("/v1/ingest", bomb, &[("content-encoding", "gzip")])
+        .unwrap();
+    assert_eq!(status, 413, "{body}");
+
+    // Malformed JSON, a wrong schema, unknown fields: 400.
+    for bad in [
+        b"{not json".to_vec(),
+        serde_json::to_vec(&json!({"schema": "driftwatch.ingest/v9", "host_id": "host-a"}))
+            .unwrap(),
+        {
+            let mut batch = heartbeat_batch("host-a", "e5");
+            batch["admin"] = json!(true);
+            serde_json::to_vec(&batch).unwrap()
+        },
+    ] {
+        let (status, body) = host_a.post("/v1/ingest", bad, &[]).unwrap();
+        assert_eq!(status, 400, "{body}");
+    }
+
+    // Too many events in one batch (default 1000): 413.
+    let mut batch = heartbeat_batch("host-a", "e6");
+    let event = batch["events"][0].clone();
+    batch["events"] = json!((0..1001)
+        .map(|i| {
+            let mut e = event.clone();
+            e["id"] = json!(format!("many-{i}"));
+            e
+        })
+        .collect::<Vec<_>>());
+    let (status, body) = post_json(&host_a, "/v1/ingest", &batch).unwrap();
+    assert_eq!(status, 413, "{body}");
+
+    // The operator API without a token, or with a wrong one.
+    let (status, _) = anonymous
+        .post("/v1/hosts/host-a/mark", Vec::new(), &[])
+        .unwrap();
+    assert_eq!(status, 401);
+    let (status, _) = anonymous
+        .post(
+            "/v1/hosts/host-a/mark",
+            Vec::new(),
+            &[("authorization", "Bearer nope")],
+        )
+        .unwrap();
+    assert_eq!(status, 403);
+
+    // A revoked host is refused from then on.
+    ok(collector.cli(&["revoke", "host-a"]));
+    let (status, body) =
+        post_json(&host_a, "/v1/ingest", &heartbeat_batch("host-a", "e7")).unwrap();
+    assert_eq!(status, 403, "{body}");
+
+    // And through all of it, the collector serves honest hosts.
+    let (cert_d, key_d) = collector.issue_cert("host-d", certs.path());
+    let host_d = RawClient::new(&collector, Some((&cert_d, &key_d)));
+    let (status, body) =
+        post_json(&host_d, "/v1/ingest", &heartbeat_batch("host-d", "e1")).unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(collector.state("host-d").as_deref(), Some("clean"));
+}
+
+#[test]
+fn enrollment_issues_one_certificate_per_host_id() {
+    let collector = Collector::start("");
+    let anonymous = RawClient::new(&collector, None);
+    let token = std::fs::read_to_string(collector.enrollment_token()).unwrap();
+    // A real CSR, made with openssl as a provisioning script would.
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key.pem");
+    let csr = dir.path().join("csr.pem");
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            "/CN=ignored",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&csr)
+        .output();
+    let Ok(made) = made
+        .map(|o| o.status.success())
+        .map_err(|e| eprintln!("skipping: openssl: {e}"))
+    else {
+        return;
+    };
+    assert!(made);
+    let request = json!({
+        "token": token.trim(),
+        "host_id": "fresh-host",
+        "csr_pem": std::fs::read_to_string(&csr).unwrap(),
+    });
+    let (status, body) = post_json(&anonymous, "/v1/enroll", &request).unwrap();
+    assert_eq!(status, 200, "{body}");
+    let answer: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let cert = dir.path().join("cert.pem");
+    std::fs::write(&cert, answer["certificate_pem"].as_str().unwrap()).unwrap();
+    // The certificate works, and names the host the collector chose.
+    let host = RawClient::new(&collector, Some((&cert, &key)));
+    let (status, body) =
+        post_json(&host, "/v1/ingest", &heartbeat_batch("fresh-host", "e1")).unwrap();
+    assert_eq!(status, 200, "{body}");
+    // The same id again is refused: the token admits new hosts, it does not take over
+    // existing ones.
+    let (status, body) = post_json(&anonymous, "/v1/enroll", &request).unwrap();
+    assert_eq!(status, 409, "{body}");
+    // An invalid host id is refused before anything is issued.
+    let mut bad = request.clone();
+    bad["host_id"] = json!("../../etc");
+    let (status, _) = post_json(&anonymous, "/v1/enroll", &bad).unwrap();
+    assert_eq!(status, 400);
+}
