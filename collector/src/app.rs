@@ -154,6 +154,29 @@ mod tests {
         })
     }
 
+    /// One request through the router, from a connection of `host` (None: no client
+    /// certificate): (status, JSON body or null).
+    async fn call(
+        state: &Arc<AppState>,
+        request: Request<Body>,
+        host: Option<&str>,
+    ) -> (StatusCode, Value) {
+        let peer = Peer {
+            host_id: host.map(str::to_string),
+            address: "127.0.0.1:1".parse().unwrap(),
+        };
+        let response = app(Arc::clone(state))
+            .layer(Extension(peer))
+            .oneshot(request)
+            .await
+            .unwrap();
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+    }
+
     async fn send(state: &Arc<AppState>, host: &str, events: Vec<(&str, EventBody)>) -> BatchAck {
         let batch = Batch {
             schema: INGEST_SCHEMA.into(),
@@ -176,20 +199,9 @@ mod tests {
         let request = Request::post("/v1/ingest")
             .body(Body::from(serde_json::to_vec(&batch).unwrap()))
             .unwrap();
-        let peer = Peer {
-            host_id: Some(host.into()),
-            address: "127.0.0.1:1".parse().unwrap(),
-        };
-        let response = app(Arc::clone(state))
-            .layer(Extension(peer))
-            .oneshot(request)
-            .await
-            .unwrap();
-        assert_eq!(response.status(), StatusCode::OK);
-        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
-            .await
-            .unwrap();
-        serde_json::from_slice(&body).unwrap()
+        let (status, body) = call(state, request, Some(host)).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        serde_json::from_value(body).unwrap()
     }
 
     async fn operator(state: &Arc<AppState>, method: &str, uri: &str) -> (StatusCode, Value) {
@@ -199,20 +211,7 @@ mod tests {
             .header("authorization", format!("Bearer {TOKEN}"))
             .body(Body::empty())
             .unwrap();
-        let peer = Peer {
-            host_id: None,
-            address: "127.0.0.1:1".parse().unwrap(),
-        };
-        let response = app(Arc::clone(state))
-            .layer(Extension(peer))
-            .oneshot(request)
-            .await
-            .unwrap();
-        let status = response.status();
-        let body = axum::body::to_bytes(response.into_body(), 1 << 20)
-            .await
-            .unwrap();
-        (status, serde_json::from_slice(&body).unwrap_or(Value::Null))
+        call(state, request, None).await
     }
 
     #[tokio::test]
@@ -360,16 +359,8 @@ mod tests {
             if let Some(value) = header {
                 request = request.header("authorization", value);
             }
-            let peer = Peer {
-                host_id: Some("h1".into()),
-                address: "127.0.0.1:1".parse().unwrap(),
-            };
-            let response = app(Arc::clone(&state))
-                .layer(Extension(peer))
-                .oneshot(request.body(Body::empty()).unwrap())
-                .await
-                .unwrap();
-            assert_eq!(response.status(), expected);
+            let (status, _) = call(&state, request.body(Body::empty()).unwrap(), Some("h1")).await;
+            assert_eq!(status, expected);
         }
         let (status, _) = operator(&state, "GET", "/v1/hosts?state=nonsense").await;
         assert_eq!(status, StatusCode::BAD_REQUEST);

@@ -7,7 +7,8 @@
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use driftwatch_collector::actions::Actions;
 use driftwatch_collector::alerts::Alerter;
-use driftwatch_collector::api::operator::{ActionView, HostDetail, HostView, ImageView};
+use driftwatch_collector::api::operator::HostDetail;
+use driftwatch_collector::api::rfc3339;
 use driftwatch_collector::api::RateLimiter;
 use driftwatch_collector::app::{app, AppState, Enrollment};
 use driftwatch_collector::client::OperatorClient;
@@ -16,6 +17,7 @@ use driftwatch_collector::fleet::Fleet;
 use driftwatch_collector::metrics::Metrics;
 use driftwatch_collector::pki::{read_text, CertificateAuthority};
 use driftwatch_collector::store::sqlite::SqliteStore;
+use driftwatch_collector::store::{ActionRecord, HostRecord, ImageRecord};
 use driftwatch_collector::tls;
 use serde::Serialize;
 use std::fmt::Write as _;
@@ -168,14 +170,9 @@ struct ConfigArg {
 
 #[derive(Args)]
 struct ServerArgs {
-    /// The collector's configuration file: the URL, CA and token default from it.
-    #[arg(
-        long,
-        value_name = "FILE",
-        default_value = "/etc/driftwatch-collector/collector.toml",
-        env = "DRIFTWATCH_COLLECTOR_CONFIG"
-    )]
-    config: PathBuf,
+    /// The collector's configuration: the URL, CA and token default from it.
+    #[command(flatten)]
+    config: ConfigArg,
     /// The collector's URL (default: https://127.0.0.1:PORT from the configuration).
     #[arg(long, env = "DRIFTWATCH_COLLECTOR_URL")]
     url: Option<String>,
@@ -261,7 +258,7 @@ async fn run(command: Command) -> Result<(), Failure> {
                     let _ = write!(path, "{key}={}&", encode(&value));
                 }
             }
-            let hosts: Vec<HostView> = connect(&server)?.get(&path).await.map_err(refused)?;
+            let hosts: Vec<HostRecord> = connect(&server)?.get(&path).await.map_err(refused)?;
             print(server.format, &hosts, |out| host_table(out, &hosts))
         }
         Command::Host { server, host_id } => {
@@ -289,14 +286,14 @@ async fn run(command: Command) -> Result<(), Failure> {
                         f.severity.name(),
                         f.kind,
                         f.subject,
-                        f.first_seen
+                        rfc3339(f.first_seen_ms)
                     );
                 }
             })
         }
         Command::Image { command } => match command {
             ImageCommand::List { server } => {
-                let images: Vec<ImageView> =
+                let images: Vec<ImageRecord> =
                     connect(&server)?.get("/v1/images").await.map_err(refused)?;
                 print(server.format, &images, |out| {
                     for i in &images {
@@ -307,7 +304,7 @@ async fn run(command: Command) -> Result<(), Failure> {
                             i.baseline_digest,
                             i.entries,
                             i.signer.as_deref().unwrap_or("unsigned"),
-                            i.registered_at
+                            rfc3339(i.registered_ms)
                         );
                     }
                 })
@@ -325,7 +322,7 @@ async fn run(command: Command) -> Result<(), Failure> {
                     Some(id) => format!("/v1/images?image_id={}", encode(id)),
                     None => "/v1/images".to_string(),
                 };
-                let image: ImageView = connect(&server)?
+                let image: ImageRecord = connect(&server)?
                     .post_bytes(&path, bytes)
                     .await
                     .map_err(refused)?;
@@ -352,13 +349,13 @@ async fn run(command: Command) -> Result<(), Failure> {
             if let Some(host) = host {
                 let _ = write!(path, "&host={}", encode(&host));
             }
-            let actions: Vec<ActionView> = connect(&server)?.get(&path).await.map_err(refused)?;
+            let actions: Vec<ActionRecord> = connect(&server)?.get(&path).await.map_err(refused)?;
             print(server.format, &actions, |out| {
                 for a in &actions {
                     let _ = writeln!(
                         out,
                         "{}  {:<14} {:<18} {:<10} {}",
-                        a.at,
+                        rfc3339(a.at_ms),
                         a.action,
                         a.host_id
                             .as_deref()
@@ -419,21 +416,21 @@ fn print<T: Serialize>(
     Ok(())
 }
 
-fn host_table(out: &mut String, hosts: &[HostView]) {
+fn host_table(out: &mut String, hosts: &[HostRecord]) {
     let _ = writeln!(
         out,
         "{:<24} {:<8} {:<20} {:>4} {:>4} {:>4} {:>4}  LAST SEEN",
         "HOST", "STATE", "IMAGE", "CRIT", "HIGH", "MED", "LOW"
     );
     for h in hosts {
-        let [critical, high, medium, low] = h.findings;
+        let [critical, high, medium, low] = h.findings_by_severity;
         let _ = writeln!(
             out,
             "{:<24} {:<8} {:<20} {critical:>4} {high:>4} {medium:>4} {low:>4}  {}{}",
             h.host_id,
             h.state.name(),
             h.image_id.as_deref().unwrap_or("-"),
-            h.last_seen,
+            rfc3339(h.last_seen_ms),
             h.hold
                 .as_deref()
                 .map(|hold| format!("  (held: {hold})"))
@@ -445,7 +442,7 @@ fn host_table(out: &mut String, hosts: &[HostView]) {
 async fn host_call(call: HostCall, action: &str, reason: Option<String>) -> Result<(), Failure> {
     let client = connect(&call.server)?;
     let body = serde_json::json!({ "reason": reason });
-    let host: HostView = client
+    let host: HostRecord = client
         .post_json(
             &format!("/v1/hosts/{}/{action}", encode(&call.host_id)),
             &body,
@@ -458,7 +455,7 @@ async fn host_call(call: HostCall, action: &str, reason: Option<String>) -> Resu
 }
 
 fn connect(server: &ServerArgs) -> Result<OperatorClient, Failure> {
-    let config = CollectorConfig::load(&server.config);
+    let config = CollectorConfig::load(&server.config.config);
     let from_config = |what: &str| {
         Failure::from(format!(
             "no --{what} given and the configuration cannot supply it: {}",

@@ -93,6 +93,15 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
+/// A log file a process (re)started by a test appends to.
+fn append_log(path: &Path) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap()
+}
+
 fn signal(child: &Child, signal: i32) {
     // SAFETY: kill(2) on a child we own.
     unsafe {
@@ -162,11 +171,7 @@ impl Collector {
     }
 
     fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.path("collector.log"))
-            .unwrap();
+        let log = append_log(&self.path("collector.log"));
         let child = Command::new(bin("driftwatch-collector"))
             .arg("serve")
             .arg("--config")
@@ -498,11 +503,7 @@ impl Host {
 
     /// Starts the daemon and waits for its health endpoint.
     pub fn start(&mut self) -> &mut Self {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("daemon.log"))
-            .unwrap();
+        let log = append_log(&self.dir.path().join("daemon.log"));
         let child = Command::new(bin("driftwatch"))
             .args(["run", "--config"])
             .arg(self.config())

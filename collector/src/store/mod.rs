@@ -18,7 +18,7 @@ pub mod sqlite;
 use async_trait::async_trait;
 use driftwatch_protocol::report::{Finding, Severity};
 use driftwatch_protocol::wire::HostState;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 /// The store as the rest of the collector holds it.
@@ -29,6 +29,54 @@ pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Serde for millisecond timestamps as RFC 3339 text: the store keeps numbers, people
+/// and the API read times. Records serialize through it, so the API returns them as
+/// they are.
+pub mod rfc3339_ms {
+    use serde::{de::Error, Deserialize, Deserializer, Serializer};
+
+    /// Milliseconds as RFC 3339 (UTC, seconds).
+    pub fn serialize<S: Serializer>(ms: &i64, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&crate::api::rfc3339(*ms))
+    }
+
+    /// RFC 3339 as milliseconds.
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        let time = humantime::parse_rfc3339_weak(&text).map_err(D::Error::custom)?;
+        let ms = time
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_err(D::Error::custom)?
+            .as_millis();
+        i64::try_from(ms).map_err(D::Error::custom)
+    }
+
+    /// The same for optional times.
+    pub mod option {
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        /// `None` as null.
+        pub fn serialize<S: Serializer>(
+            ms: &Option<i64>,
+            serializer: S,
+        ) -> Result<S::Ok, S::Error> {
+            match ms {
+                Some(ms) => super::serialize(ms, serializer),
+                None => serializer.serialize_none(),
+            }
+        }
+
+        /// null as `None`.
+        pub fn deserialize<'de, D: Deserializer<'de>>(
+            deserializer: D,
+        ) -> Result<Option<i64>, D::Error> {
+            Option::<String>::deserialize(deserializer)?
+                .map(|text| super::deserialize(serde::de::value::StringDeserializer::new(text)))
+                .transpose()
+        }
+    }
 }
 
 /// Why the store failed. Callers turn it into a 500 (or 503) without detail: the
@@ -59,7 +107,7 @@ pub enum StoreError {
 pub type StoreResult<T> = Result<T, StoreError>;
 
 /// One host as the collector knows it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct HostRecord {
     /// The host id (from its certificate).
     pub host_id: String,
@@ -72,12 +120,16 @@ pub struct HostRecord {
     /// Lifecycle state.
     pub state: HostState,
     /// When it entered `state`.
+    #[serde(rename = "state_since", with = "rfc3339_ms")]
     pub state_since_ms: i64,
     /// First contact.
+    #[serde(rename = "first_seen", with = "rfc3339_ms")]
     pub first_seen_ms: i64,
     /// Last request of any kind.
+    #[serde(rename = "last_seen", with = "rfc3339_ms")]
     pub last_seen_ms: i64,
     /// Last heartbeat.
+    #[serde(rename = "last_heartbeat", with = "rfc3339_ms::option")]
     pub last_heartbeat_ms: Option<i64>,
     /// The agent's heartbeat interval; 0 for one-shot reporters (never silent).
     pub heartbeat_interval_secs: u64,
@@ -86,6 +138,7 @@ pub struct HostRecord {
     /// Why it is marked (set in `marked` and kept in `gone`).
     pub mark_reason: Option<String>,
     /// When it was marked.
+    #[serde(rename = "marked_at", with = "rfc3339_ms::option")]
     pub marked_at_ms: Option<i64>,
     /// Why a decision to mark it is held (`budget`, `approval`, `dry_run`).
     pub hold: Option<String>,
@@ -93,15 +146,17 @@ pub struct HostRecord {
     pub hold_reason: Option<String>,
     /// When an operator last unmarked it: findings received before then no longer
     /// select it for marking.
+    #[serde(rename = "unmarked_at", with = "rfc3339_ms::option")]
     pub unmarked_at_ms: Option<i64>,
     /// Refused from now on.
     pub revoked: bool,
     /// Findings by severity: critical, high, medium, low.
+    #[serde(rename = "findings")]
     pub findings_by_severity: [u64; 4],
 }
 
 /// One finding of one host (the latest report of it).
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct FindingRecord {
     /// The host.
     pub host_id: String,
@@ -116,8 +171,10 @@ pub struct FindingRecord {
     /// The finding as reported (JSON object).
     pub finding: serde_json::Value,
     /// When it was first received.
+    #[serde(rename = "first_seen", with = "rfc3339_ms")]
     pub first_seen_ms: i64,
     /// When it was last received.
+    #[serde(rename = "last_seen", with = "rfc3339_ms")]
     pub last_seen_ms: i64,
 }
 
@@ -220,7 +277,7 @@ pub enum Transition {
 }
 
 /// An image as registered by the bake pipeline.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ImageRecord {
     /// The image id.
     pub image_id: String,
@@ -233,15 +290,17 @@ pub struct ImageRecord {
     /// When the baseline was made (from its metadata).
     pub created_at: String,
     /// When it was registered.
+    #[serde(rename = "registered_at", with = "rfc3339_ms")]
     pub registered_ms: i64,
 }
 
 /// One logged action.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ActionRecord {
     /// Assigned by the store (0 before).
     pub id: i64,
     /// When.
+    #[serde(rename = "at", with = "rfc3339_ms")]
     pub at_ms: i64,
     /// The host it concerns, if one.
     pub host_id: Option<String>,

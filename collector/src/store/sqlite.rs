@@ -274,7 +274,7 @@ const HOST_COLUMNS: &str = "host_id, hostname, image_id, baseline_digest, state,
 
 fn host_from_row(row: &Row<'_>) -> rusqlite::Result<HostRecord> {
     let state: String = row.get(4)?;
-    let count = |i: usize| row.get::<_, i64>(i).map(|n| n.max(0) as u64);
+    let tally = |i: usize| row.get::<_, i64>(i).map(|n| n.max(0) as u64);
     Ok(HostRecord {
         host_id: row.get(0)?,
         hostname: row.get(1)?,
@@ -293,7 +293,7 @@ fn host_from_row(row: &Row<'_>) -> rusqlite::Result<HostRecord> {
         hold_reason: row.get(14)?,
         unmarked_at_ms: row.get(15)?,
         revoked: row.get::<_, i64>(16)? != 0,
-        findings_by_severity: [count(17)?, count(18)?, count(19)?, count(20)?],
+        findings_by_severity: [tally(17)?, tally(18)?, tally(19)?, tally(20)?],
     })
 }
 
@@ -590,6 +590,14 @@ fn collect<T>(
     rows.collect::<Result<Vec<_>, _>>().map_err(db_error)
 }
 
+/// The one number a `SELECT count(…)` answers.
+fn count(connection: &Connection, sql: &str, params: impl rusqlite::Params) -> StoreResult<u64> {
+    connection
+        .query_row(sql, params, |row| row.get::<_, i64>(0))
+        .map(|n| n.max(0) as u64)
+        .map_err(db_error)
+}
+
 fn image_from_row(row: &Row<'_>) -> rusqlite::Result<ImageRecord> {
     Ok(ImageRecord {
         image_id: row.get(0)?,
@@ -677,13 +685,11 @@ impl Store for SqliteStore {
     async fn marked_since(&self, image_id: Option<&str>, since_ms: i64) -> StoreResult<u64> {
         let image_id = image_id.map(str::to_string);
         self.run(move |c| {
-            c.query_row(
+            count(
+                c,
                 "SELECT count(DISTINCT host_id) FROM marks WHERE image_id IS ?1 AND at >= ?2",
                 params![image_id, since_ms],
-                |row| row.get::<_, i64>(0),
             )
-            .map(|n| n.max(0) as u64)
-            .map_err(db_error)
         })
         .await
     }
@@ -691,13 +697,11 @@ impl Store for SqliteStore {
     async fn live_hosts_on_image(&self, image_id: Option<&str>) -> StoreResult<u64> {
         let image_id = image_id.map(str::to_string);
         self.run(move |c| {
-            c.query_row(
+            count(
+                c,
                 "SELECT count(*) FROM hosts WHERE image_id IS ?1 AND state != 'gone'",
                 params![image_id],
-                |row| row.get::<_, i64>(0),
             )
-            .map(|n| n.max(0) as u64)
-            .map_err(db_error)
         })
         .await
     }
@@ -919,12 +923,7 @@ impl Store for SqliteStore {
                 counts.findings_by_severity[super::severity_index(severity_of(code))] =
                     count.max(0) as u64;
             }
-            counts.images = c
-                .query_row("SELECT count(*) FROM images", [], |row| {
-                    row.get::<_, i64>(0)
-                })
-                .map_err(db_error)?
-                .max(0) as u64;
+            counts.images = count(c, "SELECT count(*) FROM images", [])?;
             Ok(counts)
         })
         .await
