@@ -465,7 +465,7 @@ impl Host {
         let config = format!(
             "root = {root:?}\nbaseline = {baseline:?}\npubkey = {pubkey:?}\nstate_dir = {state:?}\nrun_dir = {run:?}\n{extra}\n\
              [health]\nlisten = \"127.0.0.1:{health_port}\"\n\
-             [collector]\nurl = \"{url}\"\nca_file = {ca:?}\nhost_id = \"{id}\"\nheartbeat_interval_secs = 1\nretry_max_secs = 2\n{auth}",
+             [collector]\nurl = \"{url}\"\nca_file = {ca:?}\nhost_id = \"{id}\"\nheartbeat_interval_secs = 1\nretry_max_secs = 2\ntimeout_secs = 2\n{auth}",
             root = dir.path().join("tree"),
             baseline = dir.path().join("baseline"),
             pubkey = image.public_key(),

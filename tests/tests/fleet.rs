@@ -123,6 +123,15 @@ fn drift_marks_the_host_and_the_same_change_on_three_hosts_is_one_alert() {
     for host in &hosts {
         wait_state(&collector, &host.id, "marked");
     }
+
+    // An operator lifts web-2's mark at the collector: the host hears it and is healthy
+    // again; the others stay marked.
+    ok(collector.cli(&["unmark", "web-2"]));
+    wait_until(SOON, "web-2's health check to recover", || {
+        (hosts[1].health() == Some(200)).then_some(())
+    });
+    assert_eq!(hosts[0].health(), Some(503));
+    assert_eq!(collector.state("web-2").as_deref(), Some("drifted"));
 }
 
 #[test]
@@ -185,6 +194,15 @@ fn the_budget_holds_back_replacements_beyond_its_share() {
         .to_string();
     ok(collector.cli(&["approve", &held_id]));
     assert_eq!(collector.state(&held_id).as_deref(), Some("marked"));
+
+    // With the collector gone, a one-shot report cannot be delivered: exit 2, even
+    // though drift was found, and a sentence saying why.
+    let mut collector = collector;
+    collector.stop();
+    let output = hosts[0].check_report();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("cannot deliver the report"), "{stderr}");
 }
 
 #[test]

@@ -941,12 +941,14 @@ pub enum ClientError {
 }
 
 #[cfg(test)]
-#[path = "../../tests/util/test_collector.rs"]
+#[path = "test_collector.rs"]
 mod test_collector;
 
 #[cfg(test)]
 mod tests {
-    //! Against the small HTTPS collector of `tests/util/test_collector.rs`.
+    //! Against the small scripted HTTPS collector of `test_collector.rs`: the failures
+    //! it plays (lost answers, 413, 429 with Retry-After, 503) are what the client must
+    //! survive; the real collector is driven end to end in the workspace's `tests/`.
 
     use super::test_collector::{lock, Reply, TestCollector};
     use super::*;

@@ -1,12 +1,13 @@
-//! A small HTTPS collector for tests, shared by the client's unit tests
-//! (`src/sink/collector.rs`) and the integration tests: real TLS (rustls with ring,
-//! certificates from rcgen), client certificates required for ingest, gzip bodies,
-//! enrollment that signs the agent's CSR, and scripted failures.
+//! A small scripted HTTPS collector for the client's unit tests
+//! (`src/sink/collector.rs`): real TLS (rustls with ring, certificates from rcgen),
+//! client certificates required for ingest, gzip bodies, enrollment that signs the
+//! agent's CSR, and the failures a real collector only shows under duress (lost
+//! answers, 413, 429, 503), played on cue.
 //!
 //! It runs on a thread of its own with its own runtime, so a test may be synchronous
 //! (drive the binary, call `deliver_report`) or async.
 
-#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use axum::body::Bytes;
 use axum::extract::connect_info::{ConnectInfo, Connected};
@@ -18,7 +19,7 @@ use axum::routing::post;
 use axum::serve::{IncomingStream, Listener};
 use axum::{Json, Router};
 use driftwatch_protocol::wire::{
-    Batch, BatchAck, EnrollRequest, EnrollResponse, ErrorBody, Event, HostDirective, HostState,
+    Batch, BatchAck, EnrollRequest, EnrollResponse, ErrorBody, HostDirective, HostState,
     MarkDirective, ENROLL_PATH, INGEST_PATH,
 };
 use rcgen::{
@@ -216,19 +217,6 @@ impl TestCollector {
         let path = self.dir.path().join("token");
         std::fs::write(&path, format!("{}\n", self.server.token)).unwrap();
         path
-    }
-
-    /// What an operator does at the collector: mark (or unmark) every host.
-    pub fn set_mark(&self, mark: Option<MarkDirective>) {
-        *lock(&self.server.mark) = mark;
-    }
-
-    /// Every event received, in order, duplicates included.
-    pub fn events(&self) -> Vec<Event> {
-        lock(&self.server.seen)
-            .iter()
-            .flat_map(|s| s.batch.events.clone())
-            .collect()
     }
 
     /// Whether the event with this id arrived.
