@@ -187,14 +187,8 @@ pub fn check(
         .filter(|_| policy.config().packages.enabled)
     {
         // A database that cannot be read is one error; verification would only repeat it.
-        let verified = packages::read(root).and_then(|now| {
-            // No database at all where the image had one: every package is gone.
-            let now = now.unwrap_or_else(|| PackageSet::new(baked.db, Vec::new()));
-            findings.extend(package_findings(
-                baked,
-                &now,
-                policy.config().packages.severity,
-            ));
+        let verified = compare_packages(root, baked, policy).and_then(|changes| {
+            findings.extend(changes);
             packages::verify_for_policy(root, policy, baked.db)
         });
         match verified {
@@ -262,6 +256,41 @@ pub fn check(
         errors,
     };
     Ok(CheckOutcome { report, skipped })
+}
+
+/// The package set now against the one baked into the image.
+fn compare_packages(
+    root: &Path,
+    baked: &PackageSet,
+    policy: &Policy,
+) -> std::result::Result<Vec<Finding>, packages::PackageDbError> {
+    // No database at all where the image had one: every package is gone.
+    let now = packages::read(root)?.unwrap_or_else(|| PackageSet::new(baked.db, Vec::new()));
+    Ok(package_findings(
+        baked,
+        &now,
+        policy.config().packages.severity,
+    ))
+}
+
+/// Re-checks only the package set (after a package manager wrote its database): what
+/// was installed, removed or changed version. Packaged files are left to the file
+/// watch and to the next full check. Nothing when the baseline records no package set
+/// or the policy turns packages off.
+pub fn recheck_packages(
+    root: &Path,
+    baseline: &BaselineReader<File>,
+    policy: &Policy,
+) -> std::result::Result<Vec<Finding>, packages::PackageDbError> {
+    match baseline
+        .meta()
+        .packages
+        .as_ref()
+        .filter(|_| policy.config().packages.enabled)
+    {
+        Some(baked) => compare_packages(root, baked, policy),
+        None => Ok(Vec::new()),
+    }
 }
 
 /// Re-checks single paths against the baseline (after watch events): one baseline

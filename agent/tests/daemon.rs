@@ -642,3 +642,42 @@ fn status_command_reads_the_running_daemon() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("is the daemon running?"));
 }
+
+#[test]
+fn a_package_installed_is_seen_within_seconds() {
+    let stanza = |name: &str, version: &str| {
+        format!(
+            "Package: {name}\nStatus: install ok installed\nArchitecture: amd64\nVersion: {version}\n\n"
+        )
+    };
+    let t = Tree::new();
+    t.write_policy(POLICY);
+    t.file("/usr/bin/tool", b"tool v1\n")
+        .file("/var/lib/dpkg/status", stanza("base-files", "12.4"));
+    t.create();
+    let port = free_port();
+    let config = write_config(&t, port, "");
+    let _daemon = start(&t, &config, None);
+    wait_for(port, Duration::from_secs(20), "the boot check", |s| {
+        s["state"] == "clean"
+    });
+    // As dpkg does: the new status is written aside, then renamed over the old one.
+    let status = t.path("/var/lib/dpkg/status");
+    let written = t.path("/var/lib/dpkg/status-new");
+    std::fs::write(
+        &written,
+        stanza("base-files", "12.4") + &stanza("netcat-openbsd", "1.219"),
+    )
+    .unwrap();
+    std::fs::rename(&written, &status).unwrap();
+    let started = Instant::now();
+    let found = wait_for(port, Duration::from_secs(15), "the package finding", |s| {
+        s["findings"].as_array().unwrap().iter().any(|r| {
+            r["finding"]["kind"] == "package"
+                && r["finding"]["name"] == "netcat-openbsd"
+                && r["finding"]["change"] == "installed"
+        })
+    });
+    // Two polls of two seconds at most, not the next scheduled verification.
+    assert!(started.elapsed() < Duration::from_secs(8), "{found:#}");
+}

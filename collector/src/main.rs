@@ -19,6 +19,7 @@ use driftwatch_collector::pki::{read_text, CertificateAuthority};
 use driftwatch_collector::store::sqlite::SqliteStore;
 use driftwatch_collector::store::{ActionRecord, HostRecord, ImageRecord};
 use driftwatch_collector::tls;
+use driftwatch_protocol::wire::HostState;
 use serde::Serialize;
 use std::fmt::Write as _;
 use std::net::SocketAddr;
@@ -173,7 +174,8 @@ struct ServerArgs {
     /// The collector's configuration: the URL, CA and token default from it.
     #[command(flatten)]
     config: ConfigArg,
-    /// The collector's URL (default: https://127.0.0.1:PORT from the configuration).
+    /// The collector's URL (default: the configuration's `listen` address, or
+    /// https://127.0.0.1:PORT when it listens on all addresses).
     #[arg(long, env = "DRIFTWATCH_COLLECTOR_URL")]
     url: Option<String>,
     /// The CA that signed the collector's certificate (default: the configuration's
@@ -422,13 +424,21 @@ fn host_table(out: &mut String, hosts: &[HostRecord]) {
         "{:<24} {:<8} {:<20} {:>4} {:>4} {:>4} {:>4}  LAST SEEN",
         "HOST", "STATE", "IMAGE", "CRIT", "HIGH", "MED", "LOW"
     );
+    // Colour only for people at a terminal; pipes and files get plain text.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stdout());
     for h in hosts {
         let [critical, high, medium, low] = h.findings_by_severity;
+        let state = format!("{:<8}", h.state.name());
+        let state = match (colour, h.state) {
+            (true, HostState::Marked) => format!("\x1b[1;31m{state}\x1b[0m"),
+            (true, HostState::Drifted | HostState::Silent) => format!("\x1b[33m{state}\x1b[0m"),
+            (true, HostState::Clean) => format!("\x1b[32m{state}\x1b[0m"),
+            _ => state,
+        };
         let _ = writeln!(
             out,
-            "{:<24} {:<8} {:<20} {critical:>4} {high:>4} {medium:>4} {low:>4}  {}{}",
+            "{:<24} {state} {:<20} {critical:>4} {high:>4} {medium:>4} {low:>4}  {}{}",
             h.host_id,
-            h.state.name(),
             h.image_id.as_deref().unwrap_or("-"),
             rfc3339(h.last_seen_ms),
             h.hold
@@ -467,7 +477,11 @@ fn connect(server: &ServerArgs) -> Result<OperatorClient, Failure> {
     };
     let url = match (&server.url, &config) {
         (Some(url), _) => url.clone(),
-        (None, Ok(config)) => format!("https://127.0.0.1:{}", config.listen.port()),
+        // The listener's own address, or loopback when it listens on all of them.
+        (None, Ok(config)) if config.listen.ip().is_unspecified() => {
+            format!("https://127.0.0.1:{}", config.listen.port())
+        }
+        (None, Ok(config)) => format!("https://{}", config.listen),
         (None, Err(_)) => return Err(from_config("url")),
     };
     let ca = match (&server.ca, &config) {

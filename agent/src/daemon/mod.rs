@@ -6,7 +6,9 @@
 //!    the host is marked for replacement at once), tell systemd it is ready, then run a
 //!    full check.
 //! 2. **Real time**: [`crate::watch`] watches the policy's critical paths; an event
-//!    re-checks only the paths it names (one baseline lookup each).
+//!    re-checks only the paths it names (one baseline lookup each). The package
+//!    databases are polled (a few `stat`s every two seconds): a package manager run
+//!    re-compares the package set once it has settled.
 //! 3. **Scheduled**: fast verification every `fast_verify_interval_secs` re-hashes only
 //!    files whose identity (size, mtime, ctime, inode, device) moved since they were
 //!    hashed ([`cache`]); full verification every `full_verify_interval_secs` re-hashes
@@ -41,6 +43,7 @@ use crate::sink::collector::{no_image, CollectorStatus, HostSummary, Reporter, R
 use crate::sink::progress::Progress;
 use crate::sink::spool::{Appended, Spool, SPOOL_DIR};
 use crate::source::files::{ContentHashes, FileIdentity, KnownHashes, ScanOptions};
+use crate::source::packages;
 use crate::watch::{self, WatchEvent};
 use cache::{CacheWriter, HashCache};
 use config::AgentConfig;
@@ -312,6 +315,8 @@ impl Daemon {
         let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
         let mut watchdog_tick =
             tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
+        let mut package_poll = tokio::time::interval(PACKAGE_POLL);
+        let mut packages = PackageWatch::new(&self.config.root);
         loop {
             tokio::select! {
                 _ = stop.notified() => break,
@@ -358,6 +363,13 @@ impl Daemon {
                     }
                 }
                 Ok(()) = self.directives.changed() => self.apply_directive().await,
+                _ = package_poll.tick(), if self.config.watch.enabled => {
+                    if let Some(context) = &context {
+                        if packages.settled(&self.config.root) {
+                            self.package_event(Arc::clone(context)).await;
+                        }
+                    }
+                }
                 _ = watchdog_tick.tick(), if watchdog.is_some() => {
                     notify_systemd(&[sd_notify::NotifyState::Watchdog]);
                 }
@@ -544,6 +556,20 @@ impl Daemon {
                 result = &mut task => return result,
                 Ok(()) = self.directives.changed() => self.apply_directive().await,
             }
+        }
+    }
+
+    /// Compares the package set after a package manager wrote its database.
+    async fn package_event(&mut self, context: Arc<Context>) {
+        let root = self.config.root.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            pipeline::recheck_packages(&root, &context.reader, &context.policy)
+        });
+        match self.wait_serving(task).await {
+            Ok(Ok(findings)) => self.apply(&findings).await,
+            // The next full check reports an unreadable database as an error.
+            Ok(Err(err)) => warn!(error = %err, "Cannot re-read the package database."),
+            Err(err) => error!(error = %err, "Package re-check panicked."),
         }
     }
 
@@ -747,6 +773,38 @@ impl Daemon {
         } else {
             "starting"
         };
+    }
+}
+
+/// How often the package databases are looked at (a few `stat`s): a package
+/// installed shows up within two polls of its package manager finishing.
+const PACKAGE_POLL: Duration = Duration::from_secs(2);
+
+/// Notices package manager runs by polling the databases' file stamps (inotify on
+/// `/var/lib/dpkg` would also fire for every lock and temporary file of a run), and
+/// says when a change has *settled*: unchanged for one poll after it changed, so one
+/// `apt install` that rewrites the status a dozen times is compared once, at its end.
+struct PackageWatch {
+    stamp: packages::DatabaseStamp,
+    changed: bool,
+}
+
+impl PackageWatch {
+    fn new(root: &Path) -> Self {
+        PackageWatch {
+            stamp: packages::database_stamp(root),
+            changed: false,
+        }
+    }
+
+    fn settled(&mut self, root: &Path) -> bool {
+        let now = packages::database_stamp(root);
+        if now != self.stamp {
+            self.stamp = now;
+            self.changed = true;
+            return false;
+        }
+        std::mem::take(&mut self.changed)
     }
 }
 

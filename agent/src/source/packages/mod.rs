@@ -149,6 +149,38 @@ pub(super) fn read_optional_db_file(path: &Path) -> Result<Option<Vec<u8>>, Pack
     Ok(Some(bytes))
 }
 
+/// The files a package manager rewrites when it installs, removes or upgrades
+/// something, relative to the root: dpkg's status, rpm's databases (both homes, with
+/// SQLite's write-ahead log, where a change lands first) and apk's installed list.
+const DATABASE_FILES: [&str; 7] = [
+    "var/lib/dpkg/status",
+    "var/lib/rpm/rpmdb.sqlite",
+    "var/lib/rpm/rpmdb.sqlite-wal",
+    "var/lib/rpm/Packages",
+    "usr/lib/sysimage/rpm/rpmdb.sqlite",
+    "usr/lib/sysimage/rpm/rpmdb.sqlite-wal",
+    "lib/apk/db/installed",
+];
+
+/// What the package databases' files look like at one moment: device, inode, size and
+/// mtime (seconds, nanoseconds) of each, or nothing where absent.
+pub type DatabaseStamp = Vec<Option<(u64, u64, u64, i64, i64)>>;
+
+/// The package databases' [`DatabaseStamp`] now: equal stamps mean no package manager
+/// wrote in between. Costs a handful of `stat`s, so the daemon can poll it every few
+/// seconds.
+pub fn database_stamp(root: &Path) -> DatabaseStamp {
+    use std::os::unix::fs::MetadataExt;
+    DATABASE_FILES
+        .iter()
+        .map(|file| {
+            std::fs::metadata(root.join(file))
+                .ok()
+                .map(|m| (m.dev(), m.ino(), m.size(), m.mtime(), m.mtime_nsec()))
+        })
+        .collect()
+}
+
 /// Which database a root has, if any driftwatch reads (dpkg, then rpm, then apk).
 pub fn detect(root: &Path) -> Option<PackageDb> {
     if dpkg::is_present(root) {
