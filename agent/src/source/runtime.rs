@@ -447,7 +447,7 @@ struct ProcessScan<'a, R> {
     config: &'a RuntimeConfig,
     baseline: &'a BaselineReader<R>,
     scope: &'a Scope,
-    own_mount_ns: Option<u64>,
+    own_view: FileView,
     recorded: HashMap<Vec<u8>, Recorded>,
     /// BLAKE3 of each running binary by (device, inode): hashed once per observation.
     hashes: HashMap<(u64, u64), Option<[u8; 32]>>,
@@ -455,10 +455,37 @@ struct ProcessScan<'a, R> {
     other_namespaces: usize,
 }
 
-fn mount_namespace(pid: &str) -> Option<u64> {
-    fs::metadata(format!("/proc/{pid}/ns/mnt"))
-        .ok()
-        .map(|m| m.ino())
+/// Where a process sees its files: its mount namespace and its root directory.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct FileView {
+    mount_namespace: Option<u64>,
+    root: Option<(u64, u64)>,
+}
+
+impl FileView {
+    fn of(pid: &str) -> FileView {
+        FileView {
+            mount_namespace: fs::metadata(format!("/proc/{pid}/ns/mnt"))
+                .ok()
+                .map(|m| m.ino()),
+            // Following the magic link stats the process's root directory itself.
+            root: fs::metadata(format!("/proc/{pid}/root"))
+                .ok()
+                .map(|m| (m.dev(), m.ino())),
+        }
+    }
+
+    /// Whether a process with this view runs in a container, seen from `own`: another
+    /// mount namespace *and* another root. Either alone is not enough: every hardened
+    /// service (and this daemon under its unit) has a mount namespace of its own but
+    /// the host's root, and a chrooted process (sshd's privilege separation) has
+    /// another root but the host's mounts — both run this image's executables.
+    fn is_container_from(self, own: FileView) -> bool {
+        fn differs<T: PartialEq>(a: Option<T>, b: Option<T>) -> bool {
+            matches!((a, b), (Some(a), Some(b)) if a != b)
+        }
+        differs(self.mount_namespace, own.mount_namespace) && differs(self.root, own.root)
+    }
 }
 
 fn observe_processes<R: ReadAt>(
@@ -481,7 +508,7 @@ fn observe_processes<R: ReadAt>(
         config,
         baseline,
         scope,
-        own_mount_ns: mount_namespace("self"),
+        own_view: FileView::of("self"),
         recorded: HashMap::new(),
         hashes: HashMap::new(),
         users: None,
@@ -516,7 +543,7 @@ fn observe_processes<R: ReadAt>(
     }
     if scan.other_namespaces > 0 {
         observation.skipped.push(format!(
-            "processes: {} in other mount namespaces (containers) not examined: their \
+            "processes: {} in containers (another mount namespace and root) not examined: their \
              executables are not paths of this image",
             scan.other_namespaces
         ));
@@ -550,7 +577,7 @@ fn unexplainable(
 /// (see [`CapturedRuntime`]). Kernel threads, containers and unreadable processes are
 /// left out, as `observe` leaves them out.
 pub fn capture(config: &RuntimeConfig) -> CapturedRuntime {
-    let own_mount_ns = mount_namespace("self");
+    let own_view = FileView::of("self");
     let mut executables: Vec<String> = procfs::process::all_processes()
         .into_iter()
         .flatten()
@@ -560,7 +587,7 @@ pub fn capture(config: &RuntimeConfig) -> CapturedRuntime {
                 .stat()
                 .is_ok_and(|stat| stat.flags & PF_KTHREAD == 0)
         })
-        .filter(|process| mount_namespace(&process.pid().to_string()) == own_mount_ns)
+        .filter(|process| !FileView::of(&process.pid().to_string()).is_container_from(own_view))
         .filter_map(|process| {
             let exe = process.exe().ok()?.into_os_string().into_vec();
             let meta = fs::metadata(format!("/proc/{}/exe", process.pid())).ok();
@@ -591,10 +618,9 @@ impl<R: ReadAt> ProcessScan<'_, R> {
         }
         let exe = process.exe()?.into_os_string().into_vec();
         let pid = process.pid();
-        // A process in another mount namespace (a container) names its executable in
+        // A process in a container names its executable in
         // that namespace's filesystem, which this baseline does not describe.
-        let namespace = mount_namespace(&pid.to_string());
-        if self.own_mount_ns.is_some() && namespace.is_some() && namespace != self.own_mount_ns {
+        if FileView::of(&pid.to_string()).is_container_from(self.own_view) {
             self.other_namespaces += 1;
             return Ok(None);
         }
@@ -1295,6 +1321,48 @@ mod tests {
     /// Tests that start processes or open listeners hold this, so the machine-wide test
     /// does not see their deliberate drift.
     static LIVE: Mutex<()> = Mutex::new(());
+
+    #[test]
+    fn only_another_mount_namespace_and_root_make_a_container() {
+        let view = |mnt: u64, root: u64| FileView {
+            mount_namespace: Some(mnt),
+            root: Some((1, root)),
+        };
+        let host = view(10, 2);
+        assert!(!host.is_container_from(host));
+        // A hardened service: its own mounts, the host's root.
+        assert!(!view(11, 2).is_container_from(host));
+        // A chrooted process: the host's mounts, another root.
+        assert!(!view(10, 99).is_container_from(host));
+        assert!(view(11, 99).is_container_from(host));
+        // Unreadable: judged, not skipped.
+        let unknown = FileView {
+            mount_namespace: None,
+            root: None,
+        };
+        assert!(!unknown.is_container_from(host));
+    }
+
+    #[test]
+    fn a_process_in_a_private_mount_namespace_is_still_examined() {
+        // What every hardened systemd service looks like (and the daemon itself).
+        let Ok(mut child) = Command::new("unshare")
+            .args(["--mount", "sleep", "10"])
+            .spawn()
+        else {
+            eprintln!("skipping: unshare is not available");
+            return;
+        };
+        std::thread::sleep(Duration::from_millis(200));
+        let view = FileView::of(&child.id().to_string());
+        let _ = child.kill();
+        let _ = child.wait();
+        if view.mount_namespace == FileView::of("self").mount_namespace {
+            eprintln!("skipping: unshare --mount needs root");
+            return;
+        }
+        assert!(!view.is_container_from(FileView::of("self")));
+    }
 
     fn live() -> std::sync::MutexGuard<'static, ()> {
         LIVE.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
