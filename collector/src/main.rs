@@ -70,9 +70,18 @@ enum Command {
         #[arg(long, default_value = "127.0.0.1:8443")]
         listen: SocketAddr,
         /// Names agents use to reach the collector (DNS names or IP addresses), put in
-        /// the server certificate. Repeat for several.
-        #[arg(long = "name", value_name = "NAME", default_values_t = ["localhost".to_string(), "127.0.0.1".to_string()])]
+        /// the server certificate besides `localhost` and `127.0.0.1` (which the
+        /// operator CLI on this machine uses). Repeat for several.
+        #[arg(long = "name", value_name = "NAME")]
         names: Vec<String>,
+        /// The database file, written into the configuration (relative paths are
+        /// relative to DIR). A packaged collector keeps it in its state directory.
+        #[arg(long, value_name = "FILE", default_value = "collector.db")]
+        database: PathBuf,
+        /// A group that may read the keys and tokens (mode 0640 instead of 0600), e.g.
+        /// the service's own group when `init` runs as root.
+        #[arg(long, value_name = "NAME")]
+        group: Option<String>,
     },
     /// Issue a client certificate for a host (provisioning without enrollment).
     IssueHostCert {
@@ -243,7 +252,16 @@ fn main() -> ExitCode {
 async fn run(command: Command) -> Result<(), Failure> {
     match command {
         Command::Serve { config } => serve(&config).await,
-        Command::Init { dir, listen, names } => init(&dir, listen, &names),
+        Command::Init {
+            dir,
+            listen,
+            names,
+            database,
+            group,
+        } => {
+            let group = group.as_deref().map(group_id).transpose()?;
+            init(&dir, listen, &names, &database, group)
+        }
         Command::IssueHostCert {
             config,
             host_id,
@@ -596,22 +614,66 @@ fn random_token() -> Result<String, Failure> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
-/// Writes `contents` to a new file (never over an existing one), private when `secret`.
-fn write_new(path: &Path, contents: &str, secret: bool) -> Result<(), Failure> {
+/// Who may read a file `init` writes.
+#[derive(Clone, Copy)]
+enum Access {
+    /// Anyone (certificates, the configuration).
+    Public,
+    /// The owner, and the group when one is given (keys, tokens).
+    Secret(Option<u32>),
+}
+
+/// Writes `contents` to a new file (never over an existing one).
+fn write_new(path: &Path, contents: &str, access: Access) -> Result<(), Failure> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
+    let mode = match access {
+        Access::Public => 0o644,
+        Access::Secret(None) => 0o600,
+        Access::Secret(Some(_)) => 0o640,
+    };
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(if secret { 0o600 } else { 0o644 })
+        .mode(mode)
         .open(path)
         .map_err(|e| Failure::from(format!("cannot create {}: {e}", path.display())))?;
+    if let Access::Secret(Some(gid)) = access {
+        std::os::unix::fs::fchown(&file, None, Some(gid)).map_err(|e| {
+            Failure::from(format!(
+                "cannot give {} to group {gid}: {e}",
+                path.display()
+            ))
+        })?;
+    }
     file.write_all(contents.as_bytes())
         .and_then(|()| file.sync_all())
         .map_err(|e| Failure::from(format!("cannot write {}: {e}", path.display())))
 }
 
-fn init(dir: &Path, listen: SocketAddr, names: &[String]) -> Result<(), Failure> {
+/// The id of group `name`, from /etc/group (no NSS: a service group is a local one).
+fn group_id(name: &str) -> Result<u32, Failure> {
+    let groups = std::fs::read_to_string("/etc/group")
+        .map_err(|e| Failure::from(format!("cannot read /etc/group: {e}")))?;
+    groups
+        .lines()
+        .filter_map(|line| {
+            let mut fields = line.split(':');
+            let group = fields.next()?;
+            let gid = fields.nth(1)?.parse().ok()?;
+            (group == name).then_some(gid)
+        })
+        .next()
+        .ok_or_else(|| Failure::from(format!("no group {name:?} in /etc/group")))
+}
+
+fn init(
+    dir: &Path,
+    listen: SocketAddr,
+    extra_names: &[String],
+    database: &Path,
+    group: Option<u32>,
+) -> Result<(), Failure> {
     std::fs::create_dir_all(dir)
         .map_err(|e| Failure::from(format!("cannot create {}: {e}", dir.display())))?;
     for name in [
@@ -630,22 +692,38 @@ fn init(dir: &Path, listen: SocketAddr, names: &[String]) -> Result<(), Failure>
             )));
         }
     }
+    let mut names: Vec<String> = extra_names.to_vec();
+    for name in ["localhost", "127.0.0.1"] {
+        if !names.iter().any(|n| n == name) {
+            names.push(name.to_string());
+        }
+    }
+    let secret = Access::Secret(group);
     let ca = CertificateAuthority::generate("driftwatch collector CA", 3650)?;
-    let (server_pem, server_key) = ca.server_certificate(names, 825)?;
-    write_new(&dir.join("ca.pem"), &ca.cert_pem, false)?;
-    write_new(&dir.join("ca.key"), &ca.key_pem(), true)?;
-    write_new(&dir.join("server.pem"), &server_pem, false)?;
-    write_new(&dir.join("server.key"), &server_key, true)?;
-    write_new(&dir.join("operator.token"), &(random_token()? + "\n"), true)?;
+    let (server_pem, server_key) = ca.server_certificate(&names, 825)?;
+    write_new(&dir.join("ca.pem"), &ca.cert_pem, Access::Public)?;
+    write_new(&dir.join("ca.key"), &ca.key_pem(), secret)?;
+    write_new(&dir.join("server.pem"), &server_pem, Access::Public)?;
+    write_new(&dir.join("server.key"), &server_key, secret)?;
+    write_new(
+        &dir.join("operator.token"),
+        &(random_token()? + "\n"),
+        secret,
+    )?;
     write_new(
         &dir.join("enrollment.token"),
         &(random_token()? + "\n"),
-        true,
+        secret,
     )?;
+    let database = database
+        .display()
+        .to_string()
+        .replace('\\', "\\\\")
+        .replace('"', "\\\"");
     let config = format!(
         r#"# driftwatch collector configuration (see the README for every key).
 listen = "{listen}"
-database = "collector.db"
+database = "{database}"
 
 [tls]
 cert_file = "server.pem"
@@ -673,7 +751,7 @@ min_severity = "critical"
 # format = "json"      # or "chat"
 "#
     );
-    write_new(&dir.join("collector.toml"), &config, false)?;
+    write_new(&dir.join("collector.toml"), &config, Access::Public)?;
     println!(
         "Wrote a collector configuration to {}.\nStart it with: driftwatch-collector serve --config {}",
         dir.display(),
@@ -694,8 +772,16 @@ fn issue_host_cert(config: &Path, host_id: &str, out_dir: &Path) -> Result<(), F
     let (cert, key) = ca.host_certificate(host_id, config.tls.host_cert_days)?;
     std::fs::create_dir_all(out_dir)
         .map_err(|e| Failure::from(format!("cannot create {}: {e}", out_dir.display())))?;
-    write_new(&out_dir.join(format!("{host_id}.pem")), &cert, false)?;
-    write_new(&out_dir.join(format!("{host_id}.key")), &key, true)?;
+    write_new(
+        &out_dir.join(format!("{host_id}.pem")),
+        &cert,
+        Access::Public,
+    )?;
+    write_new(
+        &out_dir.join(format!("{host_id}.key")),
+        &key,
+        Access::Secret(None),
+    )?;
     println!(
         "Wrote {0}/{1}.pem and {0}/{1}.key.",
         out_dir.display(),

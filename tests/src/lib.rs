@@ -6,7 +6,8 @@
 //! tree and its signed baseline, registered with the collector), boots [`Host`]s from
 //! copies of the image's tree (each a `driftwatch run` daemon reporting to the
 //! collector), changes files, and watches what the collector, the hosts' health
-//! endpoints and the [`WebhookReceiver`] see.
+//! endpoints and the [`WebhookReceiver`] see. [`container`] goes one step further: real
+//! Debian images, booted with systemd-nspawn (`tests/tests/image.rs`).
 //!
 //! The binaries are the workspace's debug builds: run `cargo build --workspace` first
 //! (the README's test command does).
@@ -19,6 +20,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+pub mod container;
 
 /// A workspace binary, next to this test's own executable's directory.
 pub fn bin(name: &str) -> PathBuf {
@@ -93,6 +96,19 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     Some((status, body))
 }
 
+/// Makes a long-running child die with the test process, even when the test is
+/// killed (a `kill -9` of the test run must not leave collectors and daemons behind).
+fn die_with_test(command: &mut Command) -> &mut Command {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: prctl is async-signal-safe; the closure touches nothing else.
+    unsafe {
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        })
+    }
+}
+
 /// A log file a process (re)started by a test appends to.
 fn append_log(path: &Path) -> std::fs::File {
     std::fs::OpenOptions::new()
@@ -125,6 +141,8 @@ fn stop_child(child: &mut Child, sig: i32) {
 /// A running collector in its own directory (made by `driftwatch-collector init`).
 pub struct Collector {
     dir: tempfile::TempDir,
+    /// The address it listens on and agents reach it at.
+    ip: String,
     port: u16,
     child: Option<Child>,
 }
@@ -134,17 +152,39 @@ impl Collector {
     /// configuration (webhooks, replacement policy…). Defaults made quick for tests:
     /// one-second sweeps, two-second alert grouping.
     pub fn start(extra: &str) -> Collector {
+        Collector::start_on("127.0.0.1", &[], &[], extra)
+    }
+
+    /// Like [`Collector::start`], listening on `ip` (a free port) with a server
+    /// certificate for `names` (none: `init`'s defaults, localhost and 127.0.0.1), and
+    /// registering only images signed by one of `trusted_keys` (none: any).
+    pub fn start_on(ip: &str, names: &[&str], trusted_keys: &[&Path], extra: &str) -> Collector {
         let dir = tempfile::Builder::new()
             .prefix("driftwatch-collector-")
             .tempdir()
             .unwrap();
-        let port = free_port();
-        ok(run(Command::new(bin("driftwatch-collector"))
-            .arg("init")
+        let port = TcpListener::bind((ip, 0))
+            .unwrap_or_else(|e| panic!("cannot bind {ip}: {e}"))
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut init = Command::new(bin("driftwatch-collector"));
+        init.arg("init")
             .arg(dir.path())
-            .args(["--listen", &format!("127.0.0.1:{port}")])));
+            .args(["--listen", &format!("{ip}:{port}")]);
+        for name in names {
+            init.args(["--name", name]);
+        }
+        ok(run(&mut init));
         let config = dir.path().join("collector.toml");
         let mut text = std::fs::read_to_string(&config).unwrap();
+        if !trusted_keys.is_empty() {
+            let keys: Vec<String> = trusted_keys.iter().map(|k| format!("{k:?}")).collect();
+            text = text.replace(
+                "trusted_keys = []",
+                &format!("trusted_keys = [{}]", keys.join(", ")),
+            );
+        }
         if extra.contains("[replacement]") {
             // The test's replacement policy replaces the one `init` wrote (its rule
             // and the commented webhook example come last).
@@ -163,6 +203,7 @@ impl Collector {
         std::fs::write(&config, text).unwrap();
         let mut collector = Collector {
             dir,
+            ip: ip.to_string(),
             port,
             child: None,
         };
@@ -172,22 +213,24 @@ impl Collector {
 
     fn spawn(&mut self) {
         let log = append_log(&self.path("collector.log"));
-        let child = Command::new(bin("driftwatch-collector"))
-            .arg("serve")
-            .arg("--config")
-            .arg(self.config())
-            .env("RUST_LOG", "driftwatch_collector=debug")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let child = die_with_test(
+            Command::new(bin("driftwatch-collector"))
+                .arg("serve")
+                .arg("--config")
+                .arg(self.config())
+                .env("RUST_LOG", "driftwatch_collector=debug")
+                .stdout(Stdio::null())
+                .stderr(log),
+        )
+        .spawn()
+        .unwrap();
         self.child = Some(child);
-        let port = self.port;
+        let (ip, port) = (self.ip.clone(), self.port);
         wait_until(Duration::from_secs(20), "the collector to listen", || {
             if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
                 panic!("the collector exited ({status}): {}", self.log());
             }
-            TcpStream::connect(("127.0.0.1", port)).ok()
+            TcpStream::connect((ip.as_str(), port)).ok()
         });
     }
 
@@ -206,9 +249,9 @@ impl Collector {
         self.path("ca.pem")
     }
 
-    /// `https://127.0.0.1:PORT`.
+    /// `https://IP:PORT` (127.0.0.1 unless started with [`Collector::start_on`]).
     pub fn url(&self) -> String {
-        format!("https://127.0.0.1:{}", self.port)
+        format!("https://{}:{}", self.ip, self.port)
     }
 
     /// The enrollment token.
@@ -223,10 +266,12 @@ impl Collector {
 
     /// Runs `driftwatch-collector ARGS --config CONFIG`.
     pub fn cli(&self, args: &[&str]) -> Output {
-        run(Command::new(bin("driftwatch-collector"))
-            .args(args)
-            .arg("--config")
-            .arg(self.config()))
+        let mut command = Command::new(bin("driftwatch-collector"));
+        if self.ip != "127.0.0.1" {
+            // The CLI's default URL is https://127.0.0.1:PORT.
+            command.env("DRIFTWATCH_COLLECTOR_URL", self.url());
+        }
+        run(command.args(args).arg("--config").arg(self.config()))
     }
 
     /// Runs an operator command with `--format json` and parses its output.
@@ -504,16 +549,18 @@ impl Host {
     /// Starts the daemon and waits for its health endpoint.
     pub fn start(&mut self) -> &mut Self {
         let log = append_log(&self.dir.path().join("daemon.log"));
-        let child = Command::new(bin("driftwatch"))
-            .args(["run", "--config"])
-            .arg(self.config())
-            .env_remove("JOURNAL_STREAM")
-            .env_remove("NOTIFY_SOCKET")
-            .env("RUST_LOG", "driftwatch=debug")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let child = die_with_test(
+            Command::new(bin("driftwatch"))
+                .args(["run", "--config"])
+                .arg(self.config())
+                .env_remove("JOURNAL_STREAM")
+                .env_remove("NOTIFY_SOCKET")
+                .env("RUST_LOG", "driftwatch=debug")
+                .stdout(Stdio::null())
+                .stderr(log),
+        )
+        .spawn()
+        .unwrap();
         self.child = Some(child);
         let port = self.health_port;
         wait_until(
