@@ -247,7 +247,8 @@ impl Fleet {
             || matches!(host.state, HostState::Silent | HostState::Gone)
             || (host.state == HostState::Drifted && host.hold.as_deref() == Some("budget"));
         let host = if needs_decision {
-            self.evaluate(&host.host_id).await?
+            self.evaluate(&host.host_id, Some(&outcome.new_findings))
+                .await?
         } else {
             host
         };
@@ -470,8 +471,16 @@ impl Fleet {
         u64::from(replacement.max_hosts).min(by_share).max(1)
     }
 
-    /// Re-decides one host's state from its findings; returns it afterwards.
-    pub async fn evaluate(&self, host_id: &str) -> Result<HostRecord, ApiError> {
+    /// Re-decides one host's state; returns it afterwards. `new` are the findings just
+    /// received: a host neither marked nor held was not selected by its older findings,
+    /// so only new ones can change that, and the host's other findings are not read
+    /// (they grow with every report). `None` weighs every finding: after silence, for
+    /// a held decision the mode no longer explains, and for the sweep.
+    pub async fn evaluate(
+        &self,
+        host_id: &str,
+        new: Option<&[FindingRecord]>,
+    ) -> Result<HostRecord, ApiError> {
         let _decision = self.decisions.lock().await;
         let now = now_ms();
         let Some(host) = self.store.host(host_id).await? else {
@@ -480,20 +489,37 @@ impl Fleet {
         if host.revoked || host.state == HostState::Marked {
             return Ok(host);
         }
-        if matches!(host.state, HostState::Silent | HostState::Gone) && host.mark_reason.is_some() {
+        let revived = matches!(host.state, HostState::Silent | HostState::Gone);
+        if revived && host.mark_reason.is_some() {
             // A marked host heard from again is still to be replaced.
             return Ok(self
                 .store
                 .transition(host_id, Transition::Settle(HostState::Marked), now)
                 .await?);
         }
-        let findings = self.store.findings(host_id).await?;
-        let settled = if findings.is_empty() {
+        let mode = self.config.replacement.mode;
+        if !revived {
+            // A held decision stands until an operator acts on it, or — held by the
+            // budget — until the window has room.
+            match (host.hold.as_deref(), mode, host.hold_reason.clone()) {
+                (Some("dry_run"), ReplacementMode::DryRun, _)
+                | (Some("approval"), ReplacementMode::ManualApprove, _) => return Ok(host),
+                (Some("budget"), ReplacementMode::Auto, Some(reason)) => {
+                    return self.mark_within_budget(&host, reason, now).await
+                }
+                _ => {}
+            }
+        }
+        let candidates = match new {
+            Some(new) if !revived && host.hold.is_none() => new.to_vec(),
+            _ => self.store.findings(host_id).await?,
+        };
+        let settled = if host.findings_by_severity.iter().sum::<u64>() == 0 {
             HostState::Clean
         } else {
             HostState::Drifted
         };
-        let selected = findings.iter().find(|f| {
+        let selected = candidates.iter().find(|f| {
             host.unmarked_at_ms.is_none_or(|at| f.last_seen_ms > at)
                 && self
                     .rules
@@ -511,12 +537,8 @@ impl Fleet {
         };
         let (_, title) = describe(finding);
         let reason = format!("{} finding: {title}", finding.severity.name());
-        let image = host.image_id.as_deref().unwrap_or("(none)");
-        match self.config.replacement.mode {
+        match mode {
             ReplacementMode::DryRun => {
-                if host.hold.as_deref() == Some("dry_run") {
-                    return Ok(host);
-                }
                 let held = self.hold(&host, "dry_run", &reason, now).await?;
                 self.log(
                     &held,
@@ -529,9 +551,6 @@ impl Fleet {
                 Ok(held)
             }
             ReplacementMode::ManualApprove => {
-                if host.hold.as_deref() == Some("approval") {
-                    return Ok(host);
-                }
                 let held = self.hold(&host, "approval", &reason, now).await?;
                 self.log(
                     &held,
@@ -543,46 +562,54 @@ impl Fleet {
                 .await;
                 Ok(held)
             }
-            ReplacementMode::Auto => {
-                let live = self
-                    .store
-                    .live_hosts_on_image(host.image_id.as_deref())
-                    .await?;
-                let limit = self.budget(live);
-                let window =
-                    i64::try_from(self.config.replacement.window_secs.saturating_mul(1000))
-                        .unwrap_or(i64::MAX);
-                let used = self
-                    .store
-                    .marked_since(host.image_id.as_deref(), now.saturating_sub(window))
-                    .await?;
-                if used < limit {
-                    self.mark(&host, reason, "policy").await
-                } else {
-                    if host.hold.as_deref() == Some("budget") {
-                        return Ok(host);
-                    }
-                    let held = self.hold(&host, "budget", &reason, now).await?;
-                    self.metrics.budget_stops.inc();
-                    let detail = format!(
-                        "The replacement budget of image {image} ({limit} of {live} hosts per {} s) is used up; host {} is held as drifted: {reason}.",
-                        self.config.replacement.window_secs, host.host_id
-                    );
-                    self.log(&held, "hold", None, "held", &detail).await;
-                    self.alerter.raise(Occurrence {
-                        kind: AlertKind::Budget,
-                        image_id: host.image_id.clone(),
-                        group: String::new(),
-                        title: format!("replacement budget of image {image} used up"),
-                        severity: Severity::High,
-                        host_id: host.host_id.clone(),
-                        detail,
-                    });
-                    warn!(host_id = %host.host_id, image_id = image, "Replacement held back by the budget.");
-                    Ok(held)
-                }
-            }
+            ReplacementMode::Auto => self.mark_within_budget(&host, reason, now).await,
         }
+    }
+
+    /// Marks the host if its image's budget has room in the window; holds it (once,
+    /// with a budget alert) otherwise.
+    async fn mark_within_budget(
+        &self,
+        host: &HostRecord,
+        reason: String,
+        now: i64,
+    ) -> Result<HostRecord, ApiError> {
+        let image = host.image_id.as_deref().unwrap_or("(none)");
+        let live = self
+            .store
+            .live_hosts_on_image(host.image_id.as_deref())
+            .await?;
+        let limit = self.budget(live);
+        let window = i64::try_from(self.config.replacement.window_secs.saturating_mul(1000))
+            .unwrap_or(i64::MAX);
+        let used = self
+            .store
+            .marked_since(host.image_id.as_deref(), now.saturating_sub(window))
+            .await?;
+        if used < limit {
+            return self.mark(host, reason, "policy").await;
+        }
+        if host.hold.as_deref() == Some("budget") {
+            return Ok(host.clone());
+        }
+        let held = self.hold(host, "budget", &reason, now).await?;
+        self.metrics.budget_stops.inc();
+        let detail = format!(
+            "The replacement budget of image {image} ({limit} of {live} hosts per {} s) is used up; host {} is held as drifted: {reason}.",
+            self.config.replacement.window_secs, host.host_id
+        );
+        self.log(&held, "hold", None, "held", &detail).await;
+        self.alerter.raise(Occurrence {
+            kind: AlertKind::Budget,
+            image_id: host.image_id.clone(),
+            group: String::new(),
+            title: format!("replacement budget of image {image} used up"),
+            severity: Severity::High,
+            host_id: host.host_id.clone(),
+            detail,
+        });
+        warn!(host_id = %host.host_id, image_id = image, "Replacement held back by the budget.");
+        Ok(held)
     }
 
     async fn hold(
@@ -775,7 +802,7 @@ impl Fleet {
             .into_iter()
             .filter(|h| h.hold.as_deref() == Some("budget"))
         {
-            self.evaluate(&held.host_id).await?;
+            self.evaluate(&held.host_id, None).await?;
         }
         Ok(())
     }

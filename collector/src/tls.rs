@@ -6,11 +6,13 @@
 //! id the certificate names travels with every request of the connection as a
 //! [`Peer`] extension. Only handlers that need a host identity insist on it.
 //!
-//! Each connection is bounded in time to handshake, and the number of connections is
-//! bounded as a whole, so that slow or numerous clients cannot starve the collector.
+//! Each connection is bounded in time to handshake and to send its headers, closed
+//! gracefully after a few idle seconds (an agent resumes its TLS session with a ticket
+//! for its next report), and the number of connections is bounded as a whole, so that
+//! slow, idle or numerous clients cannot starve the collector.
 
 use crate::pki::{host_id_of, PkiError};
-use axum::{Extension, Router};
+use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
@@ -21,11 +23,15 @@ use rustls::{RootCertStore, ServerConfig};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
+use tower::Service;
 use tracing::{debug, info, warn};
 
 /// Connections served at once; more wait in the kernel's backlog.
@@ -34,6 +40,10 @@ const MAX_CONNECTIONS: usize = 16_384;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A client that has not sent its request headers by then is dropped.
 const HEADER_TIMEOUT: Duration = Duration::from_secs(15);
+/// A connection silent for this long is closed gracefully. Agents report every 30 s
+/// by default; kept open between reports, 10,000 connections would hold ~500 MB of
+/// buffers. Reconnecting costs little: the session ticket resumes TLS.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Who is at the other end of a connection.
 #[derive(Clone, Debug)]
@@ -114,6 +124,9 @@ pub fn server_config(
         .with_client_cert_verifier(verifier)
         .with_single_cert(chain, key)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    // Stateless tickets: an agent reconnecting after the idle timeout resumes its TLS
+    // session (its certificate included) instead of a full handshake.
+    config.ticketer = rustls::crypto::ring::Ticketer::new()?;
     Ok(Arc::new(config))
 }
 
@@ -127,7 +140,7 @@ pub async fn serve(
 ) {
     let acceptor = TlsAcceptor::from(tls);
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let (stopping, stop) = tokio::sync::watch::channel(false);
     let mut http = Builder::new(TokioExecutor::new());
     http.http1()
         .timer(TokioTimer::new())
@@ -158,10 +171,11 @@ pub async fn serve(
         let acceptor = acceptor.clone();
         let app = app.clone();
         let http = Arc::clone(&http);
-        let watcher = graceful.watcher();
+        let mut stop = stop.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await
+            {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(err)) => {
                     debug!(%address, error = %err, "TLS handshake failed.");
@@ -178,18 +192,124 @@ pub async fn serve(
                 .peer_certificates()
                 .and_then(|certs| certs.first())
                 .and_then(host_id_of);
-            let service = TowerToHyperService::new(app.layer(Extension(Peer { host_id, address })));
-            let connection = http.serve_connection_with_upgrades(TokioIo::new(tls), service);
-            if let Err(err) = watcher.watch(connection.into_owned()).await {
-                debug!(%address, error = %err, "Connection ended with an error.");
+            // The peer rides in each request's extensions. (A `Router::layer` per
+            // connection would rebuild every route's service stack per connection.)
+            let peer = Peer { host_id, address };
+            let service = TowerToHyperService::new(tower::service_fn(
+                move |mut request: axum::http::Request<hyper::body::Incoming>| {
+                    request.extensions_mut().insert(peer.clone());
+                    app.clone().call(request)
+                },
+            ));
+            let (io, last_active) = Activity::new(tls);
+            let connection = http.serve_connection_with_upgrades(TokioIo::new(io), service);
+            tokio::pin!(connection);
+            let mut idle_check = tokio::time::interval(IDLE_TIMEOUT / 2);
+            let mut closing = false;
+            loop {
+                tokio::select! {
+                    result = connection.as_mut() => {
+                        if let Err(err) = result {
+                            debug!(%address, error = %err, "Connection ended with an error.");
+                        }
+                        break;
+                    }
+                    _ = idle_check.tick(), if !closing => {
+                        if last_active.elapsed() >= IDLE_TIMEOUT {
+                            closing = true;
+                            connection.as_mut().graceful_shutdown();
+                        }
+                    }
+                    _ = stop.changed(), if !closing => {
+                        closing = true;
+                        connection.as_mut().graceful_shutdown();
+                    }
+                }
             }
         });
     }
     info!("Stopped accepting connections; finishing requests in flight.");
-    if tokio::time::timeout(Duration::from_secs(10), graceful.shutdown())
+    let _ = stopping.send(true);
+    // Every connection task holds a slot until it ends.
+    let all = u32::try_from(MAX_CONNECTIONS).unwrap_or(u32::MAX);
+    if tokio::time::timeout(Duration::from_secs(10), slots.acquire_many(all))
         .await
         .is_err()
     {
         warn!("Requests still in flight after 10 s; stopping anyway.");
+    }
+}
+
+/// When a connection last moved bytes, either way.
+#[derive(Clone)]
+struct LastActive(Arc<std::sync::Mutex<std::time::Instant>>);
+
+impl LastActive {
+    fn elapsed(&self) -> Duration {
+        self.0.lock().map_or(Duration::ZERO, |at| at.elapsed())
+    }
+
+    fn touch(&self) {
+        if let Ok(mut at) = self.0.lock() {
+            *at = std::time::Instant::now();
+        }
+    }
+}
+
+/// The TLS stream of one connection, noting its activity.
+struct Activity<T> {
+    inner: T,
+    last: LastActive,
+}
+
+impl<T> Activity<T> {
+    fn new(inner: T) -> (Activity<T>, LastActive) {
+        let last = LastActive(Arc::new(std::sync::Mutex::new(std::time::Instant::now())));
+        (
+            Activity {
+                inner,
+                last: last.clone(),
+            },
+            last,
+        )
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Activity<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let result = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            this.last.touch();
+        }
+        result
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Activity<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let result = Pin::new(&mut this.inner).poll_write(cx, data);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            this.last.touch();
+        }
+        result
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
     }
 }

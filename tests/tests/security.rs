@@ -6,6 +6,7 @@
 use driftwatch_tests::{gzip, heartbeat_batch, ok, Collector, RawClient};
 use serde_json::json;
 use std::process::Command;
+use std::time::Duration;
 
 fn post_json(
     client: &RawClient,
@@ -183,4 +184,41 @@ fn enrollment_issues_one_certificate_per_host_id() {
     bad["host_id"] = json!("../../etc");
     let (status, _) = post_json(&anonymous, "/v1/enroll", &bad).unwrap();
     assert_eq!(status, 400);
+}
+
+#[test]
+fn an_idle_connection_is_closed_and_a_slow_handshake_too() {
+    let collector = Collector::start("");
+    let address = collector.url().trim_start_matches("https://").to_string();
+    // A client that completes the handshake, then says nothing: closed after the
+    // collector's idle timeout (10 s), not held open with its buffers.
+    let started = std::time::Instant::now();
+    let Ok(mut idle) = Command::new("openssl")
+        .args(["s_client", "-quiet", "-connect", &address])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+    else {
+        eprintln!("skipping: openssl is not installed");
+        return;
+    };
+    let _stdin = idle.stdin.take();
+    let closed = driftwatch_tests::wait_until(Duration::from_secs(30), "the idle close", || {
+        idle.try_wait().unwrap()
+    });
+    let after = started.elapsed();
+    assert!(
+        after >= Duration::from_secs(9) && after < Duration::from_secs(25),
+        "closed after {after:?} ({closed})"
+    );
+    // A client that connects and never starts TLS is dropped too (handshake timeout).
+    let mut silent = std::net::TcpStream::connect(&address).unwrap();
+    silent
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut byte = [0u8; 1];
+    let read = std::io::Read::read(&mut silent, &mut byte);
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert!(started.elapsed() < Duration::from_secs(45));
 }

@@ -843,6 +843,9 @@ fn http_client(
         // An ingest endpoint that redirects is misconfigured; following it would
         // send the host's findings somewhere nobody chose.
         .redirect(reqwest::redirect::Policy::none())
+        // The collector closes connections idle for 10 s; letting go first means a
+        // report never goes out on a connection the collector is closing.
+        .pool_idle_timeout(Duration::from_secs(5))
         .user_agent(USER_AGENT)
         .build()
         .map_err(|e| ClientError::Http(chain(&e)))
