@@ -218,17 +218,16 @@ fn checkpointer(path: &Path) -> StoreResult<SyncSender<()>> {
     let (stop, stopped) = sync_channel::<()>(1);
     std::thread::Builder::new()
         .name("checkpoint".into())
-        .spawn(move || loop {
-            match stopped.recv_timeout(CHECKPOINT_EVERY) {
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                    // PASSIVE: copies what it can without waiting for the writer.
-                    let done =
-                        connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
-                    if let Err(err) = done {
-                        error!(error = %err, "WAL checkpoint failed; retrying.");
-                    }
+        .spawn(move || {
+            // Until the store is dropped (the sender with it).
+            while let Err(std::sync::mpsc::RecvTimeoutError::Timeout) =
+                stopped.recv_timeout(CHECKPOINT_EVERY)
+            {
+                // PASSIVE: copies what it can without waiting for the writer.
+                let done = connection.query_row("PRAGMA wal_checkpoint(PASSIVE)", [], |_| Ok(()));
+                if let Err(err) = done {
+                    error!(error = %err, "WAL checkpoint failed; retrying.");
                 }
-                _ => break,
             }
         })
         .map_err(|e| StoreError::Database(format!("cannot start the checkpoint thread: {e}")))?;
