@@ -383,6 +383,9 @@ pub trait Store: Send + Sync + 'static {
     /// interval, and no heartbeat for `missed` intervals before `now_ms`.
     async fn overdue_hosts(&self, missed: u32, now_ms: i64) -> StoreResult<Vec<HostRecord>>;
 
+    /// The ids of `drifted` hosts whose decision is held for `hold` (`budget`, …).
+    async fn held_hosts(&self, hold: &str) -> StoreResult<Vec<String>>;
+
     /// Deletes hosts `gone` or `silent` since before `before_ms`, with their findings
     /// and events; returns how many.
     async fn expire_hosts(&self, before_ms: i64) -> StoreResult<u64>;

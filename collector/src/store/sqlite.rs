@@ -764,6 +764,19 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn held_hosts(&self, hold: &str) -> StoreResult<Vec<String>> {
+        let hold = hold.to_string();
+        self.run(move |c| {
+            collect(
+                c,
+                "SELECT host_id FROM hosts WHERE state = 'drifted' AND hold = ?1",
+                [hold],
+                |row| row.get(0),
+            )
+        })
+        .await
+    }
+
     async fn expire_hosts(&self, before_ms: i64) -> StoreResult<u64> {
         self.run(move |c| {
             let doomed = "SELECT host_id FROM hosts
