@@ -145,14 +145,17 @@ impl SqliteStore {
         // The writer never checkpoints (wal_autocheckpoint = 0): a checkpoint copies
         // the log into the database and fsyncs it, which on a grown database took the
         // one writer away from ingest for 100+ ms. A thread of its own does it,
-        // passively, beside the writer (WAL lets both run at once).
+        // passively, beside the writer (WAL lets both run at once). A 32 MiB page
+        // cache instead of SQLite's 2 MiB keeps the hosts and findings indexes of a
+        // fleet in memory.
         connection
             .execute_batch(
                 "PRAGMA journal_mode = WAL;
                  PRAGMA synchronous = FULL;
                  PRAGMA foreign_keys = ON;
                  PRAGMA busy_timeout = 5000;
-                 PRAGMA wal_autocheckpoint = 0;",
+                 PRAGMA wal_autocheckpoint = 0;
+                 PRAGMA cache_size = -32768;",
             )
             .map_err(db_error)?;
         let mut store = SqliteStore::start(connection)?;
@@ -434,40 +437,24 @@ fn ingest(connection: &Connection, record: IngestRecord) -> StoreResult<IngestOu
         )));
     }
     let first_contact = existing.is_none();
-    if first_contact {
-        connection
-            .prepare_cached(
-                "INSERT INTO hosts (host_id, hostname, image_id, baseline_digest, state,
-                     state_since, first_seen, last_seen)
-                 VALUES (?1, ?2, ?3, ?4, 'clean', ?5, ?5, ?5)",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    record.host_id,
-                    record.hostname,
-                    record.image_id,
-                    record.baseline_digest,
-                    now
-                ])
-            })
-            .map_err(db_error)?;
-    } else {
-        connection
-            .prepare_cached(
-                "UPDATE hosts SET hostname = ?2, image_id = ?3, baseline_digest = ?4,
-                     last_seen = ?5 WHERE host_id = ?1",
-            )
-            .and_then(|mut s| {
-                s.execute(params![
-                    record.host_id,
-                    record.hostname,
-                    record.image_id,
-                    record.baseline_digest,
-                    now
-                ])
-            })
-            .map_err(db_error)?;
-    }
+    connection
+        .prepare_cached(
+            "INSERT INTO hosts (host_id, hostname, image_id, baseline_digest, state,
+                 state_since, first_seen, last_seen)
+             VALUES (?1, ?2, ?3, ?4, 'clean', ?5, ?5, ?5)
+             ON CONFLICT (host_id) DO UPDATE SET hostname = ?2, image_id = ?3,
+                 baseline_digest = ?4, last_seen = ?5",
+        )
+        .and_then(|mut s| {
+            s.execute(params![
+                record.host_id,
+                record.hostname,
+                record.image_id,
+                record.baseline_digest,
+                now
+            ])
+        })
+        .map_err(db_error)?;
     let mut accepted = 0u32;
     let mut duplicates = 0u32;
     let mut new_findings = Vec::new();
