@@ -299,7 +299,7 @@ report() {
   echo "\`RUNS=$RUNS DURATION=$DURATION HOSTS=$HOSTS REGISTER_HOSTS=$REGISTER_HOSTS FINDINGS_PER_BATCH=$FINDINGS_PER_BATCH BIG_BATCH=$BIG_BATCH CONCURRENCY=$CONCURRENCY bench/collector.sh\`"
   echo
   echo "- Machine: $(nproc) cores, $(awk -F': ' '/model name/{print $2; exit}' /proc/cpuinfo), $(awk '/MemTotal/{printf "%.1f GiB", $2/1048576}' /proc/meminfo), kernel $(uname -r)"
-  echo "- Database: $(df -PT "$TMP" | awk 'NR==2{print $2}') file in $TMP (WAL, synchronous=FULL); collector and load generator share the machine"
+  echo "- Database: $(df -PT "$TMP" | awk 'NR==2{print $2}') file in a scratch directory (WAL, synchronous=FULL); collector and load generator share the machine"
   echo "- Collector: default configuration from \`init\` ([ingest] 10 requests/s per host, burst 20, 1000 events per batch); binaries: release"
   echo "- Medians of $RUNS runs, with min–max; open-loop latency counts from when each request was due"
   echo
