@@ -333,6 +333,11 @@ pub fn rfc3339(time: SystemTime) -> String {
     humantime::format_rfc3339_seconds(time).to_string()
 }
 
+/// Now, as [`rfc3339`].
+pub fn now() -> String {
+    rfc3339(SystemTime::now())
+}
+
 /// The kernel's hostname.
 pub fn hostname() -> String {
     fs::read_to_string("/proc/sys/kernel/hostname")

@@ -288,12 +288,12 @@ async fn run(command: Command) -> Result<(), Failure> {
                 .map_err(refused)?;
             print(server.format, &detail, |out| {
                 host_table(out, std::slice::from_ref(&detail.host));
-                for key in ["mark_reason", "hold", "hold_reason"] {
-                    let value = match key {
-                        "mark_reason" => &detail.host.mark_reason,
-                        "hold" => &detail.host.hold,
-                        _ => &detail.host.hold_reason,
-                    };
+                let host = &detail.host;
+                for (key, value) in [
+                    ("mark_reason", &host.mark_reason),
+                    ("hold", &host.hold),
+                    ("hold_reason", &host.hold_reason),
+                ] {
                     if let Some(value) = value {
                         let _ = writeln!(out, "{key}: {value}");
                     }

@@ -37,7 +37,7 @@ pub mod health;
 pub mod state;
 
 use crate::error::Error;
-use crate::pipeline::{self, rfc3339, CheckPlan};
+use crate::pipeline::{self, now, CheckPlan};
 use crate::policy::Policy;
 use crate::sink::collector::{no_image, CollectorStatus, HostSummary, Reporter, ReporterHandle};
 use crate::sink::progress::Progress;
@@ -56,7 +56,7 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, watch as latest, Notify};
 use tokio::task::{JoinError, JoinHandle};
@@ -143,10 +143,6 @@ struct Context {
     baseline_path: PathBuf,
     reader: BaselineReader<File>,
     policy: Policy,
-}
-
-fn now() -> String {
-    rfc3339(SystemTime::now())
 }
 
 /// Runs the daemon until SIGTERM or SIGINT.

@@ -23,7 +23,7 @@
 use super::spool::{random_id, Spool};
 use crate::daemon::config::CollectorConfig;
 use crate::daemon::Shared;
-use crate::pipeline::rfc3339;
+use crate::pipeline::now;
 use driftwatch_protocol::report::Finding;
 use driftwatch_protocol::wire::{
     Batch, BatchAck, EnrollRequest, EnrollResponse, ErrorBody, Event, EventBody, Heartbeat,
@@ -41,7 +41,7 @@ use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 use thiserror::Error;
 use tokio::sync::{watch, Notify};
 use tokio::time::Instant;
@@ -312,10 +312,6 @@ fn random_unit() -> f64 {
     getrandom::fill(&mut bytes).map_or(0.5, |()| {
         f64::from(u32::from_le_bytes(bytes)) / f64::from(u32::MAX)
     })
-}
-
-fn now() -> String {
-    rfc3339(SystemTime::now())
 }
 
 /// The daemon's reporting task and what it shares with the daemon.

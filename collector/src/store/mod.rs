@@ -253,7 +253,8 @@ pub struct IngestOutcome {
 /// A change of a host's lifecycle state, decided by the fleet logic.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Transition {
-    /// To `clean` or `drifted` with no decision pending; clears any hold.
+    /// To `clean` or `drifted` with no decision pending (or back to `marked` when a
+    /// marked host is heard from again); clears any hold.
     Settle(HostState),
     /// To `marked`, for this reason.
     Mark {
@@ -396,9 +397,6 @@ pub trait Store: Send + Sync + 'static {
 
     /// Refuses the host from now on; returns false when it is unknown.
     async fn revoke(&self, host_id: &str, at_ms: i64) -> StoreResult<bool>;
-
-    /// Whether the host is revoked.
-    async fn is_revoked(&self, host_id: &str) -> StoreResult<bool>;
 
     /// Registers (or re-registers) an image.
     async fn register_image(&self, image: ImageRecord) -> StoreResult<()>;

@@ -350,6 +350,18 @@ fn load_host(connection: &Connection, host_id: &str) -> StoreResult<Option<HostR
         .map_err(db_error)
 }
 
+/// Whether a host is revoked; `None` when it is unknown.
+fn revoked(connection: &Connection, host_id: &str) -> StoreResult<Option<bool>> {
+    connection
+        .prepare_cached("SELECT revoked FROM hosts WHERE host_id = ?1")
+        .and_then(|mut s| {
+            s.query_row([host_id], |row| row.get::<_, i64>(0))
+                .optional()
+        })
+        .map(|r| r.map(|v| v != 0))
+        .map_err(db_error)
+}
+
 fn require_host(connection: &Connection, host_id: &str) -> StoreResult<HostRecord> {
     load_host(connection, host_id)?.ok_or_else(|| StoreError::NotFound {
         what: "host",
@@ -429,14 +441,16 @@ fn upsert_finding(
 
 fn ingest(connection: &Connection, record: IngestRecord) -> StoreResult<IngestOutcome> {
     let now = record.received_ms;
-    let existing = load_host(connection, &record.host_id)?;
-    if existing.as_ref().is_some_and(|h| h.revoked) {
+    // Only whether the host exists and is revoked: the full record (with its finding
+    // counts) is read once, after the batch.
+    let revoked = revoked(connection, &record.host_id)?;
+    if revoked == Some(true) {
         return Err(StoreError::Conflict(format!(
             "host {} is revoked",
             record.host_id
         )));
     }
-    let first_contact = existing.is_none();
+    let first_contact = revoked.is_none();
     connection
         .prepare_cached(
             "INSERT INTO hosts (host_id, hostname, image_id, baseline_digest, state,
@@ -838,21 +852,6 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn is_revoked(&self, host_id: &str) -> StoreResult<bool> {
-        let host_id = host_id.to_string();
-        self.run(move |c| {
-            c.query_row(
-                "SELECT revoked FROM hosts WHERE host_id = ?1",
-                [host_id],
-                |row| row.get::<_, i64>(0),
-            )
-            .optional()
-            .map(|r| r.is_some_and(|v| v != 0))
-            .map_err(db_error)
-        })
-        .await
-    }
-
     async fn register_image(&self, image: ImageRecord) -> StoreResult<()> {
         self.run(move |c| {
             c.execute(
@@ -1063,7 +1062,7 @@ mod tests {
             Err(StoreError::Conflict(_))
         ));
         assert!(store.revoke("h1", 3).await.unwrap());
-        assert!(store.is_revoked("h1").await.unwrap());
+        assert!(store.host("h1").await.unwrap().unwrap().revoked);
         assert!(matches!(
             store.ingest(batch("h1", vec![])).await,
             Err(StoreError::Conflict(_))
