@@ -1,30 +1,13 @@
 //! `driftwatch`: drift detection for immutable infrastructure.
 //!
-//! The agent is a small pipeline: **sources** observe the host ([`source::files`]: the
-//! scan engine), **diff** compares observations with the image's baseline
-//! ([`diff`], graded by [`policy`]), and **sinks** deliver the findings
-//! ([`sink::report`]: text and `driftwatch.report/v1` JSON). `baseline create` runs the
-//! same scan into a [`baseline`] file instead of a diff.
-//!
+//! The pipeline (sources → diff → sinks) lives in the library, [`driftwatch_agent`];
 //! `main` only wires parse → run → exit status (0 clean, 1 drift, 2 error, 3 baseline
 //! integrity failure); errors are printed once, as one sentence, on stderr.
 
-mod baseline;
-mod cli;
-mod command;
-mod daemon;
-mod diff;
-mod error;
-mod logging;
-mod pipeline;
-mod policy;
-mod sink;
-mod source;
-mod watch;
-
 use clap::Parser;
-use cli::{BaselineCommand, Cli, Command, KeyCommand};
-use command::Outcome;
+use driftwatch_agent::cli::{BaselineCommand, Cli, Command, KeyCommand};
+use driftwatch_agent::command::Outcome;
+use driftwatch_agent::{command, daemon, error};
 use std::io::{BufWriter, Write};
 use std::process::ExitCode;
 

@@ -86,6 +86,11 @@ impl HashCache {
     pub fn len(&self) -> usize {
         self.entries.len()
     }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
 }
 
 /// Writes a new cache record by record while a check runs (no list of every file is

@@ -225,6 +225,11 @@ impl Spool {
         self.unacked.len()
     }
 
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.unacked.is_empty()
+    }
+
     /// Bytes on disk in segments.
     pub fn bytes(&self) -> u64 {
         self.segments.iter().map(|s| s.bytes).sum()
