@@ -16,7 +16,6 @@ use driftwatch_collector::config::CollectorConfig;
 use driftwatch_collector::fleet::Fleet;
 use driftwatch_collector::metrics::Metrics;
 use driftwatch_collector::pki::{read_text, CertificateAuthority};
-use driftwatch_collector::store::sqlite::SqliteStore;
 use driftwatch_collector::store::{ActionRecord, HostRecord, ImageRecord};
 use driftwatch_collector::tls;
 use driftwatch_protocol::wire::HostState;
@@ -291,7 +290,7 @@ async fn run(command: Command) -> Result<(), Failure> {
                 let host = &detail.host;
                 for (key, value) in [
                     ("mark_reason", &host.mark_reason),
-                    ("hold", &host.hold),
+                    ("hold", &host.hold.map(|h| h.name().to_string())),
                     ("hold_reason", &host.hold_reason),
                 ] {
                     if let Some(value) = value {
@@ -460,7 +459,6 @@ fn host_table(out: &mut String, hosts: &[HostRecord]) {
             h.image_id.as_deref().unwrap_or("-"),
             rfc3339(h.last_seen_ms),
             h.hold
-                .as_deref()
                 .map(|hold| format!("  (held: {hold})"))
                 .unwrap_or_default()
         );
@@ -519,8 +517,7 @@ fn connect(server: &ServerArgs) -> Result<OperatorClient, Failure> {
 async fn serve(path: &Path) -> Result<(), Failure> {
     init_logging();
     let config = Arc::new(CollectorConfig::load(path)?);
-    let store: driftwatch_collector::store::DynStore =
-        Arc::new(SqliteStore::open(&config.database)?);
+    let store = driftwatch_collector::store::open(&config).await?;
     let metrics = Arc::new(Metrics::new());
     let alerter = Alerter::start(&config, Arc::clone(&store), Arc::clone(&metrics))?;
     let actions = Actions::start(
