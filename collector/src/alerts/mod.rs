@@ -285,6 +285,8 @@ pub(crate) mod tests {
     #[derive(Default)]
     struct Recorded {
         bodies: Mutex<Vec<serde_json::Value>>,
+        /// The `Idempotency-Key` of each request, in order.
+        keys: Mutex<Vec<String>>,
         /// Statuses to answer with, in order; 200 once used up.
         script: Mutex<VecDeque<u16>>,
     }
@@ -331,20 +333,32 @@ pub(crate) mod tests {
         fn app(script: &[u16]) -> (Arc<Recorded>, axum::Router) {
             async fn receive(
                 State(recorded): State<Arc<Recorded>>,
+                headers: axum::http::HeaderMap,
                 Json(body): Json<serde_json::Value>,
             ) -> StatusCode {
+                let key = headers
+                    .get("idempotency-key")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string();
+                recorded.keys.lock().unwrap().push(key);
                 recorded.bodies.lock().unwrap().push(body);
                 let status = recorded.script.lock().unwrap().pop_front().unwrap_or(200);
                 StatusCode::from_u16(status).unwrap()
             }
             let recorded = Arc::new(Recorded {
                 bodies: Mutex::default(),
+                keys: Mutex::default(),
                 script: Mutex::new(script.iter().copied().collect()),
             });
             let app = axum::Router::new()
                 .route("/hook", axum::routing::post(receive))
                 .with_state(recorded.clone());
             (recorded, app)
+        }
+
+        pub(crate) fn keys(&self) -> Vec<String> {
+            self.recorded.keys.lock().unwrap().clone()
         }
 
         pub(crate) fn bodies(&self) -> Vec<serde_json::Value> {
@@ -542,6 +556,32 @@ pub(crate) mod tests {
             rendered.contains(r#"webhook_deliveries_total{outcome="ok"} 1"#),
             "{rendered}"
         );
+    }
+
+    #[tokio::test]
+    async fn every_attempt_of_one_alert_carries_its_idempotency_key() {
+        let receiver = TestReceiver::start(&[500, 503]).await;
+        let hooks = vec![webhook(&receiver.url, WebhookFormat::Json, &["drift"])];
+        let (alerter, _store, _metrics) = setup(&["h1", "h2"], hooks).await;
+        alerter.raise(ssh_modified("h1")).await.unwrap();
+        assert_eq!(receiver.wait_for(3).await.len(), 3);
+        let keys = receiver.keys();
+        assert_eq!(keys[0].len(), 32, "{keys:?}");
+        assert!(keys.iter().all(|k| k == &keys[0]), "{keys:?}");
+        // Another alert has another key.
+        alerter
+            .raise(Occurrence {
+                group: "other".into(),
+                ..ssh_modified("h2")
+            })
+            .await
+            .unwrap();
+        let keys = {
+            receiver.wait_for(4).await;
+            receiver.keys()
+        };
+        assert_eq!(keys.len(), 4);
+        assert_ne!(keys[3], keys[0]);
     }
 
     #[tokio::test]

@@ -158,3 +158,99 @@ pub(super) fn migrate(connection: &mut Connection) -> StoreResult<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sqlite::SqliteStore;
+    use crate::store::tests::policy;
+    use crate::store::{
+        ActionFilter, HostFilter, IngestBody, IngestEvent, IngestRecord, PageRequest, Store,
+    };
+    use driftwatch_protocol::wire::HostState;
+
+    /// A database made by the first release (schema 1), with a marked host, a drifted
+    /// one and their findings and actions, opened by this collector: nothing is lost,
+    /// and the counts and the outbox start right.
+    #[tokio::test]
+    async fn migrating_a_first_release_database_keeps_its_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("collector.db");
+        {
+            let connection = Connection::open(&path).unwrap();
+            connection.execute_batch(MIGRATIONS[0]).unwrap();
+            connection
+                .execute_batch(
+                    "PRAGMA user_version = 1;
+                     INSERT INTO hosts (host_id, hostname, image_id, state, state_since,
+                         first_seen, last_seen, mark_reason, marked_at)
+                     VALUES ('m1', 'm1.example', 'img', 'marked', 10, 1, 20, 'critical finding', 10),
+                            ('d1', 'd1.example', 'img', 'drifted', 5, 1, 30, NULL, NULL);
+                     INSERT INTO findings VALUES
+                         ('m1', 'kernel_module:evil', 'kernel_module', 3, 'evil', '{\"kind\":\"kernel_module\"}', 2, 20),
+                         ('d1', 'file:/etc/motd', 'file', 1, '/etc/motd', '{\"kind\":\"file\"}', 3, 30),
+                         ('d1', 'file:/etc/issue', 'file', 0, '/etc/issue', '{\"kind\":\"file\"}', 3, 30);
+                     INSERT INTO events VALUES ('m1', 'e1', 2), ('d1', 'e2', 3), ('d1', 'e3', 3);
+                     INSERT INTO marks VALUES ('m1', 'img', 10);
+                     INSERT INTO images VALUES ('img', 'blake3:00', NULL, 7, 'x', 1);
+                     INSERT INTO actions (at, host_id, image_id, action, target, outcome, detail)
+                     VALUES (10, 'm1', 'img', 'mark', 'policy', 'ok', 'Marked.');",
+                )
+                .unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let hosts = store.hosts(HostFilter::default()).await.unwrap().items;
+        assert_eq!(hosts.len(), 2);
+        let marked = store.host("m1").await.unwrap().unwrap();
+        assert_eq!(marked.state, HostState::Marked);
+        assert_eq!(marked.findings_by_severity, [1, 0, 0, 0]);
+        let drifted = store.host("d1").await.unwrap().unwrap();
+        assert_eq!(drifted.findings_by_severity, [0, 0, 1, 1]);
+        let findings = store.findings("d1", PageRequest::default()).await.unwrap();
+        assert_eq!(findings.items.len(), 2);
+        assert_eq!(store.marked_since(Some("img"), 0).await.unwrap(), 1);
+        assert!(store.image("img").await.unwrap().is_some());
+        let actions = store.actions(ActionFilter::default()).await.unwrap().items;
+        assert_eq!(actions.len(), 1);
+        assert_eq!(
+            store.counts().await.unwrap().findings_by_severity,
+            [1, 0, 1, 1]
+        );
+        // The old events still deduplicate; the marked host was told before the
+        // upgrade, so it is not logged as told again.
+        let retried = store
+            .ingest(
+                IngestRecord {
+                    host_id: "m1".into(),
+                    hostname: "m1.example".into(),
+                    image_id: Some("img".into()),
+                    baseline_digest: None,
+                    events: vec![IngestEvent {
+                        id: "e1".into(),
+                        body: IngestBody::Heartbeat {
+                            agent_version: "1".into(),
+                            interval_secs: 0,
+                        },
+                    }],
+                    collector_findings: Vec::new(),
+                    received_ms: 40,
+                },
+                policy(""),
+            )
+            .await
+            .unwrap();
+        assert_eq!(retried.host.state, HostState::Marked);
+        let actions = store.actions(ActionFilter::default()).await.unwrap().items;
+        assert!(
+            actions.iter().all(|a| a.action != "agent_told"),
+            "{actions:?}"
+        );
+        // A newer schema is refused, not guessed at.
+        drop(store);
+        Connection::open(&path)
+            .unwrap()
+            .execute_batch("PRAGMA user_version = 99;")
+            .unwrap();
+        assert!(SqliteStore::open(&path).is_err());
+    }
+}
