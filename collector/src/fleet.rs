@@ -50,7 +50,7 @@ pub struct Fleet {
     policy: Arc<Policy>,
     trusted_keys: Vec<PublicKey>,
     metrics: Arc<Metrics>,
-    images: Mutex<HashMap<String, (Instant, Option<ImageRecord>)>>,
+    images: Mutex<HashMap<String, (Instant, ImageRecord)>>,
     /// The outbox's workers of this replica, started before the fleet.
     _workers: (Alerter, Actions),
 }
@@ -174,7 +174,7 @@ impl Fleet {
         };
         let subject = image_id.unwrap_or("(none)").to_string();
         let registered = match image_id {
-            Some(id) => self.registered_image(id).await?,
+            Some(id) => self.registered_image(id, digest).await?,
             None => None,
         };
         let finding = |reason: &str, message: String| CollectorFinding {
@@ -208,18 +208,25 @@ impl Fleet {
         })
     }
 
-    async fn registered_image(&self, image_id: &str) -> Result<Option<ImageRecord>, ApiError> {
+    /// The registered image, from the cache only when it agrees with what the host
+    /// claims: any other answer (unregistered, another digest) is read from the store
+    /// again, because another replica may have registered the image a moment ago, and
+    /// a stale answer would raise a critical finding against a healthy host.
+    async fn registered_image(
+        &self,
+        image_id: &str,
+        digest: &str,
+    ) -> Result<Option<ImageRecord>, ApiError> {
         if let Ok(cache) = self.images.lock() {
             if let Some((at, image)) = cache.get(image_id) {
-                if at.elapsed() < IMAGE_CACHE_TTL {
-                    return Ok(image.clone());
+                if at.elapsed() < IMAGE_CACHE_TTL && image.baseline_digest == digest {
+                    return Ok(Some(image.clone()));
                 }
             }
         }
         let image = self.store.image(image_id).await?;
-        if let Ok(mut cache) = self.images.lock() {
-            // Bounded by the number of images hosts claim; a flood of invented ids is
-            // refused by the registry check itself, so clear rather than grow.
+        if let (Ok(mut cache), Some(image)) = (self.images.lock(), &image) {
+            // Bounded by the number of registered images hosts claim.
             if cache.len() > 10_000 {
                 cache.clear();
             }

@@ -12,6 +12,7 @@ use super::roots::{read_roots, read_system_roots};
 use super::AlertError;
 use crate::config::WebhookConfig;
 use crate::delivery::Deliverer;
+use crate::error::error_chain;
 use crate::metrics::Metrics;
 use crate::store::outbox::{Backoff, Claim, OutboxItem};
 use crate::store::{now_ms, ActionRecord, Finish, Outcome};
@@ -104,18 +105,6 @@ impl Receiver {
             Err(error) => Err((true, error_chain(&error))),
         }
     }
-}
-
-/// An error and its causes, on one line (reqwest's own message hides the cause).
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// Delivers `webhook` rows of the outbox.

@@ -685,6 +685,14 @@ impl<T> Page<T> {
     }
 }
 
+/// A page's cursor as SQL parameters: `(has a cursor, its number, its text)`.
+pub(crate) fn cursor_params(page: &PageRequest) -> (bool, i64, String) {
+    match &page.after {
+        Some(cursor) => (true, cursor.number, cursor.text.clone()),
+        None => (false, 0, String::new()),
+    }
+}
+
 /// The SQL `LIMIT` of a page: one more than asked, to know whether there is more.
 pub(crate) fn fetch_limit(limit: Option<u32>) -> i64 {
     limit.map_or(-1, |l| i64::from(l) + 1)

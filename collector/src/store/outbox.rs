@@ -9,6 +9,9 @@
 //! a claim loses it when the lease expires, and another replica delivers the row —
 //! with the same key, so receivers can drop the duplicate. Delivery is at least once.
 //!
+//! "Seen again" is refreshed at most hourly (the memory is forgotten after a day), so
+//! a change reported again and again does not lock its alert row every time.
+//!
 //! Retries wait [`Backoff::after`] (exponential, capped, with jitter, so that a fleet
 //! of retries does not hit a recovering receiver in step) until the row's `give_up`
 //! time.
@@ -160,6 +163,26 @@ pub struct Claim {
     pub attempts: u32,
     /// After this time a failed attempt is final.
     pub give_up_ms: i64,
+}
+
+impl Claim {
+    /// A claimed row as stored: its payload is the JSON of its [`OutboxItem`].
+    pub(crate) fn from_stored(
+        id: i64,
+        payload: &str,
+        idempotency_key: String,
+        attempts: i64,
+        give_up_ms: i64,
+    ) -> super::StoreResult<Claim> {
+        Ok(Claim {
+            id,
+            item: serde_json::from_str(payload)
+                .map_err(|e| super::StoreError::Corrupt(format!("outbox row {id}: {e}")))?,
+            idempotency_key,
+            attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
+            give_up_ms,
+        })
+    }
 }
 
 /// Waits between attempts of one delivery: exponential from `base`, at most `cap`,

@@ -22,11 +22,11 @@ mod schema;
 use super::decide::{flush_alerts, Decider, DecisionTx, DueGroup};
 use super::outbox::{random_token, AlertKind, Claim, Occurrence, OutboxItem};
 use super::{
-    changed, fetch_limit, parse_state, severity_code, severity_of, too_many_findings, ActionFilter,
-    ActionRecord, BatchFindings, Cursor, Decided, FindingInput, FindingRecord, Finish, FleetCounts,
-    Hold, HostFilter, HostRecord, ImageRecord, IngestOutcome, IngestRecord, Outcome, Page,
-    PageRequest, Policy, Request, Store, StoreError, StoreResult, Transition,
-    TOO_MANY_FINDINGS_KEY,
+    changed, cursor_params, fetch_limit, parse_state, severity_code, severity_of,
+    too_many_findings, ActionFilter, ActionRecord, BatchFindings, Cursor, Decided, FindingInput,
+    FindingRecord, Finish, FleetCounts, Hold, HostFilter, HostRecord, ImageRecord, IngestOutcome,
+    IngestRecord, Outcome, Page, PageRequest, Policy, Request, Store, StoreError, StoreResult,
+    Transition, TOO_MANY_FINDINGS_KEY,
 };
 use async_trait::async_trait;
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -46,19 +46,7 @@ const POOL_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 
 fn pg_error(err: tokio_postgres::Error) -> StoreError {
-    StoreError::Database(crate::store::postgres::chain(&err))
-}
-
-/// An error with its causes (tokio-postgres puts the server's message in the source).
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
+    StoreError::Database(crate::error::error_chain(&err))
 }
 
 /// The PostgreSQL store.
@@ -191,7 +179,7 @@ const HOST_COLUMNS: &str = "host_id, hostname, image_id, baseline_digest, state,
     findings_dropped";
 
 fn host_from_row(row: &Row) -> StoreResult<HostRecord> {
-    let get = |e: tokio_postgres::Error| StoreError::Corrupt(chain(&e));
+    let get = |e: tokio_postgres::Error| StoreError::Corrupt(crate::error::error_chain(&e));
     let tally = |i: usize| {
         row.try_get::<_, i64>(i)
             .map(|n| n.max(0) as u64)
@@ -225,7 +213,7 @@ const FINDING_COLUMNS: &str =
     "host_id, key, kind, severity, subject, finding, first_seen, last_seen";
 
 fn finding_from_row(row: &Row) -> StoreResult<FindingRecord> {
-    let get = |e: tokio_postgres::Error| StoreError::Corrupt(chain(&e));
+    let get = |e: tokio_postgres::Error| StoreError::Corrupt(crate::error::error_chain(&e));
     let json: String = row.try_get(5).map_err(get)?;
     Ok(FindingRecord {
         host_id: row.try_get(0).map_err(get)?,
@@ -243,7 +231,7 @@ fn finding_from_row(row: &Row) -> StoreResult<FindingRecord> {
 const IMAGE_COLUMNS: &str = "image_id, baseline_digest, signer, entries, created_at, registered";
 
 fn image_from_row(row: &Row) -> StoreResult<ImageRecord> {
-    let get = |e: tokio_postgres::Error| StoreError::Corrupt(chain(&e));
+    let get = |e: tokio_postgres::Error| StoreError::Corrupt(crate::error::error_chain(&e));
     Ok(ImageRecord {
         image_id: row.try_get(0).map_err(get)?,
         baseline_digest: row.try_get(1).map_err(get)?,
@@ -255,7 +243,7 @@ fn image_from_row(row: &Row) -> StoreResult<ImageRecord> {
 }
 
 fn action_from_row(row: &Row) -> StoreResult<ActionRecord> {
-    let get = |e: tokio_postgres::Error| StoreError::Corrupt(chain(&e));
+    let get = |e: tokio_postgres::Error| StoreError::Corrupt(crate::error::error_chain(&e));
     Ok(ActionRecord {
         id: row.try_get(0).map_err(get)?,
         at_ms: row.try_get(1).map_err(get)?,
@@ -275,13 +263,6 @@ fn map_rows<T>(rows: Vec<Row>, map: impl Fn(&Row) -> StoreResult<T>) -> StoreRes
 /// A SQL `LIMIT` (NULL: all).
 fn limit_of(page: &PageRequest) -> Option<i64> {
     Some(fetch_limit(page.limit)).filter(|l| *l >= 0)
-}
-
-fn after(page: &PageRequest) -> (bool, i64, String) {
-    match &page.after {
-        Some(cursor) => (true, cursor.number, cursor.text.clone()),
-        None => (false, 0, String::new()),
-    }
 }
 
 async fn load_host<C: GenericClient>(
@@ -620,7 +601,8 @@ async fn raise<C: GenericClient>(c: &C, o: &Occurrence, due: i64, now: i64) -> S
         exec(
             c,
             "UPDATE alert_hosts SET seen_at = $5
-             WHERE kind = $1 AND image_id = $2 AND grp = $3 AND host_id = $4",
+             WHERE kind = $1 AND image_id = $2 AND grp = $3 AND host_id = $4
+               AND seen_at < $5::BIGINT - 3600000",
             &[&kind, &image, &o.group, &o.host_id, &now],
         )
         .await?;
@@ -855,7 +837,7 @@ impl Store for PostgresStore {
     }
 
     async fn hosts(&self, filter: HostFilter) -> StoreResult<Page<HostRecord>> {
-        let (has, number, text) = after(&filter.page);
+        let (has, number, text) = cursor_params(&filter.page);
         let state = filter.state.map(HostState::name);
         let found = rows(
             &self.client().await?,
@@ -883,7 +865,7 @@ impl Store for PostgresStore {
     }
 
     async fn findings(&self, host_id: &str, page: PageRequest) -> StoreResult<Page<FindingRecord>> {
-        let (has, number, text) = after(&page);
+        let (has, number, text) = cursor_params(&page);
         let found = rows(
             &self.client().await?,
             &format!(
@@ -1061,7 +1043,7 @@ impl Store for PostgresStore {
     }
 
     async fn images(&self, page: PageRequest) -> StoreResult<Page<ImageRecord>> {
-        let (has, number, text) = after(&page);
+        let (has, number, text) = cursor_params(&page);
         let found = rows(
             &self.client().await?,
             &format!(
@@ -1084,7 +1066,7 @@ impl Store for PostgresStore {
     }
 
     async fn actions(&self, filter: ActionFilter) -> StoreResult<Page<ActionRecord>> {
-        let (has, number, _) = after(&filter.page);
+        let (has, number, _) = cursor_params(&filter.page);
         let found = rows(
             &self.client().await?,
             "SELECT id, at, host_id, image_id, action, target, outcome, detail FROM actions
@@ -1226,15 +1208,13 @@ impl Store for PostgresStore {
             .map(|r| {
                 let id: i64 = r.try_get(0).map_err(pg_error)?;
                 let payload: String = r.try_get(1).map_err(pg_error)?;
-                Ok(Claim {
+                Claim::from_stored(
                     id,
-                    item: serde_json::from_str(&payload)
-                        .map_err(|e| StoreError::Corrupt(format!("outbox row {id}: {e}")))?,
-                    idempotency_key: r.try_get(2).map_err(pg_error)?,
-                    attempts: u32::try_from(r.try_get::<_, i64>(3).map_err(pg_error)?)
-                        .unwrap_or(u32::MAX),
-                    give_up_ms: r.try_get(4).map_err(pg_error)?,
-                })
+                    &payload,
+                    r.try_get(2).map_err(pg_error)?,
+                    r.try_get(3).map_err(pg_error)?,
+                    r.try_get(4).map_err(pg_error)?,
+                )
             })
             .collect()
     }

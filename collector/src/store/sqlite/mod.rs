@@ -18,9 +18,10 @@ mod tx;
 use super::decide::{flush_alerts, Decider};
 use super::outbox::{AlertKind, Claim, Occurrence};
 use super::{
-    fetch_limit, severity_of, ActionFilter, ActionRecord, Cursor, Decided, FindingRecord, Finish,
-    FleetCounts, HostFilter, HostRecord, ImageRecord, IngestOutcome, IngestRecord, Outcome, Page,
-    PageRequest, Policy, Request, Store, StoreError, StoreResult, Transition,
+    cursor_params, fetch_limit, severity_of, ActionFilter, ActionRecord, Cursor, Decided,
+    FindingRecord, Finish, FleetCounts, HostFilter, HostRecord, ImageRecord, IngestOutcome,
+    IngestRecord, Outcome, Page, PageRequest, Policy, Request, Store, StoreError, StoreResult,
+    Transition,
 };
 use async_trait::async_trait;
 use driftwatch_protocol::wire::HostState;
@@ -375,14 +376,6 @@ fn action_from_row(row: &Row<'_>) -> rusqlite::Result<ActionRecord> {
     })
 }
 
-/// The cursor's parts as SQL parameters: `(has cursor, number, text)`.
-fn after(page: &PageRequest) -> (bool, i64, String) {
-    match &page.after {
-        Some(cursor) => (true, cursor.number, cursor.text.clone()),
-        None => (false, 0, String::new()),
-    }
-}
-
 /// Polls a decision flow to completion: against SQLite it never suspends.
 fn complete<T>(flow: impl std::future::Future<Output = StoreResult<T>>) -> StoreResult<T> {
     futures_executor::block_on(flow)
@@ -437,7 +430,7 @@ impl Store for SqliteStore {
 
     async fn hosts(&self, filter: HostFilter) -> StoreResult<Page<HostRecord>> {
         self.read(move |c| {
-            let (has, number, text) = after(&filter.page);
+            let (has, number, text) = cursor_params(&filter.page);
             let rows = collect(
                 c,
                 &format!(
@@ -467,7 +460,7 @@ impl Store for SqliteStore {
     async fn findings(&self, host_id: &str, page: PageRequest) -> StoreResult<Page<FindingRecord>> {
         let host_id = host_id.to_string();
         self.read(move |c| {
-            let (has, number, text) = after(&page);
+            let (has, number, text) = cursor_params(&page);
             let rows = collect(
                 c,
                 &format!(
@@ -648,7 +641,7 @@ impl Store for SqliteStore {
 
     async fn images(&self, page: PageRequest) -> StoreResult<Page<ImageRecord>> {
         self.read(move |c| {
-            let (has, number, text) = after(&page);
+            let (has, number, text) = cursor_params(&page);
             let rows = collect(
                 c,
                 &format!(
@@ -673,7 +666,7 @@ impl Store for SqliteStore {
 
     async fn actions(&self, filter: ActionFilter) -> StoreResult<Page<ActionRecord>> {
         self.read(move |c| {
-            let (has, number, _) = after(&filter.page);
+            let (has, number, _) = cursor_params(&filter.page);
             let rows = collect(
                 c,
                 "SELECT id, at, host_id, image_id, action, target, outcome, detail FROM actions
@@ -807,14 +800,7 @@ impl Store for SqliteStore {
             )?;
             rows.into_iter()
                 .map(|(id, payload, key, attempts, give_up)| {
-                    Ok(Claim {
-                        id,
-                        item: serde_json::from_str(&payload)
-                            .map_err(|e| StoreError::Corrupt(format!("outbox row {id}: {e}")))?,
-                        idempotency_key: key,
-                        attempts: u32::try_from(attempts).unwrap_or(u32::MAX),
-                        give_up_ms: give_up,
-                    })
+                    Claim::from_stored(id, &payload, key, attempts, give_up)
                 })
                 .collect()
         })

@@ -341,7 +341,8 @@ pub(super) fn raise(c: &Connection, o: &Occurrence, due: i64, now: i64) -> Store
         return c
             .prepare_cached(
                 "UPDATE alert_hosts SET seen_at = ?5
-                 WHERE kind = ?1 AND image_id = ?2 AND grp = ?3 AND host_id = ?4",
+                 WHERE kind = ?1 AND image_id = ?2 AND grp = ?3 AND host_id = ?4
+                   AND seen_at < ?5 - 3600000",
             )
             .and_then(|mut s| s.execute(key))
             .map(|_| ())
