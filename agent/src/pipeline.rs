@@ -20,6 +20,7 @@ use driftwatch_protocol::report::{
     report_path, BaselineInfo, Finding, HostInfo, PackageFileFinding, Report, ScanError, ScanInfo,
     Summary, REPORT_SCHEMA,
 };
+use driftwatch_protocol::time::rfc3339;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -326,16 +327,6 @@ pub fn recheck(
         }
     }
     Ok(differ.finish())
-}
-
-/// RFC 3339, to the second.
-pub fn rfc3339(time: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(time).to_string()
-}
-
-/// Now, as [`rfc3339`].
-pub fn now() -> String {
-    rfc3339(SystemTime::now())
 }
 
 /// The kernel's hostname.
