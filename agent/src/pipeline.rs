@@ -5,7 +5,6 @@
 //! then the package set and the package manager's records are compared, then — for a
 //! check of `/` — the running system.
 
-use crate::clock::rfc3339;
 use crate::diff::{package_findings, BaselineCursor, Differ};
 use crate::error::{Error, Result};
 use crate::host::{hostname, machine_id};
@@ -22,6 +21,7 @@ use driftwatch_protocol::report::{
     report_path, BaselineInfo, Finding, HostInfo, PackageFileFinding, Report, ScanError, ScanInfo,
     Summary, REPORT_SCHEMA,
 };
+use driftwatch_protocol::time::rfc3339;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;

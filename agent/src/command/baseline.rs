@@ -3,7 +3,6 @@
 use super::{canonical_root, creation_time, Outcome};
 use crate::baseline::{self, PendingBaseline};
 use crate::cli::{CreateArgs, DiffArgs, Format, ShowArgs, VerifyArgs};
-use crate::clock::rfc3339;
 use crate::diff::{BaselineCursor, Differ};
 use crate::error::{Error, Result};
 use crate::pipeline::{inside_root, load_policy, scan_error};
@@ -15,6 +14,7 @@ use crate::source::{packages, runtime};
 use driftwatch_protocol::baseline::{digest_string, BaselineMeta, BaselineReader};
 use driftwatch_protocol::package::AcceptedMismatch;
 use driftwatch_protocol::report::{report_path, BaselineInfo, EntryState, Finding, Summary};
+use driftwatch_protocol::time::rfc3339;
 use serde::Serialize;
 use std::fs::File;
 use std::io::Write;
