@@ -220,7 +220,7 @@ impl Default for WatchConfig {
 }
 
 /// `[replacement]`: what marks this host for replacement, and what happens then.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ReplacementConfig {
     /// A finding at or above this severity marks the host locally (`low`, `medium`,
@@ -236,6 +236,24 @@ pub struct ReplacementConfig {
     /// `DRIFTWATCH_REASON` in its environment.
     #[serde(default)]
     pub command: Vec<String>,
+    /// Seconds the command may run before it is killed (default 60, at least 1); its
+    /// outcome (success, failure, timeout) is logged either way.
+    #[serde(default = "default_command_timeout_secs")]
+    pub command_timeout_secs: u64,
+}
+
+fn default_command_timeout_secs() -> u64 {
+    60
+}
+
+impl Default for ReplacementConfig {
+    fn default() -> Self {
+        ReplacementConfig {
+            mark_severity: None,
+            command: Vec::new(),
+            command_timeout_secs: default_command_timeout_secs(),
+        }
+    }
 }
 
 /// The local marking threshold when `[replacement] mark_severity` is not set and no
@@ -434,6 +452,9 @@ impl AgentConfig {
             .is_some_and(|p| p.is_empty())
         {
             return value("replacement.command", "must start with a program");
+        }
+        if self.replacement.command_timeout_secs == 0 {
+            return value("replacement.command_timeout_secs", "must be at least 1");
         }
         if let Some(collector) = &mut self.collector {
             collector.validate(&self.root, path)?;

@@ -16,7 +16,8 @@
 //!   walked (but not recorded).
 //! - Of all `[[rule]]`s covering a path, the **last** in the file wins; a path that no
 //!   rule covers gets `[default]`. A rule that leaves out `attributes` or `severity`
-//!   takes them from `[default]`.
+//!   takes them from `[default]`; a rule that gives `attributes` compares those only
+//!   ("these attributes only": type, additions and removals are reported regardless).
 //!
 //! The walker evaluates this incrementally (one glob match per entry, the rest
 //! inherited from the parent directory); [`Policy::state_for`] evaluates it from scratch
