@@ -360,7 +360,12 @@ pub fn diff(args: &DiffArgs, out: &mut impl Write) -> Result<Outcome> {
         let before = cursor
             .seek(&entry.path, |b| differ.unmatched_baseline(b))
             .map_err(old_error)?;
-        differ.observed(before.as_ref(), &entry, &policy.state_for(&entry.path));
+        differ.observed(
+            before.as_ref(),
+            &entry,
+            &policy.state_for(&entry.path),
+            false,
+        );
     }
     cursor
         .drain(|b| differ.unmatched_baseline(b))
