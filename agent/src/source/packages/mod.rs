@@ -63,6 +63,19 @@ pub enum DigestAlgorithm {
 }
 
 impl DigestAlgorithm {
+    /// The same algorithm for [`crate::source::hashing`].
+    pub fn algorithm(self) -> crate::source::hashing::Algorithm {
+        use crate::source::hashing::Algorithm;
+        match self {
+            DigestAlgorithm::Md5 => Algorithm::Md5,
+            DigestAlgorithm::Sha1 => Algorithm::Sha1,
+            DigestAlgorithm::Sha256 => Algorithm::Sha256,
+            DigestAlgorithm::Sha384 => Algorithm::Sha384,
+            DigestAlgorithm::Sha512 => Algorithm::Sha512,
+            DigestAlgorithm::Sha224 => Algorithm::Sha224,
+        }
+    }
+
     /// The lowercase name used in reports (`md5:…`).
     pub fn name(self) -> &'static str {
         match self {
@@ -265,6 +278,7 @@ pub fn verify_for_policy(
     let options = verify::VerifyOptions {
         severity: config.verify_severity,
         config_severity: config.verify_config_severity,
+        max_file_bytes: policy.config().scan.max_file_bytes,
     };
     Ok(verify::verify(root, &files, db, &options))
 }
