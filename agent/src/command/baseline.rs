@@ -117,7 +117,12 @@ pub fn create(args: &CreateArgs, out: &mut impl Write) -> Result<Outcome> {
     };
     let stats = scan(&root, &policy, &options, &AtomicBool::new(false), |item| {
         match item {
-            ScanItem::Observed { entry, error, .. } => {
+            ScanItem::Observed {
+                entry,
+                error,
+                unsettled,
+                ..
+            } => {
                 if entry.blake3.is_some() {
                     bytes_seen += entry.size;
                 }
@@ -125,7 +130,11 @@ pub fn create(args: &CreateArgs, out: &mut impl Write) -> Result<Outcome> {
                 if let Some(error) = error {
                     errors.push(scan_error(&entry.path, error));
                 }
-                pending.push(&entry)?;
+                // Recorded without its hash, a file would never have its content
+                // compared: better left out (and named in the errors) than baked so.
+                if !unsettled {
+                    pending.push(&entry)?;
+                }
             }
             ScanItem::Unreadable { path, error, .. } => errors.push(scan_error(&path, error)),
         }

@@ -62,9 +62,9 @@ const REORDER_WINDOW: usize = 8192;
 /// above glibc's mmap threshold and were measured ~4x slower on this class of VM.
 const READ_BUFFER_BYTES: usize = 128 * 1024;
 /// How often a file that changes while being read is read again before giving up.
-const READ_ATTEMPTS: usize = 3;
+const READ_ATTEMPTS: usize = 3; // named in CHANGING
 /// The error of a file that kept changing while it was read.
-pub const CHANGING: &str = "could not be hashed: changing";
+pub const CHANGING: &str = "could not be hashed: changing (changed while being read 3 times)";
 
 /// Extended attributes that carry security meaning; others (user.*, …) are ignored.
 fn is_security_xattr(name: &[u8]) -> bool {

@@ -147,6 +147,12 @@ pub(super) fn read_optional_db_file(path: &Path) -> Result<Option<Vec<u8>>, Pack
         Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(err) => return Err(io_error(err)),
     };
+    if !file.metadata().map_err(io_error)?.is_file() {
+        return Err(PackageDbError::Malformed {
+            path: path.to_path_buf(),
+            reason: "not a regular file".to_string(),
+        });
+    }
     let mut bytes = Vec::new();
     // Read one byte past the cap, so that "exactly the cap" and "larger" differ, without
     // trusting the size fstat reports (a FIFO or procfs file reports 0).
