@@ -788,7 +788,9 @@ enum Visit {
 /// A directory's entries (without `.` and `..`), sorted by name, the first one last.
 fn list(fd: &OwnedFd) -> io::Result<Vec<(CString, rustix::fs::FileType)>> {
     let mut children = Vec::new();
-    for dent in rustix::fs::Dir::read_from(fd)? {
+    // A duplicate, not `Dir::read_from` (which reopens `.`, and needs search
+    // permission where listing needs only read permission).
+    for dent in rustix::fs::Dir::new(fd.try_clone()?)? {
         let dent = dent?;
         let name = dent.file_name();
         if name == c"." || name == c".." {
