@@ -715,11 +715,11 @@ fn a_hostile_host_cannot_stall_or_blind_the_running_daemon() {
         &[1 << 50, 16 << 40, (16 << 40) - 4096],
     );
     grow_sparse(&t.path("/usr/bin/tool"), &[100 << 30]);
-    let status = wait_for(port, Duration::from_secs(10), "the sparse files", |s| {
+    let found = wait_for(port, Duration::from_secs(10), "the sparse files", |s| {
         let paths = finding_paths(s);
         paths.contains(&"/usr/bin/huge".into()) && paths.contains(&"/usr/bin/tool".into())
     });
-    let grown = status["findings"]
+    let grown = found["findings"]
         .as_array()
         .unwrap()
         .iter()
@@ -729,12 +729,15 @@ fn a_hostile_host_cannot_stall_or_blind_the_running_daemon() {
         grown["finding"]["attributes"],
         serde_json::json!(["size", "content"])
     );
-    // `/usr` swapped for a link out of the root: re-checks never follow it.
-    std::fs::rename(t.path("/usr"), t.path("/usr.real")).unwrap();
-    std::os::unix::fs::symlink(&evil, t.path("/usr")).unwrap();
+    // The watched `/usr/bin` swapped for a link out of the root: the rescan it causes
+    // records the link and never follows it.
+    std::fs::rename(t.path("/usr/bin"), t.path("/usr/bin.real")).unwrap();
+    std::os::unix::fs::symlink(evil.join("bin"), t.path("/usr/bin")).unwrap();
     std::fs::write(evil.join("bin/tool"), b"planted outside the root, v2").unwrap();
-    wait_for(port, Duration::from_secs(10), "the swapped /usr", |s| {
-        finding_paths(s).contains(&"/usr".into())
+    wait_for(port, Duration::from_secs(10), "the swapped /usr/bin", |s| {
+        s["findings"].as_array().unwrap().iter().any(|r| {
+            r["finding"]["path"] == "/usr/bin" && r["finding"]["observed"]["type"] == "symlink"
+        })
     });
     std::thread::sleep(Duration::from_secs(1));
     let status = status(port).unwrap();

@@ -1222,6 +1222,29 @@ mod tests {
         assert_eq!(paths(&items), ["!/usr/secret"]);
     }
 
+    #[test]
+    fn single_path_rechecks_never_pass_through_a_symlink() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        fs::create_dir(outside.path().join("bin")).unwrap();
+        fs::write(outside.path().join("bin/tool"), b"planted").unwrap();
+        fs::create_dir(dir.path().join("usr")).unwrap();
+        symlink(outside.path().join("bin"), dir.path().join("usr/bin")).unwrap();
+        let policy = Policy::parse("").unwrap();
+        match observe_one(dir.path(), &policy, b"/usr/bin/tool") {
+            Some(ScanItem::Unreadable { error, .. }) => {
+                assert!(error.contains("/usr/bin is a symbolic link"), "{error}")
+            }
+            other => panic!("followed the link: {other:?}"),
+        }
+        match observe_one(dir.path(), &policy, b"/usr/bin") {
+            Some(ScanItem::Observed { entry, .. }) => {
+                assert_eq!(entry.file_type, FileType::Symlink)
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
     struct Remembered(Mutex<HashMap<Vec<u8>, (FileIdentity, ContentHashes)>>);
 
     impl KnownHashes for Remembered {
