@@ -112,6 +112,7 @@ pub fn create(args: &CreateArgs, out: &mut impl Write) -> Result<Outcome> {
     let mut bytes_seen = 0u64;
     let options = ScanOptions {
         threads: args.scan.threads,
+        readers: args.scan.readers,
         skip: own_files,
         ..ScanOptions::default()
     };

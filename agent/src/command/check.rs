@@ -38,6 +38,7 @@ pub fn run(args: &CheckArgs, out: &mut impl Write) -> Result<Outcome> {
         policy: &policy,
         scan: ScanOptions {
             threads: args.scan.threads,
+            readers: args.scan.readers,
             ..ScanOptions::default()
         },
         runtime: !args.no_runtime,

@@ -220,6 +220,34 @@ pub struct ScanOptions {
     /// Paths inside the root to leave out entirely, e.g. the baseline being written
     /// or read, which lives in the image but is not part of it (default: none).
     pub skip: Vec<Vec<u8>>,
+    /// Read-ahead threads, sized apart from the hashing threads (`None`: automatic —
+    /// [`DEFAULT_READERS`] when reading is neither paced nor spared by known hashes,
+    /// else none; `Some(0)`: none).
+    pub readers: Option<usize>,
+}
+
+/// Read-ahead threads by default. A cold page cache (a boot check) is bound by
+/// outstanding reads, not by hashing: here 32 concurrent readers read `/usr` in
+/// 10 s where 2 take 19 s. Read-ahead threads only open each file to be hashed, ask
+/// the kernel to start reading it (`POSIX_FADV_WILLNEED`) and close it, so the
+/// hashing threads find its pages in the cache; on a warm cache that costs one
+/// `openat` + `fadvise` per file on otherwise idle threads.
+pub const DEFAULT_READERS: usize = 16;
+/// Bytes of one file requested ahead; the hashing thread's own sequential reads
+/// trigger the kernel's read-ahead for the rest of a large file.
+const READ_AHEAD_BYTES: u64 = 8 << 20;
+/// Files queued for read-ahead; when the readers fall behind, files are skipped
+/// (they are read as before) rather than stalling the walk.
+const READ_AHEAD_QUEUE: usize = 4096;
+
+impl ScanOptions {
+    fn read_ahead_threads(&self) -> usize {
+        match self.readers {
+            Some(n) => n,
+            None if self.read_bytes_per_sec == 0 && self.known.is_none() => DEFAULT_READERS,
+            None => 0,
+        }
+    }
 }
 
 /// One observed entry, in walk order.
@@ -375,17 +403,26 @@ pub fn scan<E>(
     let (job_tx, job_rx) = bounded::<Job>(JOB_QUEUE);
     let (result_tx, result_rx) = bounded::<(u64, Option<ScanItem>)>(JOB_QUEUE);
     let (window_tx, window_rx) = bounded::<()>(REORDER_WINDOW);
+    let readers = options.read_ahead_threads();
+    let (ahead_tx, ahead_rx) = bounded::<Located>(READ_AHEAD_QUEUE);
     let mut stats = ScanStats::default();
 
     let outcome = std::thread::scope(|scope| {
         let root_fd = &root_fd;
+        for _ in 0..readers {
+            let ahead = ahead_rx.clone();
+            scope.spawn(move || read_ahead(ahead, policy.config().scan.max_file_bytes));
+        }
+        drop(ahead_rx);
         scope.spawn(move || {
             let mut dispatch = Dispatcher {
                 next_seq: 0,
                 jobs: &job_tx,
                 window: &window_tx,
+                ahead: (readers > 0).then_some(&ahead_tx),
             };
             walk(root_fd, policy, options, cancel, &mut dispatch);
+            drop(ahead_tx);
         });
         for _ in 0..threads {
             let jobs = job_rx.clone();
@@ -532,6 +569,25 @@ struct Dispatcher<'a> {
     next_seq: u64,
     jobs: &'a Sender<Job>,
     window: &'a Sender<()>,
+    /// Where files to be hashed are announced for read-ahead, if anywhere.
+    ahead: Option<&'a Sender<Located>>,
+}
+
+/// A read-ahead thread: opens each announced file, asks the kernel to start reading
+/// it and closes it. Errors do not matter here: the hashing thread meets them itself.
+fn read_ahead(files: Receiver<Located>, max_file_bytes: u64) {
+    for at in files {
+        let Ok(file) = open_at(&at) else { continue };
+        let Ok(st) = rustix::fs::fstat(&file) else {
+            continue;
+        };
+        let size = Stat::from(&st).size;
+        if size == 0 || size > max_file_bytes {
+            continue;
+        }
+        let len = std::num::NonZeroU64::new(size.min(READ_AHEAD_BYTES));
+        let _ = rustix::fs::fadvise(&file, 0, len, rustix::fs::Advice::WillNeed);
+    }
 }
 
 impl Dispatcher<'_> {
@@ -703,6 +759,14 @@ impl Walk<'_> {
         }
         let hash = kind == rustix::fs::FileType::RegularFile
             && policy.rule(&state).attributes.contains(Attribute::Content);
+        if hash {
+            if let Some(ahead) = dispatch.ahead {
+                let _ = ahead.try_send(Located {
+                    dir: at.dir.clone(),
+                    name: at.name.clone(),
+                });
+            }
+        }
         if !is_dir {
             let sent = dispatch.send(|seq| Job::Inspect {
                 seq,
