@@ -427,7 +427,7 @@ impl Daemon {
                 Depth::Full | Depth::Fast => self.config.throttle.read_bytes_per_sec,
             },
             known: None,
-            skip: Vec::new(),
+            ..ScanOptions::default()
         };
         let cancel = Arc::clone(&self.cancel);
         let started = Instant::now();
