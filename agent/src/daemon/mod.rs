@@ -34,6 +34,7 @@
 pub mod cache;
 pub mod config;
 pub mod health;
+pub mod provision;
 pub mod state;
 
 use crate::error::Error;
@@ -109,6 +110,8 @@ pub struct Status {
     pub rescans: u64,
     /// Reporting to the collector, when configured.
     pub collector: Option<CollectorStatus>,
+    /// The first-boot provisioning window and its delta ([`provision`]).
+    pub provisioning: Option<provision::Provisioning>,
 }
 
 /// State shared between the daemon loop and the HTTP endpoint.
@@ -178,6 +181,10 @@ struct Daemon {
     directives_tx: latest::Sender<Option<HostDirective>>,
     directives: latest::Receiver<Option<HostDirective>>,
     reporter: Option<ReporterHandle>,
+    /// The first-boot provisioning window, once the baseline is verified.
+    provisioning: Option<provision::Provisioning>,
+    /// Its declared paths.
+    declared: Option<provision::Declared>,
 }
 
 impl Daemon {
@@ -202,6 +209,8 @@ impl Daemon {
             directives_tx,
             directives,
             reporter: None,
+            provisioning: None,
+            declared: None,
         }
     }
 
@@ -266,6 +275,7 @@ impl Daemon {
                 baseline_digest: Some(digest.clone()),
             };
             self.open_spool()?;
+            self.start_provisioning(&digest);
             let mut status = self.shared.status();
             status.baseline_digest = Some(digest);
             status.image_id = context.reader.meta().image_id.clone();
@@ -313,6 +323,7 @@ impl Daemon {
             tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
         let mut package_poll = tokio::time::interval(PACKAGE_POLL);
         let mut packages = PackageWatch::new(&self.config.root);
+        let mut provision_poll = tokio::time::interval(provision::POLL);
         loop {
             tokio::select! {
                 _ = stop.notified() => break,
@@ -364,6 +375,11 @@ impl Daemon {
                         if packages.settled(&self.config.root) {
                             self.package_event(Arc::clone(context)).await;
                         }
+                    }
+                }
+                _ = provision_poll.tick(), if self.provisioning_open() => {
+                    if let Some(context) = &context {
+                        self.poll_provisioning(Arc::clone(context)).await;
                     }
                 }
                 _ = watchdog_tick.tick(), if watchdog.is_some() => {
@@ -573,7 +589,8 @@ impl Daemon {
     /// needed, saves the state.
     async fn apply(&mut self, findings: &[Finding]) {
         let time = now();
-        let new = self.state.record(findings, &time);
+        let findings = self.provisioning_filter(findings, &time);
+        let new = self.state.record(&findings, &time);
         // Durable for the collector before anything else: a crash from here on
         // re-finds them at worst (the state is saved below), never loses them.
         self.spool_findings(&new, &time);
@@ -760,6 +777,7 @@ impl Daemon {
         let mut status = self.shared.status();
         status.mark = self.state.mark.clone();
         status.findings = self.state.findings.values().cloned().collect();
+        status.provisioning = self.provisioning.clone();
         status.state = if self.state.mark.is_some() {
             "marked"
         } else if !self.state.findings.is_empty() {
