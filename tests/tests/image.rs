@@ -40,8 +40,21 @@ use std::time::{Duration, Instant};
 
 /// The image's id, recorded in the baseline and registered with the collector.
 const IMAGE_ID: &str = "debian-e2e-1";
-/// The packages the image gets on top of `minbase`.
-const INCLUDE: &[&str] = &["systemd", "systemd-sysv", "dbus"];
+/// The packages the image gets on top of `minbase`: what a stock cloud image carries
+/// (a kernel with its modules and initramfs, cloud-init, sshd, time sync, automatic
+/// upgrades, sudo), so that the test judges the image users bake.
+const INCLUDE: &[&str] = &[
+    "systemd",
+    "systemd-sysv",
+    "dbus",
+    "linux-image-cloud-amd64",
+    "initramfs-tools",
+    "cloud-init",
+    "openssh-server",
+    "systemd-timesyncd",
+    "unattended-upgrades",
+    "sudo",
+];
 /// A small package (no dependencies beyond libc) kept as a `.deb` in the image's apt
 /// cache, not installed: the drift step installs it offline.
 const SPARE: &str = "hello";
@@ -184,6 +197,9 @@ fn a_baked_image_boots_clean_reports_drift_and_detects_a_tampered_baseline() {
         })
         .collect();
     drop(image);
+    for (root, name) in roots.iter().zip(["a", "b", "c"]) {
+        seed_cloud_init(root, &format!("dw-e2e-{name}"));
+    }
     flip_a_byte(&roots[2].join("/usr/lib/driftwatch/baseline"));
     timings.add("3 copies", copying.elapsed());
     let mut machines: Vec<Container> = roots
@@ -629,6 +645,41 @@ fn configure_image(image: &Root, collector: &Collector, rootfs: &Rootfs) {
     )
     .unwrap();
     container::stand_in_kernel_modules(image);
+    // cloud-init looks for nothing but a NoCloud seed (in a container its datasource
+    // cannot be detected), and leaves the network to systemd-networkd as configured.
+    image.write(
+        "/etc/cloud/cloud.cfg.d/90-driftwatch-e2e.cfg",
+        "datasource_list: [NoCloud]\nnetwork: {config: disabled}\n",
+        0o644,
+    );
+}
+
+/// The public key the default user gets (any well-formed key: nobody logs in).
+const USER_KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHQYxR9QyZbRj3fDUeMXSLYs5yLvKZqDV8kCq0AbS1fC e2e@driftwatch";
+/// What cloud-init's `write_files` writes, and what its `runcmd` writes.
+const WRITTEN: &str = "/etc/driftwatch-e2e/written";
+const RAN: &str = "/etc/driftwatch-e2e/ran";
+
+/// The NoCloud seed a cloud would hand machine `name` at first boot: a default user
+/// with an SSH key, a file, the hostname, a command. Written after the bake, into
+/// `/var/lib/cloud/seed/nocloud` (cloud-init's own state, excluded by the policy).
+fn seed_cloud_init(root: &Root, name: &str) {
+    let seed = "/var/lib/cloud/seed/nocloud";
+    root.write(
+        &format!("{seed}/meta-data"),
+        format!("instance-id: iid-{name}\nlocal-hostname: {name}\n"),
+        0o600,
+    );
+    root.write(
+        &format!("{seed}/user-data"),
+        format!(
+            "#cloud-config\nhostname: {name}\nusers: [default]\n\
+             ssh_authorized_keys: [\"{USER_KEY}\"]\n\
+             write_files:\n  - path: {WRITTEN}\n    content: \"provisioned\\n\"\n\
+             runcmd:\n  - [sh, -c, \"echo ran > {RAN}\"]\n"
+        ),
+        0o600,
+    );
 }
 
 /// The bake step, in a chroot: `driftwatch-bake` with the pipeline's key (copied into

@@ -24,6 +24,7 @@
 //! is sealed anyway. The units are asked about with `systemctl show`; where that cannot
 //! answer (no systemd, another root) there is no window, and everything is drift.
 
+use super::config::AgentConfig;
 use super::{Daemon, Depth};
 use crate::pipeline::now;
 use crate::sink::spool::write_durably;
@@ -339,6 +340,20 @@ impl Provisioning {
             &bytes,
         )
         .map_err(std::io::Error::other)
+    }
+}
+
+/// `findings` without those the host's provisioning record (in the configuration's
+/// `state_dir`, for baseline `digest`) explains: what `driftwatch check` on the host
+/// itself applies, so that it answers as the daemon does. Without a readable record,
+/// all of them.
+pub fn explain(config: &AgentConfig, digest: &str, findings: Vec<Finding>) -> Vec<Finding> {
+    let Ok(declared) = Declared::compile(&config.provisioning) else {
+        return findings;
+    };
+    match Provisioning::load(&config.state_dir, digest) {
+        Ok(Some(mut record)) => record.absorb(&declared, &findings, &now()),
+        _ => findings,
     }
 }
 
