@@ -63,6 +63,10 @@ pub struct AgentConfig {
     /// serves its loopback endpoint and logs).
     #[serde(default)]
     pub collector: Option<CollectorConfig>,
+    /// The first-boot provisioning window (default: until `cloud-final.service` has
+    /// finished, on the paths cloud-init writes).
+    #[serde(default)]
+    pub provisioning: crate::daemon::provision::ProvisioningConfig,
 }
 
 fn default_baseline() -> PathBuf {
@@ -96,6 +100,7 @@ impl Default for AgentConfig {
             watch: WatchConfig::default(),
             replacement: ReplacementConfig::default(),
             collector: None,
+            provisioning: Default::default(),
         }
     }
 }
@@ -458,6 +463,9 @@ impl AgentConfig {
         }
         if let Some(collector) = &mut self.collector {
             collector.validate(&self.root, path)?;
+        }
+        if let Err(key) = self.provisioning.validate() {
+            return value(key, "must hold absolute glob patterns");
         }
         if self.replacement.mark_severity.is_none() && self.collector.is_none() {
             self.replacement.mark_severity = Some(LOCAL_MARK_SEVERITY);

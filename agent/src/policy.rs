@@ -645,6 +645,7 @@ attributes = ["content"]
             "/root/.ssh/authorized_keys",
             "/home/bob/.ssh/authorized_keys",
             "/var/spool/cron/crontabs/root",
+            "/etc/ssh/ssh_host_rsa_key",
         ] {
             let state = p.state_for(critical.as_bytes());
             assert!(!state.excluded, "{critical} excluded");
@@ -658,7 +659,6 @@ attributes = ["content"]
             "/tmp/x",
             "/root/.bash_history",
             "/var/spool/postfix/x",
-            "/etc/ssh/ssh_host_rsa_key",
             "/var/lib/driftwatch/state",
         ] {
             assert!(

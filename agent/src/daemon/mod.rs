@@ -33,6 +33,7 @@
 
 pub mod cache;
 pub mod health;
+pub mod provision;
 pub mod state;
 
 use crate::config::{self, AgentConfig};
@@ -111,6 +112,8 @@ pub struct Status {
     pub rescans: u64,
     /// Reporting to the collector, when configured.
     pub collector: Option<CollectorStatus>,
+    /// The first-boot provisioning window and its delta ([`provision`]).
+    pub provisioning: Option<provision::Provisioning>,
 }
 
 /// State shared between the daemon loop and the HTTP endpoint.
@@ -193,6 +196,10 @@ struct Daemon {
     rescan_pending: Option<String>,
     /// systemd's watchdog, fed at half its interval whatever the daemon is waiting for.
     watchdog: Option<tokio::time::Interval>,
+    /// The first-boot provisioning window, once the baseline is verified.
+    provisioning: Option<provision::Provisioning>,
+    /// Its declared paths.
+    declared: Option<provision::Declared>,
 }
 
 impl Daemon {
@@ -222,6 +229,8 @@ impl Daemon {
             events,
             rescan_pending: None,
             watchdog: None,
+            provisioning: None,
+            declared: None,
         }
     }
 
@@ -286,6 +295,7 @@ impl Daemon {
                 baseline_digest: Some(digest.clone()),
             };
             self.open_spool()?;
+            self.start_provisioning(&digest);
             let mut status = self.shared.status();
             status.baseline_digest = Some(digest);
             status.image_id = context.reader.meta().image_id.clone();
@@ -332,6 +342,7 @@ impl Daemon {
         let mut next_fast = Instant::now() + jittered(fast_interval, schedule.jitter);
         let mut package_poll = tokio::time::interval(PACKAGE_POLL);
         let mut packages = PackageWatch::new(&self.config.root);
+        let mut provision_poll = tokio::time::interval(provision::POLL);
         loop {
             if let (Some(reason), Some(context)) = (self.rescan_pending.take(), &context) {
                 // Paced and at background priority like any scheduled check: an event
@@ -390,6 +401,11 @@ impl Daemon {
                         if packages.settled(&self.config.root) {
                             self.package_event(Arc::clone(context)).await;
                         }
+                    }
+                }
+                _ = provision_poll.tick(), if self.provisioning_open() => {
+                    if let Some(context) = &context {
+                        self.poll_provisioning(Arc::clone(context)).await;
                     }
                 }
                 () = tick(&mut self.watchdog) => notify_systemd(&[sd_notify::NotifyState::Watchdog]),
@@ -617,7 +633,8 @@ impl Daemon {
     /// needed, saves the state.
     async fn apply(&mut self, findings: &[Finding]) {
         let time = now_rfc3339();
-        let recorded = self.state.record(findings, &time);
+        let findings = self.provisioning_filter(findings, &time);
+        let recorded = self.state.record(&findings, &time);
         // Durable for the collector before anything else: a crash from here on
         // re-finds them at worst (the state is saved below), never loses them. A
         // changed finding travels as a new event under its old key.
@@ -812,6 +829,7 @@ impl Daemon {
         let mut status = self.shared.status();
         status.mark = self.state.mark.clone();
         status.findings = self.state.findings.values().cloned().collect();
+        status.provisioning = self.provisioning.clone();
         status.state = if self.state.mark.is_some() {
             "marked"
         } else if !self.state.findings.is_empty() {
