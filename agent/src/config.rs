@@ -408,7 +408,12 @@ impl AgentConfig {
                 })
             }
         };
-        let config: AgentConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        AgentConfig::parse(&text, path)
+    }
+
+    /// Parses and validates a configuration's text; `path` names the file in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<AgentConfig, ConfigError> {
+        let config: AgentConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
