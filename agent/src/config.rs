@@ -276,8 +276,11 @@ const LOCAL_MARK_SEVERITY: Severity = Severity::Critical;
 pub struct CollectorConfig {
     /// The collector's base URL, `https://` only (required), e.g.
     /// `https://collector.example.org:8443`; requests go to `/v1/ingest` and
-    /// `/v1/enroll` below it.
-    pub url: String,
+    /// `/v1/enroll` below it. A list (`["https://c1:8443", "https://c2:8443"]`) names
+    /// replicas of one collector: the agent uses the first that answers, fails over to
+    /// the next when one does not (no answer, or 502/503/504), and goes back to the
+    /// first after [`FAILBACK_SECS`].
+    pub url: CollectorUrls,
     /// PEM file with the CA certificate(s) that signed the collector's server
     /// certificate (required). Only these are trusted for the collector, not the
     /// system's roots.
@@ -479,6 +482,52 @@ impl AgentConfig {
     }
 }
 
+/// After failing over to another collector URL, the agent tries the first one again
+/// after this long: replicas are peers, but the first is the one the operator chose.
+pub const FAILBACK_SECS: u64 = 600;
+
+/// `[collector] url`: one URL, or a list of replicas of the same collector (in order of
+/// preference; never empty once validated).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CollectorUrls(Vec<String>);
+
+impl CollectorUrls {
+    /// The URLs, in order of preference, without a trailing `/`.
+    pub fn bases(&self) -> Vec<String> {
+        self.0
+            .iter()
+            .map(|u| u.trim_end_matches('/').to_string())
+            .collect()
+    }
+}
+
+impl From<String> for CollectorUrls {
+    fn from(url: String) -> CollectorUrls {
+        CollectorUrls(vec![url])
+    }
+}
+
+impl std::fmt::Display for CollectorUrls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.join(", "))
+    }
+}
+
+impl<'de> Deserialize<'de> for CollectorUrls {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum OneOrMany {
+            One(String),
+            Many(Vec<String>),
+        }
+        Ok(match OneOrMany::deserialize(d)? {
+            OneOrMany::One(url) => CollectorUrls(vec![url]),
+            OneOrMany::Many(urls) => CollectorUrls(urls),
+        })
+    }
+}
+
 impl CollectorConfig {
     fn validate(&mut self, root: &Path, path: &Path) -> Result<(), ConfigError> {
         let value = |key, problem| {
@@ -488,19 +537,24 @@ impl CollectorConfig {
                 problem,
             })
         };
-        match reqwest::Url::parse(&self.url) {
-            Ok(url) if url.scheme() == "https" && url.host().is_some() => {}
-            Ok(url) if url.scheme() != "https" => {
-                return value(
-                    "collector.url",
-                    "must be an https:// URL (the collector is HTTPS only)",
-                )
-            }
-            _ => {
-                return value(
-                    "collector.url",
-                    "must be a URL such as https://collector.example.org:8443",
-                )
+        if self.url.0.is_empty() {
+            return value("collector.url", "must name at least one URL");
+        }
+        for url in &self.url.0 {
+            match reqwest::Url::parse(url) {
+                Ok(url) if url.scheme() == "https" && url.host().is_some() => {}
+                Ok(url) if url.scheme() != "https" => {
+                    return value(
+                        "collector.url",
+                        "must be an https:// URL (the collector is HTTPS only)",
+                    )
+                }
+                _ => {
+                    return value(
+                        "collector.url",
+                        "must be a URL such as https://collector.example.org:8443",
+                    )
+                }
             }
         }
         let absolute = [
@@ -692,6 +746,20 @@ mod tests {
     }
 
     #[test]
+    fn the_collector_url_may_be_a_list_of_replicas() {
+        let config = load("root = \"DIR\"\n[collector]\nurl = [\"https://c1:8443/\", \"https://c2:8443\"]\nca_file = \"/ca\"\nenrollment_token_file = \"/t\"\nhost_id = \"h\"\n").unwrap();
+        let collector = config.collector.unwrap();
+        assert_eq!(
+            collector.url.bases(),
+            ["https://c1:8443", "https://c2:8443"]
+        );
+        assert_eq!(
+            collector.url.to_string(),
+            "https://c1:8443/, https://c2:8443"
+        );
+    }
+
+    #[test]
     fn collector_errors_name_the_key() {
         let identity = "enrollment_token_file = \"/t\"\nhost_id = \"h\"\n";
         let cases = [
@@ -712,6 +780,16 @@ mod tests {
             (
                 &format!("[collector]\nurl = \"c:8443\"\nca_file = \"/ca\"\n{identity}"),
                 "`collector.url`",
+            ),
+            (
+                &format!("[collector]\nurl = []\nca_file = \"/ca\"\n{identity}"),
+                "`collector.url` must name at least one URL",
+            ),
+            (
+                &format!(
+                    "[collector]\nurl = [\"https://a\", \"http://b\"]\nca_file = \"/ca\"\n{identity}"
+                ),
+                "`collector.url` must be an https:// URL",
             ),
             (
                 &format!("{COLLECTOR}{identity}colour = 1"),

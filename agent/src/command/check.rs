@@ -104,7 +104,7 @@ fn deliver(collector: &CollectorConfig, state_dir: &Path, report: &Report) -> Re
     let delivered =
         deliver_report(collector, state_dir, image, &report.findings).map_err(|source| {
             Error::Report {
-                url: collector.url.clone(),
+                url: collector.url.to_string(),
                 source,
             }
         })?;
