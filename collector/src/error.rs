@@ -101,16 +101,3 @@ impl IntoResponse for ApiError {
         response
     }
 }
-
-/// An error and its causes, on one line (reqwest and tokio-postgres keep the cause,
-/// often the useful part, in the source chain).
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
-}

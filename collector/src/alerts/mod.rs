@@ -33,8 +33,8 @@ pub use wording::ALERT_SCHEMA;
 
 use crate::config::CollectorConfig;
 use crate::metrics::Metrics;
-use crate::store::outbox::Backoff;
 use crate::store::{DynStore, Policy, StoreResult};
+use driftwatch_protocol::backoff::Backoff;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -101,10 +101,7 @@ impl Alerter {
         store: DynStore,
         metrics: Arc<Metrics>,
     ) -> Result<Alerter, AlertError> {
-        let backoff = Backoff {
-            base: BACKOFF_BASE,
-            cap: BACKOFF_CAP,
-        };
+        let backoff = Backoff::new(BACKOFF_BASE, BACKOFF_CAP);
         Alerter::start_with(
             config,
             store,
@@ -275,10 +272,7 @@ pub(crate) mod tests {
         store: DynStore,
         metrics: Arc<Metrics>,
     ) -> Alerter {
-        let backoff = Backoff {
-            base: Duration::from_millis(10),
-            cap: Duration::from_millis(40),
-        };
+        let backoff = Backoff::new(Duration::from_millis(10), Duration::from_millis(40));
         Alerter::start_with(config, store, metrics, backoff, "test").unwrap()
     }
 

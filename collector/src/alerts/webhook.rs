@@ -12,11 +12,12 @@ use super::roots::{read_roots, read_system_roots};
 use super::AlertError;
 use crate::config::WebhookConfig;
 use crate::delivery::Deliverer;
-use crate::error::error_chain;
 use crate::metrics::Metrics;
-use crate::store::outbox::{Backoff, Claim, OutboxItem};
+use crate::store::outbox::{Claim, OutboxItem};
 use crate::store::{now_ms, ActionRecord, Finish, Outcome};
 use async_trait::async_trait;
+use driftwatch_protocol::backoff::Backoff;
+use driftwatch_protocol::errors::error_chain;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -115,6 +116,13 @@ pub(crate) struct Webhooks {
 }
 
 impl Webhooks {
+    /// The wait after `attempts` failed attempts.
+    fn wait_after(&self, attempts: u32) -> std::time::Duration {
+        let failures_before = attempts.saturating_sub(1);
+        self.backoff
+            .delay(failures_before, driftwatch_protocol::random::unit())
+    }
+
     fn done(
         &self,
         claim: &Claim,
@@ -181,7 +189,7 @@ impl Deliverer for Webhooks {
             }
             Err((retry, error)) => {
                 let at_ms = now_ms().saturating_add(
-                    i64::try_from(self.backoff.after(attempts).as_millis()).unwrap_or(i64::MAX),
+                    i64::try_from(self.wait_after(attempts).as_millis()).unwrap_or(i64::MAX),
                 );
                 if retry && attempts < receiver.config.max_attempts && at_ms < claim.give_up_ms {
                     tracing::debug!(url = %url, attempts, %error, "Webhook delivery failed; retrying.");

@@ -41,6 +41,9 @@ pub struct HostDetail {
     /// Where the next page of findings starts, when there is more.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next_cursor: Option<String>,
+    /// What provisioning changed at its first boot (not drift), as the host sent it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provisioning: Option<serde_json::Value>,
 }
 
 /// A page as a JSON array, with the next page's cursor in [`NEXT_CURSOR`].
@@ -127,10 +130,12 @@ pub async fn host(
         limit: query.limit.map(|l| l.clamp(1, MAX_LIMIT)),
     };
     let findings = store.findings(&host_id, page).await?;
+    let provisioning = store.provisioning(&host_id).await?;
     Ok(Json(HostDetail {
         host,
         findings: findings.items,
         next_cursor: findings.next_cursor.map(|c| c.encode()),
+        provisioning,
     }))
 }
 

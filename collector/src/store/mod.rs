@@ -331,6 +331,8 @@ pub enum IngestBody {
     },
     /// A finding.
     Finding(Box<Finding>),
+    /// The host's sealed first-boot provisioning delta.
+    Provisioned(Box<driftwatch_protocol::wire::ProvisionDelta>),
 }
 
 /// A finding the collector raises itself about a host.
@@ -414,12 +416,15 @@ pub(crate) fn changed(old: &serde_json::Value, new: &serde_json::Value) -> bool 
 }
 
 /// The findings of a batch in the order they are upserted: the agent's events that
-/// are new (by event id), then the collector's own; `ids` are the events' ids.
+/// are new (by event id), then the collector's own; `heartbeats` counts the events
+/// accepted without an id check (heartbeats, the provisioning delta).
 pub(crate) struct BatchFindings {
     pub events: Vec<(String, FindingInput)>,
     pub collector: Vec<FindingInput>,
     pub heartbeat: Option<(String, u64)>,
     pub heartbeats: u32,
+    /// The host's first-boot provisioning delta (JSON), the last of the batch.
+    pub provisioned: Option<String>,
 }
 
 impl BatchFindings {
@@ -434,6 +439,7 @@ impl BatchFindings {
                 .collect(),
             heartbeat: None,
             heartbeats: 0,
+            provisioned: None,
         };
         for event in &record.events {
             match &event.body {
@@ -447,10 +453,25 @@ impl BatchFindings {
                 IngestBody::Finding(finding) => split
                     .events
                     .push((event.id.clone(), FindingInput::from_agent(finding)?)),
+                IngestBody::Provisioned(delta) => {
+                    // Kept as sent; the latest one wins.
+                    split.provisioned = Some(serde_json::to_string(delta).map_err(|e| {
+                        StoreError::Database(format!("cannot encode a delta: {e}"))
+                    })?);
+                    split.heartbeats += 1;
+                }
             }
         }
         Ok(split)
     }
+}
+
+/// A stored provisioning delta, read back.
+pub(crate) fn parse_delta(delta: Option<String>) -> StoreResult<Option<serde_json::Value>> {
+    delta
+        .map(|d| serde_json::from_str(&d))
+        .transpose()
+        .map_err(|e| StoreError::Corrupt(format!("a stored delta: {e}")))
 }
 
 /// The key of the finding that stands for the findings a host was refused beyond its
@@ -805,6 +826,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// A host's findings, most severe first.
     async fn findings(&self, host_id: &str, page: PageRequest) -> StoreResult<Page<FindingRecord>>;
+
+    /// A host's first-boot provisioning delta, as it sent it (`None`: none sent).
+    async fn provisioning(&self, host_id: &str) -> StoreResult<Option<serde_json::Value>>;
 
     /// Applies a lifecycle transition at `at_ms` outside any decision (tests, tools);
     /// returns the host after it.

@@ -12,13 +12,12 @@
 //! "Seen again" is refreshed at most hourly (the memory is forgotten after a day), so
 //! a change reported again and again does not lock its alert row every time.
 //!
-//! Retries wait [`Backoff::after`] (exponential, capped, with jitter, so that a fleet
-//! of retries does not hit a recovering receiver in step) until the row's `give_up`
-//! time.
+//! Retries wait as `driftwatch_protocol::backoff` says (exponential, capped, with
+//! jitter, so that a fleet of retries does not hit a recovering receiver in step)
+//! until the row's `give_up` time.
 
 use driftwatch_protocol::report::Severity;
 use serde::{Deserialize, Serialize};
-use std::time::Duration;
 
 /// What an alert is about; webhooks subscribe by [`AlertKind::name`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -185,64 +184,20 @@ impl Claim {
     }
 }
 
-/// Waits between attempts of one delivery: exponential from `base`, at most `cap`,
-/// each wait drawn uniformly from its upper half (jitter).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct Backoff {
-    /// The first wait.
-    pub base: Duration,
-    /// The longest wait.
-    pub cap: Duration,
-}
-
-impl Backoff {
-    /// The longest wait after attempt `attempt` (1-based) failed.
-    pub fn ceiling(self, attempt: u32) -> Duration {
-        let factor = 2u32.saturating_pow(attempt.saturating_sub(1));
-        self.base.saturating_mul(factor).min(self.cap)
-    }
-
-    /// The wait after attempt `attempt` failed: between half the ceiling and all of it.
-    pub fn after(self, attempt: u32) -> Duration {
-        let ceiling = self.ceiling(attempt);
-        let mut byte = [0u8; 2];
-        let draw = getrandom::fill(&mut byte).map_or(u16::MAX, |()| u16::from_le_bytes(byte));
-        ceiling / 2 + (ceiling / 2).mul_f64(f64::from(draw) / f64::from(u16::MAX))
-    }
-}
-
 /// A fresh random token (128 bits, hex): idempotency keys and replica ids.
 pub fn random_token() -> String {
-    let mut bytes = [0u8; 16];
-    // getrandom fails only without an entropy source; then a time-based value still
-    // keeps tokens of one process distinct.
-    if getrandom::fill(&mut bytes).is_err() {
-        bytes[..16].copy_from_slice(&super::now_ms().to_le_bytes().repeat(2));
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    // Fails only without an entropy source; then a time-based value still keeps the
+    // tokens of one process distinct (they identify, they guard nothing).
+    driftwatch_protocol::random::hex(16).unwrap_or_else(|_| {
+        static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        format!("{:016x}{n:016x}", super::now_ms())
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn backoff_doubles_up_to_the_cap_with_jitter_below_it() {
-        let backoff = Backoff {
-            base: Duration::from_secs(1),
-            cap: Duration::from_secs(60),
-        };
-        let ceilings: Vec<u64> = (1..=8).map(|a| backoff.ceiling(a).as_secs()).collect();
-        assert_eq!(ceilings, [1, 2, 4, 8, 16, 32, 60, 60]);
-        for attempt in 1..=8 {
-            let wait = backoff.after(attempt);
-            let ceiling = backoff.ceiling(attempt);
-            assert!(
-                wait >= ceiling / 2 && wait <= ceiling,
-                "{wait:?} {ceiling:?}"
-            );
-        }
-    }
 
     #[test]
     fn tokens_are_distinct_hex() {

@@ -22,7 +22,7 @@ mod schema;
 use super::decide::{flush_alerts, Decider, DecisionTx, DueGroup};
 use super::outbox::{random_token, AlertKind, Claim, Occurrence, OutboxItem};
 use super::{
-    changed, cursor_params, fetch_limit, parse_state, severity_code, severity_of,
+    changed, cursor_params, fetch_limit, parse_delta, parse_state, severity_code, severity_of,
     too_many_findings, ActionFilter, ActionRecord, BatchFindings, Cursor, Decided, FindingInput,
     FindingRecord, Finish, FleetCounts, Hold, HostFilter, HostRecord, ImageRecord, IngestOutcome,
     IngestRecord, Outcome, Page, PageRequest, Policy, Request, Store, StoreError, StoreResult,
@@ -46,7 +46,7 @@ const POOL_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 
 fn pg_error(err: tokio_postgres::Error) -> StoreError {
-    StoreError::Database(crate::error::error_chain(&err))
+    StoreError::Database(driftwatch_protocol::errors::error_chain(&err))
 }
 
 /// The PostgreSQL store.
@@ -179,7 +179,9 @@ const HOST_COLUMNS: &str = "host_id, hostname, image_id, baseline_digest, state,
     findings_dropped";
 
 fn host_from_row(row: &Row) -> StoreResult<HostRecord> {
-    let get = |e: tokio_postgres::Error| StoreError::Corrupt(crate::error::error_chain(&e));
+    let get = |e: tokio_postgres::Error| {
+        StoreError::Corrupt(driftwatch_protocol::errors::error_chain(&e))
+    };
     let tally = |i: usize| {
         row.try_get::<_, i64>(i)
             .map(|n| n.max(0) as u64)
@@ -213,7 +215,9 @@ const FINDING_COLUMNS: &str =
     "host_id, key, kind, severity, subject, finding, first_seen, last_seen";
 
 fn finding_from_row(row: &Row) -> StoreResult<FindingRecord> {
-    let get = |e: tokio_postgres::Error| StoreError::Corrupt(crate::error::error_chain(&e));
+    let get = |e: tokio_postgres::Error| {
+        StoreError::Corrupt(driftwatch_protocol::errors::error_chain(&e))
+    };
     let json: String = row.try_get(5).map_err(get)?;
     Ok(FindingRecord {
         host_id: row.try_get(0).map_err(get)?,
@@ -231,7 +235,9 @@ fn finding_from_row(row: &Row) -> StoreResult<FindingRecord> {
 const IMAGE_COLUMNS: &str = "image_id, baseline_digest, signer, entries, created_at, registered";
 
 fn image_from_row(row: &Row) -> StoreResult<ImageRecord> {
-    let get = |e: tokio_postgres::Error| StoreError::Corrupt(crate::error::error_chain(&e));
+    let get = |e: tokio_postgres::Error| {
+        StoreError::Corrupt(driftwatch_protocol::errors::error_chain(&e))
+    };
     Ok(ImageRecord {
         image_id: row.try_get(0).map_err(get)?,
         baseline_digest: row.try_get(1).map_err(get)?,
@@ -243,7 +249,9 @@ fn image_from_row(row: &Row) -> StoreResult<ImageRecord> {
 }
 
 fn action_from_row(row: &Row) -> StoreResult<ActionRecord> {
-    let get = |e: tokio_postgres::Error| StoreError::Corrupt(crate::error::error_chain(&e));
+    let get = |e: tokio_postgres::Error| {
+        StoreError::Corrupt(driftwatch_protocol::errors::error_chain(&e))
+    };
     Ok(ActionRecord {
         id: row.try_get(0).map_err(get)?,
         at_ms: row.try_get(1).map_err(get)?,
@@ -523,6 +531,15 @@ async fn store_batch<C: GenericClient>(
             "UPDATE hosts SET last_heartbeat = $2, heartbeat_interval = $3, agent_version = $4
              WHERE host_id = $1",
             &[&host_id, &now, &interval, agent_version],
+        )
+        .await?;
+    }
+    if let Some(delta) = &batch.provisioned {
+        exec(
+            c,
+            "INSERT INTO provisioning (host_id, received, delta) VALUES ($1, $2, $3)
+             ON CONFLICT (host_id) DO UPDATE SET received = $2, delta = $3",
+            &[&host_id, &now, delta],
         )
         .await?;
     }
@@ -881,6 +898,21 @@ impl Store for PostgresStore {
             number: severity_code(f.severity),
             text: f.key.clone(),
         }))
+    }
+
+    async fn provisioning(&self, host_id: &str) -> StoreResult<Option<serde_json::Value>> {
+        let found = rows(
+            &self.client().await?,
+            "SELECT delta FROM provisioning WHERE host_id = $1",
+            &[&host_id],
+        )
+        .await?;
+        let delta: Option<String> = found
+            .first()
+            .map(|r| r.try_get(0))
+            .transpose()
+            .map_err(pg_error)?;
+        parse_delta(delta)
     }
 
     async fn transition(

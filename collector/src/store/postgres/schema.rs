@@ -127,6 +127,11 @@ CREATE TABLE leases (
     holder TEXT NOT NULL,
     expires_at BIGINT NOT NULL
 );
+CREATE TABLE provisioning (
+    host_id TEXT PRIMARY KEY,
+    received BIGINT NOT NULL,
+    delta TEXT NOT NULL
+);
 "#];
 
 /// The advisory lock key the migrating replica holds ("driftwatch" in ASCII, cut).

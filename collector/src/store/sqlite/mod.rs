@@ -479,6 +479,22 @@ impl Store for SqliteStore {
         .await
     }
 
+    async fn provisioning(&self, host_id: &str) -> StoreResult<Option<serde_json::Value>> {
+        let host_id = host_id.to_string();
+        self.read(move |c| {
+            let delta: Option<String> = c
+                .query_row(
+                    "SELECT delta FROM provisioning WHERE host_id = ?1",
+                    [host_id],
+                    |row| row.get(0),
+                )
+                .optional()
+                .map_err(db_error)?;
+            super::parse_delta(delta)
+        })
+        .await
+    }
+
     async fn transition(
         &self,
         host_id: &str,

@@ -75,7 +75,15 @@ CREATE TABLE marks (
 );
 CREATE INDEX marks_by_image ON marks (image_id, at);
 "#,
-    // 2: decisions durable, counts incremental, the outbox and the leases.
+    // 2: the hosts' first-boot provisioning deltas.
+    r#"
+CREATE TABLE provisioning (
+    host_id TEXT PRIMARY KEY,
+    received INTEGER NOT NULL,
+    delta TEXT NOT NULL
+) WITHOUT ROWID;
+"#,
+    // 3: decisions durable, counts incremental, the outbox and the leases.
     r#"
 ALTER TABLE hosts ADD COLUMN n_critical INTEGER NOT NULL DEFAULT 0;
 ALTER TABLE hosts ADD COLUMN n_high INTEGER NOT NULL DEFAULT 0;
@@ -169,19 +177,21 @@ mod tests {
     };
     use driftwatch_protocol::wire::HostState;
 
-    /// A database made by the first release (schema 1), with a marked host, a drifted
+    /// A database made by the previous release (schemas 1 and 2), with a marked host, a drifted
     /// one and their findings and actions, opened by this collector: nothing is lost,
     /// and the counts and the outbox start right.
     #[tokio::test]
-    async fn migrating_a_first_release_database_keeps_its_data() {
+    async fn migrating_a_previous_release_database_keeps_its_data() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("collector.db");
         {
             let connection = Connection::open(&path).unwrap();
+            // The schema as the release before this one left it.
             connection.execute_batch(MIGRATIONS[0]).unwrap();
+            connection.execute_batch(MIGRATIONS[1]).unwrap();
             connection
                 .execute_batch(
-                    "PRAGMA user_version = 1;
+                    "PRAGMA user_version = 2;
                      INSERT INTO hosts (host_id, hostname, image_id, state, state_since,
                          first_seen, last_seen, mark_reason, marked_at)
                      VALUES ('m1', 'm1.example', 'img', 'marked', 10, 1, 20, 'critical finding', 10),

@@ -151,6 +151,14 @@ pub(super) fn store_batch(
         })
         .map_err(db_error)?;
     }
+    if let Some(delta) = &batch.provisioned {
+        c.prepare_cached(
+            "INSERT INTO provisioning (host_id, received, delta) VALUES (?1, ?2, ?3)
+             ON CONFLICT (host_id) DO UPDATE SET received = ?2, delta = ?3",
+        )
+        .and_then(|mut s| s.execute(params![host_id, now, delta]))
+        .map_err(db_error)?;
+    }
     let stored = count(
         c,
         "SELECT n_critical + n_high + n_medium + n_low FROM hosts WHERE host_id = ?1",
