@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 pub mod container;
 pub mod haproxy;
+pub mod openapi;
 pub mod postgres;
 
 /// A workspace binary, next to this test's own executable's directory.
