@@ -63,6 +63,10 @@ pub struct AgentConfig {
     /// serves its loopback endpoint and logs).
     #[serde(default)]
     pub collector: Option<CollectorConfig>,
+    /// The first-boot provisioning window (default: until `cloud-final.service` has
+    /// finished, on the paths cloud-init writes).
+    #[serde(default)]
+    pub provisioning: crate::daemon::provision::ProvisioningConfig,
 }
 
 fn default_baseline() -> PathBuf {
@@ -96,6 +100,7 @@ impl Default for AgentConfig {
             watch: WatchConfig::default(),
             replacement: ReplacementConfig::default(),
             collector: None,
+            provisioning: Default::default(),
         }
     }
 }
@@ -220,7 +225,7 @@ impl Default for WatchConfig {
 }
 
 /// `[replacement]`: what marks this host for replacement, and what happens then.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ReplacementConfig {
     /// A finding at or above this severity marks the host locally (`low`, `medium`,
@@ -236,6 +241,24 @@ pub struct ReplacementConfig {
     /// `DRIFTWATCH_REASON` in its environment.
     #[serde(default)]
     pub command: Vec<String>,
+    /// Seconds the command may run before it is killed (default 60, at least 1); its
+    /// outcome (success, failure, timeout) is logged either way.
+    #[serde(default = "default_command_timeout_secs")]
+    pub command_timeout_secs: u64,
+}
+
+fn default_command_timeout_secs() -> u64 {
+    60
+}
+
+impl Default for ReplacementConfig {
+    fn default() -> Self {
+        ReplacementConfig {
+            mark_severity: None,
+            command: Vec::new(),
+            command_timeout_secs: default_command_timeout_secs(),
+        }
+    }
 }
 
 /// The local marking threshold when `[replacement] mark_severity` is not set and no
@@ -388,7 +411,12 @@ impl AgentConfig {
                 })
             }
         };
-        let config: AgentConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        AgentConfig::parse(&text, path)
+    }
+
+    /// Parses and validates a configuration's text; `path` names the file in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<AgentConfig, ConfigError> {
+        let config: AgentConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
@@ -438,8 +466,14 @@ impl AgentConfig {
         {
             return value("replacement.command", "must start with a program");
         }
+        if self.replacement.command_timeout_secs == 0 {
+            return value("replacement.command_timeout_secs", "must be at least 1");
+        }
         if let Some(collector) = &mut self.collector {
             collector.validate(&self.root, path)?;
+        }
+        if let Err(key) = self.provisioning.validate() {
+            return value(key, "must hold absolute glob patterns");
         }
         if self.replacement.mark_severity.is_none() && self.collector.is_none() {
             self.replacement.mark_severity = Some(LOCAL_MARK_SEVERITY);

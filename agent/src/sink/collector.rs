@@ -1064,7 +1064,7 @@ mod tests {
     fn heartbeat_interval(event: &Event) -> Option<u64> {
         match &event.body {
             EventBody::Heartbeat(h) => Some(h.interval_secs),
-            EventBody::Finding { .. } => None,
+            EventBody::Finding { .. } | EventBody::Provisioned(_) => None,
         }
     }
 
