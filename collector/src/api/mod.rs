@@ -7,6 +7,7 @@
 
 pub mod enroll;
 pub mod ingest;
+pub mod openapi;
 pub mod operator;
 
 pub use crate::limiter::RateLimiter;
