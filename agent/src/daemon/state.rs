@@ -342,15 +342,18 @@ mod tests {
     fn changed_drift_is_reported_again_and_noise_is_not() {
         let mut state = State::default();
         let added = with_observed(&file("/etc/x", Severity::Medium), |_| {});
-        assert_eq!(state.record(&[added.clone()], "t1").new, [added.clone()]);
+        assert_eq!(
+            state.record(std::slice::from_ref(&added), "t1").new,
+            std::slice::from_ref(&added)
+        );
         // Touched (same content): the same drift.
         let touched = with_observed(&added, |o| o.mtime = "t2".into());
         assert_eq!(state.record(&[touched], "t2"), Recorded::default());
         // Made setuid: changed, reported, remembered as last seen.
         let setuid = with_observed(&added, |o| o.mode = "4755".into());
-        let recorded = state.record(&[setuid.clone()], "t3");
-        assert_eq!(recorded.changed, [setuid.clone()]);
-        assert_eq!(recorded.to_report(), [setuid.clone()]);
+        let recorded = state.record(std::slice::from_ref(&setuid), "t3");
+        assert_eq!(recorded.changed, std::slice::from_ref(&setuid));
+        assert_eq!(recorded.to_report(), std::slice::from_ref(&setuid));
         let remembered = &state.findings["file:/etc/x"];
         assert_eq!(remembered.finding, setuid);
         assert_eq!(
@@ -362,7 +365,13 @@ mod tests {
         );
         // Replaced again: another change; a severity change is one too.
         let replaced = with_observed(&setuid, |o| o.blake3 = Some("bb".into()));
-        assert_eq!(state.record(&[replaced.clone()], "t4").changed.len(), 1);
+        assert_eq!(
+            state
+                .record(std::slice::from_ref(&replaced), "t4")
+                .changed
+                .len(),
+            1
+        );
         let graver = with_observed(&file("/etc/x", Severity::Critical), |o| {
             *o = match &replaced {
                 Finding::File(f) => f.observed.clone().unwrap(),

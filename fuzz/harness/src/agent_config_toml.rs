@@ -7,7 +7,7 @@
 //! panics on overflow. So every interval must fit twice (three times for the timeout)
 //! on top of now.
 
-use driftwatch_agent::daemon::config::AgentConfig;
+use driftwatch_agent::config::AgentConfig;
 use std::path::Path;
 use std::time::{Duration, Instant};
 

@@ -14,7 +14,11 @@ fn corpus(target: &str) -> Vec<PathBuf> {
     let dir = fuzz_dir().join("corpus").join(target);
     let mut files: Vec<PathBuf> = fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|entry| entry.unwrap().path())
+        .map(|entry| {
+            entry
+                .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+                .path()
+        })
         .collect();
     files.sort();
     files
