@@ -9,6 +9,7 @@ use driftwatch_protocol::report::Severity;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 use thiserror::Error;
 
 /// The collector's configuration.
@@ -533,8 +534,32 @@ impl CollectorConfig {
         if ingest.max_events_per_batch == 0 {
             return Err("ingest.max_events_per_batch must be above 0".into());
         }
-        if !(ingest.rate_per_sec > 0.0 && ingest.burst >= 1.0) {
-            return Err("ingest.rate_per_sec must be above 0 and ingest.burst at least 1".into());
+        // The limiter turns burst / rate into a Duration (a panic if it is none).
+        if !(ingest.rate_per_sec > 0.0
+            && ingest.burst >= 1.0
+            && Duration::try_from_secs_f64(ingest.burst / ingest.rate_per_sec).is_ok())
+        {
+            return Err(
+                "ingest.rate_per_sec must be above 0 and ingest.burst at least 1 (both finite)"
+                    .into(),
+            );
+        }
+        if !(1..=MAX_HOST_CERT_DAYS).contains(&self.tls.host_cert_days) {
+            return Err(format!(
+                "tls.host_cert_days must be between 1 and {MAX_HOST_CERT_DAYS}"
+            ));
+        }
+        for (key, secs) in [
+            ("alerts.group_wait_secs", self.alerts.group_wait_secs),
+            (
+                "alerts.command_timeout_secs",
+                self.alerts.command_timeout_secs,
+            ),
+            ("hosts.sweep_interval_secs", self.hosts.sweep_interval_secs),
+        ] {
+            if secs > MAX_DURATION_SECS {
+                return Err(format!("{key} {AT_MOST_A_YEAR}"));
+            }
         }
         if self.hosts.missed_heartbeats == 0 || self.hosts.sweep_interval_secs == 0 {
             return Err(
@@ -577,10 +602,21 @@ impl CollectorConfig {
             if webhook.max_attempts == 0 {
                 return Err(format!("webhook[{i}].max_attempts must be above 0"));
             }
+            if webhook.timeout_secs > MAX_DURATION_SECS {
+                return Err(format!("webhook[{i}].timeout_secs {AT_MOST_A_YEAR}"));
+            }
         }
         Ok(())
     }
 }
+
+/// The longest duration accepted, in seconds (a year): durations are added to the
+/// current time, which panics past the clock's range.
+pub const MAX_DURATION_SECS: u64 = 366 * 24 * 3600;
+const AT_MOST_A_YEAR: &str = "must be at most 31622400 (a year)";
+/// The longest host certificate accepted, in days (ten years): certificate dates end
+/// in the year 9999, and a longer one would panic enrollment.
+pub const MAX_HOST_CERT_DAYS: u32 = 3650;
 
 /// Finding kinds a replacement rule may name: the agent's, and `image` for a host on
 /// an unregistered image or another baseline than its image's.
@@ -646,6 +682,50 @@ mod tests {
             std::fs::write(&path, format!("{MINIMAL}\n{extra}")).unwrap();
             let err = CollectorConfig::load(&path).unwrap_err().to_string();
             assert!(err.contains(key), "{err} should name {key}");
+        }
+    }
+
+    #[test]
+    fn values_that_would_panic_in_use_are_refused() {
+        // Found by the collector_toml fuzz target: each of these validated, then
+        // panicked the collector when used (a certificate valid past the year 9999, an
+        // `Instant` past the clock's range, a refill time that is no `Duration`).
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("collector.toml");
+        let huge = u64::MAX;
+        for (extra, key) in [
+            ("[alerts]\ngroup_wait_secs = HUGE", "alerts.group_wait_secs"),
+            (
+                "[alerts]\ncommand_timeout_secs = HUGE",
+                "alerts.command_timeout_secs",
+            ),
+            (
+                "[hosts]\nsweep_interval_secs = HUGE",
+                "hosts.sweep_interval_secs",
+            ),
+            (
+                "[[webhook]]\nurl = \"https://x\"\ntimeout_secs = HUGE",
+                "webhook[0].timeout_secs",
+            ),
+            (
+                "[ingest]\nburst = 1e300\nrate_per_sec = 1e-300",
+                "ingest.rate_per_sec",
+            ),
+            ("[ingest]\nburst = inf", "ingest.rate_per_sec"),
+        ] {
+            let extra = extra.replace("HUGE", &huge.to_string());
+            std::fs::write(&path, format!("{MINIMAL}\n{extra}")).unwrap();
+            let err = CollectorConfig::load(&path).unwrap_err().to_string();
+            assert!(err.contains(key), "{err} should name {key}");
+        }
+        for days in [0, 4_000_000] {
+            let text = MINIMAL.replace(
+                "client_ca_file = \"ca.pem\"",
+                &format!("client_ca_file = \"ca.pem\"\nhost_cert_days = {days}"),
+            );
+            std::fs::write(&path, text).unwrap();
+            let err = CollectorConfig::load(&path).unwrap_err().to_string();
+            assert!(err.contains("tls.host_cert_days"), "{err}");
         }
     }
 }
