@@ -1,11 +1,11 @@
 //! `driftwatch baseline create|verify|show|diff`.
 
-use super::{canonical_root, creation_time, load_policy, Outcome};
+use super::{canonical_root, creation_time, Outcome};
 use crate::baseline::{self, PendingBaseline};
 use crate::cli::{CreateArgs, DiffArgs, Format, ShowArgs, VerifyArgs};
 use crate::diff::{BaselineCursor, Differ};
 use crate::error::{Error, Result};
-use crate::pipeline::{inside_root, rfc3339, scan_error};
+use crate::pipeline::{inside_root, load_policy, scan_error};
 use crate::policy::Policy;
 use crate::sink::progress::Progress;
 use crate::sink::report::{colour_stdout, summary_line, write_findings, write_json, Paint};
@@ -14,6 +14,7 @@ use crate::source::{packages, runtime};
 use driftwatch_protocol::baseline::{digest_string, BaselineMeta, BaselineReader};
 use driftwatch_protocol::package::AcceptedMismatch;
 use driftwatch_protocol::report::{report_path, BaselineInfo, EntryState, Finding, Summary};
+use driftwatch_protocol::time::rfc3339;
 use serde::Serialize;
 use std::fs::File;
 use std::io::Write;

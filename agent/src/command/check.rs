@@ -3,7 +3,7 @@
 
 use super::{canonical_root, Outcome};
 use crate::cli::{CheckArgs, Format};
-use crate::daemon::config::{AgentConfig, CollectorConfig, DEFAULT_CONFIG_PATH};
+use crate::config::{AgentConfig, CollectorConfig, DEFAULT_CONFIG_PATH};
 use crate::error::{Error, Result};
 use crate::pipeline::{self, CheckOutcome, CheckPlan};
 use crate::sink::collector::deliver_report;
@@ -141,7 +141,7 @@ fn write_text(
 /// an absolute one, which would lead to the scanning host's files) or a FIFO is refused
 /// with an error naming the path.
 fn default_baseline_in(root: &Path) -> Result<PathBuf> {
-    let inside = crate::baseline::DEFAULT_BASELINE_PATH.as_bytes();
+    let inside = crate::config::DEFAULT_BASELINE_PATH.as_bytes();
     crate::source::rootfs::open_regular_in_root(root, inside)
         .map(|(_, host)| host)
         .map_err(|source| Error::OpenBaseline {

@@ -32,23 +32,25 @@
 //! signals, events and HTTP requests.
 
 pub mod cache;
-pub mod config;
 pub mod health;
 pub mod state;
 
+use crate::config::{self, AgentConfig};
 use crate::error::Error;
-use crate::pipeline::{self, now, CheckPlan};
+use crate::pipeline::{self, CheckPlan};
 use crate::policy::Policy;
-use crate::sink::collector::{no_image, CollectorStatus, HostSummary, Reporter, ReporterHandle};
+use crate::sink::collector::{
+    no_image, CollectorStatus, HostSummary, Reporter, ReporterHandle, StatusBoard,
+};
 use crate::sink::progress::Progress;
 use crate::sink::spool::{Appended, Spool, SPOOL_DIR};
 use crate::source::files::{ContentHashes, FileIdentity, KnownHashes, ScanOptions};
 use crate::source::packages;
 use crate::watch::{self, WatchEvent};
 use cache::{CacheWriter, HashCache};
-use config::AgentConfig;
 use driftwatch_protocol::baseline::{digest_string, BaselineReader};
 use driftwatch_protocol::report::{BaselineFinding, Finding, ScanError, Severity};
+use driftwatch_protocol::time::now_rfc3339;
 use driftwatch_protocol::wire::{EventBody, HostDirective, ImageClaim};
 use serde::Serialize;
 use state::{Directed, Mark, State};
@@ -124,6 +126,12 @@ impl Shared {
         self.status
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl StatusBoard for Shared {
+    fn update_collector(&self, change: &mut dyn FnMut(&mut Option<CollectorStatus>)) {
+        change(&mut self.status().collector);
     }
 }
 
@@ -250,7 +258,7 @@ impl Daemon {
                 // trust anchor failed. The finding is recorded beside the mark.
                 let mark = self.state.mark(
                     format!("baseline {} failed verification: {source}", path.display()),
-                    &now(),
+                    &now_rfc3339(),
                 );
                 self.apply(std::slice::from_ref(&finding)).await;
                 self.apply_mark(mark).await;
@@ -471,17 +479,17 @@ impl Daemon {
                     status.last_check_bytes_hashed = report.scan.bytes_hashed;
                     let elapsed = Some(started.elapsed().as_millis() as u64);
                     if depth == Depth::Fast {
-                        status.last_fast_check = Some(now());
+                        status.last_fast_check = Some(now_rfc3339());
                         status.last_fast_check_ms = elapsed;
                         status.fast_checks += 1;
                     } else {
-                        status.last_full_check = Some(now());
+                        status.last_full_check = Some(now_rfc3339());
                         status.last_full_check_ms = elapsed;
                         status.full_checks += 1;
                     }
                 }
                 if depth != Depth::Fast {
-                    self.state.last_full_verification = Some(now());
+                    self.state.last_full_verification = Some(now_rfc3339());
                 }
                 self.apply(&report.findings).await;
             }
@@ -572,7 +580,7 @@ impl Daemon {
     /// Remembers findings, spools the new ones for the collector, marks the host when
     /// needed, saves the state.
     async fn apply(&mut self, findings: &[Finding]) {
-        let time = now();
+        let time = now_rfc3339();
         let new = self.state.record(findings, &time);
         // Durable for the collector before anything else: a crash from here on
         // re-finds them at worst (the state is saved below), never loses them.
@@ -610,7 +618,7 @@ impl Daemon {
                     error!(error = %err, "Cannot remove the replacement marker.");
                 }
                 // A local rule may still want the host replaced.
-                let local = self.local_mark(&now());
+                let local = self.local_mark(&now_rfc3339());
                 self.apply_mark(local).await;
             }
         }
@@ -712,7 +720,7 @@ impl Daemon {
                 wake: Arc::clone(&self.wake),
                 summary: self.summary.subscribe(),
                 directives: self.directives_tx.clone(),
-                shared: Arc::clone(&self.shared),
+                status: Arc::clone(&self.shared) as Arc<dyn StatusBoard>,
             }
             .spawn(),
         );
@@ -857,10 +865,7 @@ impl Drop for BackgroundPriority {
 /// `interval` plus a random share of it up to `jitter`, so that a fleet booted together
 /// does not verify together.
 fn jittered(interval: Duration, jitter: f64) -> Duration {
-    let mut byte = [0u8; 2];
-    let random =
-        getrandom::fill(&mut byte).map_or(0.5, |()| f64::from(u16::from_le_bytes(byte)) / 65_535.0);
-    interval + interval.mul_f64(jitter * random)
+    interval + interval.mul_f64(jitter * driftwatch_protocol::random::unit())
 }
 
 fn notify_systemd(states: &[sd_notify::NotifyState<'_>]) {

@@ -21,10 +21,11 @@
 //! bounds the body size it accepts.
 
 use super::spool::{random_id, Spool};
-use crate::daemon::config::CollectorConfig;
-use crate::daemon::Shared;
-use crate::pipeline::now;
+use crate::config::CollectorConfig;
+use driftwatch_protocol::backoff::Backoff;
+use driftwatch_protocol::errors::error_chain;
 use driftwatch_protocol::report::Finding;
+use driftwatch_protocol::time::now_rfc3339;
 use driftwatch_protocol::wire::{
     Batch, BatchAck, EnrollRequest, EnrollResponse, ErrorBody, Event, EventBody, Heartbeat,
     HostDirective, HostState, ImageClaim, ENROLL_PATH, INGEST_PATH, INGEST_SCHEMA,
@@ -100,6 +101,13 @@ impl CollectorStatus {
     }
 }
 
+/// Where the reporter shows its state to operators (the daemon's `/status` and
+/// `/metrics`): a trait, so that this sink does not depend on the daemon that runs it.
+pub trait StatusBoard: Send + Sync {
+    /// Applies `change` to the collector's part of the status.
+    fn update_collector(&self, change: &mut dyn FnMut(&mut Option<CollectorStatus>));
+}
+
 /// What the daemon knows of the host, for heartbeats and batches.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HostSummary {
@@ -156,7 +164,7 @@ impl Client {
             http: http_client(tls, Duration::from_secs(config.timeout_secs))?,
             base: config.url.trim_end_matches('/').to_string(),
             host_id,
-            hostname: crate::pipeline::hostname(),
+            hostname: crate::host::hostname(),
         })
     }
 
@@ -182,7 +190,7 @@ impl Client {
             .body(body)
             .send()
             .await
-            .map_err(|e| SendError::Transport(chain(&e)))?;
+            .map_err(|e| SendError::Transport(error_chain(&e)))?;
         let status = response.status();
         if !status.is_success() {
             let retry_after = response
@@ -201,7 +209,7 @@ impl Client {
         let bytes = response
             .bytes()
             .await
-            .map_err(|e| SendError::Transport(chain(&e)))?;
+            .map_err(|e| SendError::Transport(error_chain(&e)))?;
         serde_json::from_slice(&bytes).map_err(|e| SendError::Answer(e.to_string()))
     }
 }
@@ -270,50 +278,6 @@ impl SendError {
     }
 }
 
-/// Capped exponential backoff with jitter: 1 s, doubling, up to a maximum; each wait
-/// drawn between half and all of its ceiling, so a fleet cut off together does not
-/// come back in lockstep.
-#[derive(Debug)]
-pub struct Backoff {
-    attempt: u32,
-    max: Duration,
-}
-
-impl Backoff {
-    /// Starts at 1 s, never above `max`.
-    pub fn new(max: Duration) -> Backoff {
-        Backoff { attempt: 0, max }
-    }
-
-    /// The next wait.
-    pub fn next_delay(&mut self) -> Duration {
-        let delay = backoff_delay(self.attempt, self.max, random_unit());
-        self.attempt = self.attempt.saturating_add(1);
-        delay
-    }
-
-    /// After a success: the next failure waits 1 s again.
-    pub fn reset(&mut self) {
-        self.attempt = 0;
-    }
-}
-
-/// The wait after `attempt` earlier failures, with `random` in 0..=1: between half and
-/// all of `min(1 s × 2^attempt, max)`.
-pub fn backoff_delay(attempt: u32, max: Duration, random: f64) -> Duration {
-    let ceiling = FIRST_RETRY
-        .saturating_mul(2u32.saturating_pow(attempt))
-        .min(max);
-    ceiling.mul_f64(0.5 + 0.5 * random.clamp(0.0, 1.0))
-}
-
-fn random_unit() -> f64 {
-    let mut bytes = [0u8; 4];
-    getrandom::fill(&mut bytes).map_or(0.5, |()| {
-        f64::from(u32::from_le_bytes(bytes)) / f64::from(u32::MAX)
-    })
-}
-
 /// The daemon's reporting task and what it shares with the daemon.
 pub struct Reporter {
     /// `[collector]`, validated.
@@ -329,7 +293,7 @@ pub struct Reporter {
     /// The collector's latest verdict on the host, for the daemon.
     pub directives: watch::Sender<Option<HostDirective>>,
     /// `/status` and `/metrics`.
-    pub shared: Arc<Shared>,
+    pub status: Arc<dyn StatusBoard>,
 }
 
 /// A running reporter.
@@ -382,17 +346,18 @@ impl Reporter {
     }
 
     fn update(&self, change: impl FnOnce(&mut CollectorStatus)) {
-        let mut status = self.shared.status();
-        change(
-            status
-                .collector
-                .get_or_insert_with(|| CollectorStatus::new(&self.config)),
-        );
+        let mut change = Some(change);
+        self.status.update_collector(&mut |collector| {
+            if let Some(change) = change.take() {
+                change(collector.get_or_insert_with(|| CollectorStatus::new(&self.config)));
+            }
+        });
     }
 
     async fn run(self, mut stop: watch::Receiver<bool>) {
         let url = self.config.url.clone();
-        let mut backoff = Backoff::new(Duration::from_secs(self.config.retry_max_secs));
+        let mut backoff =
+            Backoff::new(FIRST_RETRY, Duration::from_secs(self.config.retry_max_secs));
         self.update(|_| {});
         let client = loop {
             if stopping(&stop) {
@@ -462,7 +427,7 @@ impl Reporter {
                     self.update(|c| {
                         c.reachable = true;
                         c.last_error = None;
-                        c.last_ack = Some(now());
+                        c.last_ack = Some(now_rfc3339());
                         c.host_state = Some(ack.host.state);
                         c.events_sent += batch.events.len() as u64;
                         c.spooled_events = spooled;
@@ -524,7 +489,7 @@ impl Reporter {
         events.push(Event {
             // Heartbeats are not spooled; a random id keeps each one unique.
             id: format!("{spool_id}:hb:{}", random_id()),
-            at: now(),
+            at: now_rfc3339(),
             body: EventBody::Heartbeat(Heartbeat {
                 agent_version: AGENT_VERSION.to_string(),
                 findings: summary.findings,
@@ -577,7 +542,7 @@ async fn deliver(
         .await
         .map_err(ReportError::Client)?;
     let run = random_id();
-    let at = now();
+    let at = now_rfc3339();
     let mut queue: VecDeque<Event> = (1..)
         .zip(findings)
         .map(|(n, finding)| Event {
@@ -599,7 +564,7 @@ async fn deliver(
         }),
     };
     let mut batch_size = config.batch_max_events;
-    let mut backoff = Backoff::new(Duration::from_secs(config.retry_max_secs));
+    let mut backoff = Backoff::new(FIRST_RETRY, Duration::from_secs(config.retry_max_secs));
     loop {
         let take = batch_size.min(queue.len());
         let last = take == queue.len();
@@ -741,7 +706,9 @@ async fn enroll(
         })
         .send()
         .await
-        .map_err(|e| ClientError::Enroll(format!("cannot reach the collector: {}", chain(&e))))?;
+        .map_err(|e| {
+            ClientError::Enroll(format!("cannot reach the collector: {}", error_chain(&e)))
+        })?;
     let status = response.status();
     if !status.is_success() {
         let message = error_message(response).await;
@@ -752,7 +719,7 @@ async fn enroll(
     let answer: EnrollResponse = response
         .json()
         .await
-        .map_err(|e| ClientError::Enroll(format!("invalid answer: {}", chain(&e))))?;
+        .map_err(|e| ClientError::Enroll(format!("invalid answer: {}", error_chain(&e))))?;
     if answer.host_id != host_id {
         return Err(ClientError::Enroll(format!(
             "the certificate names host {:?}, not {host_id:?}",
@@ -844,7 +811,7 @@ fn http_client(
         .pool_idle_timeout(Duration::from_secs(5))
         .user_agent(USER_AGENT)
         .build()
-        .map_err(|e| ClientError::Http(chain(&e)))
+        .map_err(|e| ClientError::Http(error_chain(&e)))
 }
 
 fn gzip(batch: &Batch) -> io::Result<Vec<u8>> {
@@ -861,22 +828,6 @@ async fn error_message(response: reqwest::Response) -> String {
         .map(|b| b.error)
         .unwrap_or_else(|_| status.canonical_reason().unwrap_or("error").to_string());
     message.chars().take(MAX_MESSAGE_CHARS).collect()
-}
-
-/// An error with its causes: reqwest's own message alone ("error sending request")
-/// hides whether DNS, TCP or TLS failed.
-fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, ClientError> {
@@ -955,6 +906,13 @@ mod tests {
     use driftwatch_protocol::wire::{HostState, MarkDirective};
     use std::os::unix::fs::PermissionsExt;
 
+    /// The status as the tests read it: only the collector's part.
+    impl StatusBoard for Mutex<Option<CollectorStatus>> {
+        fn update_collector(&self, change: &mut dyn FnMut(&mut Option<CollectorStatus>)) {
+            change(&mut lock(self));
+        }
+    }
+
     /// A `[collector]` section for `collector`, with a provisioned certificate
     /// (`provisioned`) or the enrollment token.
     fn config(collector: &TestCollector, provisioned: bool) -> CollectorConfig {
@@ -1007,28 +965,6 @@ mod tests {
     }
 
     #[test]
-    fn backoff_doubles_from_one_second_to_the_cap_with_jitter() {
-        let max = Duration::from_secs(300);
-        assert_eq!(backoff_delay(0, max, 1.0), Duration::from_secs(1));
-        assert_eq!(backoff_delay(0, max, 0.0), Duration::from_millis(500));
-        assert_eq!(backoff_delay(3, max, 1.0), Duration::from_secs(8));
-        assert_eq!(backoff_delay(8, max, 1.0), Duration::from_secs(256));
-        assert_eq!(backoff_delay(9, max, 1.0), max);
-        assert_eq!(backoff_delay(u32::MAX, max, 0.0), max / 2);
-        let mut backoff = Backoff::new(Duration::from_secs(4));
-        let waits: Vec<Duration> = (0..5).map(|_| backoff.next_delay()).collect();
-        for (attempt, wait) in waits.iter().enumerate() {
-            let ceiling = Duration::from_secs(1 << attempt.min(2));
-            assert!(
-                *wait >= ceiling / 2 && *wait <= ceiling,
-                "{attempt}: {wait:?}"
-            );
-        }
-        backoff.reset();
-        assert!(backoff.next_delay() <= Duration::from_secs(1));
-    }
-
-    #[test]
     fn answers_are_classified() {
         let refused = |status: u16, retry_after: Option<u64>| SendError::Refused {
             status: StatusCode::from_u16(status).unwrap(),
@@ -1068,7 +1004,7 @@ mod tests {
             image(),
             vec![Event {
                 id: "s:1".into(),
-                at: now(),
+                at: now_rfc3339(),
                 body: EventBody::Finding {
                     finding: finding("/usr/bin/ssh"),
                 },
@@ -1156,7 +1092,7 @@ mod tests {
         let events = (0..10)
             .map(|i| {
                 (
-                    now(),
+                    now_rfc3339(),
                     EventBody::Finding {
                         finding: finding(&format!("/usr/bin/f{i}")),
                     },
@@ -1178,7 +1114,7 @@ mod tests {
             last_full_verification: None,
         });
         let (directives, mut verdicts) = watch::channel(None);
-        let shared = Arc::new(Shared::default());
+        let shared: Arc<Mutex<Option<CollectorStatus>>> = Arc::new(Mutex::new(None));
         let started = std::time::Instant::now();
         let handle = Reporter {
             config: config(&collector, true),
@@ -1187,7 +1123,7 @@ mod tests {
             wake: Arc::new(Notify::new()),
             summary,
             directives,
-            shared: Arc::clone(&shared),
+            status: Arc::clone(&shared) as Arc<dyn StatusBoard>,
         }
         .spawn();
         while lock(&spool).peek(1).is_some() {
@@ -1226,7 +1162,7 @@ mod tests {
             assert_eq!(s.batch.host_id, "web-1");
             assert_eq!(s.batch.image, image());
         }
-        let status = shared.status().collector.clone().unwrap();
+        let status = lock(&shared).clone().unwrap();
         assert!(status.reachable);
         assert_eq!(status.spooled_events, 0);
         assert!(status.requests_failed >= 3, "{status:?}");
