@@ -2,6 +2,8 @@
 //! within seconds, never a hang, an endless read, a followed link or a silent pass.
 //! Every test drives the real `driftwatch` binary on a scratch tree (see `util`).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod util;
 
 use serde_json::Value;
