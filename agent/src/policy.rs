@@ -16,7 +16,8 @@
 //!   walked (but not recorded).
 //! - Of all `[[rule]]`s covering a path, the **last** in the file wins; a path that no
 //!   rule covers gets `[default]`. A rule that leaves out `attributes` or `severity`
-//!   takes them from `[default]`.
+//!   takes them from `[default]`; a rule that gives `attributes` compares those only
+//!   ("these attributes only": type, additions and removals are reported regardless).
 //!
 //! The walker evaluates this incrementally (one glob match per entry, the rest
 //! inherited from the parent directory); [`Policy::state_for`] evaluates it from scratch
@@ -644,6 +645,7 @@ attributes = ["content"]
             "/root/.ssh/authorized_keys",
             "/home/bob/.ssh/authorized_keys",
             "/var/spool/cron/crontabs/root",
+            "/etc/ssh/ssh_host_rsa_key",
         ] {
             let state = p.state_for(critical.as_bytes());
             assert!(!state.excluded, "{critical} excluded");
@@ -657,7 +659,6 @@ attributes = ["content"]
             "/tmp/x",
             "/root/.bash_history",
             "/var/spool/postfix/x",
-            "/etc/ssh/ssh_host_rsa_key",
             "/var/lib/driftwatch/state",
         ] {
             assert!(

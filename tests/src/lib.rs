@@ -692,6 +692,19 @@ impl Host {
         credentials: Credentials,
         extra: &str,
     ) -> Host {
+        Host::new_at(image, collector, &[collector.url()], id, credentials, extra)
+    }
+
+    /// Like [`Host::new`], reporting to `urls` (`[collector] url` as a list when more
+    /// than one: replicas the agent fails over between).
+    pub fn new_at(
+        image: &Image,
+        collector: &Collector,
+        urls: &[String],
+        id: &str,
+        credentials: Credentials,
+        extra: &str,
+    ) -> Host {
         let dir = tempfile::Builder::new()
             .prefix("driftwatch-host-")
             .tempdir()
@@ -715,13 +728,16 @@ impl Host {
         let config = format!(
             "root = {root:?}\nbaseline = {baseline:?}\npubkey = {pubkey:?}\nstate_dir = {state:?}\nrun_dir = {run:?}\n{extra}\n\
              [health]\nlisten = \"127.0.0.1:{health_port}\"\n\
-             [collector]\nurl = \"{url}\"\nca_file = {ca:?}\nhost_id = \"{id}\"\nheartbeat_interval_secs = 1\nretry_max_secs = 2\ntimeout_secs = 2\n{auth}",
+             [collector]\nurl = {url}\nca_file = {ca:?}\nhost_id = \"{id}\"\nheartbeat_interval_secs = 1\nretry_max_secs = 2\ntimeout_secs = 2\n{auth}",
             root = dir.path().join("tree"),
             baseline = dir.path().join("baseline"),
             pubkey = image.public_key(),
             state = dir.path().join("state"),
             run = dir.path().join("run"),
-            url = collector.url(),
+            url = match urls {
+                [one] => format!("{one:?}"),
+                many => format!("{many:?}"),
+            },
             ca = collector.ca(),
         );
         std::fs::write(dir.path().join("agent.toml"), config).unwrap();

@@ -5,7 +5,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use driftwatch_tests::postgres::TestDatabase;
-use driftwatch_tests::{heartbeat_batch, Collector, RawClient, Topology};
+use driftwatch_tests::{
+    heartbeat_batch, http_get, wait_until, Collector, Credentials, Host, Image, RawClient, Topology,
+};
+use serde_json::Value;
+use std::time::Duration;
+
+const SOON: Duration = Duration::from_secs(30);
 
 #[test]
 fn a_test_database_is_fresh_and_dropped_at_the_end() {
@@ -64,4 +70,68 @@ fn replicas_behind_the_load_balancer_serve_while_one_is_down() {
     }
     assert_eq!(collector.state("lb-1").as_deref(), Some("clean"));
     collector.start_replica(1);
+}
+
+/// The URL the agent reports to, as its `/status` says.
+fn agent_url(host: &Host) -> Option<String> {
+    let (_, body) = http_get(host.health_port, "/status")?;
+    let status: Value = serde_json::from_str(&body).ok()?;
+    status["collector"]["url"].as_str().map(str::to_string)
+}
+
+fn has_finding(collector: &Collector, host: &str, subject: &str) -> bool {
+    collector.host(host).is_some_and(|h| {
+        h["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["subject"] == subject)
+    })
+}
+
+#[test]
+fn an_agent_with_two_collector_urls_fails_over_and_back() {
+    let Some(Topology::Replicas(_)) = Topology::replicas() else {
+        return;
+    };
+    let mut collector = Collector::start_as(Topology::Replicas(2), "");
+    let image = Image::bake("img-failover");
+    image.register(&collector);
+    let urls = collector.replica_urls();
+    let mut host = Host::new_at(
+        &image,
+        &collector,
+        &urls,
+        "failover-1",
+        Credentials::Certificate,
+        "",
+    );
+    host.start();
+    wait_until(SOON, "the first URL in use", || {
+        (agent_url(&host).as_deref() == Some(urls[0].as_str())).then_some(())
+    });
+    // The first collector stops: the next report goes to the second.
+    collector.kill_replica(0);
+    host.write("/usr/bin/while-first-down", "changed\n");
+    wait_until(SOON, "the finding through the second collector", || {
+        has_finding(&collector, "failover-1", "/usr/bin/while-first-down").then_some(())
+    });
+    wait_until(SOON, "the second URL in use", || {
+        (agent_url(&host).as_deref() == Some(urls[1].as_str())).then_some(())
+    });
+    // The first comes back and the second stops: back to the first.
+    collector.start_replica(0);
+    collector.kill_replica(1);
+    host.write("/usr/bin/while-second-down", "changed\n");
+    wait_until(
+        SOON,
+        "the finding through the first collector again",
+        || has_finding(&collector, "failover-1", "/usr/bin/while-second-down").then_some(()),
+    );
+    wait_until(SOON, "the first URL in use again", || {
+        (agent_url(&host).as_deref() == Some(urls[0].as_str())).then_some(())
+    });
+    assert!(host
+        .log()
+        .contains("Reporting to another collector replica"));
 }

@@ -4,6 +4,7 @@
 use super::{canonical_root, Outcome};
 use crate::cli::{CheckArgs, Format};
 use crate::config::{AgentConfig, CollectorConfig, DEFAULT_CONFIG_PATH};
+use crate::daemon::provision;
 use crate::error::{Error, Result};
 use crate::pipeline::{self, CheckOutcome, CheckPlan};
 use crate::sink::collector::deliver_report;
@@ -44,7 +45,22 @@ pub fn run(args: &CheckArgs, out: &mut impl Write) -> Result<Outcome> {
         runtime: !args.no_runtime,
         cancel: &AtomicBool::new(false),
     };
-    let CheckOutcome { report, skipped } = pipeline::check(&plan, &progress, &mut |_, _, _| {})?;
+    let CheckOutcome {
+        mut report,
+        skipped,
+    } = pipeline::check(&plan, &progress, &mut |_, _, _| {})?;
+    if root == Path::new("/") {
+        // The host's own first-boot changes are not drift here either: the same
+        // answer as the daemon's.
+        let config = AgentConfig::load(
+            args.config
+                .as_deref()
+                .unwrap_or(Path::new(DEFAULT_CONFIG_PATH)),
+            args.config.is_some(),
+        )
+        .map_err(Error::Config)?;
+        report.findings = provision::explain(&config, &report.baseline.digest, report.findings);
+    }
     match args.format {
         Format::Json => write_json(out, &report)?,
         Format::Text => write_text(
@@ -88,7 +104,7 @@ fn deliver(collector: &CollectorConfig, state_dir: &Path, report: &Report) -> Re
     let delivered =
         deliver_report(collector, state_dir, image, &report.findings).map_err(|source| {
             Error::Report {
-                url: collector.url.clone(),
+                url: collector.url.to_string(),
                 source,
             }
         })?;

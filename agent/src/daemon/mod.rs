@@ -33,6 +33,7 @@
 
 pub mod cache;
 pub mod health;
+pub mod provision;
 pub mod state;
 
 use crate::config::{self, AgentConfig};
@@ -115,6 +116,8 @@ pub struct Status {
     pub rescans: u64,
     /// Reporting to the collector, when configured.
     pub collector: Option<CollectorStatus>,
+    /// The first-boot provisioning window and its delta ([`provision`]).
+    pub provisioning: Option<provision::Provisioning>,
 }
 
 /// How a failed state save starts in [`Status::state_problems`].
@@ -193,11 +196,23 @@ struct Daemon {
     directives_tx: latest::Sender<Option<HostDirective>>,
     directives: latest::Receiver<Option<HostDirective>>,
     reporter: Option<ReporterHandle>,
+    /// Watch events, also taken while a check runs.
+    events_tx: mpsc::Sender<WatchEvent>,
+    events: mpsc::Receiver<WatchEvent>,
+    /// Watch events were lost: a paced full check is due.
+    rescan_pending: Option<String>,
+    /// systemd's watchdog, fed at half its interval whatever the daemon is waiting for.
+    watchdog: Option<tokio::time::Interval>,
+    /// The first-boot provisioning window, once the baseline is verified.
+    provisioning: Option<provision::Provisioning>,
+    /// Its declared paths.
+    declared: Option<provision::Declared>,
 }
 
 impl Daemon {
     fn new(config: AgentConfig, config_path: PathBuf) -> Self {
         let (directives_tx, directives) = latest::channel(None);
+        let (events_tx, events) = mpsc::channel(WATCH_QUEUE);
         let (summary, _) = latest::channel(HostSummary {
             image: no_image(),
             findings: 0,
@@ -217,6 +232,12 @@ impl Daemon {
             directives_tx,
             directives,
             reporter: None,
+            events_tx,
+            events,
+            rescan_pending: None,
+            watchdog: None,
+            provisioning: None,
+            declared: None,
         }
     }
 
@@ -287,6 +308,7 @@ impl Daemon {
                 baseline_digest: Some(digest.clone()),
             };
             self.open_spool()?;
+            self.start_provisioning(&digest);
             let mut status = self.shared.status();
             status.baseline_digest = Some(digest);
             status.image_id = context.reader.meta().image_id.clone();
@@ -297,11 +319,13 @@ impl Daemon {
         self.start_reporter();
         notify_systemd(&[sd_notify::NotifyState::Ready]);
 
-        let (events_tx, mut events) = mpsc::channel::<WatchEvent>(WATCH_QUEUE);
+        // Fed from here on, during checks too: a paced full re-hash of a large image
+        // takes longer than any WatchdogSec.
+        self.watchdog = sd_notify::watchdog_enabled().map(|d| tokio::time::interval(d / 2));
         let mut watcher = context
             .as_ref()
             .filter(|_| self.config.watch.enabled)
-            .map(|c| watch::start(&self.config.root, &c.policy, events_tx.clone()));
+            .map(|c| watch::start(&self.config.root, &c.policy, self.events_tx.clone()));
         // Stop requests are taken by a task of their own: a check in progress (a paced
         // full re-hash takes minutes) is cancelled between files at once, and the loop
         // sees the request as soon as the check returns.
@@ -329,12 +353,17 @@ impl Daemon {
         let fast_interval = Duration::from_secs(schedule.fast_verify_interval_secs);
         let mut next_full = Instant::now() + jittered(full_interval, schedule.jitter);
         let mut next_fast = Instant::now() + jittered(fast_interval, schedule.jitter);
-        let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
-        let mut watchdog_tick =
-            tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
         let mut package_poll = tokio::time::interval(PACKAGE_POLL);
         let mut packages = PackageWatch::new(&self.config.root);
+        let mut provision_poll = tokio::time::interval(provision::POLL);
         loop {
+            if let (Some(reason), Some(context)) = (self.rescan_pending.take(), &context) {
+                // Paced and at background priority like any scheduled check: an event
+                // storm must not turn into an unthrottled re-hash of the whole host.
+                info!(reason = %reason, "Running a full check for lost watch events.");
+                self.check(Arc::clone(context), "rescan", Depth::Full).await;
+                continue;
+            }
             tokio::select! {
                 _ = stop.notified() => break,
                 _ = sighup.recv() => {
@@ -352,7 +381,7 @@ impl Daemon {
                                 .config
                                 .watch
                                 .enabled
-                                .then(|| watch::start(&self.config.root, &reloaded.policy, events_tx.clone()));
+                                .then(|| watch::start(&self.config.root, &reloaded.policy, self.events_tx.clone()));
                             context = Some(Arc::clone(&reloaded));
                             self.full_check(reloaded, "reload").await;
                         }
@@ -374,9 +403,9 @@ impl Daemon {
                     }
                     next_fast = Instant::now() + jittered(fast_interval, self.config.schedule.jitter);
                 }
-                Some(event) = events.recv() => {
+                Some(event) = self.events.recv() => {
                     if let Some(context) = &context {
-                        self.watch_event(Arc::clone(context), event, &mut events).await;
+                        self.watch_event(Arc::clone(context), event).await;
                     }
                 }
                 Ok(()) = self.directives.changed() => self.apply_directive().await,
@@ -387,9 +416,12 @@ impl Daemon {
                         }
                     }
                 }
-                _ = watchdog_tick.tick(), if watchdog.is_some() => {
-                    notify_systemd(&[sd_notify::NotifyState::Watchdog]);
+                _ = provision_poll.tick(), if self.provisioning_open() => {
+                    if let Some(context) = &context {
+                        self.poll_provisioning(Arc::clone(context)).await;
+                    }
                 }
+                () = tick(&mut self.watchdog) => notify_systemd(&[sd_notify::NotifyState::Watchdog]),
             }
         }
         info!("Stopping.");
@@ -426,6 +458,7 @@ impl Daemon {
         };
         let cancel = Arc::clone(&self.cancel);
         let started = Instant::now();
+        let live = Arc::clone(&context);
         let task = tokio::task::spawn_blocking(move || {
             // Scheduled checks yield to the host's own work, also outside systemd; the
             // scan's threads inherit this thread's priorities.
@@ -465,7 +498,7 @@ impl Daemon {
             }
             Ok::<_, Error>(outcome)
         });
-        let result = self.wait_serving(task).await;
+        let result = self.wait_serving(task, Some(&live)).await;
         if self.cancel.load(Ordering::Relaxed) {
             // A walk cut short looks like deleted files: never apply it.
             info!(why, "Check cancelled.");
@@ -509,13 +542,9 @@ impl Daemon {
         }
     }
 
-    /// Re-checks the paths named by a burst of watch events.
-    async fn watch_event(
-        &mut self,
-        context: Arc<Context>,
-        first: WatchEvent,
-        events: &mut mpsc::Receiver<WatchEvent>,
-    ) {
+    /// Re-checks the paths named by a burst of watch events; lost events schedule a
+    /// paced full check (run by the main loop, after any check in progress).
+    async fn watch_event(&mut self, context: Arc<Context>, first: WatchEvent) {
         let mut paths = Vec::new();
         let mut rescan = None;
         let mut handle = |event: WatchEvent, status: &mut Status| match event {
@@ -532,14 +561,14 @@ impl Daemon {
             let mut status = self.shared.status();
             handle(first, &mut status);
             // Take the whole burst at once: one re-check per path, not per event.
-            while let Ok(event) = events.try_recv() {
+            while let Ok(event) = self.events.try_recv() {
                 handle(event, &mut status);
             }
         }
         if let Some(reason) = rescan {
-            warn!(reason = %reason, "Watch events were lost; running a full check.");
+            warn!(reason = %reason, "Watch events were lost; a full check follows.");
             self.shared.status().rescans += 1;
-            self.full_check(context, "rescan").await;
+            self.rescan_pending = Some(reason);
             return;
         }
         paths.sort();
@@ -552,7 +581,7 @@ impl Daemon {
         let task = tokio::task::spawn_blocking(move || {
             pipeline::recheck(&root, &context.reader, &context.policy, &paths)
         });
-        let result = self.wait_serving(task).await;
+        let result = self.wait_quiet(task).await;
         match result {
             Ok(Ok(findings)) => {
                 self.shared.status().watch_rechecks += count;
@@ -563,13 +592,36 @@ impl Daemon {
         }
     }
 
-    /// Waits for blocking work while still applying the collector's verdicts: a paced
-    /// full check takes minutes, a mark must not wait for it.
-    async fn wait_serving<T>(&mut self, mut task: JoinHandle<T>) -> Result<T, JoinError> {
+    /// Waits for a check while staying live: the collector's verdicts are applied, the
+    /// watchdog is fed and watch events are re-checked as they come (a paced full check
+    /// takes minutes; neither a mark nor real-time drift may wait for it).
+    async fn wait_serving<T>(
+        &mut self,
+        mut task: JoinHandle<T>,
+        context: Option<&Arc<Context>>,
+    ) -> Result<T, JoinError> {
         loop {
             tokio::select! {
                 result = &mut task => return result,
                 Ok(()) = self.directives.changed() => self.apply_directive().await,
+                () = tick(&mut self.watchdog) => notify_systemd(&[sd_notify::NotifyState::Watchdog]),
+                Some(event) = self.events.recv(), if context.is_some() => {
+                    if let Some(context) = context {
+                        self.watch_event(Arc::clone(context), event).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits for short blocking work (a re-check, a package comparison) applying
+    /// verdicts and feeding the watchdog; watch events wait in their queue meanwhile.
+    async fn wait_quiet<T>(&mut self, mut task: JoinHandle<T>) -> Result<T, JoinError> {
+        loop {
+            tokio::select! {
+                result = &mut task => return result,
+                Ok(()) = self.directives.changed() => self.apply_directive().await,
+                () = tick(&mut self.watchdog) => notify_systemd(&[sd_notify::NotifyState::Watchdog]),
             }
         }
     }
@@ -580,7 +632,7 @@ impl Daemon {
         let task = tokio::task::spawn_blocking(move || {
             pipeline::recheck_packages(&root, &context.reader, &context.policy)
         });
-        match self.wait_serving(task).await {
+        match self.wait_quiet(task).await {
             Ok(Ok(findings)) => self.apply(&findings).await,
             // The next full check reports an unreadable database as an error.
             Ok(Err(err)) => warn!(error = %err, "Cannot re-read the package database."),
@@ -592,18 +644,22 @@ impl Daemon {
     /// needed, saves the state.
     async fn apply(&mut self, findings: &[Finding]) {
         let time = now_rfc3339();
-        let new = self.state.record(findings, &time);
+        let findings = self.provisioning_filter(findings, &time);
+        let recorded = self.state.record(&findings, &time);
         // Durable for the collector before anything else: a crash from here on
-        // re-finds them at worst (the state is saved below), never loses them.
-        self.spool_findings(&new, &time);
-        for finding in &new {
-            // Drift is output, but an operator reading the journal must see it too.
-            warn!(
-                kind = finding.kind_name(),
-                key = %finding.key(),
-                severity = finding.severity().name(),
-                "Drift found."
-            );
+        // re-finds them at worst (the state is saved below), never loses them. A
+        // changed finding travels as a new event under its old key.
+        self.spool_findings(&recorded.to_report(), &time);
+        // Drift is output, but an operator reading the journal must see it too.
+        for (findings, what) in [(&recorded.new, "found"), (&recorded.changed, "changed")] {
+            for finding in findings {
+                warn!(
+                    kind = finding.kind_name(),
+                    key = %finding.key(),
+                    severity = finding.severity().name(),
+                    "Drift {what}."
+                );
+            }
         }
         let mark = self.local_mark(&time);
         self.apply_mark(mark).await;
@@ -762,7 +818,12 @@ impl Daemon {
             if let Err(err) = write_marker(&self.config.run_dir, mark) {
                 error!(error = %err, "Cannot write the replacement marker.");
             }
-            run_mark_command(&self.config.replacement.command, mark).await;
+            // Its own task: a slow command must not hold up checks or the watchdog.
+            tokio::spawn(run_mark_command(
+                self.config.replacement.command.clone(),
+                mark.clone(),
+                Duration::from_secs(self.config.replacement.command_timeout_secs),
+            ));
         }
         self.save_state();
         self.publish();
@@ -795,6 +856,7 @@ impl Daemon {
         let mut status = self.shared.status();
         status.mark = self.state.mark.clone();
         status.findings = self.state.findings.values().cloned().collect();
+        status.provisioning = self.provisioning.clone();
         status.state = if self.state.mark.is_some() {
             "marked"
         } else if !self.state.findings.is_empty() {
@@ -940,19 +1002,51 @@ fn write_marker(run_dir: &Path, mark: &Mark) -> std::io::Result<()> {
     std::fs::write(run_dir.join(MARKER_FILE), json)
 }
 
-async fn run_mark_command(command: &[String], mark: &Mark) {
+async fn run_mark_command(command: Vec<String>, mark: Mark, timeout: Duration) {
     let Some((program, args)) = command.split_first() else {
         return;
     };
-    let outcome = tokio::process::Command::new(program)
+    let spawned = tokio::process::Command::new(program)
         .args(args)
         .env("DRIFTWATCH_REASON", &mark.reason)
         .env("DRIFTWATCH_SINCE", &mark.since)
-        .status()
-        .await;
-    match outcome {
-        Ok(status) if status.success() => info!(program, "Replacement command succeeded."),
-        Ok(status) => error!(program, status = %status, "Replacement command failed."),
-        Err(err) => error!(program, error = %err, "Cannot run the replacement command."),
+        // Its own process group, so that a timeout kills what it started too.
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn();
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(err) => {
+            error!(program, error = %err, "Cannot run the replacement command.");
+            return;
+        }
+    };
+    match tokio::time::timeout(timeout, child.wait()).await {
+        Ok(Ok(status)) if status.success() => info!(program, "Replacement command succeeded."),
+        Ok(Ok(status)) => error!(program, status = %status, "Replacement command failed."),
+        Ok(Err(err)) => error!(program, error = %err, "Cannot wait for the replacement command."),
+        Err(_) => {
+            if let Some(pid) = child.id() {
+                // SAFETY: kill(2) on the process group of our own child; no memory is
+                // involved.
+                unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
+            }
+            let _ = child.wait().await;
+            error!(
+                program,
+                timeout_secs = timeout.as_secs(),
+                "Replacement command timed out and was killed."
+            );
+        }
+    }
+}
+
+/// The next watchdog tick; never, without a watchdog.
+async fn tick(watchdog: &mut Option<tokio::time::Interval>) {
+    match watchdog {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }

@@ -21,7 +21,7 @@
 //! bounds the body size it accepts.
 
 use super::spool::{random_id, Spool};
-use crate::config::CollectorConfig;
+use crate::config::{CollectorConfig, FAILBACK_SECS};
 use driftwatch_protocol::backoff::Backoff;
 use driftwatch_protocol::errors::error_chain;
 use driftwatch_protocol::report::Finding;
@@ -66,7 +66,8 @@ const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// What the reporter tells `/status` (and `/metrics`) about the collector.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct CollectorStatus {
-    /// The collector's URL.
+    /// The collector's URL: the replica in use once one answered, until then all
+    /// configured.
     pub url: String,
     /// The id this host reports as.
     pub host_id: String,
@@ -94,7 +95,7 @@ impl CollectorStatus {
     /// Nothing sent yet to the collector of `config`.
     pub fn new(config: &CollectorConfig) -> CollectorStatus {
         CollectorStatus {
-            url: config.url.clone(),
+            url: config.url.to_string(),
             host_id: config.host_id().to_string(),
             ..CollectorStatus::default()
         }
@@ -130,9 +131,65 @@ pub fn no_image() -> ImageClaim {
 /// A connected client: TLS set up, identity loaded (or enrolled).
 pub struct Client {
     http: reqwest::Client,
-    base: String,
+    replicas: Replicas,
     host_id: String,
     hostname: String,
+}
+
+/// The collector's URLs (replicas of one collector) and which one is in use: a request
+/// goes to the current one and, when it gets no answer (or 502/503/504), to the next
+/// at once; after [`FAILBACK_SECS`] on another one the first is tried again.
+struct Replicas {
+    bases: Vec<String>,
+    current: Mutex<(usize, Option<Instant>)>,
+}
+
+impl Replicas {
+    fn new(bases: Vec<String>) -> Replicas {
+        Replicas {
+            bases,
+            current: Mutex::new((0, None)),
+        }
+    }
+
+    /// The order to try them in for one request.
+    fn order(&self) -> Vec<usize> {
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if let (_, Some(since)) = *current {
+            if since.elapsed() >= Duration::from_secs(FAILBACK_SECS) {
+                *current = (0, None);
+            }
+        }
+        let n = self.bases.len();
+        (0..n).map(|i| (current.0 + i) % n).collect()
+    }
+
+    /// `index` answered: it is the one to use from now on.
+    fn answered(&self, index: usize) {
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if current.0 != index {
+            info!(url = %self.bases[index], "Reporting to another collector replica.");
+            *current = (index, (index != 0).then(Instant::now));
+        }
+    }
+
+    fn current(&self) -> &str {
+        let index = self.current.lock().unwrap_or_else(|p| p.into_inner()).0;
+        &self.bases[index]
+    }
+}
+
+/// Whether another replica may do better: no answer at all, or a gateway or an
+/// overloaded replica's answer.
+fn fail_over(err: &SendError) -> bool {
+    match err {
+        SendError::Transport(_) => true,
+        SendError::Refused { status, .. } => matches!(
+            *status,
+            StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+        ),
+        SendError::Answer(_) | SendError::Encode(_) => false,
+    }
 }
 
 impl Client {
@@ -162,7 +219,7 @@ impl Client {
         let tls = tls_config(&ca, &config.ca_file, Some(&identity))?;
         Ok(Client {
             http: http_client(tls, Duration::from_secs(config.timeout_secs))?,
-            base: config.url.trim_end_matches('/').to_string(),
+            replicas: Replicas::new(config.url.bases()),
             host_id,
             hostname: crate::host::hostname(),
         })
@@ -179,12 +236,43 @@ impl Client {
         }
     }
 
-    /// POSTs one batch, gzip-compressed; the collector's acknowledgement or why not.
+    /// The collector URL in use.
+    pub fn url(&self) -> &str {
+        self.replicas.current()
+    }
+
+    /// POSTs one batch, gzip-compressed, to the replica in use, else to each other in
+    /// turn; the acknowledgement, or why the last one tried did not give it.
     pub async fn send(&self, batch: &Batch) -> Result<BatchAck, SendError> {
         let body = gzip(batch).map_err(SendError::Encode)?;
+        let order = self.replicas.order();
+        let mut last = None;
+        for index in order {
+            match self
+                .send_to(&self.replicas.bases[index], body.clone())
+                .await
+            {
+                Ok(ack) => {
+                    self.replicas.answered(index);
+                    return Ok(ack);
+                }
+                Err(err) if fail_over(&err) => {
+                    debug!(url = %self.replicas.bases[index], error = %err, "No answer from this collector replica.");
+                    last = Some(err);
+                }
+                Err(err) => {
+                    self.replicas.answered(index);
+                    return Err(err);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| SendError::Transport("no collector URL".into())))
+    }
+
+    async fn send_to(&self, base: &str, body: Vec<u8>) -> Result<BatchAck, SendError> {
         let response = self
             .http
-            .post(format!("{}{INGEST_PATH}", self.base))
+            .post(format!("{base}{INGEST_PATH}"))
             .header(CONTENT_TYPE, "application/json")
             .header(CONTENT_ENCODING, "gzip")
             .body(body)
@@ -355,7 +443,7 @@ impl Reporter {
     }
 
     async fn run(self, mut stop: watch::Receiver<bool>) {
-        let url = self.config.url.clone();
+        let url = self.config.url.to_string();
         let mut backoff =
             Backoff::new(FIRST_RETRY, Duration::from_secs(self.config.retry_max_secs));
         self.update(|_| {});
@@ -425,6 +513,7 @@ impl Reporter {
                         (spool.len() as u64, spool.bytes())
                     };
                     self.update(|c| {
+                        c.url = client.url().to_string();
                         c.reachable = true;
                         c.last_error = None;
                         c.last_ack = Some(now_rfc3339());
@@ -696,19 +785,34 @@ async fn enroll(
         tls_config(ca, &config.ca_file, None)?,
         Duration::from_secs(config.timeout_secs),
     )?;
-    let url = format!("{}{ENROLL_PATH}", config.url.trim_end_matches('/'));
-    let response = http
-        .post(&url)
-        .json(&EnrollRequest {
-            token,
-            host_id: host_id.to_string(),
-            csr_pem,
-        })
-        .send()
-        .await
-        .map_err(|e| {
-            ClientError::Enroll(format!("cannot reach the collector: {}", error_chain(&e)))
-        })?;
+    let request = EnrollRequest {
+        token,
+        host_id: host_id.to_string(),
+        csr_pem,
+    };
+    let mut unreachable = Vec::new();
+    let mut answer = None;
+    // Any replica can enroll: the first that answers does.
+    for base in config.url.bases() {
+        match http
+            .post(format!("{base}{ENROLL_PATH}"))
+            .json(&request)
+            .send()
+            .await
+        {
+            Ok(response) => {
+                answer = Some(response);
+                break;
+            }
+            Err(e) => unreachable.push(format!("{base}: {}", error_chain(&e))),
+        }
+    }
+    let response = answer.ok_or_else(|| {
+        ClientError::Enroll(format!(
+            "cannot reach the collector: {}",
+            unreachable.join("; ")
+        ))
+    })?;
     let status = response.status();
     if !status.is_success() {
         let message = error_message(response).await;
@@ -923,7 +1027,7 @@ mod tests {
             (None, None, Some(collector.token_file()))
         };
         CollectorConfig {
-            url: collector.url.clone(),
+            url: collector.url.clone().into(),
             ca_file: collector.ca_file(),
             cert_file,
             key_file,
@@ -960,7 +1064,7 @@ mod tests {
     fn heartbeat_interval(event: &Event) -> Option<u64> {
         match &event.body {
             EventBody::Heartbeat(h) => Some(h.interval_secs),
-            EventBody::Finding { .. } => None,
+            EventBody::Finding { .. } | EventBody::Provisioned(_) => None,
         }
     }
 
@@ -1036,6 +1140,34 @@ mod tests {
         );
     }
 
+    #[test]
+    fn replicas_are_tried_from_the_one_in_use_and_the_first_again_later() {
+        let replicas = Replicas::new(vec![
+            "https://a".into(),
+            "https://b".into(),
+            "https://c".into(),
+        ]);
+        assert_eq!(replicas.order(), [0, 1, 2]);
+        replicas.answered(2);
+        assert_eq!(replicas.current(), "https://c");
+        assert_eq!(replicas.order(), [2, 0, 1]);
+        // Long enough on another replica: the first is tried first again.
+        let long_ago = Instant::now()
+            .checked_sub(Duration::from_secs(FAILBACK_SECS + 1))
+            .unwrap();
+        replicas.current.lock().unwrap().1 = Some(long_ago);
+        assert_eq!(replicas.order(), [0, 1, 2]);
+        let refused = |status| SendError::Refused {
+            status,
+            message: String::new(),
+            retry_after: None,
+        };
+        assert!(fail_over(&SendError::Transport("refused".into())));
+        assert!(fail_over(&refused(StatusCode::SERVICE_UNAVAILABLE)));
+        assert!(!fail_over(&refused(StatusCode::FORBIDDEN)));
+        assert!(!fail_over(&refused(StatusCode::TOO_MANY_REQUESTS)));
+    }
+
     #[tokio::test]
     async fn without_a_client_certificate_ingest_is_unauthorized() {
         let collector = TestCollector::start(500, None, vec![]);
@@ -1047,7 +1179,7 @@ mod tests {
                 Duration::from_secs(5),
             )
             .unwrap(),
-            base: collector.url.clone(),
+            replicas: Replicas::new(vec![collector.url.clone()]),
             host_id: "web-1".into(),
             hostname: "web-1".into(),
         };

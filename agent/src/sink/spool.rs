@@ -524,7 +524,7 @@ fn count_lines(bytes: &[u8]) -> u64 {
 }
 
 /// Writes `path` atomically: a temporary file, fsync, rename, fsync of the directory.
-fn write_durably(temp: &Path, path: &Path, bytes: &[u8]) -> Result<(), SpoolError> {
+pub fn write_durably(temp: &Path, path: &Path, bytes: &[u8]) -> Result<(), SpoolError> {
     let io = |source| SpoolError::Io {
         path: path.to_path_buf(),
         source,

@@ -63,6 +63,30 @@ pub fn host_detail(out: &mut String, detail: &HostDetail) {
             rfc3339(f.first_seen_ms)
         );
     }
+    if let Some(delta) = &detail.provisioning {
+        provisioning(out, delta);
+    }
+}
+
+/// A host's provisioning delta: what first boot wrote on declared paths (not drift).
+fn provisioning(out: &mut String, delta: &serde_json::Value) {
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_string();
+    let changes = delta["changes"].as_array().cloned().unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "\nprovisioning delta (not drift): {} changes, sealed {}",
+        changes.len(),
+        text(&delta["sealed"])
+    );
+    for change in &changes {
+        let _ = writeln!(
+            out,
+            "  {:<8} {}  {}",
+            text(&change["change"]),
+            text(&change["path"]),
+            text(&change["observed"]["blake3"])
+        );
+    }
 }
 
 /// The registered images.
