@@ -84,10 +84,7 @@ impl HashCache {
             .filter(|(body, digest)| blake3::hash(body).as_bytes() == *digest)
             .map(|(body, _)| body)
         else {
-            tracing::warn!(
-                file = %state_dir.join(CACHE_FILE).display(),
-                "The hash cache is corrupt; fast verification re-reads every file."
-            );
+            tracing::warn!("The hash cache is corrupt; fast verification re-reads every file.");
             return HashCache::default();
         };
         decode(body).unwrap_or_else(|_| {
