@@ -1071,6 +1071,25 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_provisioning_delta_is_kept_apart_from_findings() {
+        let store = SqliteStore::open_memory().unwrap();
+        assert!(store.provisioning("h1").await.unwrap().is_none());
+        let delta = driftwatch_protocol::wire::ProvisionDelta {
+            opened: Some("2026-01-01T00:00:00Z".into()),
+            sealed: Some("2026-01-01T00:01:00Z".into()),
+            units: vec!["cloud-final.service".into()],
+            changes: vec![module("not-drift")],
+        };
+        let body = IngestBody::Provisioned(Box::new(delta));
+        let outcome = store.ingest(batch("h1", vec![("p1", body)])).await.unwrap();
+        assert_eq!((outcome.accepted, outcome.new_findings.len()), (1, 0));
+        assert!(store.findings("h1").await.unwrap().is_empty());
+        let kept = store.provisioning("h1").await.unwrap().unwrap();
+        assert_eq!(kept["units"][0], "cloud-final.service");
+        assert_eq!(kept["changes"][0]["name"], "not-drift");
+    }
+
+    #[tokio::test]
     async fn budgets_count_marks_per_image_and_window() {
         let store = SqliteStore::open_memory().unwrap();
         for host in ["a", "b", "c"] {
