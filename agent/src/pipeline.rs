@@ -7,6 +7,7 @@
 
 use crate::diff::{package_findings, BaselineCursor, Differ};
 use crate::error::{Error, Result};
+use crate::host::{hostname, machine_id};
 use crate::policy::Policy;
 use crate::sink::progress::Progress;
 use crate::source::files::{
@@ -20,6 +21,7 @@ use driftwatch_protocol::report::{
     report_path, BaselineInfo, Finding, HostInfo, PackageFileFinding, Report, ScanError, ScanInfo,
     Summary, REPORT_SCHEMA,
 };
+use driftwatch_protocol::time::rfc3339;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -52,6 +54,18 @@ pub struct CheckOutcome {
     pub skipped: Vec<String>,
 }
 
+/// Reads and compiles a policy file.
+pub fn load_policy(path: &Path) -> Result<Policy> {
+    let text = fs::read_to_string(path).map_err(|source| Error::ReadPolicy {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Policy::parse(&text).map_err(|source| Error::Policy {
+        origin: path.display().to_string(),
+        source,
+    })
+}
+
 /// Opens and verifies a baseline (against the key in `pubkey` when given) and picks
 /// the policy in force: the file `policy` when given, else the one recorded in the
 /// baseline at bake time.
@@ -63,7 +77,7 @@ pub fn open_baseline_and_policy(
     let trusted_key = pubkey.map(crate::baseline::read_public_key).transpose()?;
     let reader = crate::baseline::open(baseline_path, trusted_key.as_ref())?;
     let policy = match policy {
-        Some(path) => crate::command::load_policy(path)?,
+        Some(path) => load_policy(path)?,
         None => Policy::parse(&reader.meta().policy).map_err(|source| Error::Policy {
             origin: format!("recorded in {}", baseline_path.display()),
             source,
@@ -137,6 +151,7 @@ pub fn check(
                 state,
                 error,
                 identity,
+                unsettled,
             } => {
                 if entry.blake3.is_some() {
                     bytes_seen += entry.size;
@@ -150,7 +165,8 @@ pub fn check(
                 }
                 progress.entry(bytes_seen);
                 let before = cursor.seek(&entry.path, |b| differ.unmatched_baseline(b))?;
-                differ.observed(before.as_ref(), &entry, &state);
+                let before = before.map(|b| hide_unreadable_xattrs(b, &mut errors));
+                differ.observed(before.as_ref(), &entry, &state, unsettled);
                 if let Some(error) = error {
                     errors.push(scan_error(&entry.path, error));
                 }
@@ -313,8 +329,14 @@ pub fn recheck(
                 source,
             })?;
         match files::observe_one(root, policy, path) {
-            Some(ScanItem::Observed { entry, state, .. }) => {
-                differ.observed(before.as_ref(), &entry, &state)
+            Some(ScanItem::Observed {
+                entry,
+                state,
+                unsettled,
+                ..
+            }) => {
+                let before = before.map(|b| hide_unreadable_xattrs(b, &mut Vec::new()));
+                differ.observed(before.as_ref(), &entry, &state, unsettled)
             }
             // Unreadable now: the next full check reports it as an error.
             Some(ScanItem::Unreadable { .. }) => {}
@@ -328,31 +350,32 @@ pub fn recheck(
     Ok(differ.finish())
 }
 
-/// RFC 3339, to the second.
-pub fn rfc3339(time: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(time).to_string()
-}
-
-/// Now, as [`rfc3339`].
-pub fn now() -> String {
-    rfc3339(SystemTime::now())
-}
-
-/// The kernel's hostname.
-pub fn hostname() -> String {
-    fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|name| name.trim().to_string())
-        .unwrap_or_default()
-}
-
-/// `/etc/machine-id` inside the root.
-pub fn machine_id(root: &Path) -> Option<String> {
-    let id = fs::read_to_string(root.join("etc/machine-id")).ok()?;
-    let id = id.trim();
-    (!id.is_empty() && id.len() <= 64).then(|| id.to_string())
+/// Without `CAP_SYS_ADMIN` the kernel hides `trusted.*` xattrs from every listing:
+/// the baseline's are left out of the comparison (and said to be not readable here)
+/// instead of being reported as removed.
+fn hide_unreadable_xattrs(
+    mut before: driftwatch_protocol::entry::Entry,
+    errors: &mut Vec<ScanError>,
+) -> driftwatch_protocol::entry::Entry {
+    if files::trusted_xattrs_visible()
+        || !before
+            .xattrs
+            .iter()
+            .any(|(n, _)| files::is_trusted_xattr(n))
+    {
+        return before;
+    }
+    before
+        .xattrs
+        .retain(|(name, _)| !files::is_trusted_xattr(name));
+    errors.push(scan_error(
+        &before.path,
+        "trusted.* xattrs: not readable here (needs CAP_SYS_ADMIN); not compared".to_string(),
+    ));
+    before
 }
 
 /// The default baseline location inside `root`.
 pub fn default_baseline(root: &Path) -> PathBuf {
-    root.join(crate::baseline::DEFAULT_BASELINE_PATH.trim_start_matches('/'))
+    root.join(crate::config::DEFAULT_BASELINE_PATH.trim_start_matches('/'))
 }

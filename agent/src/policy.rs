@@ -16,11 +16,14 @@
 //!   walked (but not recorded).
 //! - Of all `[[rule]]`s covering a path, the **last** in the file wins; a path that no
 //!   rule covers gets `[default]`. A rule that leaves out `attributes` or `severity`
-//!   takes them from `[default]`.
+//!   takes them from `[default]`; a rule that gives `attributes` compares those only
+//!   ("these attributes only": type, additions and removals are reported regardless).
 //!
 //! The walker evaluates this incrementally (one glob match per entry, the rest
 //! inherited from the parent directory); [`Policy::state_for`] evaluates it from scratch
 //! for a single path, and a test holds the two to the same answers.
+
+pub mod runtime;
 
 use driftwatch_protocol::path as dwpath;
 use driftwatch_protocol::report::{Attribute, Severity};
@@ -57,9 +60,9 @@ pub struct PolicyConfig {
     #[serde(default)]
     pub packages: PackagesConfig,
     /// `[runtime]`: processes, kernel modules, listeners and mounts (default: see
-    /// [`crate::source::runtime::RuntimeConfig`]).
+    /// [`runtime::RuntimeConfig`]).
     #[serde(default)]
-    pub runtime: crate::source::runtime::RuntimeConfig,
+    pub runtime: runtime::RuntimeConfig,
 }
 
 /// `[packages]`: the package set and the package manager's own file records.
@@ -130,6 +133,19 @@ pub struct ScanConfig {
     /// Record SHA-256 besides BLAKE3 (default `false`).
     #[serde(default)]
     pub sha256: bool,
+    /// Files larger than this many bytes are not hashed (default 4 GiB): their type,
+    /// mode, owner and size are still compared, and a size that differs from the
+    /// baseline is reported as a content change. This bounds what one planted file
+    /// (`truncate -s 1P`) can cost a scan.
+    #[serde(default = "default_max_file_bytes")]
+    pub max_file_bytes: u64,
+}
+
+/// The default of [`ScanConfig::max_file_bytes`]: 4 GiB.
+pub const DEFAULT_MAX_FILE_BYTES: u64 = 4 << 30;
+
+fn default_max_file_bytes() -> u64 {
+    DEFAULT_MAX_FILE_BYTES
 }
 
 fn default_scan_paths() -> Vec<String> {
@@ -146,6 +162,7 @@ impl Default for ScanConfig {
             paths: default_scan_paths(),
             one_filesystem: default_true(),
             sha256: false,
+            max_file_bytes: DEFAULT_MAX_FILE_BYTES,
         }
     }
 }

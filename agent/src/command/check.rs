@@ -3,7 +3,7 @@
 
 use super::{canonical_root, Outcome};
 use crate::cli::{CheckArgs, Format};
-use crate::daemon::config::{AgentConfig, CollectorConfig, DEFAULT_CONFIG_PATH};
+use crate::config::{AgentConfig, CollectorConfig, DEFAULT_CONFIG_PATH};
 use crate::daemon::provision;
 use crate::error::{Error, Result};
 use crate::pipeline::{self, CheckOutcome, CheckPlan};
@@ -22,10 +22,10 @@ pub fn run(args: &CheckArgs, out: &mut impl Write) -> Result<Outcome> {
     // Read before the scan: a bad configuration should not cost a whole scan.
     let collector = args.report.then(|| collector_config(args)).transpose()?;
     let root = canonical_root(&args.scan.root)?;
-    let baseline_path = args
-        .baseline
-        .clone()
-        .unwrap_or_else(|| pipeline::default_baseline(&root));
+    let baseline_path = match &args.baseline {
+        Some(path) => path.clone(),
+        None => default_baseline_in(&root)?,
+    };
     let (reader, policy) = pipeline::open_baseline_and_policy(
         &baseline_path,
         args.pubkey.as_deref(),
@@ -39,6 +39,7 @@ pub fn run(args: &CheckArgs, out: &mut impl Write) -> Result<Outcome> {
         policy: &policy,
         scan: ScanOptions {
             threads: args.scan.threads,
+            readers: args.scan.readers,
             ..ScanOptions::default()
         },
         runtime: !args.no_runtime,
@@ -103,7 +104,7 @@ fn deliver(collector: &CollectorConfig, state_dir: &Path, report: &Report) -> Re
     let delivered =
         deliver_report(collector, state_dir, image, &report.findings).map_err(|source| {
             Error::Report {
-                url: collector.url.clone(),
+                url: collector.url.to_string(),
                 source,
             }
         })?;
@@ -150,4 +151,17 @@ fn write_text(
         indicatif::HumanBytes(report.scan.bytes_hashed),
         report.scan.duration_ms as f64 / 1000.0
     )
+}
+
+/// The default baseline inside `root`, which may be a hostile image: a link there (even
+/// an absolute one, which would lead to the scanning host's files) or a FIFO is refused
+/// with an error naming the path.
+fn default_baseline_in(root: &Path) -> Result<PathBuf> {
+    let inside = crate::baseline::DEFAULT_BASELINE_PATH.as_bytes();
+    crate::source::rootfs::open_regular_in_root(root, inside)
+        .map(|(_, host)| host)
+        .map_err(|source| Error::OpenBaseline {
+            path: pipeline::default_baseline(root),
+            source,
+        })
 }

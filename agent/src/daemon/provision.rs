@@ -24,11 +24,11 @@
 //! is sealed anyway. The units are asked about with `systemctl show`; where that cannot
 //! answer (no systemd, another root) there is no window, and everything is drift.
 
-use super::config::AgentConfig;
 use super::{Daemon, Depth};
-use crate::pipeline::now;
+use crate::config::AgentConfig;
 use crate::sink::spool::write_durably;
 use driftwatch_protocol::report::{EntryState, Finding};
+use driftwatch_protocol::time::now_rfc3339 as now;
 use driftwatch_protocol::wire::{EventBody, ProvisionDelta};
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use serde::{Deserialize, Serialize};

@@ -14,6 +14,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
+/// Where an image's baseline lives unless told otherwise.
+pub const DEFAULT_BASELINE_PATH: &str = "/usr/lib/driftwatch/baseline";
+
 /// Where the daemon reads its configuration unless told otherwise.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/driftwatch/agent.toml";
 
@@ -63,11 +66,11 @@ pub struct AgentConfig {
     /// The first-boot provisioning window (default: until `cloud-final.service` has
     /// finished, on the paths cloud-init writes).
     #[serde(default)]
-    pub provisioning: super::provision::ProvisioningConfig,
+    pub provisioning: crate::daemon::provision::ProvisioningConfig,
 }
 
 fn default_baseline() -> PathBuf {
-    PathBuf::from(crate::baseline::DEFAULT_BASELINE_PATH)
+    PathBuf::from(DEFAULT_BASELINE_PATH)
 }
 
 fn default_root() -> PathBuf {
@@ -222,7 +225,7 @@ impl Default for WatchConfig {
 }
 
 /// `[replacement]`: what marks this host for replacement, and what happens then.
-#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ReplacementConfig {
     /// A finding at or above this severity marks the host locally (`low`, `medium`,
@@ -238,6 +241,24 @@ pub struct ReplacementConfig {
     /// `DRIFTWATCH_REASON` in its environment.
     #[serde(default)]
     pub command: Vec<String>,
+    /// Seconds the command may run before it is killed (default 60, at least 1); its
+    /// outcome (success, failure, timeout) is logged either way.
+    #[serde(default = "default_command_timeout_secs")]
+    pub command_timeout_secs: u64,
+}
+
+fn default_command_timeout_secs() -> u64 {
+    60
+}
+
+impl Default for ReplacementConfig {
+    fn default() -> Self {
+        ReplacementConfig {
+            mark_severity: None,
+            command: Vec::new(),
+            command_timeout_secs: default_command_timeout_secs(),
+        }
+    }
 }
 
 /// The local marking threshold when `[replacement] mark_severity` is not set and no
@@ -255,8 +276,11 @@ const LOCAL_MARK_SEVERITY: Severity = Severity::Critical;
 pub struct CollectorConfig {
     /// The collector's base URL, `https://` only (required), e.g.
     /// `https://collector.example.org:8443`; requests go to `/v1/ingest` and
-    /// `/v1/enroll` below it.
-    pub url: String,
+    /// `/v1/enroll` below it. A list (`["https://c1:8443", "https://c2:8443"]`) names
+    /// replicas of one collector: the agent uses the first that answers, fails over to
+    /// the next when one does not (no answer, or 502/503/504), and goes back to the
+    /// first after [`FAILBACK_SECS`].
+    pub url: CollectorUrls,
     /// PEM file with the CA certificate(s) that signed the collector's server
     /// certificate (required). Only these are trusted for the collector, not the
     /// system's roots.
@@ -336,9 +360,9 @@ impl CollectorConfig {
     /// The host id this host reports as when none is configured: the machine id
     /// inside `root`, else the kernel's hostname.
     fn default_host_id(root: &Path) -> Option<String> {
-        crate::pipeline::machine_id(root)
+        crate::host::machine_id(root)
             .filter(|id| is_valid_host_id(id))
-            .or_else(|| Some(crate::pipeline::hostname()).filter(|id| is_valid_host_id(id)))
+            .or_else(|| Some(crate::host::hostname()).filter(|id| is_valid_host_id(id)))
     }
 }
 
@@ -387,7 +411,12 @@ impl AgentConfig {
                 })
             }
         };
-        let config: AgentConfig = toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        AgentConfig::parse(&text, path)
+    }
+
+    /// Parses and validates a configuration's text; `path` names the file in errors.
+    pub fn parse(text: &str, path: &Path) -> Result<AgentConfig, ConfigError> {
+        let config: AgentConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
@@ -437,6 +466,9 @@ impl AgentConfig {
         {
             return value("replacement.command", "must start with a program");
         }
+        if self.replacement.command_timeout_secs == 0 {
+            return value("replacement.command_timeout_secs", "must be at least 1");
+        }
         if let Some(collector) = &mut self.collector {
             collector.validate(&self.root, path)?;
         }
@@ -450,6 +482,52 @@ impl AgentConfig {
     }
 }
 
+/// After failing over to another collector URL, the agent tries the first one again
+/// after this long: replicas are peers, but the first is the one the operator chose.
+pub const FAILBACK_SECS: u64 = 600;
+
+/// `[collector] url`: one URL, or a list of replicas of the same collector (in order of
+/// preference; never empty once validated).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CollectorUrls(Vec<String>);
+
+impl CollectorUrls {
+    /// The URLs, in order of preference, without a trailing `/`.
+    pub fn bases(&self) -> Vec<String> {
+        self.0
+            .iter()
+            .map(|u| u.trim_end_matches('/').to_string())
+            .collect()
+    }
+}
+
+impl From<String> for CollectorUrls {
+    fn from(url: String) -> CollectorUrls {
+        CollectorUrls(vec![url])
+    }
+}
+
+impl std::fmt::Display for CollectorUrls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0.join(", "))
+    }
+}
+
+impl<'de> Deserialize<'de> for CollectorUrls {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum OneOrMany {
+            One(String),
+            Many(Vec<String>),
+        }
+        Ok(match OneOrMany::deserialize(d)? {
+            OneOrMany::One(url) => CollectorUrls(vec![url]),
+            OneOrMany::Many(urls) => CollectorUrls(urls),
+        })
+    }
+}
+
 impl CollectorConfig {
     fn validate(&mut self, root: &Path, path: &Path) -> Result<(), ConfigError> {
         let value = |key, problem| {
@@ -459,19 +537,24 @@ impl CollectorConfig {
                 problem,
             })
         };
-        match reqwest::Url::parse(&self.url) {
-            Ok(url) if url.scheme() == "https" && url.host().is_some() => {}
-            Ok(url) if url.scheme() != "https" => {
-                return value(
-                    "collector.url",
-                    "must be an https:// URL (the collector is HTTPS only)",
-                )
-            }
-            _ => {
-                return value(
-                    "collector.url",
-                    "must be a URL such as https://collector.example.org:8443",
-                )
+        if self.url.0.is_empty() {
+            return value("collector.url", "must name at least one URL");
+        }
+        for url in &self.url.0 {
+            match reqwest::Url::parse(url) {
+                Ok(url) if url.scheme() == "https" && url.host().is_some() => {}
+                Ok(url) if url.scheme() != "https" => {
+                    return value(
+                        "collector.url",
+                        "must be an https:// URL (the collector is HTTPS only)",
+                    )
+                }
+                _ => {
+                    return value(
+                        "collector.url",
+                        "must be a URL such as https://collector.example.org:8443",
+                    )
+                }
             }
         }
         let absolute = [
@@ -651,7 +734,7 @@ mod tests {
         // No machine id: the hostname, when it is a valid id.
         std::fs::remove_file(dir.path().join("etc/machine-id")).unwrap();
         let fallback = AgentConfig::load(&path, true).map(|c| c.collector.unwrap());
-        let hostname = crate::pipeline::hostname();
+        let hostname = crate::host::hostname();
         if is_valid_host_id(&hostname) {
             assert_eq!(fallback.unwrap().host_id(), hostname);
         } else {
@@ -660,6 +743,20 @@ mod tests {
                 .to_string()
                 .contains("collector.host_id"));
         }
+    }
+
+    #[test]
+    fn the_collector_url_may_be_a_list_of_replicas() {
+        let config = load("root = \"DIR\"\n[collector]\nurl = [\"https://c1:8443/\", \"https://c2:8443\"]\nca_file = \"/ca\"\nenrollment_token_file = \"/t\"\nhost_id = \"h\"\n").unwrap();
+        let collector = config.collector.unwrap();
+        assert_eq!(
+            collector.url.bases(),
+            ["https://c1:8443", "https://c2:8443"]
+        );
+        assert_eq!(
+            collector.url.to_string(),
+            "https://c1:8443/, https://c2:8443"
+        );
     }
 
     #[test]
@@ -683,6 +780,16 @@ mod tests {
             (
                 &format!("[collector]\nurl = \"c:8443\"\nca_file = \"/ca\"\n{identity}"),
                 "`collector.url`",
+            ),
+            (
+                &format!("[collector]\nurl = []\nca_file = \"/ca\"\n{identity}"),
+                "`collector.url` must name at least one URL",
+            ),
+            (
+                &format!(
+                    "[collector]\nurl = [\"https://a\", \"http://b\"]\nca_file = \"/ca\"\n{identity}"
+                ),
+                "`collector.url` must be an https:// URL",
             ),
             (
                 &format!("{COLLECTOR}{identity}colour = 1"),
