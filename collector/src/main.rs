@@ -405,25 +405,3 @@ fn issue_host_cert(config: &Path, host_id: &str, out_dir: &Path) -> Result<(), F
         host_id
     ))
 }
-
-/// The provisioning delta of `host`, one line per change: what the first boot changed
-/// and the host is not blamed for.
-fn provisioning_lines(out: &mut impl std::fmt::Write, delta: &serde_json::Value) {
-    let text = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_string();
-    let changes = delta["changes"].as_array().cloned().unwrap_or_default();
-    let _ = writeln!(
-        out,
-        "\nprovisioning delta (not drift): {} changes, sealed {}",
-        changes.len(),
-        text(&delta["sealed"])
-    );
-    for change in &changes {
-        let _ = writeln!(
-            out,
-            "  {:<8} {}  {}",
-            text(&change["change"]),
-            text(&change["path"]),
-            text(&change["observed"]["blake3"])
-        );
-    }
-}

@@ -157,7 +157,7 @@ fn write_text(
 /// an absolute one, which would lead to the scanning host's files) or a FIFO is refused
 /// with an error naming the path.
 fn default_baseline_in(root: &Path) -> Result<PathBuf> {
-    let inside = crate::baseline::DEFAULT_BASELINE_PATH.as_bytes();
+    let inside = crate::config::DEFAULT_BASELINE_PATH.as_bytes();
     crate::source::rootfs::open_regular_in_root(root, inside)
         .map(|(_, host)| host)
         .map_err(|source| Error::OpenBaseline {

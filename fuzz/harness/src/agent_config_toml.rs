@@ -1,7 +1,7 @@
 //! The agent's configuration (`/etc/driftwatch/agent.toml`), parsed and validated as
 //! the daemon loads it.
 
-use driftwatch_agent::daemon::config::AgentConfig;
+use driftwatch_agent::config::AgentConfig;
 use std::path::Path;
 
 /// Runs the `agent_config_toml` target on one input.
