@@ -778,6 +778,12 @@ fn seed_cloud_init(root: &Root, name: &str, outside: bool) {
 fn bake(image: &Root, sign_key: &Path, pubkey: &Path) {
     std::fs::copy(sign_key, image.join("/tmp/pipeline.key")).unwrap();
     std::fs::copy(pubkey, image.join("/tmp/pipeline.pub")).unwrap();
+    // /proc in the chroot, as an image build's chroot has it: the scan reads extended
+    // attributes through /proc/self/fd.
+    let proc_dir = image.join("/proc");
+    ok(run(Command::new("mount")
+        .args(["-t", "proc", "proc"])
+        .arg(&proc_dir)));
     let baked = image.chroot(&[
         "/usr/sbin/driftwatch-bake",
         "--image-id",
@@ -787,6 +793,7 @@ fn bake(image: &Root, sign_key: &Path, pubkey: &Path) {
         "--pubkey",
         "/tmp/pipeline.pub",
     ]);
+    ok(run(Command::new("umount").arg(&proc_dir)));
     std::fs::remove_file(image.join("/tmp/pipeline.key")).unwrap();
     std::fs::remove_file(image.join("/tmp/pipeline.pub")).unwrap();
     let baked = baked.ok();
