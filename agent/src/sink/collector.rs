@@ -1002,6 +1002,7 @@ mod tests {
             rule: "r".into(),
             baseline: None,
             observed: None,
+            package: None,
         }))
     }
 
