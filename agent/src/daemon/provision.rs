@@ -621,6 +621,7 @@ mod tests {
             rule: "accounts".into(),
             baseline: Some(entry("baked")),
             observed,
+            package: None,
         }))
     }
 
