@@ -60,6 +60,10 @@ pub struct PolicyConfig {
     /// [`crate::source::runtime::RuntimeConfig`]).
     #[serde(default)]
     pub runtime: crate::source::runtime::RuntimeConfig,
+    /// `[containers]`: running containers checked against their images (default: see
+    /// [`crate::source::containers::config::ContainersConfig`]).
+    #[serde(default)]
+    pub containers: crate::source::containers::config::ContainersConfig,
 }
 
 /// `[packages]`: the package set and the package manager's own file records.

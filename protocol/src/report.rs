@@ -221,10 +221,19 @@ impl Finding {
     /// by the collector in a retried batch) has the same key.
     pub fn key(&self) -> String {
         match self {
-            Finding::File(f) => format!("file:{}", f.path_bytes_b64.as_deref().unwrap_or(&f.path)),
+            Finding::File(f) => format!(
+                "file:{}{}",
+                container_key(f.container.as_ref()),
+                f.path_bytes_b64.as_deref().unwrap_or(&f.path)
+            ),
             Finding::Package(p) => format!("package:{}:{}", p.name, p.arch),
             Finding::PackageFile(p) => format!("package_file:{}:{}", p.package, p.path),
-            Finding::Process(p) => format!("process:{:?}:{}", p.reason, p.exe),
+            Finding::Process(p) => format!(
+                "process:{}{:?}:{}",
+                container_key(p.container.as_ref()),
+                p.reason,
+                p.exe
+            ),
             Finding::KernelModule(m) => format!("kernel_module:{}", m.name),
             Finding::Listener(l) => format!("listener:{}:{}:{}", l.protocol, l.address, l.port),
             Finding::Mount(m) => format!("mount:{}", m.mountpoint),
@@ -263,6 +272,15 @@ impl Finding {
         }
     }
 
+    /// The container the finding is about, for file and process findings inside one.
+    pub fn container(&self) -> Option<&ContainerRef> {
+        match self {
+            Finding::File(f) => f.container.as_ref(),
+            Finding::Process(p) => p.container.as_ref(),
+            _ => None,
+        }
+    }
+
     /// The finding's severity.
     pub fn severity(&self) -> Severity {
         match self {
@@ -276,6 +294,33 @@ impl Finding {
             Finding::Baseline(f) => f.severity,
         }
     }
+}
+
+/// A finding inside a container is another finding than the same path on the host or
+/// in another container: its key names the container.
+fn container_key(container: Option<&ContainerRef>) -> String {
+    container.map_or_else(String::new, |c| format!("container={}:", c.id))
+}
+
+/// The container a file or process finding belongs to (absent for the host's own).
+/// Fields a runtime does not record on disk are `null`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ContainerRef {
+    /// The runtime's container id (64 hex digits for Docker, podman, containerd).
+    pub id: String,
+    /// The container's name (`docker ps` / `podman ps` name, or the Kubernetes
+    /// container name).
+    pub name: Option<String>,
+    /// `docker`, `podman`, `containerd` or `cri-o`.
+    pub runtime: String,
+    /// The image as the container was started from it (`shop/api:1.4`).
+    pub image: Option<String>,
+    /// The image's digest or id, `sha256:…`.
+    pub image_digest: Option<String>,
+    /// The Kubernetes pod, for containers of a pod.
+    pub pod: Option<String>,
+    /// The Kubernetes namespace, for containers of a pod.
+    pub namespace: Option<String>,
 }
 
 /// How a package changed.
@@ -356,6 +401,9 @@ pub enum ProcessReason {
     DeletedExecutable,
     /// It runs from a writable, mutable location (/tmp, /dev/shm, /var/tmp).
     MutablePath,
+    /// Its executable lives in its container's writable upper layer: written after the
+    /// container started, not part of the container's image.
+    NotInImage,
 }
 
 /// A process finding.
@@ -375,6 +423,9 @@ pub struct ProcessFinding {
     pub user: Option<String>,
     /// How serious it is.
     pub severity: Severity,
+    /// The container it runs in (absent for the host's own processes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<ContainerRef>,
 }
 
 /// Why a kernel module is reported.
@@ -463,6 +514,10 @@ pub struct FileFinding {
     pub baseline: Option<EntryState>,
     /// The entry as found.
     pub observed: Option<EntryState>,
+    /// The container whose image the entry is compared with (absent for the host's
+    /// own files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<ContainerRef>,
 }
 
 /// A path as it appears in reports: readable text plus, when needed, the exact bytes.
@@ -760,6 +815,7 @@ mod tests {
             rule: "default".into(),
             baseline: None,
             observed: None,
+            container: None,
         }));
         let json = serde_json::to_value(&finding).unwrap();
         assert_eq!(json["kind"], "file");

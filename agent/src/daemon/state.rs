@@ -228,6 +228,7 @@ mod tests {
             rule: "r".into(),
             baseline: None,
             observed: None,
+            container: None,
         }))
     }
 

@@ -989,6 +989,7 @@ mod tests {
             rule: "r".into(),
             baseline: None,
             observed: None,
+            container: None,
         }))
     }
 

@@ -1,11 +1,13 @@
 //! Reports: `driftwatch.report/v1` JSON for machines, and text for people — grouped by
-//! severity, one line per finding, a summary line last, colour only on a terminal.
+//! severity, one line per finding (a container's findings under a heading naming the
+//! container), a summary line last, colour only on a terminal.
 
 use driftwatch_protocol::report::{
-    Attribute, EntryState, FileChange, FileFinding, Finding, KernelModuleReason, PackageChange,
-    ProcessReason, ScanError, Severity, Summary,
+    Attribute, ContainerRef, EntryState, FileChange, FileFinding, Finding, KernelModuleReason,
+    PackageChange, ProcessReason, ScanError, Severity, Summary,
 };
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::io::{self, IsTerminal, Write};
 
 /// Whether to colour text written to stdout: only on a terminal, never with `NO_COLOR`.
@@ -172,6 +174,7 @@ fn finding_line(paint: Paint, finding: &Finding) -> String {
                 ProcessReason::DiffersFromBaseline => "executable differs from the image",
                 ProcessReason::DeletedExecutable => "executable deleted",
                 ProcessReason::MutablePath => "runs from a writable path",
+                ProcessReason::NotInImage => "executable written into the container",
             };
             let user = p.user.clone().unwrap_or_else(|| p.uid.to_string());
             line(
@@ -218,16 +221,14 @@ fn finding_line(paint: Paint, finding: &Finding) -> String {
     }
 }
 
-/// Writes findings grouped by severity, then errors. Nothing is written for empty
-/// groups.
-pub fn write_findings(
+fn write_by_severity(
     out: &mut impl Write,
     paint: Paint,
-    findings: &[Finding],
-    errors: &[ScanError],
+    findings: &[&Finding],
+    indent: &str,
 ) -> io::Result<()> {
     for severity in Severity::ALL_DESCENDING {
-        let group: Vec<&Finding> = findings
+        let group: Vec<&&Finding> = findings
             .iter()
             .filter(|f| f.severity() == severity)
             .collect();
@@ -235,11 +236,60 @@ pub fn write_findings(
             continue;
         }
         let title = format!("{} ({})", severity.name().to_uppercase(), group.len());
-        writeln!(out, "{}", paint.severity(severity, &title))?;
+        writeln!(out, "{indent}{}", paint.severity(severity, &title))?;
         for finding in group {
-            writeln!(out, "{}", finding_line(paint, finding))?;
+            writeln!(out, "{indent}{}", finding_line(paint, finding))?;
         }
         writeln!(out)?;
+    }
+    Ok(())
+}
+
+/// `CONTAINER api (3f9a8c2d1e4b) podman, image shop/api:1.4, pod shop/api-7d9f`.
+fn container_title(paint: Paint, container: &ContainerRef) -> String {
+    let short: String = container.id.chars().take(12).collect();
+    let mut title = match &container.name {
+        Some(name) => format!("CONTAINER {name} ({short})"),
+        None => format!("CONTAINER {short}"),
+    };
+    let mut about = vec![container.runtime.clone()];
+    if let Some(image) = &container.image {
+        about.push(format!("image {image}"));
+    }
+    if let Some(pod) = &container.pod {
+        let namespace = container.namespace.as_deref().unwrap_or("?");
+        about.push(format!("pod {namespace}/{pod}"));
+    }
+    title = paint.bold(&title);
+    format!("{title}  {}", paint.dim(&about.join(", ")))
+}
+
+/// Writes findings grouped by severity — the host's first, then each container's under
+/// a heading naming it — then errors. Nothing is written for empty groups.
+pub fn write_findings(
+    out: &mut impl Write,
+    paint: Paint,
+    findings: &[Finding],
+    errors: &[ScanError],
+) -> io::Result<()> {
+    let host: Vec<&Finding> = findings
+        .iter()
+        .filter(|f| f.container().is_none())
+        .collect();
+    write_by_severity(out, paint, &host, "")?;
+    let mut containers: BTreeMap<&str, (&ContainerRef, Vec<&Finding>)> = BTreeMap::new();
+    for finding in findings {
+        if let Some(container) = finding.container() {
+            containers
+                .entry(container.id.as_str())
+                .or_insert_with(|| (container, Vec::new()))
+                .1
+                .push(finding);
+        }
+    }
+    for (container, group) in containers.values() {
+        writeln!(out, "{}", container_title(paint, container))?;
+        write_by_severity(out, paint, group, "  ")?;
     }
     if !errors.is_empty() {
         writeln!(

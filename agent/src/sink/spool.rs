@@ -598,6 +598,7 @@ mod tests {
                 rule: "r".into(),
                 baseline: None,
                 observed: None,
+                container: None,
             })),
         }
     }

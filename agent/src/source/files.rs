@@ -818,6 +818,26 @@ pub fn observe_one(root: &Path, policy: &Policy, path: &[u8]) -> Option<ScanItem
     inspector.inspect(path.to_vec(), &host_path(root, path), state, hash)
 }
 
+/// Examines one path of a tree that no policy describes (an overlay layer of a
+/// container), the way the scan does, reading a regular file's content (BLAKE3) only
+/// when `hash`; `None` when it does not exist.
+pub fn inspect_path(root: &Path, path: &[u8], hash: bool) -> Option<ScanItem> {
+    let shared = Shared::new(0);
+    let never = AtomicBool::new(false);
+    let mut inspector = Inspector {
+        sha256: false,
+        // Below the allocator's mmap threshold: this runs once per path.
+        buffer: vec![0; if hash { READ_BUFFER_BYTES / 2 } else { 0 }],
+        bytes_hashed: &shared.bytes_hashed,
+        links: &shared.links,
+        known: None,
+        pacer: &shared.pacer,
+        cancel: &never,
+    };
+    let state = PathState::default();
+    inspector.inspect(path.to_vec(), &host_path(root, path), state, hash)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,7 +1,9 @@
 //! Sources observe the host. Today: the filesystem ([`files`]); package and runtime
 //! sources join them with their own modules.
 
+pub mod containers;
 pub mod files;
+pub mod mountinfo;
 pub mod packages;
 pub mod rootfs;
 pub mod runtime;

@@ -725,6 +725,7 @@ impl<R: ReadAt> ProcessScan<'_, R> {
             uid,
             user,
             severity: self.config.process_severity,
+            container: None,
         })
     }
 }
