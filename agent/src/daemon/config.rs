@@ -60,6 +60,9 @@ pub struct AgentConfig {
     /// serves its loopback endpoint and logs).
     #[serde(default)]
     pub collector: Option<CollectorConfig>,
+    /// What to do about a drifted container (default: report only).
+    #[serde(default)]
+    pub containers: crate::source::containers::action::ActionsConfig,
 }
 
 fn default_baseline() -> PathBuf {
@@ -93,6 +96,7 @@ impl Default for AgentConfig {
             watch: WatchConfig::default(),
             replacement: ReplacementConfig::default(),
             collector: None,
+            containers: Default::default(),
         }
     }
 }

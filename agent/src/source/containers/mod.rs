@@ -13,6 +13,7 @@
 //! [`observe`], which puts them together for `check`, and [`watch`], which the daemon
 //! uses to follow containers as they start, write and stop.
 
+pub mod action;
 pub mod config;
 pub mod discover;
 pub mod metadata;
