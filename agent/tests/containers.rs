@@ -27,6 +27,8 @@ const POLICY: &str = r#"
 paths = ["/etc/hostname"]
 [runtime]
 enabled = false
+[packages]
+enabled = false
 [[containers.expected]]
 images = ["localhost/driftwatch-test-*"]
 paths = ["/srv/declared"]
