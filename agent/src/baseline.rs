@@ -14,9 +14,6 @@ use std::io::{self, BufWriter, Write};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-/// Where an image's baseline lives unless told otherwise.
-pub const DEFAULT_BASELINE_PATH: &str = "/usr/lib/driftwatch/baseline";
-
 /// A baseline being written; it appears at its path only when [`finish`](Self::finish)
 /// succeeds.
 pub struct PendingBaseline {

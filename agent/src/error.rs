@@ -91,7 +91,7 @@ pub enum Error {
     PackageDb(crate::source::packages::PackageDbError),
     /// The daemon's configuration cannot be used.
     #[error("{0}")]
-    Config(crate::daemon::config::ConfigError),
+    Config(crate::config::ConfigError),
     /// The health endpoint cannot listen.
     #[error("cannot listen on {address}: {source}")]
     Listen {

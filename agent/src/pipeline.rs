@@ -5,8 +5,10 @@
 //! then the package set and the package manager's records are compared, then — for a
 //! check of `/` — the running system.
 
+use crate::clock::rfc3339;
 use crate::diff::{package_findings, BaselineCursor, Differ};
 use crate::error::{Error, Result};
+use crate::host::{hostname, machine_id};
 use crate::policy::Policy;
 use crate::sink::progress::Progress;
 use crate::source::files::{
@@ -52,6 +54,18 @@ pub struct CheckOutcome {
     pub skipped: Vec<String>,
 }
 
+/// Reads and compiles a policy file.
+pub fn load_policy(path: &Path) -> Result<Policy> {
+    let text = fs::read_to_string(path).map_err(|source| Error::ReadPolicy {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Policy::parse(&text).map_err(|source| Error::Policy {
+        origin: path.display().to_string(),
+        source,
+    })
+}
+
 /// Opens and verifies a baseline (against the key in `pubkey` when given) and picks
 /// the policy in force: the file `policy` when given, else the one recorded in the
 /// baseline at bake time.
@@ -63,7 +77,7 @@ pub fn open_baseline_and_policy(
     let trusted_key = pubkey.map(crate::baseline::read_public_key).transpose()?;
     let reader = crate::baseline::open(baseline_path, trusted_key.as_ref())?;
     let policy = match policy {
-        Some(path) => crate::command::load_policy(path)?,
+        Some(path) => load_policy(path)?,
         None => Policy::parse(&reader.meta().policy).map_err(|source| Error::Policy {
             origin: format!("recorded in {}", baseline_path.display()),
             source,
@@ -339,31 +353,7 @@ pub fn recheck(
     Ok(differ.finish())
 }
 
-/// RFC 3339, to the second.
-pub fn rfc3339(time: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(time).to_string()
-}
-
-/// Now, as [`rfc3339`].
-pub fn now() -> String {
-    rfc3339(SystemTime::now())
-}
-
-/// The kernel's hostname.
-pub fn hostname() -> String {
-    fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|name| name.trim().to_string())
-        .unwrap_or_default()
-}
-
-/// `/etc/machine-id` inside the root.
-pub fn machine_id(root: &Path) -> Option<String> {
-    let id = fs::read_to_string(root.join("etc/machine-id")).ok()?;
-    let id = id.trim();
-    (!id.is_empty() && id.len() <= 64).then(|| id.to_string())
-}
-
 /// The default baseline location inside `root`.
 pub fn default_baseline(root: &Path) -> PathBuf {
-    root.join(crate::baseline::DEFAULT_BASELINE_PATH.trim_start_matches('/'))
+    root.join(crate::config::DEFAULT_BASELINE_PATH.trim_start_matches('/'))
 }

@@ -22,6 +22,8 @@
 //! inherited from the parent directory); [`Policy::state_for`] evaluates it from scratch
 //! for a single path, and a test holds the two to the same answers.
 
+pub mod runtime;
+
 use driftwatch_protocol::path as dwpath;
 use driftwatch_protocol::report::{Attribute, Severity};
 use globset::{Candidate, Glob, GlobBuilder, GlobMatcher, GlobSet, GlobSetBuilder};
@@ -57,9 +59,9 @@ pub struct PolicyConfig {
     #[serde(default)]
     pub packages: PackagesConfig,
     /// `[runtime]`: processes, kernel modules, listeners and mounts (default: see
-    /// [`crate::source::runtime::RuntimeConfig`]).
+    /// [`runtime::RuntimeConfig`]).
     #[serde(default)]
-    pub runtime: crate::source::runtime::RuntimeConfig,
+    pub runtime: runtime::RuntimeConfig,
     /// `[containers]`: running containers checked against their images (default: see
     /// [`crate::source::containers::config::ContainersConfig`]).
     #[serde(default)]

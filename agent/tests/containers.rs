@@ -118,7 +118,15 @@ impl Podman {
     fn new() -> Podman {
         let dir = tempfile::tempdir().unwrap();
         let rootfs = dir.path().join("rootfs");
-        for d in ["bin", "etc", "tmp", "usr/local/bin", "srv", "opt", "var/log"] {
+        for d in [
+            "bin",
+            "etc",
+            "tmp",
+            "usr/local/bin",
+            "srv",
+            "opt",
+            "var/log",
+        ] {
             std::fs::create_dir_all(rootfs.join(d)).unwrap();
         }
         std::fs::copy("/bin/busybox", rootfs.join("bin/busybox")).unwrap();

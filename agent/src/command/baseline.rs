@@ -1,11 +1,12 @@
 //! `driftwatch baseline create|verify|show|diff`.
 
-use super::{canonical_root, creation_time, load_policy, Outcome};
+use super::{canonical_root, creation_time, Outcome};
 use crate::baseline::{self, PendingBaseline};
 use crate::cli::{CreateArgs, DiffArgs, Format, ShowArgs, VerifyArgs};
+use crate::clock::rfc3339;
 use crate::diff::{BaselineCursor, Differ};
 use crate::error::{Error, Result};
-use crate::pipeline::{inside_root, rfc3339, scan_error};
+use crate::pipeline::{inside_root, load_policy, scan_error};
 use crate::policy::Policy;
 use crate::sink::progress::Progress;
 use crate::sink::report::{colour_stdout, summary_line, write_findings, write_json, Paint};

@@ -3,7 +3,7 @@
 
 use super::{canonical_root, Outcome};
 use crate::cli::{CheckArgs, Format};
-use crate::daemon::config::{AgentConfig, CollectorConfig, DEFAULT_CONFIG_PATH};
+use crate::config::{AgentConfig, CollectorConfig, DEFAULT_CONFIG_PATH};
 use crate::error::{Error, Result};
 use crate::pipeline::{self, CheckOutcome, CheckPlan};
 use crate::sink::collector::deliver_report;

@@ -1,8 +1,9 @@
 //! `driftwatch containers`: the running containers, each with its image and drift.
 
-use super::{load_policy, Outcome};
+use super::Outcome;
 use crate::cli::{ContainersArgs, Format};
 use crate::error::{Error, Result};
+use crate::pipeline::load_policy;
 use crate::policy::Policy;
 use crate::sink::report::{colour_stdout, summary_line, write_findings, write_json, Paint};
 use crate::source::containers::{self, ContainerSummary, Host};

@@ -9,7 +9,6 @@ pub mod key;
 pub mod status;
 
 use crate::error::{Error, Result};
-use crate::policy::Policy;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -45,18 +44,6 @@ impl Outcome {
             Outcome::Incomplete => 2,
         }
     }
-}
-
-/// Reads and compiles a policy file.
-pub fn load_policy(path: &Path) -> Result<Policy> {
-    let text = fs::read_to_string(path).map_err(|source| Error::ReadPolicy {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    Policy::parse(&text).map_err(|source| Error::Policy {
-        origin: path.display().to_string(),
-        source,
-    })
 }
 
 /// The root as an absolute path without symlinks, so that every path below it is

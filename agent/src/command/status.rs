@@ -2,7 +2,7 @@
 
 use super::Outcome;
 use crate::cli::{Format, StatusArgs};
-use crate::daemon::config::{AgentConfig, DEFAULT_CONFIG_PATH};
+use crate::config::{AgentConfig, DEFAULT_CONFIG_PATH};
 use crate::error::{Error, Result};
 use crate::sink::report::{colour_stdout, Paint};
 use serde_json::Value;

@@ -32,14 +32,17 @@
 //! signals, events and HTTP requests.
 
 pub mod cache;
-pub mod config;
 pub mod health;
 pub mod state;
 
+use crate::clock::now;
+use crate::config::{self, AgentConfig};
 use crate::error::Error;
-use crate::pipeline::{self, now, CheckPlan};
+use crate::pipeline::{self, CheckPlan};
 use crate::policy::Policy;
-use crate::sink::collector::{no_image, CollectorStatus, HostSummary, Reporter, ReporterHandle};
+use crate::sink::collector::{
+    no_image, CollectorStatus, HostSummary, Reporter, ReporterHandle, StatusBoard,
+};
 use crate::sink::progress::Progress;
 use crate::sink::spool::{Appended, Spool, SPOOL_DIR};
 use crate::source::containers::action::Actions;
@@ -48,7 +51,6 @@ use crate::source::files::{ContentHashes, FileIdentity, KnownHashes, ScanOptions
 use crate::source::{containers, packages};
 use crate::watch::{self, WatchEvent};
 use cache::{CacheWriter, HashCache};
-use config::AgentConfig;
 use driftwatch_protocol::baseline::{digest_string, BaselineReader};
 use driftwatch_protocol::report::{BaselineFinding, Finding, ScanError, Severity};
 use driftwatch_protocol::wire::{EventBody, HostDirective, ImageClaim};
@@ -128,6 +130,12 @@ impl Shared {
         self.status
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+impl StatusBoard for Shared {
+    fn update_collector(&self, change: &mut dyn FnMut(&mut Option<CollectorStatus>)) {
+        change(&mut self.status().collector);
     }
 }
 
@@ -767,7 +775,7 @@ impl Daemon {
                 wake: Arc::clone(&self.wake),
                 summary: self.summary.subscribe(),
                 directives: self.directives_tx.clone(),
-                shared: Arc::clone(&self.shared),
+                status: Arc::clone(&self.shared) as Arc<dyn StatusBoard>,
             }
             .spawn(),
         );

@@ -21,9 +21,8 @@
 //! bounds the body size it accepts.
 
 use super::spool::{random_id, Spool};
-use crate::daemon::config::CollectorConfig;
-use crate::daemon::Shared;
-use crate::pipeline::now;
+use crate::clock::now;
+use crate::config::CollectorConfig;
 use driftwatch_protocol::report::Finding;
 use driftwatch_protocol::wire::{
     Batch, BatchAck, EnrollRequest, EnrollResponse, ErrorBody, Event, EventBody, Heartbeat,
@@ -100,6 +99,13 @@ impl CollectorStatus {
     }
 }
 
+/// Where the reporter shows its state to operators (the daemon's `/status` and
+/// `/metrics`): a trait, so that this sink does not depend on the daemon that runs it.
+pub trait StatusBoard: Send + Sync {
+    /// Applies `change` to the collector's part of the status.
+    fn update_collector(&self, change: &mut dyn FnMut(&mut Option<CollectorStatus>));
+}
+
 /// What the daemon knows of the host, for heartbeats and batches.
 #[derive(Clone, Debug, PartialEq)]
 pub struct HostSummary {
@@ -156,7 +162,7 @@ impl Client {
             http: http_client(tls, Duration::from_secs(config.timeout_secs))?,
             base: config.url.trim_end_matches('/').to_string(),
             host_id,
-            hostname: crate::pipeline::hostname(),
+            hostname: crate::host::hostname(),
         })
     }
 
@@ -329,7 +335,7 @@ pub struct Reporter {
     /// The collector's latest verdict on the host, for the daemon.
     pub directives: watch::Sender<Option<HostDirective>>,
     /// `/status` and `/metrics`.
-    pub shared: Arc<Shared>,
+    pub status: Arc<dyn StatusBoard>,
 }
 
 /// A running reporter.
@@ -382,12 +388,12 @@ impl Reporter {
     }
 
     fn update(&self, change: impl FnOnce(&mut CollectorStatus)) {
-        let mut status = self.shared.status();
-        change(
-            status
-                .collector
-                .get_or_insert_with(|| CollectorStatus::new(&self.config)),
-        );
+        let mut change = Some(change);
+        self.status.update_collector(&mut |collector| {
+            if let Some(change) = change.take() {
+                change(collector.get_or_insert_with(|| CollectorStatus::new(&self.config)));
+            }
+        });
     }
 
     async fn run(self, mut stop: watch::Receiver<bool>) {
@@ -955,6 +961,13 @@ mod tests {
     use driftwatch_protocol::wire::{HostState, MarkDirective};
     use std::os::unix::fs::PermissionsExt;
 
+    /// The status as the tests read it: only the collector's part.
+    impl StatusBoard for Mutex<Option<CollectorStatus>> {
+        fn update_collector(&self, change: &mut dyn FnMut(&mut Option<CollectorStatus>)) {
+            change(&mut lock(self));
+        }
+    }
+
     /// A `[collector]` section for `collector`, with a provisioned certificate
     /// (`provisioned`) or the enrollment token.
     fn config(collector: &TestCollector, provisioned: bool) -> CollectorConfig {
@@ -1179,7 +1192,7 @@ mod tests {
             last_full_verification: None,
         });
         let (directives, mut verdicts) = watch::channel(None);
-        let shared = Arc::new(Shared::default());
+        let shared: Arc<Mutex<Option<CollectorStatus>>> = Arc::new(Mutex::new(None));
         let started = std::time::Instant::now();
         let handle = Reporter {
             config: config(&collector, true),
@@ -1188,7 +1201,7 @@ mod tests {
             wake: Arc::new(Notify::new()),
             summary,
             directives,
-            shared: Arc::clone(&shared),
+            status: Arc::clone(&shared) as Arc<dyn StatusBoard>,
         }
         .spawn();
         while lock(&spool).peek(1).is_some() {
@@ -1227,7 +1240,7 @@ mod tests {
             assert_eq!(s.batch.host_id, "web-1");
             assert_eq!(s.batch.image, image());
         }
-        let status = shared.status().collector.clone().unwrap();
+        let status = lock(&shared).clone().unwrap();
         assert!(status.reachable);
         assert_eq!(status.spooled_events, 0);
         assert!(status.requests_failed >= 3, "{status:?}");

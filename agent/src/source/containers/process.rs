@@ -5,6 +5,7 @@
 
 use super::config::Expected;
 use super::discover::Container;
+use crate::source::runtime::processes::format_cmdline;
 use driftwatch_protocol::path as dwpath;
 use driftwatch_protocol::report::{Attribute, FileChange, ProcessFinding, ProcessReason, Severity};
 use std::collections::HashMap;
@@ -12,25 +13,10 @@ use std::fs;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-/// Longest command line reported, in characters.
-const MAX_CMDLINE_CHARS: usize = 512;
-
-/// `/proc/PID/cmdline` (NUL-separated arguments) as one line, cut at
-/// [`MAX_CMDLINE_CHARS`].
+/// `/proc/PID/cmdline` as one line, as host process findings show it.
 fn cmdline(proc: &Path, pid: i32) -> String {
     let raw = fs::read(proc.join(format!("{pid}/cmdline"))).unwrap_or_default();
-    let joined: String = raw
-        .split(|b| *b == 0)
-        .filter(|arg| !arg.is_empty())
-        .map(String::from_utf8_lossy)
-        .collect::<Vec<_>>()
-        .join(" ");
-    if joined.chars().count() > MAX_CMDLINE_CHARS {
-        let cut: String = joined.chars().take(MAX_CMDLINE_CHARS).collect();
-        format!("{cut}…")
-    } else {
-        joined
-    }
+    format_cmdline(&raw)
 }
 
 fn real_uid(proc: &Path, pid: i32) -> Option<u32> {

@@ -14,6 +14,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
+/// Where an image's baseline lives unless told otherwise.
+pub const DEFAULT_BASELINE_PATH: &str = "/usr/lib/driftwatch/baseline";
+
 /// Where the daemon reads its configuration unless told otherwise.
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/driftwatch/agent.toml";
 
@@ -66,7 +69,7 @@ pub struct AgentConfig {
 }
 
 fn default_baseline() -> PathBuf {
-    PathBuf::from(crate::baseline::DEFAULT_BASELINE_PATH)
+    PathBuf::from(DEFAULT_BASELINE_PATH)
 }
 
 fn default_root() -> PathBuf {
@@ -335,9 +338,9 @@ impl CollectorConfig {
     /// The host id this host reports as when none is configured: the machine id
     /// inside `root`, else the kernel's hostname.
     fn default_host_id(root: &Path) -> Option<String> {
-        crate::pipeline::machine_id(root)
+        crate::host::machine_id(root)
             .filter(|id| is_valid_host_id(id))
-            .or_else(|| Some(crate::pipeline::hostname()).filter(|id| is_valid_host_id(id)))
+            .or_else(|| Some(crate::host::hostname()).filter(|id| is_valid_host_id(id)))
     }
 }
 
@@ -647,7 +650,7 @@ mod tests {
         // No machine id: the hostname, when it is a valid id.
         std::fs::remove_file(dir.path().join("etc/machine-id")).unwrap();
         let fallback = AgentConfig::load(&path, true).map(|c| c.collector.unwrap());
-        let hostname = crate::pipeline::hostname();
+        let hostname = crate::host::hostname();
         if is_valid_host_id(&hostname) {
             assert_eq!(fallback.unwrap().host_id(), hostname);
         } else {
