@@ -435,3 +435,64 @@ fn real_containers_are_checked_against_their_images() {
     assert!(of_container(after["findings"].as_array().unwrap(), &id).len() >= 5);
     assert!(latency < Duration::from_secs(10));
 }
+
+/// The agent's container image: `FROM scratch` with the static binary that
+/// `packaging/build.sh` builds; it runs.
+#[test]
+fn the_containerfile_builds_an_image_that_runs_the_agent() {
+    if !ready() {
+        return;
+    }
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    let binary = repo.join("target/x86_64-unknown-linux-gnu/release/driftwatch");
+    if !binary.exists() {
+        eprintln!(
+            "skipping: {} is not built (run packaging/build.sh first)",
+            binary.display()
+        );
+        return;
+    }
+    let tag = format!("localhost/driftwatch-agent-test-{}:1", std::process::id());
+    let built = Command::new("podman")
+        .args([
+            "build",
+            "-q",
+            "-f",
+            "packaging/kubernetes/Containerfile",
+            "-t",
+            &tag,
+            ".",
+        ])
+        .current_dir(repo)
+        .output()
+        .unwrap();
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let ran = Command::new("podman")
+        .args([
+            "--runtime",
+            RUNC,
+            "run",
+            "--rm",
+            "--network",
+            "none",
+            "--ulimit",
+            "nofile=20000:20000",
+            "--ulimit",
+            "nproc=4096:4096",
+            &tag,
+            "--version",
+        ])
+        .output()
+        .unwrap();
+    let _ = Command::new("podman").args(["rmi", "-f", &tag]).output();
+    assert!(
+        ran.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ran.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ran.stdout).starts_with("driftwatch "));
+}

@@ -416,4 +416,50 @@ mod tests {
         let skipped = layers.walk(&|p| p.starts_with(b"/bin"));
         assert_eq!(skipped.changes.len(), 1);
     }
+
+    /// Whiteouts and opaque directories, as overlayfs writes them (needs root: a
+    /// character device and a `trusted.` attribute).
+    #[test]
+    fn whiteouts_and_opaque_directories_are_removals() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipping: needs root (mknod, trusted.* xattrs)");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (lower, upper) = (dir.path().join("lower"), dir.path().join("upper"));
+        fs::create_dir_all(lower.join("etc/conf.d")).unwrap();
+        fs::write(lower.join("etc/passwd"), b"root").unwrap();
+        fs::write(lower.join("etc/conf.d/a"), b"a").unwrap();
+        fs::write(lower.join("etc/conf.d/b"), b"b").unwrap();
+        fs::create_dir_all(upper.join("etc/conf.d")).unwrap();
+        fs::write(upper.join("etc/conf.d/b"), b"b").unwrap();
+        let whiteout =
+            std::ffi::CString::new(upper.join("etc/passwd").as_os_str().as_bytes()).unwrap();
+        // SAFETY: a valid NUL-terminated path; a 0/0 character device is a whiteout.
+        assert_eq!(
+            unsafe { libc::mknod(whiteout.as_ptr(), libc::S_IFCHR | 0o600, 0) },
+            0
+        );
+        xattr::set(upper.join("etc/conf.d"), "trusted.overlay.opaque", b"y").unwrap();
+        for d in [&lower, &upper] {
+            for sub in ["", "/etc", "/etc/conf.d"] {
+                let p = format!("{}{sub}", d.display());
+                fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+            }
+        }
+        let layers = Layers {
+            upper,
+            lowers: vec![lower],
+        };
+        let walked = layers.walk(&|_| false);
+        let removed: Vec<String> = walked
+            .changes
+            .iter()
+            .filter(|c| c.change == FileChange::Removed)
+            .map(|c| String::from_utf8_lossy(&c.before.as_ref().unwrap().path).into_owned())
+            .collect();
+        assert_eq!(removed, ["/etc/conf.d/a", "/etc/passwd"], "{walked:?}");
+        assert_eq!(walked.changes.len(), 2, "{walked:?}");
+    }
 }
