@@ -199,6 +199,15 @@ impl OciSpec {
         }
     }
 
+    /// The container this spec describes, named by `reference`.
+    fn meta(&self, reference: ContainerRef) -> ContainerMeta {
+        ContainerMeta {
+            reference,
+            labels: self.labels(),
+            mounts: self.mounts(),
+        }
+    }
+
     /// Labels: the annotations themselves, plus CRI-O's JSON-encoded pod labels.
     fn labels(&self) -> BTreeMap<String, String> {
         let mut labels = self.annotations.clone();
@@ -279,14 +288,7 @@ fn read_containers_storage(storage: &Path, state: &mut RuntimeState) {
         let root = spec
             .root_in(&userdata)
             .unwrap_or_else(|| storage.join("overlay").join(&record.layer).join("merged"));
-        state.by_root.insert(
-            root,
-            ContainerMeta {
-                reference,
-                labels: spec.labels(),
-                mounts: spec.mounts(),
-            },
-        );
+        state.by_root.insert(root, spec.meta(reference));
     }
 }
 
@@ -318,14 +320,7 @@ fn read_containerd(tasks: &Path, state: &mut RuntimeState) {
             let root = spec
                 .root_in(&bundle)
                 .unwrap_or_else(|| bundle.join("rootfs"));
-            state.by_root.insert(
-                root,
-                ContainerMeta {
-                    reference,
-                    labels: spec.labels(),
-                    mounts: spec.mounts(),
-                },
-            );
+            state.by_root.insert(root, spec.meta(reference));
         }
     }
 }

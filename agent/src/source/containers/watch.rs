@@ -55,19 +55,7 @@ pub enum ContainerEvent {
 }
 
 /// The running watcher; dropping it stops the thread.
-pub struct ContainerWatcher {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Drop for ContainerWatcher {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
-}
+pub type ContainerWatcher = crate::watch::Watcher;
 
 /// Starts following the containers of `host`.
 pub fn start(
@@ -99,7 +87,7 @@ pub fn start(
             }
         })
         .ok();
-    ContainerWatcher { stop, thread }
+    ContainerWatcher::new(stop, thread)
 }
 
 struct Watched {
