@@ -112,11 +112,47 @@ fn parents(path: &[u8]) -> impl Iterator<Item = &[u8]> {
         .map(move |at| &path[..at])
 }
 
+thread_local! {
+    /// The last directory found to be a real directory (no symlink on the way) in a
+    /// layer: a sorted walk asks about the same parent many times in a row.
+    static REAL_DIR: std::cell::RefCell<Option<PathBuf>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Whether every parent of `path` in `layer` is a directory and none a symlink. A
+/// hostile image's `/etc -> /` must not make the lookup read the host's files; and
+/// overlayfs itself never looks below a lower entry that is not a directory.
+fn parents_are_dirs(layer: &Path, path: &[u8]) -> bool {
+    let Some(parent) = parents(path).next() else {
+        return true;
+    };
+    let parent = host(layer, parent);
+    if REAL_DIR.with(|known| known.borrow().as_deref() == Some(parent.as_path())) {
+        return true;
+    }
+    let real = parent
+        .strip_prefix(layer)
+        .map(|relative| {
+            let mut current = layer.to_path_buf();
+            relative.components().all(|component| {
+                current.push(component);
+                current.symlink_metadata().is_ok_and(|m| m.is_dir())
+            })
+        })
+        .unwrap_or(false);
+    if real {
+        REAL_DIR.with(|known| *known.borrow_mut() = Some(parent));
+    }
+    real
+}
+
 impl Layers {
     /// The image's entry at `path`: the topmost lower layer that has it, unless a
     /// whiteout or an opaque directory on the way hides the layers below.
     pub fn lower(&self, path: &[u8], hash: bool) -> Result<Option<Entry>, String> {
         for (index, lower) in self.lowers.iter().enumerate() {
+            if !parents_are_dirs(lower, path) {
+                return Ok(None);
+            }
             if let Some(entry) = observe(lower, path, hash)? {
                 return Ok((!is_whiteout(&entry)).then_some(entry));
             }
@@ -197,6 +233,10 @@ impl Layers {
         let mut below = BTreeSet::new();
         for lower in &self.lowers {
             let top = host(lower, dir);
+            let real_dir = top.symlink_metadata().is_ok_and(|m| m.is_dir());
+            if !real_dir || !parents_are_dirs(lower, dir) {
+                continue;
+            }
             for entry in walkdir::WalkDir::new(&top)
                 .follow_links(false)
                 .min_depth(1)
@@ -461,5 +501,24 @@ mod tests {
             .collect();
         assert_eq!(removed, ["/etc/conf.d/a", "/etc/passwd"], "{walked:?}");
         assert_eq!(walked.changes.len(), 2, "{walked:?}");
+    }
+
+    #[test]
+    fn a_symlink_in_the_image_never_leads_out_of_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        fs::write(outside.path().join("secret"), b"host").unwrap();
+        let (lower, upper) = (dir.path().join("lower"), dir.path().join("upper"));
+        fs::create_dir_all(&lower).unwrap();
+        std::os::unix::fs::symlink(outside.path(), lower.join("etc")).unwrap();
+        fs::create_dir_all(upper.join("etc")).unwrap();
+        fs::write(upper.join("etc/secret"), b"mine").unwrap();
+        let layers = Layers {
+            upper,
+            lowers: vec![lower],
+        };
+        assert_eq!(layers.lower(b"/etc/secret", false), Ok(None));
+        let change = layers.compare(b"/etc/secret").unwrap().unwrap();
+        assert_eq!(change.change, FileChange::Added);
     }
 }
