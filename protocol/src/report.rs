@@ -826,4 +826,39 @@ mod tests {
         let (text, exact) = report_path(b"/x\xff");
         assert_eq!((text.as_str(), exact.as_deref()), ("/x\\xff", Some("L3j/")));
     }
+
+    #[test]
+    fn a_container_is_additive_and_part_of_the_key() {
+        let host = FileFinding {
+            change: FileChange::Added,
+            path: "/usr/local/bin/x".into(),
+            path_bytes_b64: None,
+            attributes: vec![],
+            severity: Severity::Critical,
+            rule: "default".into(),
+            baseline: None,
+            observed: None,
+            container: None,
+        };
+        let mut inside = host.clone();
+        inside.container = Some(ContainerRef {
+            id: "3f9a".into(),
+            name: Some("api".into()),
+            runtime: "docker".into(),
+            image: Some("shop/api:1.4".into()),
+            ..ContainerRef::default()
+        });
+        let (host, inside) = (Finding::File(Box::new(host)), Finding::File(Box::new(inside)));
+        assert_ne!(host.key(), inside.key());
+        let json = serde_json::to_value(&inside).unwrap();
+        assert_eq!(json["container"]["image"], "shop/api:1.4");
+        assert_eq!(json["container"]["pod"], serde_json::Value::Null);
+        assert!(serde_json::to_value(&host).unwrap().get("container").is_none());
+        // A report of an older agent, without the field, still reads.
+        let mut old = serde_json::to_value(&host).unwrap();
+        old.as_object_mut().unwrap().remove("container");
+        assert_eq!(serde_json::from_value::<Finding>(old).unwrap(), host);
+        let back: Finding = serde_json::from_value(json).unwrap();
+        assert_eq!(back.container().map(|c| c.id.as_str()), Some("3f9a"));
+    }
 }
