@@ -848,12 +848,18 @@ mod tests {
             image: Some("shop/api:1.4".into()),
             ..ContainerRef::default()
         });
-        let (host, inside) = (Finding::File(Box::new(host)), Finding::File(Box::new(inside)));
+        let (host, inside) = (
+            Finding::File(Box::new(host)),
+            Finding::File(Box::new(inside)),
+        );
         assert_ne!(host.key(), inside.key());
         let json = serde_json::to_value(&inside).unwrap();
         assert_eq!(json["container"]["image"], "shop/api:1.4");
         assert_eq!(json["container"]["pod"], serde_json::Value::Null);
-        assert!(serde_json::to_value(&host).unwrap().get("container").is_none());
+        assert!(serde_json::to_value(&host)
+            .unwrap()
+            .get("container")
+            .is_none());
         // A report of an older agent, without the field, still reads.
         let mut old = serde_json::to_value(&host).unwrap();
         old.as_object_mut().unwrap().remove("container");

@@ -13,7 +13,7 @@ use super::overlay::{layers_of, Layers};
 use super::ContainerMeta;
 use crate::source::mountinfo::{self, MountLine};
 use driftwatch_protocol::report::ContainerRef;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::ffi::OsStr;
 use std::fs;
 use std::os::unix::ffi::OsStrExt;
@@ -81,9 +81,18 @@ fn numeric_dirs(proc: &Path) -> Vec<i32> {
     pids
 }
 
+/// Root devices of processes known not to be containers' (a root in another file
+/// system that is no overlay: an nspawn machine, a chroot), so that their mount tables
+/// are read once, not at every discovery.
+pub type NotContainers = HashSet<(u32, u32)>;
+
 /// Finds the running containers. `proc` is `/proc`; `state` is what the runtimes
 /// recorded.
-pub fn discover(proc: &Path, state: &RuntimeState) -> Vec<Container> {
+pub fn discover(
+    proc: &Path,
+    state: &RuntimeState,
+    not_containers: &mut NotContainers,
+) -> Vec<Container> {
     let mut overlays: BTreeMap<(u32, u32), Overlay> = BTreeMap::new();
     let host_table = read_table(&proc.join("1/mountinfo"))
         .or_else(|| read_table(&proc.join("self/mountinfo")))
@@ -107,6 +116,9 @@ pub fn discover(proc: &Path, state: &RuntimeState) -> Vec<Container> {
             overlay.pids.push(pid);
             continue;
         }
+        if not_containers.contains(&device) {
+            continue;
+        }
         // Mounted only inside the process's own mount namespace.
         let Some(table) = read_table(&proc.join(format!("{pid}/mountinfo"))) else {
             continue;
@@ -115,11 +127,14 @@ pub fn discover(proc: &Path, state: &RuntimeState) -> Vec<Container> {
             .iter()
             .rev()
             .find(|line| line.mount_point == b"/" && line.device == device);
-        if let Some(mut overlay) =
-            own_root.and_then(|line| overlay_of(line, proc.join(format!("{pid}/root"))))
-        {
-            overlay.pids.push(pid);
-            overlays.insert(device, overlay);
+        match own_root.and_then(|line| overlay_of(line, proc.join(format!("{pid}/root")))) {
+            Some(mut overlay) => {
+                overlay.pids.push(pid);
+                overlays.insert(device, overlay);
+            }
+            None => {
+                not_containers.insert(device);
+            }
         }
     }
     let mut containers: Vec<Container> = overlays

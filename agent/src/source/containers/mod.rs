@@ -89,7 +89,11 @@ impl Default for Host {
 /// Finds the running containers.
 pub fn running(host: &Host) -> (Vec<Container>, Vec<String>) {
     let state = metadata::read(&host.state);
-    (discover::discover(&host.proc, &state), state.errors)
+    let mut not_containers = discover::NotContainers::new();
+    (
+        discover::discover(&host.proc, &state, &mut not_containers),
+        state.errors,
+    )
 }
 
 /// Checks every running container on `host`.

@@ -10,7 +10,7 @@
 //! seen (and after lost events).
 
 use super::config::ContainersConfig;
-use super::discover::{discover, Container};
+use super::discover::{discover, Container, NotContainers};
 use super::metadata::{self, RuntimeState};
 use super::{check, overlay, process, recheck, Host, Skip};
 use crate::source::mountinfo;
@@ -77,6 +77,7 @@ pub fn start(
                 dirs: HashMap::new(),
                 state: RuntimeState::default(),
                 overlay_roots: Vec::new(),
+                not_containers: NotContainers::new(),
                 limit_reported: false,
             }
             .run(&flag),
@@ -105,6 +106,7 @@ struct Watching {
     dirs: HashMap<WatchDescriptor, (String, PathBuf)>,
     state: RuntimeState,
     overlay_roots: Vec<Vec<u8>>,
+    not_containers: NotContainers,
     limit_reported: bool,
 }
 
@@ -162,8 +164,10 @@ impl Watching {
         if roots != self.overlay_roots {
             self.state = metadata::read(&self.host.state);
             self.overlay_roots = roots;
+            // Devices are numbered anew as file systems come and go.
+            self.not_containers.clear();
         }
-        let running = discover(&self.host.proc, &self.state);
+        let running = discover(&self.host.proc, &self.state, &mut self.not_containers);
         let ids: Vec<String> = running
             .iter()
             .map(|c| c.meta.reference.id.clone())
