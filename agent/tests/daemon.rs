@@ -441,6 +441,14 @@ fn lost_watch_events_trigger_a_full_check() {
         },
     );
     assert_eq!(status["state"], "marked");
+    // Paced, at background priority, like a scheduled check: an event storm never
+    // turns into an unthrottled re-hash of the host (issue 10 §4).
+    let log = std::fs::read_to_string(t.outside("daemon.log")).unwrap();
+    let rescan = log
+        .lines()
+        .find(|l| l.contains("Check finished.") && l.contains("why=\"rescan\""))
+        .unwrap_or_else(|| panic!("no rescan check in the log:\n{log}"));
+    assert!(rescan.contains("depth=Full"), "{rescan}");
     drop(daemon);
 }
 
@@ -680,4 +688,341 @@ fn a_package_installed_is_seen_within_seconds() {
     });
     // Two polls of two seconds at most, not the next scheduled verification.
     assert!(started.elapsed() < Duration::from_secs(8), "{found:#}");
+}
+
+/// Appends `text` (whole sections) to the daemon's configuration.
+fn append_config(config: &Path, text: &str) {
+    let text = std::fs::read_to_string(config).unwrap() + text;
+    std::fs::write(config, text).unwrap();
+}
+
+/// A collector that never answers: every event stays in the spool, counted on
+/// `/status`. (Delivery itself is tested against the real collector elsewhere.)
+fn unreachable_collector(t: &Tree, config: &Path) {
+    let token = t.outside("enroll.token");
+    std::fs::write(&token, "token\n").unwrap();
+    append_config(
+        config,
+        &format!(
+            "[collector]\nurl = \"https://127.0.0.1:{}\"\nca_file = {:?}\nenrollment_token_file = {token:?}\nhost_id = \"escalation-test\"\n",
+            free_port(),
+            t.outside("no-ca.pem"),
+        ),
+    );
+}
+
+fn daemon_log(t: &Tree) -> String {
+    std::fs::read_to_string(t.outside("daemon.log")).unwrap()
+}
+
+fn remembered<'a>(status: &'a Value, path: &str) -> &'a Value {
+    status["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["finding"]["path"] == path)
+        .unwrap_or_else(|| panic!("no finding at {path}: {status:#}"))
+}
+
+/// Drift that changes after it was first reported (issue 10 §4): an added file made
+/// setuid, then replaced, is reported again each time — remembered, spooled as a new
+/// event with the whole finding — while the same drift seen again is not.
+#[test]
+fn r10_changed_drift_is_remembered_spooled_and_logged_again() {
+    let t = baked_tree();
+    let port = free_port();
+    let config = write_config(&t, port, "");
+    unreachable_collector(&t, &config);
+    let _daemon = start(&t, &config, None);
+    wait_for(port, Duration::from_secs(20), "the boot check", |s| {
+        s["state"] == "clean" && s["collector"].is_object()
+    });
+    let spooled = |s: &Value| s["collector"]["events_spooled"].as_u64().unwrap();
+
+    t.file("/usr/bin/dropped", b"payload v1\n");
+    let status = wait_for(port, Duration::from_secs(10), "the added file", |s| {
+        finding_paths(s).contains(&"/usr/bin/dropped".to_string())
+    });
+    let first = spooled(&status);
+    assert_eq!(
+        remembered(&status, "/usr/bin/dropped")["last_changed"],
+        Value::Null
+    );
+
+    t.chmod("/usr/bin/dropped", 0o4755);
+    let status = wait_for(port, Duration::from_secs(10), "the setuid change", |s| {
+        remembered(s, "/usr/bin/dropped")["finding"]["observed"]["mode"] == "4755"
+    });
+    let entry = remembered(&status, "/usr/bin/dropped");
+    assert!(entry["last_changed"].is_string(), "{entry:#}");
+    assert_eq!(
+        entry["first_seen"],
+        remembered(&status, "/usr/bin/dropped")["first_seen"]
+    );
+    let status = wait_for(port, Duration::from_secs(5), "the change spooled", |s| {
+        spooled(s) > first
+    });
+    let second = spooled(&status);
+
+    t.file("/usr/bin/dropped", b"payload v2, replaced\n");
+    t.chmod("/usr/bin/dropped", 0o4755);
+    wait_for(
+        port,
+        Duration::from_secs(10),
+        "the replacement spooled",
+        |s| spooled(s) > second,
+    );
+    let log = daemon_log(&t);
+    assert_eq!(
+        log.matches("Drift changed.").count(),
+        2,
+        "one line per change:\n{log}"
+    );
+    assert!(log.contains("key=file:/usr/bin/dropped"), "{log}");
+}
+
+/// A paced full check that outlasts WatchdogSec many times over (issue 10 §4): the
+/// watchdog is fed all along, and real-time drift is found while it runs.
+#[test]
+fn r10_a_long_check_feeds_the_watchdog_and_stays_real_time() {
+    let t = baked_tree();
+    add_big_files(&t, 16 << 20);
+    t.create();
+    let port = free_port();
+    let config = write_config(&t, port, "");
+    // 128 MiB paced to 4 MiB/s: the scheduled check takes about 30 s.
+    append_config(
+        &config,
+        "[schedule]\nfull_verify_interval_secs = 1\njitter = 0.0\n[throttle]\nread_bytes_per_sec = 4194304\n",
+    );
+    let socket_path = t.outside("notify.sock");
+    let notify = UnixDatagram::bind(&socket_path).unwrap();
+    notify
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let _daemon = start(&t, &config, Some(&socket_path));
+    let booted = wait_for(port, Duration::from_secs(30), "the boot check", |s| {
+        s["state"] == "clean"
+    });
+    let full_checks = booted["full_checks"].as_u64().unwrap();
+    std::thread::sleep(Duration::from_secs(2)); // the paced check is under way
+
+    // WatchdogSec=300ms: pings at least every 300 ms for 3 s, the check still running.
+    let mut message = [0u8; 256];
+    let watched = Instant::now();
+    let mut last = Instant::now();
+    let mut pings = 0;
+    while watched.elapsed() < Duration::from_secs(3) {
+        let n = notify.recv(&mut message).expect("a notification");
+        if String::from_utf8_lossy(&message[..n]).contains("WATCHDOG=1") {
+            assert!(
+                last.elapsed() < Duration::from_millis(300),
+                "the watchdog starved for {:?} during a check",
+                last.elapsed()
+            );
+            last = Instant::now();
+            pings += 1;
+        }
+    }
+    assert!(pings >= 10, "{pings} pings in 3 s");
+
+    let changed_at = Instant::now();
+    t.file("/usr/bin/tool", b"tool v2\n");
+    let status = wait_for(
+        port,
+        Duration::from_secs(5),
+        "real-time drift during a check",
+        |s| finding_paths(s).contains(&"/usr/bin/tool".to_string()),
+    );
+    eprintln!(
+        "watch latency during a paced check: {:?}",
+        changed_at.elapsed()
+    );
+    assert_eq!(
+        status["full_checks"].as_u64().unwrap(),
+        full_checks,
+        "the paced check had finished; the test proves nothing: {status:#}"
+    );
+    assert!(status["watch_rechecks"].as_u64() >= Some(1), "{status:#}");
+}
+
+/// Neither a baseline that fails verification nor one swapped in and back erases
+/// remembered drift or the mark (issue 10 §4).
+#[test]
+fn r10_a_broken_or_swapped_baseline_keeps_findings_and_the_mark() {
+    let t = baked_tree();
+    let original = std::fs::read(t.baseline()).unwrap();
+    t.file("/usr/bin/tool", b"tampered\n");
+    let run = |expect: &str| -> Value {
+        let port = free_port();
+        let config = write_config(&t, port, "");
+        let daemon = start(&t, &config, None);
+        let status = wait_for(port, Duration::from_secs(20), expect, |s| {
+            s["state"] == "marked" && s["findings"].as_array().is_some_and(|f| !f.is_empty())
+        });
+        drop(daemon);
+        status
+    };
+    let marked = run("the first mark");
+    let mark = marked["mark"].clone();
+    assert!(
+        finding_paths(&marked).contains(&"/usr/bin/tool".to_string()),
+        "{marked:#}"
+    );
+
+    // A baseline baked from the tampered tree: it explains the drift, but the drift was
+    // seen and stays.
+    t.create();
+    let swapped = run("the swapped baseline's check");
+    assert_eq!(swapped["mark"], mark, "{swapped:#}");
+    assert!(finding_paths(&swapped).contains(&"/usr/bin/tool".to_string()));
+
+    // A baseline that fails verification.
+    let mut broken = original.clone();
+    let middle = broken.len() / 2;
+    broken[middle] ^= 0x20;
+    std::fs::write(t.baseline(), broken).unwrap();
+    let untrusted = run("the broken baseline");
+    assert_eq!(untrusted["mark"], mark, "{untrusted:#}");
+    assert!(finding_paths(&untrusted).contains(&"/usr/bin/tool".to_string()));
+
+    // The original back: still marked, still remembered, first sighting kept.
+    std::fs::write(t.baseline(), &original).unwrap();
+    let back = run("the original baseline again");
+    assert_eq!(back["mark"], mark, "{back:#}");
+    assert_eq!(
+        first_seen_of(&back, "/usr/bin/tool"),
+        first_seen_of(&marked, "/usr/bin/tool")
+    );
+    let kinds: Vec<&str> = back["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["finding"]["kind"].as_str().unwrap())
+        .collect();
+    assert!(
+        kinds.contains(&"baseline"),
+        "the failed verification is remembered: {kinds:?}"
+    );
+}
+
+/// The replacement command cannot hang the daemon: it is killed after its timeout,
+/// and the outcome is logged (issue 10 §4).
+#[test]
+fn r10_a_hanging_mark_command_is_killed_and_logged() {
+    let t = baked_tree();
+    t.file("/usr/bin/tool", b"tampered\n");
+    let port = free_port();
+    let config = write_config(&t, port, "");
+    let pid_file = t.outside("command.pid");
+    let text = std::fs::read_to_string(&config).unwrap();
+    let text = text
+        .lines()
+        .map(|line| {
+            if line.starts_with("command = ") {
+                format!(
+                    "command = [\"/bin/sh\", \"-c\", \"echo $$ > {}; sleep 600\"]\ncommand_timeout_secs = 1",
+                    pid_file.display()
+                )
+            } else {
+                line.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&config, text).unwrap();
+    let _daemon = start(&t, &config, None);
+    wait_for(port, Duration::from_secs(20), "the mark", |s| {
+        s["state"] == "marked"
+    });
+    let started = Instant::now();
+    while !daemon_log(&t).contains("Replacement command timed out") {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no timeout logged:\n{}",
+            daemon_log(&t)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The shell and its sleep are gone (the whole process group was killed).
+    let pid = std::fs::read_to_string(&pid_file).unwrap();
+    let pid: i32 = pid.trim().parse().unwrap();
+    // SAFETY: signal 0 only tests whether the process group exists.
+    let alive = || unsafe { libc::kill(-pid, 0) } == 0;
+    // The orphaned sleep is reaped by init, not by us: give it a moment.
+    let killed = Instant::now();
+    while alive() && killed.elapsed() < Duration::from_secs(5) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!alive(), "the command's process group {pid} survived");
+    // And the daemon still answers.
+    assert_eq!(http_get(port, "/healthz").unwrap().0, 503);
+}
+
+/// Sizes a file to `size` bytes without writing them, or to the largest size offered
+/// that the filesystem accepts.
+fn grow_sparse(path: &Path, sizes: &[u64]) {
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .unwrap();
+    assert!(
+        sizes.iter().any(|&size| file.set_len(size).is_ok()),
+        "no sparse size accepted"
+    );
+}
+
+#[test]
+fn a_hostile_host_cannot_stall_or_blind_the_running_daemon() {
+    let t = baked_tree();
+    let evil = t.outside("evil");
+    std::fs::create_dir_all(evil.join("bin")).unwrap();
+    std::fs::write(evil.join("bin/tool"), b"planted outside the root").unwrap();
+    let port = free_port();
+    let config = write_config(&t, port, "");
+    let _daemon = start(&t, &config, None);
+    wait_for(port, Duration::from_secs(20), "the boot check", |s| {
+        s["state"] == "clean"
+    });
+    // A petabyte file and a binary grown to 100 GiB: findings within seconds.
+    grow_sparse(
+        &t.path("/usr/bin/huge"),
+        &[1 << 50, 16 << 40, (16 << 40) - 4096],
+    );
+    grow_sparse(&t.path("/usr/bin/tool"), &[100 << 30]);
+    let found = wait_for(port, Duration::from_secs(10), "the sparse files", |s| {
+        let paths = finding_paths(s);
+        paths.contains(&"/usr/bin/huge".into()) && paths.contains(&"/usr/bin/tool".into())
+    });
+    let grown = found["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["finding"]["path"] == "/usr/bin/tool")
+        .unwrap();
+    assert_eq!(
+        grown["finding"]["attributes"],
+        serde_json::json!(["size", "content"])
+    );
+    // The watched `/usr/bin` swapped for a link out of the root: the rescan it causes
+    // records the link and never follows it.
+    std::fs::rename(t.path("/usr/bin"), t.path("/usr/bin.real")).unwrap();
+    std::os::unix::fs::symlink(evil.join("bin"), t.path("/usr/bin")).unwrap();
+    std::fs::write(evil.join("bin/tool"), b"planted outside the root, v2").unwrap();
+    wait_for(port, Duration::from_secs(10), "the swapped /usr/bin", |s| {
+        s["findings"].as_array().unwrap().iter().any(|r| {
+            r["finding"]["path"] == "/usr/bin" && r["finding"]["observed"]["type"] == "symlink"
+        })
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let status = status(port).unwrap();
+    let planted = blake3::hash(b"planted outside the root, v2")
+        .to_hex()
+        .to_string();
+    assert!(
+        !status.to_string().contains(&planted),
+        "the daemon read a file behind the swapped-in link: {status:#}"
+    );
 }

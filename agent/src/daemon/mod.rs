@@ -33,9 +33,9 @@
 
 pub mod cache;
 pub mod health;
+pub mod provision;
 pub mod state;
 
-use crate::clock::now;
 use crate::config::{self, AgentConfig};
 use crate::error::Error;
 use crate::pipeline::{self, CheckPlan};
@@ -53,6 +53,7 @@ use crate::watch::{self, WatchEvent};
 use cache::{CacheWriter, HashCache};
 use driftwatch_protocol::baseline::{digest_string, BaselineReader};
 use driftwatch_protocol::report::{BaselineFinding, Finding, ScanError, Severity};
+use driftwatch_protocol::time::now_rfc3339;
 use driftwatch_protocol::wire::{EventBody, HostDirective, ImageClaim};
 use serde::Serialize;
 use state::{Directed, Mark, State};
@@ -115,6 +116,8 @@ pub struct Status {
     pub containers: Vec<driftwatch_protocol::report::ContainerRef>,
     /// Reporting to the collector, when configured.
     pub collector: Option<CollectorStatus>,
+    /// The first-boot provisioning window and its delta ([`provision`]).
+    pub provisioning: Option<provision::Provisioning>,
 }
 
 /// State shared between the daemon loop and the HTTP endpoint.
@@ -192,11 +195,23 @@ struct Daemon {
     reporter: Option<ReporterHandle>,
     /// Container actions already run.
     container_actions: Actions,
+    /// Watch events, also taken while a check runs.
+    events_tx: mpsc::Sender<WatchEvent>,
+    events: mpsc::Receiver<WatchEvent>,
+    /// Watch events were lost: a paced full check is due.
+    rescan_pending: Option<String>,
+    /// systemd's watchdog, fed at half its interval whatever the daemon is waiting for.
+    watchdog: Option<tokio::time::Interval>,
+    /// The first-boot provisioning window, once the baseline is verified.
+    provisioning: Option<provision::Provisioning>,
+    /// Its declared paths.
+    declared: Option<provision::Declared>,
 }
 
 impl Daemon {
     fn new(config: AgentConfig, config_path: PathBuf) -> Self {
         let (directives_tx, directives) = latest::channel(None);
+        let (events_tx, events) = mpsc::channel(WATCH_QUEUE);
         let (summary, _) = latest::channel(HostSummary {
             image: no_image(),
             findings: 0,
@@ -217,6 +232,12 @@ impl Daemon {
             directives,
             reporter: None,
             container_actions: Actions::default(),
+            events_tx,
+            events,
+            rescan_pending: None,
+            watchdog: None,
+            provisioning: None,
+            declared: None,
         }
     }
 
@@ -265,7 +286,7 @@ impl Daemon {
                 // trust anchor failed. The finding is recorded beside the mark.
                 let mark = self.state.mark(
                     format!("baseline {} failed verification: {source}", path.display()),
-                    &now(),
+                    &now_rfc3339(),
                 );
                 self.apply(std::slice::from_ref(&finding)).await;
                 self.apply_mark(mark).await;
@@ -281,6 +302,7 @@ impl Daemon {
                 baseline_digest: Some(digest.clone()),
             };
             self.open_spool()?;
+            self.start_provisioning(&digest);
             let mut status = self.shared.status();
             status.baseline_digest = Some(digest);
             status.image_id = context.reader.meta().image_id.clone();
@@ -291,11 +313,13 @@ impl Daemon {
         self.start_reporter();
         notify_systemd(&[sd_notify::NotifyState::Ready]);
 
-        let (events_tx, mut events) = mpsc::channel::<WatchEvent>(WATCH_QUEUE);
+        // Fed from here on, during checks too: a paced full re-hash of a large image
+        // takes longer than any WatchdogSec.
+        self.watchdog = sd_notify::watchdog_enabled().map(|d| tokio::time::interval(d / 2));
         let mut watcher = context
             .as_ref()
             .filter(|_| self.config.watch.enabled)
-            .map(|c| watch::start(&self.config.root, &c.policy, events_tx.clone()));
+            .map(|c| watch::start(&self.config.root, &c.policy, self.events_tx.clone()));
         let (containers_tx, mut container_events) = mpsc::channel::<ContainerEvent>(WATCH_QUEUE);
         let mut container_watcher = context
             .as_ref()
@@ -327,12 +351,17 @@ impl Daemon {
         let fast_interval = Duration::from_secs(schedule.fast_verify_interval_secs);
         let mut next_full = Instant::now() + jittered(full_interval, schedule.jitter);
         let mut next_fast = Instant::now() + jittered(fast_interval, schedule.jitter);
-        let watchdog = sd_notify::watchdog_enabled().map(|d| d / 2);
-        let mut watchdog_tick =
-            tokio::time::interval(watchdog.unwrap_or(Duration::from_secs(3600)));
         let mut package_poll = tokio::time::interval(PACKAGE_POLL);
         let mut packages = PackageWatch::new(&self.config.root);
+        let mut provision_poll = tokio::time::interval(provision::POLL);
         loop {
+            if let (Some(reason), Some(context)) = (self.rescan_pending.take(), &context) {
+                // Paced and at background priority like any scheduled check: an event
+                // storm must not turn into an unthrottled re-hash of the whole host.
+                info!(reason = %reason, "Running a full check for lost watch events.");
+                self.check(Arc::clone(context), "rescan", Depth::Full).await;
+                continue;
+            }
             tokio::select! {
                 _ = stop.notified() => break,
                 _ = sighup.recv() => {
@@ -350,7 +379,7 @@ impl Daemon {
                                 .config
                                 .watch
                                 .enabled
-                                .then(|| watch::start(&self.config.root, &reloaded.policy, events_tx.clone()));
+                                .then(|| watch::start(&self.config.root, &reloaded.policy, self.events_tx.clone()));
                             drop(container_watcher.take());
                             container_watcher = self.watch_containers(&reloaded, containers_tx.clone());
                             context = Some(Arc::clone(&reloaded));
@@ -374,9 +403,9 @@ impl Daemon {
                     }
                     next_fast = Instant::now() + jittered(fast_interval, self.config.schedule.jitter);
                 }
-                Some(event) = events.recv() => {
+                Some(event) = self.events.recv() => {
                     if let Some(context) = &context {
-                        self.watch_event(Arc::clone(context), event, &mut events).await;
+                        self.watch_event(Arc::clone(context), event).await;
                     }
                 }
                 Some(event) = container_events.recv() => self.container_event(event).await,
@@ -388,9 +417,12 @@ impl Daemon {
                         }
                     }
                 }
-                _ = watchdog_tick.tick(), if watchdog.is_some() => {
-                    notify_systemd(&[sd_notify::NotifyState::Watchdog]);
+                _ = provision_poll.tick(), if self.provisioning_open() => {
+                    if let Some(context) = &context {
+                        self.poll_provisioning(Arc::clone(context)).await;
+                    }
                 }
+                () = tick(&mut self.watchdog) => notify_systemd(&[sd_notify::NotifyState::Watchdog]),
             }
         }
         info!("Stopping.");
@@ -426,10 +458,11 @@ impl Daemon {
                 Depth::Full | Depth::Fast => self.config.throttle.read_bytes_per_sec,
             },
             known: None,
-            skip: Vec::new(),
+            ..ScanOptions::default()
         };
         let cancel = Arc::clone(&self.cancel);
         let started = Instant::now();
+        let live = Arc::clone(&context);
         let task = tokio::task::spawn_blocking(move || {
             // Scheduled checks yield to the host's own work, also outside systemd; the
             // scan's threads inherit this thread's priorities.
@@ -469,7 +502,7 @@ impl Daemon {
             }
             Ok::<_, Error>(outcome)
         });
-        let result = self.wait_serving(task).await;
+        let result = self.wait_serving(task, Some(&live)).await;
         if self.cancel.load(Ordering::Relaxed) {
             // A walk cut short looks like deleted files: never apply it.
             info!(why, "Check cancelled.");
@@ -494,17 +527,17 @@ impl Daemon {
                     status.last_check_bytes_hashed = report.scan.bytes_hashed;
                     let elapsed = Some(started.elapsed().as_millis() as u64);
                     if depth == Depth::Fast {
-                        status.last_fast_check = Some(now());
+                        status.last_fast_check = Some(now_rfc3339());
                         status.last_fast_check_ms = elapsed;
                         status.fast_checks += 1;
                     } else {
-                        status.last_full_check = Some(now());
+                        status.last_full_check = Some(now_rfc3339());
                         status.last_full_check_ms = elapsed;
                         status.full_checks += 1;
                     }
                 }
                 if depth != Depth::Fast {
-                    self.state.last_full_verification = Some(now());
+                    self.state.last_full_verification = Some(now_rfc3339());
                 }
                 self.apply(&report.findings).await;
             }
@@ -513,13 +546,9 @@ impl Daemon {
         }
     }
 
-    /// Re-checks the paths named by a burst of watch events.
-    async fn watch_event(
-        &mut self,
-        context: Arc<Context>,
-        first: WatchEvent,
-        events: &mut mpsc::Receiver<WatchEvent>,
-    ) {
+    /// Re-checks the paths named by a burst of watch events; lost events schedule a
+    /// paced full check (run by the main loop, after any check in progress).
+    async fn watch_event(&mut self, context: Arc<Context>, first: WatchEvent) {
         let mut paths = Vec::new();
         let mut rescan = None;
         let mut handle = |event: WatchEvent, status: &mut Status| match event {
@@ -536,14 +565,14 @@ impl Daemon {
             let mut status = self.shared.status();
             handle(first, &mut status);
             // Take the whole burst at once: one re-check per path, not per event.
-            while let Ok(event) = events.try_recv() {
+            while let Ok(event) = self.events.try_recv() {
                 handle(event, &mut status);
             }
         }
         if let Some(reason) = rescan {
-            warn!(reason = %reason, "Watch events were lost; running a full check.");
+            warn!(reason = %reason, "Watch events were lost; a full check follows.");
             self.shared.status().rescans += 1;
-            self.full_check(context, "rescan").await;
+            self.rescan_pending = Some(reason);
             return;
         }
         paths.sort();
@@ -556,7 +585,7 @@ impl Daemon {
         let task = tokio::task::spawn_blocking(move || {
             pipeline::recheck(&root, &context.reader, &context.policy, &paths)
         });
-        let result = self.wait_serving(task).await;
+        let result = self.wait_quiet(task).await;
         match result {
             Ok(Ok(findings)) => {
                 self.shared.status().watch_rechecks += count;
@@ -567,13 +596,36 @@ impl Daemon {
         }
     }
 
-    /// Waits for blocking work while still applying the collector's verdicts: a paced
-    /// full check takes minutes, a mark must not wait for it.
-    async fn wait_serving<T>(&mut self, mut task: JoinHandle<T>) -> Result<T, JoinError> {
+    /// Waits for a check while staying live: the collector's verdicts are applied, the
+    /// watchdog is fed and watch events are re-checked as they come (a paced full check
+    /// takes minutes; neither a mark nor real-time drift may wait for it).
+    async fn wait_serving<T>(
+        &mut self,
+        mut task: JoinHandle<T>,
+        context: Option<&Arc<Context>>,
+    ) -> Result<T, JoinError> {
         loop {
             tokio::select! {
                 result = &mut task => return result,
                 Ok(()) = self.directives.changed() => self.apply_directive().await,
+                () = tick(&mut self.watchdog) => notify_systemd(&[sd_notify::NotifyState::Watchdog]),
+                Some(event) = self.events.recv(), if context.is_some() => {
+                    if let Some(context) = context {
+                        self.watch_event(Arc::clone(context), event).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Waits for short blocking work (a re-check, a package comparison) applying
+    /// verdicts and feeding the watchdog; watch events wait in their queue meanwhile.
+    async fn wait_quiet<T>(&mut self, mut task: JoinHandle<T>) -> Result<T, JoinError> {
+        loop {
+            tokio::select! {
+                result = &mut task => return result,
+                Ok(()) = self.directives.changed() => self.apply_directive().await,
+                () = tick(&mut self.watchdog) => notify_systemd(&[sd_notify::NotifyState::Watchdog]),
             }
         }
     }
@@ -624,7 +676,7 @@ impl Daemon {
         let task = tokio::task::spawn_blocking(move || {
             pipeline::recheck_packages(&root, &context.reader, &context.policy)
         });
-        match self.wait_serving(task).await {
+        match self.wait_quiet(task).await {
             Ok(Ok(findings)) => self.apply(&findings).await,
             // The next full check reports an unreadable database as an error.
             Ok(Err(err)) => warn!(error = %err, "Cannot re-read the package database."),
@@ -635,19 +687,23 @@ impl Daemon {
     /// Remembers findings, spools the new ones for the collector, marks the host when
     /// needed, saves the state.
     async fn apply(&mut self, findings: &[Finding]) {
-        let time = now();
-        let new = self.state.record(findings, &time);
+        let time = now_rfc3339();
+        let findings = self.provisioning_filter(findings, &time);
+        let recorded = self.state.record(&findings, &time);
         // Durable for the collector before anything else: a crash from here on
-        // re-finds them at worst (the state is saved below), never loses them.
-        self.spool_findings(&new, &time);
-        for finding in &new {
-            // Drift is output, but an operator reading the journal must see it too.
-            warn!(
-                kind = finding.kind_name(),
-                key = %finding.key(),
-                severity = finding.severity().name(),
-                "Drift found."
-            );
+        // re-finds them at worst (the state is saved below), never loses them. A
+        // changed finding travels as a new event under its old key.
+        self.spool_findings(&recorded.to_report(), &time);
+        // Drift is output, but an operator reading the journal must see it too.
+        for (findings, what) in [(&recorded.new, "found"), (&recorded.changed, "changed")] {
+            for finding in findings {
+                warn!(
+                    kind = finding.kind_name(),
+                    key = %finding.key(),
+                    severity = finding.severity().name(),
+                    "Drift {what}."
+                );
+            }
         }
         let mark = self.local_mark(&time);
         self.apply_mark(mark).await;
@@ -673,7 +729,7 @@ impl Daemon {
                     error!(error = %err, "Cannot remove the replacement marker.");
                 }
                 // A local rule may still want the host replaced.
-                let local = self.local_mark(&now());
+                let local = self.local_mark(&now_rfc3339());
                 self.apply_mark(local).await;
             }
         }
@@ -806,7 +862,12 @@ impl Daemon {
             if let Err(err) = write_marker(&self.config.run_dir, mark) {
                 error!(error = %err, "Cannot write the replacement marker.");
             }
-            run_mark_command(&self.config.replacement.command, mark).await;
+            // Its own task: a slow command must not hold up checks or the watchdog.
+            tokio::spawn(run_mark_command(
+                self.config.replacement.command.clone(),
+                mark.clone(),
+                Duration::from_secs(self.config.replacement.command_timeout_secs),
+            ));
         }
         if let Err(err) = self.state.save(&self.config.state_dir) {
             error!(error = %err, "Cannot save state.");
@@ -823,6 +884,7 @@ impl Daemon {
         let mut status = self.shared.status();
         status.mark = self.state.mark.clone();
         status.findings = self.state.findings.values().cloned().collect();
+        status.provisioning = self.provisioning.clone();
         status.state = if self.state.mark.is_some() {
             "marked"
         } else if !self.state.findings.is_empty() {
@@ -920,10 +982,7 @@ impl Drop for BackgroundPriority {
 /// `interval` plus a random share of it up to `jitter`, so that a fleet booted together
 /// does not verify together.
 fn jittered(interval: Duration, jitter: f64) -> Duration {
-    let mut byte = [0u8; 2];
-    let random =
-        getrandom::fill(&mut byte).map_or(0.5, |()| f64::from(u16::from_le_bytes(byte)) / 65_535.0);
-    interval + interval.mul_f64(jitter * random)
+    interval + interval.mul_f64(jitter * driftwatch_protocol::random::unit())
 }
 
 fn notify_systemd(states: &[sd_notify::NotifyState<'_>]) {
@@ -971,19 +1030,51 @@ fn write_marker(run_dir: &Path, mark: &Mark) -> std::io::Result<()> {
     std::fs::write(run_dir.join(MARKER_FILE), json)
 }
 
-async fn run_mark_command(command: &[String], mark: &Mark) {
+async fn run_mark_command(command: Vec<String>, mark: Mark, timeout: Duration) {
     let Some((program, args)) = command.split_first() else {
         return;
     };
-    let outcome = tokio::process::Command::new(program)
+    let spawned = tokio::process::Command::new(program)
         .args(args)
         .env("DRIFTWATCH_REASON", &mark.reason)
         .env("DRIFTWATCH_SINCE", &mark.since)
-        .status()
-        .await;
-    match outcome {
-        Ok(status) if status.success() => info!(program, "Replacement command succeeded."),
-        Ok(status) => error!(program, status = %status, "Replacement command failed."),
-        Err(err) => error!(program, error = %err, "Cannot run the replacement command."),
+        // Its own process group, so that a timeout kills what it started too.
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn();
+    let mut child = match spawned {
+        Ok(child) => child,
+        Err(err) => {
+            error!(program, error = %err, "Cannot run the replacement command.");
+            return;
+        }
+    };
+    match tokio::time::timeout(timeout, child.wait()).await {
+        Ok(Ok(status)) if status.success() => info!(program, "Replacement command succeeded."),
+        Ok(Ok(status)) => error!(program, status = %status, "Replacement command failed."),
+        Ok(Err(err)) => error!(program, error = %err, "Cannot wait for the replacement command."),
+        Err(_) => {
+            if let Some(pid) = child.id() {
+                // SAFETY: kill(2) on the process group of our own child; no memory is
+                // involved.
+                unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
+            }
+            let _ = child.wait().await;
+            error!(
+                program,
+                timeout_secs = timeout.as_secs(),
+                "Replacement command timed out and was killed."
+            );
+        }
+    }
+}
+
+/// The next watchdog tick; never, without a watchdog.
+async fn tick(watchdog: &mut Option<tokio::time::Interval>) {
+    match watchdog {
+        Some(interval) => {
+            interval.tick().await;
+        }
+        None => std::future::pending().await,
     }
 }

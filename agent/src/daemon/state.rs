@@ -1,11 +1,15 @@
 //! What the daemon remembers across restarts, in `state_dir/state.json`.
 //!
 //! A drifted host stays drifted until it is replaced: a finding seen once is kept even
-//! if the file is put back, and the host's mark is never lifted by the daemon itself.
+//! if the file is put back, and the host's mark is never lifted by the daemon itself —
+//! not by a baseline that fails verification, nor by another baseline (swapped in, and
+//! perhaps swapped back): remembered drift belongs to the host, not to a baseline.
 //! The one exception is a mark the collector set: the collector may lift it again (an
 //! operator unmarked the host there), but it never lifts a mark the host set itself.
 //! Each finding has a stable identity ([`Finding::key`]), so a restart or a repeated
-//! scan does not report the same drift as new. The file is replaced atomically (write,
+//! scan does not report the same drift as new; drift that changes under the same key
+//! (a file made setuid after it was added, a binary replaced twice) is reported again,
+//! as a changed finding. The file is replaced atomically (write,
 //! fsync, rename), so a crash leaves either the old or the new state, never a torn one.
 
 use driftwatch_protocol::report::{Finding, Severity};
@@ -62,14 +66,59 @@ pub struct Remembered {
     pub first_seen: String,
     /// When it was last seen.
     pub last_seen: String,
+    /// When what it says last changed (a changed finding), if it ever did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_changed: Option<String>,
     /// The finding as last seen.
     pub finding: Finding,
+}
+
+/// What [`State::record`] found worth reporting.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Recorded {
+    /// Findings under a key never seen before.
+    pub new: Vec<Finding>,
+    /// Findings under a known key that now say something else (see [`substance`]).
+    pub changed: Vec<Finding>,
+}
+
+impl Recorded {
+    /// New and changed findings, in that order: what the collector must hear about.
+    pub fn to_report(&self) -> Vec<Finding> {
+        self.new.iter().chain(&self.changed).cloned().collect()
+    }
+}
+
+/// A finding without what changes while the drift stays the same: a process's pid and
+/// command line (the same foreign binary restarted), a listener's pid, a file's mtime
+/// (a rewrite with the same content; any change of content, mode, owner or type shows
+/// elsewhere in the finding).
+pub fn substance(finding: &Finding) -> Finding {
+    let mut finding = finding.clone();
+    match &mut finding {
+        Finding::File(file) => {
+            if let Some(observed) = file.observed.as_mut() {
+                observed.mtime.clear();
+            }
+        }
+        Finding::Process(process) => {
+            process.pid = 0;
+            process.cmdline.clear();
+        }
+        Finding::Listener(listener) => listener.pid = None,
+        Finding::Package(_)
+        | Finding::PackageFile(_)
+        | Finding::KernelModule(_)
+        | Finding::Mount(_)
+        | Finding::Baseline(_) => {}
+    }
+    finding
 }
 
 /// The durable state.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct State {
-    /// The baseline this state belongs to; another baseline starts a fresh state.
+    /// The baseline last in use. Another baseline keeps the findings and the mark.
     pub baseline_digest: String,
     /// Set once the host is marked for replacement; never cleared by the daemon.
     pub mark: Option<Mark>,
@@ -80,9 +129,11 @@ pub struct State {
 }
 
 impl State {
-    /// Loads the state for `baseline_digest`; a missing file, or one made for another
-    /// baseline, is a fresh state. A corrupt file is an error: silently forgetting a
-    /// host's drift would un-mark it.
+    /// Loads the state and sets `baseline_digest` as the baseline in use; a missing file
+    /// is a fresh state. A state made under another baseline (or under none that
+    /// verified) keeps its findings and mark: swapping the baseline, or breaking it,
+    /// must not erase drift. A corrupt file is an error: silently forgetting a host's
+    /// drift would un-mark it.
     pub fn load(state_dir: &Path, baseline_digest: &str) -> io::Result<State> {
         let path = state_dir.join(STATE_FILE);
         let fresh = State {
@@ -94,17 +145,14 @@ impl State {
             Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(fresh),
             Err(err) => return Err(err),
         };
-        let state: State = serde_json::from_slice(&bytes).map_err(|e| {
+        let mut state: State = serde_json::from_slice(&bytes).map_err(|e| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
                 format!("{} is corrupt: {e}", path.display()),
             )
         })?;
-        Ok(if state.baseline_digest == baseline_digest {
-            state
-        } else {
-            fresh
-        })
+        state.baseline_digest = fresh.baseline_digest;
+        Ok(state)
     }
 
     /// Writes the state atomically.
@@ -124,30 +172,36 @@ impl State {
         Ok(())
     }
 
-    /// Merges findings seen at `now`; returns the ones that are new.
-    pub fn record(&mut self, findings: &[Finding], now: &str) -> Vec<Finding> {
-        let mut new = Vec::new();
+    /// Merges findings seen at `now`; returns the ones that are new and the ones whose
+    /// [`substance`] changed since last seen (both are reported again).
+    pub fn record(&mut self, findings: &[Finding], now: &str) -> Recorded {
+        let mut recorded = Recorded::default();
         for finding in findings {
             let key = finding.key();
             match self.findings.get_mut(&key) {
                 Some(known) => {
+                    if substance(&known.finding) != substance(finding) {
+                        recorded.changed.push(finding.clone());
+                        known.last_changed = Some(now.to_string());
+                    }
                     known.last_seen = now.to_string();
                     known.finding = finding.clone();
                 }
                 None => {
-                    new.push(finding.clone());
+                    recorded.new.push(finding.clone());
                     self.findings.insert(
                         key,
                         Remembered {
                             first_seen: now.to_string(),
                             last_seen: now.to_string(),
+                            last_changed: None,
                             finding: finding.clone(),
                         },
                     );
                 }
             }
         }
-        new
+        recorded
     }
 
     /// Marks the host when a remembered finding is at or above `threshold` and it is
@@ -216,7 +270,7 @@ impl State {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use driftwatch_protocol::report::{FileChange, FileFinding};
+    use driftwatch_protocol::report::{EntryState, FileChange, FileFinding};
 
     fn file(path: &str, severity: Severity) -> Finding {
         Finding::File(Box::new(FileFinding {
@@ -237,8 +291,11 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut state = State::load(dir.path(), "blake3:a").unwrap();
         let new = state.record(&[file("/a", Severity::Low)], "t1");
-        assert_eq!(new.len(), 1);
-        assert!(state.record(&[file("/a", Severity::Low)], "t2").is_empty());
+        assert_eq!(new.new.len(), 1);
+        assert_eq!(
+            state.record(&[file("/a", Severity::Low)], "t2"),
+            Recorded::default()
+        );
         assert_eq!(state.mark_if_needed(Severity::Critical, "t2"), None);
         state.record(&[file("/usr/bin/x", Severity::Critical)], "t3");
         let mark = state.mark_if_needed(Severity::Critical, "t3").unwrap();
@@ -248,14 +305,96 @@ mod tests {
         let again = State::load(dir.path(), "blake3:a").unwrap();
         assert_eq!(again, state);
         assert_eq!(again.findings["file:/a"].first_seen, "t1");
-        // Another baseline (another image): a fresh state.
-        assert_eq!(
-            State::load(dir.path(), "blake3:b").unwrap().findings.len(),
-            0
-        );
+        // Another baseline, one that failed verification, and the first one back:
+        // the findings and the mark stay.
+        for digest in ["blake3:b", "untrusted", "blake3:a"] {
+            let swapped = State::load(dir.path(), digest).unwrap();
+            assert_eq!(swapped.baseline_digest, digest);
+            assert_eq!(swapped.findings, state.findings);
+            assert_eq!(swapped.mark, state.mark);
+            swapped.save(dir.path()).unwrap();
+        }
         // A corrupt state file is an error, not a silent reset.
         fs::write(dir.path().join(STATE_FILE), b"{not json").unwrap();
         assert!(State::load(dir.path(), "blake3:a").is_err());
+    }
+
+    fn with_observed(finding: &Finding, change: impl FnOnce(&mut EntryState)) -> Finding {
+        let mut finding = finding.clone();
+        if let Finding::File(file) = &mut finding {
+            change(file.observed.get_or_insert_with(|| EntryState {
+                file_type: "file".into(),
+                mode: "644".into(),
+                uid: 0,
+                gid: 0,
+                size: 1,
+                mtime: "t".into(),
+                rdev: None,
+                blake3: Some("aa".into()),
+                sha256: None,
+                link_target: None,
+                xattrs: Default::default(),
+            }));
+        }
+        finding
+    }
+
+    #[test]
+    fn changed_drift_is_reported_again_and_noise_is_not() {
+        let mut state = State::default();
+        let added = with_observed(&file("/etc/x", Severity::Medium), |_| {});
+        assert_eq!(
+            state.record(std::slice::from_ref(&added), "t1").new,
+            std::slice::from_ref(&added)
+        );
+        // Touched (same content): the same drift.
+        let touched = with_observed(&added, |o| o.mtime = "t2".into());
+        assert_eq!(state.record(&[touched], "t2"), Recorded::default());
+        // Made setuid: changed, reported, remembered as last seen.
+        let setuid = with_observed(&added, |o| o.mode = "4755".into());
+        let recorded = state.record(std::slice::from_ref(&setuid), "t3");
+        assert_eq!(recorded.changed, std::slice::from_ref(&setuid));
+        assert_eq!(recorded.to_report(), std::slice::from_ref(&setuid));
+        let remembered = &state.findings["file:/etc/x"];
+        assert_eq!(remembered.finding, setuid);
+        assert_eq!(
+            (
+                remembered.first_seen.as_str(),
+                remembered.last_changed.as_deref()
+            ),
+            ("t1", Some("t3"))
+        );
+        // Replaced again: another change; a severity change is one too.
+        let replaced = with_observed(&setuid, |o| o.blake3 = Some("bb".into()));
+        assert_eq!(
+            state
+                .record(std::slice::from_ref(&replaced), "t4")
+                .changed
+                .len(),
+            1
+        );
+        let graver = with_observed(&file("/etc/x", Severity::Critical), |o| {
+            *o = match &replaced {
+                Finding::File(f) => f.observed.clone().unwrap(),
+                _ => unreachable!(),
+            }
+        });
+        assert_eq!(state.record(&[graver], "t5").changed.len(), 1);
+        // A process restarted (new pid, same binary) is the same drift.
+        let process = |pid: i32| {
+            Finding::Process(driftwatch_protocol::report::ProcessFinding {
+                reason: driftwatch_protocol::report::ProcessReason::MutablePath,
+                pid,
+                exe: "/tmp/x".into(),
+                cmdline: format!("/tmp/x {pid}"),
+                uid: 0,
+                user: None,
+                severity: Severity::Critical,
+                container: None,
+            })
+        };
+        assert_eq!(state.record(&[process(1)], "t6").new.len(), 1);
+        assert_eq!(state.record(&[process(2)], "t7"), Recorded::default());
     }
 
     fn directive(reason: &str) -> MarkDirective {

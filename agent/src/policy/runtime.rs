@@ -129,7 +129,7 @@ pub struct MountRule {
     /// The mount point (absolute; required).
     #[serde(deserialize_with = "absolute_path")]
     pub path: String,
-    /// Options it must carry, as in `/proc/self/mountinfo`: `ro`, `nosuid`, `nodev`,
+    /// Options it must carry, as in the host's `/proc/1/mountinfo`: `ro`, `nosuid`, `nodev`,
     /// `noexec`… (required). `ro`/`rw` are the per-mount flags (what `mount -o remount,ro`
     /// changes); others may also come from the filesystem's own options.
     #[serde(deserialize_with = "mount_options")]

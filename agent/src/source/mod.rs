@@ -3,6 +3,7 @@
 
 pub mod containers;
 pub mod files;
+pub mod hashing;
 pub mod mountinfo;
 pub mod packages;
 pub mod rootfs;

@@ -5,7 +5,13 @@ use crate::policy::runtime::RuntimeConfig;
 use driftwatch_protocol::report::MountFinding;
 use std::fs;
 
-/// One line of `/proc/self/mountinfo`, with the fields this source uses.
+/// The host's mount table: init's, not this process's. The daemon runs in a mount
+/// namespace of its own under its unit (`ProtectSystem=` makes `/usr` read-only
+/// there whatever the host has); a `mount -o remount,rw /usr` on the host shows only
+/// in init's namespace.
+const HOST_MOUNTINFO: &str = "/proc/1/mountinfo";
+
+/// One line of a `mountinfo` file, with the fields this source uses.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct MountEntry {
     /// Field 5, unescaped.
@@ -38,7 +44,7 @@ fn split_options(field: &[u8]) -> Vec<String> {
         .collect()
 }
 
-/// Parses `/proc/self/mountinfo`:
+/// Parses a `mountinfo` file (`proc(5)`):
 /// `id parent major:minor root mountpoint options [optional…] - fstype source superopts`.
 /// A malformed line is an error naming its number.
 fn parse_mountinfo(text: &[u8]) -> Result<Vec<MountEntry>, String> {
@@ -105,12 +111,12 @@ pub(super) fn observe(
     if config.mounts.is_empty() {
         return;
     }
-    let text = match fs::read("/proc/self/mountinfo") {
+    let text = match fs::read(HOST_MOUNTINFO) {
         Ok(text) => text,
         Err(err) => {
             observation
                 .errors
-                .push(format!("mounts: cannot read /proc/self/mountinfo: {err}"));
+                .push(format!("mounts: cannot read {HOST_MOUNTINFO}: {err}"));
             return;
         }
     };
@@ -118,7 +124,7 @@ pub(super) fn observe(
         Ok(mounts) => mount_findings(config, &mounts, findings),
         Err(err) => observation
             .errors
-            .push(format!("mounts: /proc/self/mountinfo: {err}")),
+            .push(format!("mounts: {HOST_MOUNTINFO}: {err}")),
     }
 }
 
@@ -224,7 +230,7 @@ mod tests {
 
     #[test]
     fn mount_rules_on_this_host() {
-        let text = fs::read("/proc/self/mountinfo").unwrap();
+        let text = fs::read(HOST_MOUNTINFO).unwrap();
         let mounts = parse_mountinfo(&text).unwrap();
         let root = mounts.iter().rev().find(|m| m.mount_point == b"/").unwrap();
         let root_rw = root.mount_options.iter().any(|o| o == "rw");

@@ -134,8 +134,9 @@ pub(super) fn observe<R: ReadAt>(
     }
     if scan.other_namespaces > 0 {
         observation.skipped.push(format!(
-            "processes: {} in containers (another mount namespace and root) not examined: their \
-             executables are not paths of this image",
+            "processes: {} in containers (another mount namespace and root) judged in their own \
+             root for deleted executables and mutable paths only: their executables are not \
+             paths of this image",
             scan.other_namespaces
         ));
     }
@@ -163,9 +164,25 @@ fn unexplainable(
     }
 }
 
+/// The path a process in a container names its executable by: below its own root.
+/// Where the container's root is reachable from ours (`/proc/PID/root` links to, say,
+/// `/var/lib/machines/web`), the kernel shows the executable from our root and the
+/// root's part is taken off; otherwise it already shows it from the container's root.
+fn within_own_root(pid: i32, exe: &[u8]) -> Vec<u8> {
+    let Ok(root) = fs::read_link(format!("/proc/{pid}/root")) else {
+        return exe.to_vec();
+    };
+    let root = root.into_os_string().into_vec();
+    match exe.strip_prefix(root.as_slice()) {
+        Some(rest) if root != b"/" && rest.starts_with(b"/") => rest.to_vec(),
+        _ => exe.to_vec(),
+    }
+}
+
 /// The executables of running processes that no baseline could explain, sorted and
-/// without duplicates (see [`CapturedRuntime`]). Kernel threads, containers and
-/// unreadable processes are left out, as [`observe`] leaves them out.
+/// without duplicates (see [`CapturedRuntime`]); a container's as it names them in its
+/// own root. Kernel threads and unreadable processes are left out, as [`observe`]
+/// leaves them out.
 pub(super) fn capture(config: &RuntimeConfig) -> Vec<String> {
     let own_view = FileView::of("self");
     let mut executables: Vec<String> = procfs::process::all_processes()
@@ -177,9 +194,11 @@ pub(super) fn capture(config: &RuntimeConfig) -> Vec<String> {
                 .stat()
                 .is_ok_and(|stat| stat.flags & PF_KTHREAD == 0)
         })
-        .filter(|process| !FileView::of(&process.pid().to_string()).is_container_from(own_view))
         .filter_map(|process| {
-            let exe = process.exe().ok()?.into_os_string().into_vec();
+            let mut exe = process.exe().ok()?.into_os_string().into_vec();
+            if FileView::of(&process.pid().to_string()).is_container_from(own_view) {
+                exe = within_own_root(process.pid(), &exe);
+            }
             let meta = fs::metadata(format!("/proc/{}/exe", process.pid())).ok();
             unexplainable(config, &exe, meta.as_ref()).map(|_| dwpath::display(&exe))
         })
@@ -191,7 +210,7 @@ pub(super) fn capture(config: &RuntimeConfig) -> Vec<String> {
 
 impl<R: ReadAt> ProcessScan<'_, R> {
     /// Decides whether one process is reported, and why; `Ok(None)` for a process the
-    /// image explains or one this source does not judge (kernel threads, containers).
+    /// image explains or one this source does not judge (kernel threads).
     fn examine(
         &mut self,
         process: &procfs::process::Process,
@@ -205,14 +224,15 @@ impl<R: ReadAt> ProcessScan<'_, R> {
         }
         let exe = process.exe()?.into_os_string().into_vec();
         let pid = process.pid();
-        // A process in a container names its executable in
-        // that namespace's filesystem, which this baseline does not describe.
-        if FileView::of(&pid.to_string()).is_container_from(self.own_view) {
-            self.other_namespaces += 1;
-            return Ok(None);
-        }
         // Following the magic link stats the very file the process runs.
         let meta = fs::metadata(format!("/proc/{pid}/exe")).ok();
+        // A process in a container names its executable in its own root, which this
+        // baseline does not describe: judged there, for what no image could explain.
+        if FileView::of(&pid.to_string()).is_container_from(self.own_view) {
+            self.other_namespaces += 1;
+            let exe = within_own_root(pid, &exe);
+            return Ok(unexplainable(self.config, &exe, meta.as_ref()).map(|r| (r, exe)));
+        }
         if let Some(reason) = unexplainable(self.config, &exe, meta.as_ref()) {
             return Ok(Some((reason, exe)));
         }
@@ -370,7 +390,7 @@ mod tests {
     use std::os::unix::fs::MetadataExt;
     use std::path::Path;
     use std::process::Command;
-    use std::time::Duration;
+    use std::time::{Duration, Instant};
 
     #[test]
     fn only_another_mount_namespace_and_root_make_a_container() {
@@ -391,6 +411,72 @@ mod tests {
             root: None,
         };
         assert!(!unknown.is_container_from(host));
+    }
+
+    /// A container without a container engine: a private mount namespace chrooted
+    /// into a root holding a static busybox, the way nspawn and podman start one.
+    #[test]
+    fn a_process_in_a_container_is_judged_in_its_own_root() {
+        let ci = std::env::var("CI").is_ok_and(|v| v == "true");
+        let skip = |why: &str| {
+            assert!(!ci, "CI=true, but {why}");
+            eprintln!("skipping: {why}");
+        };
+        if !Path::new("/bin/busybox").is_file() {
+            return skip("/bin/busybox (busybox-static) is not installed");
+        }
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            return skip("unshare --mount and chroot need root");
+        }
+        let _live = live();
+        let (_temp, root) = temp_dir();
+        fs::create_dir_all(root.join("bin")).unwrap();
+        fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+        let child = Running(
+            Command::new("unshare")
+                .args(["--mount", "--propagation", "private", "chroot"])
+                .arg(&root)
+                .args(["/bin/busybox", "sleep", "600"])
+                .spawn()
+                .unwrap(),
+        );
+        // unshare and chroot exec into busybox: wait until the pid runs it.
+        let started = Instant::now();
+        while fs::read_link(format!("/proc/{}/exe", child.pid()))
+            .map_or(true, |exe| !exe.ends_with("bin/busybox"))
+        {
+            assert!(
+                started.elapsed() < Duration::from_secs(5),
+                "the container did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let bytes = baseline_bytes("", Vec::new());
+        let reader = open(&bytes);
+        let config = RuntimeConfig::default();
+        // Seen from here its binary lies below /tmp, a mutable path; in its own root it
+        // is /bin/busybox, which this image knows nothing about: not reported.
+        let observation = observe(&config, &reader, None);
+        assert!(
+            processes(&observation, child.pid()).is_empty(),
+            "{observation:?}"
+        );
+        assert!(
+            observation
+                .skipped
+                .iter()
+                .any(|s| s.contains("in containers")),
+            "{:?}",
+            observation.skipped
+        );
+        // Its binary deleted under it: drift in any root, reported with its own path.
+        fs::remove_file(root.join("bin/busybox")).unwrap();
+        let observation = observe(&config, &reader, None);
+        let found = processes(&observation, child.pid());
+        assert_eq!(found.len(), 1, "{observation:?}");
+        assert_eq!(found[0].reason, ProcessReason::DeletedExecutable);
+        assert_eq!(found[0].exe, "/bin/busybox (deleted)");
     }
 
     #[test]
