@@ -69,6 +69,7 @@ mod tests {
             baseline: None,
             observed: None,
             package: None,
+            container: None,
         }))
     }
 

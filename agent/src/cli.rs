@@ -67,6 +67,18 @@ pub enum Command {
     /// configuration's [collector] section once the report is printed.
     #[command(after_long_help = AFTER_HELP)]
     Check(CheckArgs),
+    /// List the running containers with their image and drift.
+    ///
+    /// Finds the containers of Docker, containerd (Kubernetes) and podman/CRI-O from
+    /// the kernel's mount tables and the runtimes' state on disk (no runtime socket
+    /// needed), and checks each against its image: what its writable overlay layer
+    /// holds beyond the image (volumes, bind mounts, tmpfs and the policy's expected
+    /// paths aside), and processes running executables the image does not hold.
+    /// `check` of / reports the same findings.
+    ///
+    /// Exit status: 0 no container has drifted, 1 drift found, 2 something could not
+    /// be examined.
+    Containers(ContainersArgs),
     /// Manage the pipeline's signing keys.
     #[command(subcommand)]
     Key(KeyCommand),
@@ -96,6 +108,18 @@ pub struct RunArgs {
     /// means all defaults].
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
+}
+
+/// `containers`
+#[derive(Debug, Args)]
+pub struct ContainersArgs {
+    /// Policy file whose [containers] section applies [default: the built-in policy].
+    #[arg(long, value_name = "FILE")]
+    pub policy: Option<PathBuf>,
+    /// Output format (JSON: `driftwatch.containers/v1`, each container with its
+    /// findings).
+    #[arg(long, value_enum, default_value_t)]
+    pub format: Format,
 }
 
 /// `status`

@@ -63,6 +63,9 @@ pub struct AgentConfig {
     /// serves its loopback endpoint and logs).
     #[serde(default)]
     pub collector: Option<CollectorConfig>,
+    /// What to do about a drifted container (default: report only).
+    #[serde(default)]
+    pub containers: crate::source::containers::action::ActionsConfig,
     /// The first-boot provisioning window (default: until `cloud-final.service` has
     /// finished, on the paths cloud-init writes).
     #[serde(default)]
@@ -100,6 +103,7 @@ impl Default for AgentConfig {
             watch: WatchConfig::default(),
             replacement: ReplacementConfig::default(),
             collector: None,
+            containers: Default::default(),
             provisioning: Default::default(),
         }
     }

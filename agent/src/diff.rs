@@ -88,6 +88,7 @@ pub fn file_finding(
         baseline: before.map(EntryState::of),
         observed: after.map(EntryState::of),
         package: None,
+        container: None,
     })))
 }
 

@@ -24,6 +24,7 @@ fn run(cli: Cli) -> error::Result<Outcome> {
         }
         Command::Baseline(BaselineCommand::Show(args)) => command::baseline::show(args, &mut out),
         Command::Baseline(BaselineCommand::Diff(args)) => command::baseline::diff(args, &mut out),
+        Command::Containers(args) => command::containers::run(args, &mut out),
         Command::Run(args) => daemon::run(args.config.as_deref()).map(|()| Outcome::Clean),
         Command::Status(args) => command::status::run(args, &mut out),
         Command::Key(KeyCommand::Generate(args)) => {

@@ -14,7 +14,7 @@ use crate::sink::progress::Progress;
 use crate::source::files::{
     self, scan, ContentHashes, FileIdentity, ScanAbort, ScanItem, ScanOptions,
 };
-use crate::source::{packages, runtime};
+use crate::source::{containers, packages, runtime};
 use driftwatch_protocol::baseline::{digest_string, BaselineReader};
 use driftwatch_protocol::package::{PackageDb, PackageSet};
 use driftwatch_protocol::path::display;
@@ -249,6 +249,17 @@ pub fn check(
                 .map(|e| source_error("runtime", e)),
         );
         skipped = observed.skipped;
+        if policy.config().containers.enabled {
+            let observed =
+                containers::observe(&containers::Host::default(), &policy.config().containers);
+            findings.extend(observed.findings);
+            errors.extend(
+                observed
+                    .errors
+                    .into_iter()
+                    .map(|e| source_error("containers", e)),
+            );
+        }
     }
 
     let report = Report {

@@ -63,6 +63,10 @@ pub struct PolicyConfig {
     /// [`runtime::RuntimeConfig`]).
     #[serde(default)]
     pub runtime: runtime::RuntimeConfig,
+    /// `[containers]`: running containers checked against their images (default: see
+    /// [`crate::source::containers::config::ContainersConfig`]).
+    #[serde(default)]
+    pub containers: crate::source::containers::config::ContainersConfig,
 }
 
 /// `[packages]`: the package set and the package manager's own file records.

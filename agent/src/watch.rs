@@ -58,6 +58,13 @@ pub struct Watcher {
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
+impl Watcher {
+    /// A watcher whose `thread` stops once `stop` is set (when it is dropped).
+    pub fn new(stop: Arc<AtomicBool>, thread: Option<std::thread::JoinHandle<()>>) -> Self {
+        Watcher { stop, thread }
+    }
+}
+
 impl Drop for Watcher {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);

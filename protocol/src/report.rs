@@ -221,10 +221,19 @@ impl Finding {
     /// by the collector in a retried batch) has the same key.
     pub fn key(&self) -> String {
         match self {
-            Finding::File(f) => format!("file:{}", f.path_bytes_b64.as_deref().unwrap_or(&f.path)),
+            Finding::File(f) => format!(
+                "file:{}{}",
+                container_key(f.container.as_ref()),
+                f.path_bytes_b64.as_deref().unwrap_or(&f.path)
+            ),
             Finding::Package(p) => format!("package:{}:{}", p.name, p.arch),
             Finding::PackageFile(p) => format!("package_file:{}:{}", p.package, p.path),
-            Finding::Process(p) => format!("process:{:?}:{}", p.reason, p.exe),
+            Finding::Process(p) => format!(
+                "process:{}{:?}:{}",
+                container_key(p.container.as_ref()),
+                p.reason,
+                p.exe
+            ),
             Finding::KernelModule(m) => format!("kernel_module:{}", m.name),
             Finding::Listener(l) => format!("listener:{}:{}:{}", l.protocol, l.address, l.port),
             Finding::Mount(m) => format!("mount:{}", m.mountpoint),
@@ -263,6 +272,15 @@ impl Finding {
         }
     }
 
+    /// The container the finding is about, for file and process findings inside one.
+    pub fn container(&self) -> Option<&ContainerRef> {
+        match self {
+            Finding::File(f) => f.container.as_ref(),
+            Finding::Process(p) => p.container.as_ref(),
+            _ => None,
+        }
+    }
+
     /// The finding's severity.
     pub fn severity(&self) -> Severity {
         match self {
@@ -276,6 +294,33 @@ impl Finding {
             Finding::Baseline(f) => f.severity,
         }
     }
+}
+
+/// A finding inside a container is another finding than the same path on the host or
+/// in another container: its key names the container.
+fn container_key(container: Option<&ContainerRef>) -> String {
+    container.map_or_else(String::new, |c| format!("container={}:", c.id))
+}
+
+/// The container a file or process finding belongs to (absent for the host's own).
+/// Fields a runtime does not record on disk are `null`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ContainerRef {
+    /// The runtime's container id (64 hex digits for Docker, podman, containerd).
+    pub id: String,
+    /// The container's name (`docker ps` / `podman ps` name, or the Kubernetes
+    /// container name).
+    pub name: Option<String>,
+    /// `docker`, `podman`, `containerd` or `cri-o`.
+    pub runtime: String,
+    /// The image as the container was started from it (`shop/api:1.4`).
+    pub image: Option<String>,
+    /// The image's digest or id, `sha256:…`.
+    pub image_digest: Option<String>,
+    /// The Kubernetes pod, for containers of a pod.
+    pub pod: Option<String>,
+    /// The Kubernetes namespace, for containers of a pod.
+    pub namespace: Option<String>,
 }
 
 /// How a package changed.
@@ -356,6 +401,9 @@ pub enum ProcessReason {
     DeletedExecutable,
     /// It runs from a writable, mutable location (/tmp, /dev/shm, /var/tmp).
     MutablePath,
+    /// Its executable lives in its container's writable upper layer: written after the
+    /// container started, not part of the container's image.
+    NotInImage,
 }
 
 /// A process finding.
@@ -375,6 +423,9 @@ pub struct ProcessFinding {
     pub user: Option<String>,
     /// How serious it is.
     pub severity: Severity,
+    /// The container it runs in (absent for the host's own processes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<ContainerRef>,
 }
 
 /// Why a kernel module is reported.
@@ -467,6 +518,10 @@ pub struct FileFinding {
     /// installed or changed version itself (absent when no package explains it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub package: Option<PackageRef>,
+    /// The container whose image the entry is compared with (absent for the host's
+    /// own files).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub container: Option<ContainerRef>,
 }
 
 /// The package a file finding belongs to, and how that package changed.
@@ -818,6 +873,7 @@ mod tests {
             baseline: None,
             observed: None,
             package: None,
+            container: None,
         }));
         let json = serde_json::to_value(&finding).unwrap();
         assert!(
@@ -848,5 +904,47 @@ mod tests {
         assert!(json.get("path_bytes_b64").is_none());
         let (text, exact) = report_path(b"/x\xff");
         assert_eq!((text.as_str(), exact.as_deref()), ("/x\\xff", Some("L3j/")));
+    }
+
+    #[test]
+    fn a_container_is_additive_and_part_of_the_key() {
+        let host = FileFinding {
+            change: FileChange::Added,
+            path: "/usr/local/bin/x".into(),
+            path_bytes_b64: None,
+            attributes: vec![],
+            severity: Severity::Critical,
+            rule: "default".into(),
+            baseline: None,
+            observed: None,
+            package: None,
+            container: None,
+        };
+        let mut inside = host.clone();
+        inside.container = Some(ContainerRef {
+            id: "3f9a".into(),
+            name: Some("api".into()),
+            runtime: "docker".into(),
+            image: Some("shop/api:1.4".into()),
+            ..ContainerRef::default()
+        });
+        let (host, inside) = (
+            Finding::File(Box::new(host)),
+            Finding::File(Box::new(inside)),
+        );
+        assert_ne!(host.key(), inside.key());
+        let json = serde_json::to_value(&inside).unwrap();
+        assert_eq!(json["container"]["image"], "shop/api:1.4");
+        assert_eq!(json["container"]["pod"], serde_json::Value::Null);
+        assert!(serde_json::to_value(&host)
+            .unwrap()
+            .get("container")
+            .is_none());
+        // A report of an older agent, without the field, still reads.
+        let mut old = serde_json::to_value(&host).unwrap();
+        old.as_object_mut().unwrap().remove("container");
+        assert_eq!(serde_json::from_value::<Finding>(old).unwrap(), host);
+        let back: Finding = serde_json::from_value(json).unwrap();
+        assert_eq!(back.container().map(|c| c.id.as_str()), Some("3f9a"));
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod baseline;
 pub mod check;
+pub mod containers;
 pub mod key;
 pub mod status;
 

@@ -109,6 +109,10 @@ pub fn run(args: &StatusArgs, out: &mut impl Write) -> Result<Outcome> {
                     text(&collector["host_state"]),
                 )?;
             }
+            let containers = status["containers"].as_array().map_or(0, Vec::len);
+            if containers > 0 {
+                writeln!(out, "containers {containers} watched")?;
+            }
             provisioning_lines(out, &status["provisioning"])?;
             for degradation in status["degradations"].as_array().into_iter().flatten() {
                 writeln!(out, "degraded   {}", text(degradation))?;
@@ -124,9 +128,17 @@ pub fn run(args: &StatusArgs, out: &mut impl Write) -> Result<Outcome> {
                     .find_map(|k| finding.get(*k).filter(|v| !v.is_null()))
                     .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
                     .unwrap_or_default();
+                let container = match finding["container"]["id"].as_str() {
+                    Some(id) => {
+                        let short: String = id.chars().take(12).collect();
+                        let name = finding["container"]["name"].as_str().unwrap_or("");
+                        format!("  in container {name} ({short})")
+                    }
+                    None => String::new(),
+                };
                 writeln!(
                     out,
-                    "  {:<8}  {:<13}  {subject}  (since {})",
+                    "  {:<8}  {:<13}  {subject}{container}  (since {})",
                     text(&finding["severity"]),
                     text(&finding["kind"]),
                     text(&remembered["first_seen"])

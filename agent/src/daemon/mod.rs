@@ -45,8 +45,10 @@ use crate::sink::collector::{
 };
 use crate::sink::progress::Progress;
 use crate::sink::spool::{Appended, Spool, SPOOL_DIR};
+use crate::source::containers::action::Actions;
+use crate::source::containers::watch::{ContainerEvent, ContainerWatcher};
 use crate::source::files::{ContentHashes, FileIdentity, KnownHashes, ScanOptions};
-use crate::source::packages;
+use crate::source::{containers, packages};
 use crate::watch::{self, WatchEvent};
 use cache::{CacheWriter, HashCache};
 use driftwatch_protocol::baseline::{digest_string, BaselineReader};
@@ -114,6 +116,8 @@ pub struct Status {
     pub watch_rechecks: u64,
     /// Full checks run because watch events were lost (queue overflow).
     pub rescans: u64,
+    /// Containers watched in real time.
+    pub containers: Vec<driftwatch_protocol::report::ContainerRef>,
     /// Reporting to the collector, when configured.
     pub collector: Option<CollectorStatus>,
     /// The first-boot provisioning window and its delta ([`provision`]).
@@ -196,6 +200,8 @@ struct Daemon {
     directives_tx: latest::Sender<Option<HostDirective>>,
     directives: latest::Receiver<Option<HostDirective>>,
     reporter: Option<ReporterHandle>,
+    /// Container actions already run.
+    container_actions: Actions,
     /// Watch events, also taken while a check runs.
     events_tx: mpsc::Sender<WatchEvent>,
     events: mpsc::Receiver<WatchEvent>,
@@ -232,6 +238,7 @@ impl Daemon {
             directives_tx,
             directives,
             reporter: None,
+            container_actions: Actions::default(),
             events_tx,
             events,
             rescan_pending: None,
@@ -326,6 +333,10 @@ impl Daemon {
             .as_ref()
             .filter(|_| self.config.watch.enabled)
             .map(|c| watch::start(&self.config.root, &c.policy, self.events_tx.clone()));
+        let (containers_tx, mut container_events) = mpsc::channel::<ContainerEvent>(WATCH_QUEUE);
+        let mut container_watcher = context
+            .as_ref()
+            .and_then(|c| self.watch_containers(c, containers_tx.clone()));
         // Stop requests are taken by a task of their own: a check in progress (a paced
         // full re-hash takes minutes) is cancelled between files at once, and the loop
         // sees the request as soon as the check returns.
@@ -382,6 +393,8 @@ impl Daemon {
                                 .watch
                                 .enabled
                                 .then(|| watch::start(&self.config.root, &reloaded.policy, self.events_tx.clone()));
+                            drop(container_watcher.take());
+                            container_watcher = self.watch_containers(&reloaded, containers_tx.clone());
                             context = Some(Arc::clone(&reloaded));
                             self.full_check(reloaded, "reload").await;
                         }
@@ -408,6 +421,7 @@ impl Daemon {
                         self.watch_event(Arc::clone(context), event).await;
                     }
                 }
+                Some(event) = container_events.recv() => self.container_event(event).await,
                 Ok(()) = self.directives.changed() => self.apply_directive().await,
                 _ = package_poll.tick(), if self.config.watch.enabled => {
                     if let Some(context) = &context {
@@ -428,6 +442,7 @@ impl Daemon {
         notify_systemd(&[sd_notify::NotifyState::Stopping]);
         self.cancel.store(true, Ordering::Relaxed);
         drop(watcher);
+        drop(container_watcher);
         if let Some(reporter) = self.reporter.take() {
             reporter.shutdown(FLUSH_GRACE).await;
         }
@@ -622,6 +637,46 @@ impl Daemon {
                 result = &mut task => return result,
                 Ok(()) = self.directives.changed() => self.apply_directive().await,
                 () = tick(&mut self.watchdog) => notify_systemd(&[sd_notify::NotifyState::Watchdog]),
+            }
+        }
+    }
+
+    /// Follows the host's containers in real time, when the root is `/` and the policy
+    /// checks containers.
+    fn watch_containers(
+        &self,
+        context: &Context,
+        events: mpsc::Sender<ContainerEvent>,
+    ) -> Option<ContainerWatcher> {
+        let config = &context.policy.config().containers;
+        let on = self.config.watch.enabled && config.enabled && self.config.root == Path::new("/");
+        on.then(|| containers::watch::start(containers::Host::default(), config.clone(), events))
+    }
+
+    /// What the container watcher saw.
+    async fn container_event(&mut self, event: ContainerEvent) {
+        match event {
+            ContainerEvent::Started(c) => {
+                info!(container = %containers::label(&c), runtime = %c.runtime, image = c.image.as_deref().unwrap_or("-"), "Watching container.");
+                self.shared.status().containers.push(c);
+            }
+            ContainerEvent::Stopped(c) => {
+                // Its findings stay remembered (and reported): findings are never withdrawn.
+                info!(container = %containers::label(&c), "Container gone; no longer watched.");
+                self.shared.status().containers.retain(|w| w.id != c.id);
+            }
+            ContainerEvent::Findings(findings) => {
+                self.apply(&findings).await;
+                self.container_actions
+                    .run(&self.config.containers, &findings)
+                    .await;
+            }
+            ContainerEvent::Degraded(reason) => {
+                warn!(reason = %reason, "Container watching is degraded; scheduled checks cover it.");
+                let mut status = self.shared.status();
+                if !status.degradations.contains(&reason) {
+                    status.degradations.push(reason);
+                }
             }
         }
     }

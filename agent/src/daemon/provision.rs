@@ -622,6 +622,7 @@ mod tests {
             baseline: Some(entry("baked")),
             observed,
             package: None,
+            container: None,
         }))
     }
 

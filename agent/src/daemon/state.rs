@@ -330,6 +330,7 @@ mod tests {
             baseline: None,
             observed: None,
             package: None,
+            container: None,
         }))
     }
 
@@ -437,6 +438,7 @@ mod tests {
                 uid: 0,
                 user: None,
                 severity: Severity::Critical,
+                container: None,
             })
         };
         assert_eq!(state.record(&[process(1)], "t6").new.len(), 1);

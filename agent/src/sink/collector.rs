@@ -1052,6 +1052,7 @@ mod tests {
             baseline: None,
             observed: None,
             package: None,
+            container: None,
         }))
     }
 

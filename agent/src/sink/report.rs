@@ -1,13 +1,15 @@
 //! Reports: `driftwatch.report/v1` JSON for machines, and text for people — the files
 //! of each installed or upgraded package under that package first, then what no
-//! package explains grouped by severity, one line per finding, a summary line last,
-//! colour only on a terminal.
+//! package explains grouped by severity, one line per finding (a container's findings
+//! under a heading naming the container), a summary line last, colour only on a
+//! terminal.
 
 use driftwatch_protocol::report::{
-    Attribute, EntryState, FileChange, FileFinding, Finding, KernelModuleReason, PackageChange,
-    PackageRef, ProcessReason, ScanError, Severity, Summary,
+    Attribute, ContainerRef, EntryState, FileChange, FileFinding, Finding, KernelModuleReason,
+    PackageChange, PackageRef, ProcessReason, ScanError, Severity, Summary,
 };
 use serde::Serialize;
+use std::collections::BTreeMap;
 use std::io::{self, IsTerminal, Write};
 
 /// Whether to colour text written to stdout: only on a terminal, never with `NO_COLOR`.
@@ -174,6 +176,7 @@ fn finding_line(paint: Paint, finding: &Finding) -> String {
                 ProcessReason::DiffersFromBaseline => "executable differs from the image",
                 ProcessReason::DeletedExecutable => "executable deleted",
                 ProcessReason::MutablePath => "runs from a writable path",
+                ProcessReason::NotInImage => "executable written into the container",
             };
             let user = p.user.clone().unwrap_or_else(|| p.uid.to_string());
             line(
@@ -238,9 +241,9 @@ fn is_package(finding: &Finding, package: &PackageRef) -> bool {
 
 /// The packages whose changes explain file findings, each with its files, in report
 /// order: `installed podman 4.3.1: 212 files`, a few of them, the worst severity.
-fn write_packages(out: &mut impl Write, paint: Paint, findings: &[Finding]) -> io::Result<()> {
+fn write_packages(out: &mut impl Write, paint: Paint, findings: &[&Finding]) -> io::Result<()> {
     let mut packages: Vec<&PackageRef> = Vec::new();
-    for package in findings.iter().filter_map(attributed) {
+    for package in findings.iter().copied().filter_map(attributed) {
         if !packages
             .iter()
             .any(|p| p.name == package.name && p.arch == package.arch)
@@ -256,12 +259,14 @@ fn write_packages(out: &mut impl Write, paint: Paint, findings: &[Finding]) -> i
     for package in packages {
         let files: Vec<&Finding> = findings
             .iter()
+            .copied()
             .filter(|f| {
                 attributed(f).is_some_and(|p| p.name == package.name && p.arch == package.arch)
             })
             .collect();
         let worst = findings
             .iter()
+            .copied()
             .filter(|f| files.contains(f) || is_package(f, package))
             .map(Finding::severity)
             .max()
@@ -289,17 +294,18 @@ fn write_packages(out: &mut impl Write, paint: Paint, findings: &[Finding]) -> i
     writeln!(out)
 }
 
-/// Writes the package changes with their files, then the findings no package explains
-/// grouped by severity, then errors. Nothing is written for empty groups.
-pub fn write_findings(
+/// One group of findings (the host's, or one container's): the package changes with
+/// their files, then the findings no package explains grouped by severity.
+fn write_by_severity(
     out: &mut impl Write,
     paint: Paint,
-    findings: &[Finding],
-    errors: &[ScanError],
+    findings: &[&Finding],
+    indent: &str,
 ) -> io::Result<()> {
-    let explained: Vec<&PackageRef> = findings.iter().filter_map(attributed).collect();
+    let explained: Vec<&PackageRef> = findings.iter().copied().filter_map(attributed).collect();
     let unexplained: Vec<&Finding> = findings
         .iter()
+        .copied()
         .filter(|f| attributed(f).is_none() && !explained.iter().any(|p| is_package(f, p)))
         .collect();
     if !explained.is_empty() {
@@ -318,11 +324,60 @@ pub fn write_findings(
             continue;
         }
         let title = format!("{} ({})", severity.name().to_uppercase(), group.len());
-        writeln!(out, "{}", paint.severity(severity, &title))?;
+        writeln!(out, "{indent}{}", paint.severity(severity, &title))?;
         for finding in group {
-            writeln!(out, "{}", finding_line(paint, finding))?;
+            writeln!(out, "{indent}{}", finding_line(paint, finding))?;
         }
         writeln!(out)?;
+    }
+    Ok(())
+}
+
+/// `CONTAINER api (3f9a8c2d1e4b) podman, image shop/api:1.4, pod shop/api-7d9f`.
+fn container_title(paint: Paint, container: &ContainerRef) -> String {
+    let short: String = container.id.chars().take(12).collect();
+    let mut title = match &container.name {
+        Some(name) => format!("CONTAINER {name} ({short})"),
+        None => format!("CONTAINER {short}"),
+    };
+    let mut about = vec![container.runtime.clone()];
+    if let Some(image) = &container.image {
+        about.push(format!("image {image}"));
+    }
+    if let Some(pod) = &container.pod {
+        let namespace = container.namespace.as_deref().unwrap_or("?");
+        about.push(format!("pod {namespace}/{pod}"));
+    }
+    title = paint.bold(&title);
+    format!("{title}  {}", paint.dim(&about.join(", ")))
+}
+
+/// Writes findings grouped by severity — the host's first, then each container's under
+/// a heading naming it — then errors. Nothing is written for empty groups.
+pub fn write_findings(
+    out: &mut impl Write,
+    paint: Paint,
+    findings: &[Finding],
+    errors: &[ScanError],
+) -> io::Result<()> {
+    let host: Vec<&Finding> = findings
+        .iter()
+        .filter(|f| f.container().is_none())
+        .collect();
+    write_by_severity(out, paint, &host, "")?;
+    let mut containers: BTreeMap<&str, (&ContainerRef, Vec<&Finding>)> = BTreeMap::new();
+    for finding in findings {
+        if let Some(container) = finding.container() {
+            containers
+                .entry(container.id.as_str())
+                .or_insert_with(|| (container, Vec::new()))
+                .1
+                .push(finding);
+        }
+    }
+    for (container, group) in containers.values() {
+        writeln!(out, "{}", container_title(paint, container))?;
+        write_by_severity(out, paint, group, "  ")?;
     }
     if !errors.is_empty() {
         writeln!(

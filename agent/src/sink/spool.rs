@@ -603,6 +603,7 @@ mod tests {
                 baseline: None,
                 observed: None,
                 package: None,
+                container: None,
             })),
         }
     }

@@ -1207,6 +1207,47 @@ pub fn observe_one(root: &Path, policy: &Policy, path: &[u8]) -> Option<ScanItem
     inspector.inspect(path.to_vec(), &at, state, hash)
 }
 
+/// Examines one path of a tree that no policy describes (an overlay layer of a
+/// container) the way the scan does, reached from the root down without following a
+/// symlink, reading a regular file's content (BLAKE3) only when `hash`; `None` when it
+/// does not exist.
+pub fn inspect_path(root: &Path, path: &[u8], hash: bool) -> Option<ScanItem> {
+    let unreadable = |err: io::Error| {
+        Some(ScanItem::Unreadable {
+            path: path.to_vec(),
+            error: io_message(&err),
+            subtree_unknown: false,
+        })
+    };
+    let root_fd = match open_root(root) {
+        Ok(fd) => fd,
+        Err(err) => return unreadable(err),
+    };
+    let at = match locate(&root_fd, path) {
+        Ok(at) => at,
+        Err(err) if matches!(err.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
+            return None
+        }
+        Err(err) => return unreadable(err),
+    };
+    let shared = Shared::new(0);
+    let never = AtomicBool::new(false);
+    let mut inspector = Inspector {
+        sha256: false,
+        // Below the allocator's mmap threshold: this runs once per path.
+        buffer: vec![0; if hash { READ_BUFFER_BYTES / 2 } else { 0 }],
+        bytes_hashed: &shared.bytes_hashed,
+        links: &shared.links,
+        known: None,
+        limits: Limits {
+            max_bytes: crate::policy::DEFAULT_MAX_FILE_BYTES,
+            pacer: &shared.pacer,
+            cancel: &never,
+        },
+    };
+    inspector.inspect(path.to_vec(), &at, PathState::default(), hash)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

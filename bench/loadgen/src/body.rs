@@ -187,6 +187,7 @@ fn file_finding(tag: &str, k: u64) -> Finding {
         baseline,
         observed,
         package: None,
+        container: None,
     }))
 }
 

@@ -29,7 +29,7 @@
 mod listeners;
 mod modules;
 mod mounts;
-mod processes;
+pub(crate) mod processes;
 mod scope;
 #[cfg(test)]
 mod test_support;

@@ -36,32 +36,6 @@ impl MountEntry {
     }
 }
 
-/// Undoes mountinfo's octal escapes (`\040` space, `\011` tab, `\012` newline, `\134`
-/// backslash); anything else is kept as it is.
-fn unescape_mountinfo(field: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(field.len());
-    let mut i = 0;
-    while i < field.len() {
-        if field[i] == b'\\' {
-            if let Some(digits) = field.get(i + 1..i + 4) {
-                if digits.iter().all(|d| (b'0'..=b'7').contains(d)) {
-                    let value = digits
-                        .iter()
-                        .fold(0u16, |acc, d| acc * 8 + u16::from(d - b'0'));
-                    if let Ok(byte) = u8::try_from(value) {
-                        out.push(byte);
-                        i += 4;
-                        continue;
-                    }
-                }
-            }
-        }
-        out.push(field[i]);
-        i += 1;
-    }
-    out
-}
-
 fn split_options(field: &[u8]) -> Vec<String> {
     String::from_utf8_lossy(field)
         .split(',')
@@ -97,7 +71,7 @@ fn parse_mountinfo(text: &[u8]) -> Result<Vec<MountEntry>, String> {
             ));
         };
         mounts.push(MountEntry {
-            mount_point: unescape_mountinfo(mount_point),
+            mount_point: crate::source::mountinfo::unescape(mount_point),
             mount_options: split_options(options),
             super_options: split_options(super_options),
         });
@@ -195,10 +169,13 @@ mod tests {
             ["rw", "nosuid", "nodev", "size=1024k", "noexec"]
         );
         assert_eq!(
-            unescape_mountinfo(b"a\\040b\\011c\\012d\\134e"),
+            crate::source::mountinfo::unescape(b"a\\040b\\011c\\012d\\134e"),
             b"a b\tc\nd\\e"
         );
-        assert_eq!(unescape_mountinfo(b"\\x\\04\\999"), b"\\x\\04\\999");
+        assert_eq!(
+            crate::source::mountinfo::unescape(b"\\x\\04\\999"),
+            b"\\x\\04\\999"
+        );
         assert!(
             parse_mountinfo(b"27 1 254:0 / / rw shared:1 ext4 /dev/vda rw\n")
                 .unwrap_err()

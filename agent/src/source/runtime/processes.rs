@@ -331,13 +331,14 @@ impl<R: ReadAt> ProcessScan<'_, R> {
             uid,
             user,
             severity: self.config.process_severity,
+            container: None,
         })
     }
 }
 
 /// `/proc/PID/cmdline` (NUL-separated arguments) as one line, cut at
 /// [`MAX_CMDLINE_CHARS`] characters with `…` appended.
-fn format_cmdline(raw: &[u8]) -> String {
+pub(crate) fn format_cmdline(raw: &[u8]) -> String {
     let joined = raw
         .strip_suffix(b"\0")
         .unwrap_or(raw)
