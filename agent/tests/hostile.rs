@@ -2,6 +2,8 @@
 //! within seconds, never a hang, an endless read, a followed link or a silent pass.
 //! Every test drives the real `driftwatch` binary on a scratch tree (see `util`).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod util;
 
 use serde_json::Value;
@@ -281,7 +283,7 @@ fn hostile_root_images_do_not_hang_the_check() {
 #[test]
 fn an_absolute_link_at_the_default_baseline_path_is_refused() {
     let t = Tree::new();
-    let inside = driftwatch_agent::baseline::DEFAULT_BASELINE_PATH;
+    let inside = driftwatch_agent::config::DEFAULT_BASELINE_PATH;
     let parent = std::path::Path::new(inside).parent().expect("parent");
     t.file("/bin/sh", b"shell")
         .dir(parent.to_str().expect("utf-8"));
