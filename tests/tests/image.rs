@@ -518,8 +518,10 @@ fn a_baked_image_boots_clean_reports_drift_and_detects_a_tampered_baseline() {
         &format!("echo 'ssh-ed25519 AAAAintruder x' >> {keys}"),
     ]);
     let host = wait_finding(a, &collector, id_a, &keys);
+    // The baseline has no such file ("added"), and what is there now is not what the
+    // delta recorded: drift.
     expect_finding(a, &host, &keys, |f| {
-        f["severity"] == "critical" && f["finding"]["change"] == "modified"
+        f["severity"] == "critical" && f["finding"]["change"] == "added"
     });
     let module = format!(
         "/usr/lib/modules/{}/kernel/fs/foo.ko",
