@@ -28,7 +28,7 @@ Modes
                     - find | xargs -0 -P32 -n 100 cat  (the disk's read limit)
                     - find | xargs -0 -P16 -n 100 b3sum --num-threads 1
                     - driftwatch baseline create, and check against it, with
-                      the default read-ahead and with --readers 0
+                      --readers 16 (the daemon's boot check) and --readers 0
                   Reports medians and each ratio to the 32-reader cat. Then,
                   unless SKIP contains warm-ratio, the same driftwatch commands
                   and b3sum -P2 on a warm cache (read-ahead on, and off).
@@ -323,7 +323,7 @@ if [[ "$MODE" == cold ]]; then
     log "cold round $ROUND/$RUNS"
     cold_round "cat -P32 (cold)" bash -c "$CAT32" _ "$SCAN_PATH"
     cold_round "b3sum -P16 (cold)" bash -c "$B3_16" _ "$SCAN_PATH"
-    for r in "" 0; do
+    for r in 16 0; do
       lab=${r:+ --readers $r}
       ex=(); [[ -n "$r" ]] && ex=(--readers "$r")
       rm -f "$TMP/cold.dwb"
@@ -336,7 +336,7 @@ if [[ "$MODE" == cold ]]; then
     for ((ROUND = 1; ROUND <= RUNS; ROUND++)); do
       log "warm round $ROUND/$RUNS"
       measure "b3sum -P2 (warm)" bash -c "$B3_2" _ "$SCAN_PATH"
-      for r in "" 0; do
+      for r in 16 0; do
         lab=${r:+ --readers $r}
         ex=(); [[ -n "$r" ]] && ex=(--readers "$r")
         rm -f "$TMP/warm.dwb"
@@ -355,8 +355,8 @@ if [[ "$MODE" == cold ]]; then
   echo "|---|---:|---:|---:|---:|"
   ref=$(median "cat -P32 (cold)")
   wref=$(median "b3sum -P2 (warm)")
-  for l in "cat -P32 (cold)" "b3sum -P16 (cold)" "create (cold)" "check (cold)" "create --readers 0 (cold)" "check --readers 0 (cold)" \
-    "b3sum -P2 (warm)" "create (warm)" "check (warm)" "create --readers 0 (warm)" "check --readers 0 (warm)"; do
+  for l in "cat -P32 (cold)" "b3sum -P16 (cold)" "create --readers 16 (cold)" "check --readers 16 (cold)" "create --readers 0 (cold)" "check --readers 0 (cold)" \
+    "b3sum -P2 (warm)" "create --readers 16 (warm)" "check --readers 16 (warm)" "create --readers 0 (warm)" "check --readers 0 (warm)"; do
     read -r m lo hi n < <(stats "$l" 3)
     ((n > 0)) || continue
     case $l in

@@ -189,7 +189,8 @@ pub struct ScanArgs {
     pub threads: usize,
     /// Read-ahead threads, apart from hashing: each opens files ahead of the hashing
     /// threads and asks the kernel to start reading them, which is what a cold page
-    /// cache (a boot check) needs. Default 16; 0 turns read-ahead off.
+    /// cache (a boot check) needs; on a warm cache it costs CPU. Default 0 (off); the
+    /// daemon's boot check uses 16.
     #[arg(long, value_name = "N")]
     pub readers: Option<usize>,
 }

@@ -469,6 +469,8 @@ impl Daemon {
                 Depth::Full | Depth::Fast => self.config.throttle.read_bytes_per_sec,
             },
             known: None,
+            // The boot check meets a cold page cache: outstanding reads decide it.
+            readers: (depth == Depth::Immediate).then_some(crate::source::files::DEFAULT_READERS),
             ..ScanOptions::default()
         };
         let cancel = Arc::clone(&self.cancel);

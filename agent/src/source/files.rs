@@ -220,13 +220,14 @@ pub struct ScanOptions {
     /// Paths inside the root to leave out entirely, e.g. the baseline being written
     /// or read, which lives in the image but is not part of it (default: none).
     pub skip: Vec<Vec<u8>>,
-    /// Read-ahead threads, sized apart from the hashing threads (`None`: automatic —
-    /// [`DEFAULT_READERS`] when reading is neither paced nor spared by known hashes,
-    /// else none; `Some(0)`: none).
+    /// Read-ahead threads, sized apart from the hashing threads (`None` or `Some(0)`:
+    /// none). The daemon's boot check uses [`DEFAULT_READERS`]; on a warm cache they
+    /// cost about a quarter more CPU (measured in `bench/scan.sh cold`), so they are
+    /// not on by default elsewhere.
     pub readers: Option<usize>,
 }
 
-/// Read-ahead threads by default. A cold page cache (a boot check) is bound by
+/// Read-ahead threads for a boot check. A cold page cache (a boot check) is bound by
 /// outstanding reads, not by hashing: here 32 concurrent readers read `/usr` in
 /// 10 s where 2 take 19 s. Read-ahead threads only open each file to be hashed, ask
 /// the kernel to start reading it (`POSIX_FADV_WILLNEED`) and close it, so the
@@ -243,9 +244,9 @@ const READ_AHEAD_QUEUE: usize = 4096;
 impl ScanOptions {
     fn read_ahead_threads(&self) -> usize {
         match self.readers {
-            Some(n) => n,
-            None if self.read_bytes_per_sec == 0 && self.known.is_none() => DEFAULT_READERS,
-            None => 0,
+            // Paced reading must not be outrun by read-ahead, nor known files re-read.
+            Some(n) if self.read_bytes_per_sec == 0 && self.known.is_none() => n,
+            _ => 0,
         }
     }
 }
