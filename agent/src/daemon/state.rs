@@ -73,6 +73,20 @@ pub struct Remembered {
     pub finding: Finding,
 }
 
+/// `finding`, with the package `known` was attributed to when `finding` names none: a
+/// re-check of a few paths does not read the package database, and must not make the
+/// attribution come and go (each time a changed finding). A finding that gains its
+/// package is a change: the collector regroups it.
+fn keep_attribution(known: &Finding, finding: &Finding) -> Finding {
+    let mut finding = finding.clone();
+    if let (Finding::File(known), Finding::File(file)) = (known, &mut finding) {
+        if file.package.is_none() {
+            file.package.clone_from(&known.package);
+        }
+    }
+    finding
+}
+
 /// What [`State::record`] found worth reporting.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Recorded {
@@ -212,12 +226,13 @@ impl State {
             let key = finding.key();
             match self.findings.get_mut(&key) {
                 Some(known) => {
-                    if substance(&known.finding) != substance(finding) {
+                    let finding = keep_attribution(&known.finding, finding);
+                    if substance(&known.finding) != substance(&finding) {
                         recorded.changed.push(finding.clone());
                         known.last_changed = Some(now.to_string());
                     }
                     known.last_seen = now.to_string();
-                    known.finding = finding.clone();
+                    known.finding = finding;
                 }
                 None => {
                     recorded.new.push(finding.clone());
@@ -314,6 +329,7 @@ mod tests {
             rule: "r".into(),
             baseline: None,
             observed: None,
+            package: None,
         }))
     }
 
@@ -425,6 +441,28 @@ mod tests {
         };
         assert_eq!(state.record(&[process(1)], "t6").new.len(), 1);
         assert_eq!(state.record(&[process(2)], "t7"), Recorded::default());
+        // A file tied to its package by a full check: a change, sent again; a later
+        // re-check of the path alone (no package read) keeps the attribution.
+        let mut attributed = replaced.clone();
+        if let Finding::File(f) = &mut attributed {
+            f.package = Some(driftwatch_protocol::report::PackageRef {
+                name: "podman".into(),
+                arch: "amd64".into(),
+                change: driftwatch_protocol::report::PackageChange::Installed,
+                baseline_version: None,
+                observed_version: Some("4.3.1".into()),
+            });
+        }
+        let mut state = State::default();
+        state.record(std::slice::from_ref(&replaced), "t8");
+        assert_eq!(
+            state
+                .record(std::slice::from_ref(&attributed), "t9")
+                .changed,
+            [attributed.clone()]
+        );
+        assert_eq!(state.record(&[replaced], "t10"), Recorded::default());
+        assert_eq!(state.findings["file:/etc/x"].finding, attributed);
     }
 
     fn directive(reason: &str) -> MarkDirective {

@@ -186,6 +186,7 @@ fn file_finding(tag: &str, k: u64) -> Finding {
         rule: rule.into(),
         baseline,
         observed,
+        package: None,
     }))
 }
 
