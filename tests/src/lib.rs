@@ -154,7 +154,7 @@ pub enum Topology {
 /// The replicas' database: PostgreSQL when the collector's store speaks it, else the
 /// one SQLite file they all open (enough to exercise the load balancer and fail-over,
 /// not a concurrency guarantee).
-pub const REPLICAS_ON_POSTGRES: bool = false;
+pub const REPLICAS_ON_POSTGRES: bool = true;
 
 impl Topology {
     /// The fleet-scale setup the end-to-end tests run through: 3 replicas. `None` (with

@@ -89,20 +89,8 @@ fn fifty_hosts_drifting_at_once_mark_exactly_the_budget(topology: Topology) {
     }
 }
 
-// Today's store decides after the findings' commit, outside it: with 50 concurrent
-// reports, held hosts are listed `clean` with their critical findings (the race of
-// issue 15 §2). Run with `--ignored`; the ignore goes once decisions are taken in the
-// ingest transaction.
-#[test]
-#[ignore = "needs decisions in the ingest transaction (store rework)"]
-fn single() {
-    fifty_hosts_drifting_at_once_mark_exactly_the_budget(Topology::Single);
-}
-
-#[test]
-#[ignore = "needs decisions in the ingest transaction and replicas on PostgreSQL"]
-fn replicas() {
-    if let Some(topology) = Topology::replicas_sharing_decisions() {
-        fifty_hosts_drifting_at_once_mark_exactly_the_budget(topology);
-    }
-}
+driftwatch_tests::each_topology!(
+    ;
+    shared_decisions:
+    fifty_hosts_drifting_at_once_mark_exactly_the_budget,
+);

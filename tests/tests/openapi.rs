@@ -76,7 +76,17 @@ fn every_documented_route_answers_as_documented() {
             None,
         ),
         ("/v1/hosts", "get", "/v1/hosts?state=nonsense".into(), None),
+        ("/v1/hosts", "get", "/v1/hosts?limit=1".into(), None),
+        ("/v1/hosts", "get", "/v1/hosts?cursor=garbage".into(), None),
+        ("/v1/images", "get", "/v1/images?limit=1".into(), None),
+        ("/v1/actions", "get", "/v1/actions?limit=2".into(), None),
         ("/v1/hosts/{host_id}", "get", "/v1/hosts/api-1".into(), None),
+        (
+            "/v1/hosts/{host_id}",
+            "get",
+            "/v1/hosts/api-1?limit=1".into(),
+            None,
+        ),
         (
             "/v1/hosts/{host_id}",
             "get",
