@@ -87,6 +87,7 @@ pub fn file_finding(
         rule: rule.name.clone(),
         baseline: before.map(EntryState::of),
         observed: after.map(EntryState::of),
+        package: None,
     })))
 }
 

@@ -9,18 +9,20 @@
 //!
 //! Modules import only from layers below them, never upward and never in a cycle:
 //!
-//! 1. [`host`], [`cli`], [`logging`]: small helpers with no agent imports;
+//! 1. [`host`], [`cli`], [`logging`]: small helpers with no agent imports (time, retry
+//!    waits, error chains and random ids come from `driftwatch_protocol`);
 //! 2. [`config`] (`agent.toml`) and [`policy`] (with [`policy::runtime`]);
 //! 3. the sources ([`source`]), [`diff`], [`watch`] and the sinks ([`sink`]), which
 //!    depend on configuration only (the reporter shows its state through the
 //!    [`sink::collector::StatusBoard`] trait, not through the daemon);
 //! 4. [`error`], which wraps the errors of the layers below;
-//! 5. [`baseline`] and [`pipeline`]; then [`command`] and [`daemon`], which run it.
+//! 5. [`baseline`], [`attribution`] and [`pipeline`]; then [`command`] and [`daemon`], which run it.
 //!
 //! The binary (`src/main.rs`) only parses the command line and maps the outcome to an
 //! exit status; the library exists so that the fuzz targets and benchmarks can drive the
 //! parsers of hostile input (baselines, package databases, the spool, configs) directly.
 
+pub mod attribution;
 pub mod baseline;
 pub mod cli;
 pub mod command;

@@ -5,6 +5,7 @@
 //! then the package set and the package manager's records are compared, then — for a
 //! check of `/` — the running system.
 
+use crate::attribution;
 use crate::diff::{package_findings, BaselineCursor, Differ};
 use crate::error::{Error, Result};
 use crate::host::{hostname, machine_id};
@@ -15,7 +16,7 @@ use crate::source::files::{
 };
 use crate::source::{packages, runtime};
 use driftwatch_protocol::baseline::{digest_string, BaselineReader};
-use driftwatch_protocol::package::PackageSet;
+use driftwatch_protocol::package::{PackageDb, PackageSet};
 use driftwatch_protocol::path::display;
 use driftwatch_protocol::report::{
     report_path, BaselineInfo, Finding, HostInfo, PackageFileFinding, Report, ScanError, ScanInfo,
@@ -230,6 +231,7 @@ pub fn check(
             }
             Err(err) => errors.push(source_error("package database", err.to_string())),
         }
+        attribute_packages(root, baked.db, &mut findings, &mut errors);
     }
     // Runtime state belongs to the running system, so only a check of / reads it.
     let mut skipped = Vec::new();
@@ -272,6 +274,30 @@ pub fn check(
         errors,
     };
     Ok(CheckOutcome { report, skipped })
+}
+
+/// Ties the file findings on paths of installed or upgraded packages to their package.
+fn attribute_packages(
+    root: &Path,
+    db: PackageDb,
+    findings: &mut [Finding],
+    errors: &mut Vec<ScanError>,
+) {
+    let changed = attribution::changed_packages(findings);
+    if changed.is_empty() {
+        return;
+    }
+    let keys: Vec<(String, String)> = changed
+        .iter()
+        .map(|p| (p.name.clone(), p.arch.clone()))
+        .collect();
+    match packages::owners(root, db, &keys) {
+        Ok(owners) => {
+            attribution::attribute(findings, &changed, &owners);
+        }
+        // The findings stand without it; the database problem is one error.
+        Err(err) => errors.push(source_error("package attribution", err.to_string())),
+    }
 }
 
 /// The package set now against the one baked into the image.

@@ -285,3 +285,159 @@ fn package_verification_covers_excluded_paths_and_accepts_the_images_own_edits()
     assert_eq!(seen[0].0, "/opt/dw/edited");
     assert_eq!(seen[1], ("/opt/dw/tool".to_string(), Value::Null), "{out}");
 }
+
+/// Prints why the test cannot run; with `CI=true` that is a failure.
+fn skip(why: &str) {
+    assert!(
+        std::env::var("CI").map_or(true, |v| v != "true"),
+        "CI=true, but {why}"
+    );
+    eprintln!("skipping: {why}");
+}
+
+/// Builds `name_version.deb` with `dpkg-deb --build` from `files` (path, content).
+fn build_deb(dir: &Path, name: &str, version: &str, files: &[(&str, &str)]) -> std::path::PathBuf {
+    let tree = dir.join(format!("{name}-{version}"));
+    fs::create_dir_all(tree.join("DEBIAN")).unwrap();
+    fs::write(
+        tree.join("DEBIAN/control"),
+        format!(
+            "Package: {name}\nVersion: {version}\nArchitecture: all\n\
+             Maintainer: driftwatch tests <tests@example.org>\nDescription: test package\n"
+        ),
+    )
+    .unwrap();
+    for (path, content) in files {
+        let at = tree.join(path.trim_start_matches('/'));
+        fs::create_dir_all(at.parent().unwrap()).unwrap();
+        fs::write(at, content).unwrap();
+    }
+    let deb = dir.join(format!("{name}_{version}_all.deb"));
+    let built = std::process::Command::new("dpkg-deb")
+        .args(["--root-owner-group", "--build"])
+        .arg(&tree)
+        .arg(&deb)
+        .output()
+        .unwrap();
+    assert!(built.status.success(), "{built:?}");
+    deb
+}
+
+/// `dpkg --root TREE -i DEB`: the real package manager, writing the tree's database.
+fn dpkg_install(t: &Tree, deb: &Path) {
+    let installed = std::process::Command::new("dpkg")
+        .arg(format!("--root={}", t.root().display()))
+        .args(["--force-not-root", "--log=/dev/null", "-i"])
+        .arg(deb)
+        .output()
+        .unwrap();
+    assert!(installed.status.success(), "{installed:?}");
+}
+
+/// Issue 10 §6: the files of a package installed or upgraded since the bake carry that
+/// package; what no package explains stands apart, in JSON and in text.
+#[test]
+fn r10_file_findings_carry_the_package_that_changed_them() {
+    if !util::have_tool("dpkg") || !util::have_tool("dpkg-deb") {
+        return skip("dpkg and dpkg-deb are not installed");
+    }
+    let t = Tree::new();
+    t.write_policy(&policy());
+    for dir in ["/var/lib/dpkg/info", "/var/lib/dpkg/updates"] {
+        t.dir(dir);
+    }
+    t.file("/var/lib/dpkg/status", b"")
+        .file("/var/lib/dpkg/available", b"");
+    let debs = t.outside("debs");
+    let base_v1 = build_deb(
+        &debs,
+        "dw-base",
+        "1.0",
+        &[("/usr/bin/dw-tool", "tool v1\n")],
+    );
+    dpkg_install(&t, &base_v1);
+    t.file("/usr/bin/ls", b"the image's own ls\n");
+    t.create();
+    t.assert_clean();
+
+    // Since the bake: one package upgraded, one installed, and a file no package ships.
+    let base_v2 = build_deb(
+        &debs,
+        "dw-base",
+        "2.0",
+        &[
+            ("/usr/bin/dw-tool", "tool v2\n"),
+            ("/usr/lib/dw-base/plugin", "plugin\n"),
+        ],
+    );
+    let extra = build_deb(
+        &debs,
+        "dw-extra",
+        "3.1",
+        &[
+            ("/usr/bin/dw-extra", "extra\n"),
+            ("/usr/share/doc/dw-extra/README", "read me\n"),
+        ],
+    );
+    dpkg_install(&t, &base_v2);
+    dpkg_install(&t, &extra);
+    t.file("/usr/bin/ls", b"a trojaned ls\n");
+
+    let out = t.check();
+    out.assert_code(1);
+    let report = out.json();
+    let attribution: std::collections::BTreeMap<String, Value> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == "file")
+        .map(|f| {
+            (
+                f["path"].as_str().unwrap().to_string(),
+                f["package"].clone(),
+            )
+        })
+        .collect();
+    let package = |name: &str, change: &str, from: Value, to: &str| {
+        serde_json::json!({
+            "name": name, "arch": "all", "change": change,
+            "baseline_version": from, "observed_version": to,
+        })
+    };
+    let upgraded = package("dw-base", "version_changed", "1.0".into(), "2.0");
+    let installed = package("dw-extra", "installed", Value::Null, "3.1");
+    for (path, expected) in [
+        ("/usr/bin/dw-tool", &upgraded),
+        ("/usr/lib/dw-base", &upgraded),
+        ("/usr/lib/dw-base/plugin", &upgraded),
+        ("/usr/bin/dw-extra", &installed),
+        ("/usr/share/doc/dw-extra", &installed),
+        ("/usr/share/doc/dw-extra/README", &installed),
+    ] {
+        assert_eq!(attribution.get(path), Some(expected), "{path}: {out}");
+    }
+    assert_eq!(attribution.get("/usr/bin/ls"), Some(&Value::Null), "{out}");
+
+    // Text: each package change with its files, then what no package explains.
+    let text = util::Cmd::new(["check", "--format", "text", "--root"])
+        .arg(t.root())
+        .arg("--baseline")
+        .arg(t.baseline())
+        .run();
+    let stdout = &text.stdout;
+    let at = |needle: &str| {
+        stdout
+            .find(needle)
+            .unwrap_or_else(|| panic!("{needle:?} missing:\n{stdout}"))
+    };
+    let packages = at("PACKAGE CHANGES (2)");
+    // /usr/lib and /usr/share came with them: the packages created those too.
+    let base = at("upgraded dw-base 1.0 → 2.0: 4 files");
+    let extra = at("installed dw-extra 3.1: 5 files");
+    let apart = at("NOT EXPLAINED BY A PACKAGE");
+    let ls = at("/usr/bin/ls");
+    assert!(
+        packages < base && base < apart && extra < apart && apart < ls,
+        "{stdout}"
+    );
+}

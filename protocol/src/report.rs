@@ -463,6 +463,63 @@ pub struct FileFinding {
     pub baseline: Option<EntryState>,
     /// The entry as found.
     pub observed: Option<EntryState>,
+    /// The package change that explains it: the path belongs to a package that was
+    /// installed or changed version itself (absent when no package explains it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub package: Option<PackageRef>,
+}
+
+/// The package a file finding belongs to, and how that package changed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PackageRef {
+    /// Package name.
+    pub name: String,
+    /// Architecture (empty when the database has none).
+    pub arch: String,
+    /// Installed or version changed.
+    pub change: PackageChange,
+    /// Version in the baseline (`None` for a package installed since).
+    pub baseline_version: Option<String>,
+    /// Version installed now.
+    pub observed_version: Option<String>,
+}
+
+impl PackageRef {
+    /// The package change as people read it: `installed podman 4.3.1`, `upgraded curl
+    /// 7.88.1-10 → 7.88.1-10+deb12u5`, `removed foo 1.0`.
+    pub fn describe(&self) -> String {
+        let version = |v: &Option<String>| v.clone().unwrap_or_else(|| "?".to_string());
+        match self.change {
+            PackageChange::Installed => {
+                format!(
+                    "installed {} {}",
+                    self.name,
+                    version(&self.observed_version)
+                )
+            }
+            PackageChange::Removed => {
+                format!("removed {} {}", self.name, version(&self.baseline_version))
+            }
+            PackageChange::VersionChanged => format!(
+                "upgraded {} {} → {}",
+                self.name,
+                version(&self.baseline_version),
+                version(&self.observed_version)
+            ),
+        }
+    }
+}
+
+impl From<&PackageFinding> for PackageRef {
+    fn from(finding: &PackageFinding) -> Self {
+        PackageRef {
+            name: finding.name.clone(),
+            arch: finding.arch.clone(),
+            change: finding.change,
+            baseline_version: finding.baseline_version.clone(),
+            observed_version: finding.observed_version.clone(),
+        }
+    }
 }
 
 /// A path as it appears in reports: readable text plus, when needed, the exact bytes.
@@ -760,8 +817,30 @@ mod tests {
             rule: "default".into(),
             baseline: None,
             observed: None,
+            package: None,
         }));
         let json = serde_json::to_value(&finding).unwrap();
+        assert!(
+            json.get("package").is_none(),
+            "additive: absent when unexplained"
+        );
+        let mut attributed = finding.clone();
+        if let Finding::File(file) = &mut attributed {
+            file.package = Some(PackageRef {
+                name: "podman".into(),
+                arch: "amd64".into(),
+                change: PackageChange::Installed,
+                baseline_version: None,
+                observed_version: Some("4.3.1".into()),
+            });
+        }
+        let with = serde_json::to_value(&attributed).unwrap();
+        assert_eq!(with["package"]["name"], "podman");
+        assert_eq!(with["package"]["change"], "installed");
+        assert_eq!(with["package"]["observed_version"], "4.3.1");
+        // Reports written before the field existed still parse.
+        let old: Finding = serde_json::from_value(json.clone()).unwrap();
+        assert_eq!(old, finding);
         assert_eq!(json["kind"], "file");
         assert_eq!(json["change"], "modified");
         assert_eq!(json["attributes"][1], "link_target");

@@ -73,6 +73,20 @@ pub struct Remembered {
     pub finding: Finding,
 }
 
+/// `finding`, with the package `known` was attributed to when `finding` names none: a
+/// re-check of a few paths does not read the package database, and must not make the
+/// attribution come and go (each time a changed finding). A finding that gains its
+/// package is a change: the collector regroups it.
+fn keep_attribution(known: &Finding, finding: &Finding) -> Finding {
+    let mut finding = finding.clone();
+    if let (Finding::File(known), Finding::File(file)) = (known, &mut finding) {
+        if file.package.is_none() {
+            file.package.clone_from(&known.package);
+        }
+    }
+    finding
+}
+
 /// What [`State::record`] found worth reporting.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Recorded {
@@ -155,6 +169,38 @@ impl State {
         Ok(state)
     }
 
+    /// Like [`State::load`], but a corrupt file does not stop the daemon: it is kept
+    /// aside as `state.json.corrupt` (for the investigation) and a fresh state is used,
+    /// with the reason returned for the log and the status. The boot check then finds
+    /// again whatever drift the lost state held, and marks the host again if it must.
+    pub fn load_or_recover(
+        state_dir: &Path,
+        baseline_digest: &str,
+    ) -> io::Result<(State, Option<String>)> {
+        match State::load(state_dir, baseline_digest) {
+            Ok(state) => Ok((state, None)),
+            Err(err) if err.kind() == io::ErrorKind::InvalidData => {
+                let path = state_dir.join(STATE_FILE);
+                let aside = state_dir.join(format!("{STATE_FILE}.corrupt"));
+                let kept = match fs::rename(&path, &aside) {
+                    Ok(()) => format!("kept as {}", aside.display()),
+                    Err(rename) => format!("could not be moved aside: {rename}"),
+                };
+                let fresh = State {
+                    baseline_digest: baseline_digest.to_string(),
+                    ..State::default()
+                };
+                Ok((
+                    fresh,
+                    Some(format!(
+                        "{err}; {kept}; starting fresh, the boot check finds the drift again"
+                    )),
+                ))
+            }
+            Err(err) => Err(err),
+        }
+    }
+
     /// Writes the state atomically.
     pub fn save(&self, state_dir: &Path) -> io::Result<()> {
         fs::create_dir_all(state_dir)?;
@@ -180,12 +226,13 @@ impl State {
             let key = finding.key();
             match self.findings.get_mut(&key) {
                 Some(known) => {
-                    if substance(&known.finding) != substance(finding) {
+                    let finding = keep_attribution(&known.finding, finding);
+                    if substance(&known.finding) != substance(&finding) {
                         recorded.changed.push(finding.clone());
                         known.last_changed = Some(now.to_string());
                     }
                     known.last_seen = now.to_string();
-                    known.finding = finding.clone();
+                    known.finding = finding;
                 }
                 None => {
                     recorded.new.push(finding.clone());
@@ -282,6 +329,7 @@ mod tests {
             rule: "r".into(),
             baseline: None,
             observed: None,
+            package: None,
         }))
     }
 
@@ -393,6 +441,28 @@ mod tests {
         };
         assert_eq!(state.record(&[process(1)], "t6").new.len(), 1);
         assert_eq!(state.record(&[process(2)], "t7"), Recorded::default());
+        // A file tied to its package by a full check: a change, sent again; a later
+        // re-check of the path alone (no package read) keeps the attribution.
+        let mut attributed = replaced.clone();
+        if let Finding::File(f) = &mut attributed {
+            f.package = Some(driftwatch_protocol::report::PackageRef {
+                name: "podman".into(),
+                arch: "amd64".into(),
+                change: driftwatch_protocol::report::PackageChange::Installed,
+                baseline_version: None,
+                observed_version: Some("4.3.1".into()),
+            });
+        }
+        let mut state = State::default();
+        state.record(std::slice::from_ref(&replaced), "t8");
+        assert_eq!(
+            state
+                .record(std::slice::from_ref(&attributed), "t9")
+                .changed,
+            [attributed.clone()]
+        );
+        assert_eq!(state.record(&[replaced], "t10"), Recorded::default());
+        assert_eq!(state.findings["file:/etc/x"].finding, attributed);
     }
 
     fn directive(reason: &str) -> MarkDirective {

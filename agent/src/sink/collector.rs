@@ -1051,6 +1051,7 @@ mod tests {
             rule: "r".into(),
             baseline: None,
             observed: None,
+            package: None,
         }))
     }
 

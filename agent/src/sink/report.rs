@@ -1,9 +1,11 @@
-//! Reports: `driftwatch.report/v1` JSON for machines, and text for people — grouped by
-//! severity, one line per finding, a summary line last, colour only on a terminal.
+//! Reports: `driftwatch.report/v1` JSON for machines, and text for people — the files
+//! of each installed or upgraded package under that package first, then what no
+//! package explains grouped by severity, one line per finding, a summary line last,
+//! colour only on a terminal.
 
 use driftwatch_protocol::report::{
     Attribute, EntryState, FileChange, FileFinding, Finding, KernelModuleReason, PackageChange,
-    ProcessReason, ScanError, Severity, Summary,
+    PackageRef, ProcessReason, ScanError, Severity, Summary,
 };
 use serde::Serialize;
 use std::io::{self, IsTerminal, Write};
@@ -218,17 +220,98 @@ fn finding_line(paint: Paint, finding: &Finding) -> String {
     }
 }
 
-/// Writes findings grouped by severity, then errors. Nothing is written for empty
-/// groups.
+/// Files listed under their package in text; the JSON report lists them all.
+const FILES_PER_PACKAGE: usize = 5;
+
+/// The package a finding is attributed to, if it is a file finding that has one.
+fn attributed(finding: &Finding) -> Option<&PackageRef> {
+    match finding {
+        Finding::File(file) => file.package.as_ref(),
+        _ => None,
+    }
+}
+
+/// Whether `finding` is the package finding of `package`.
+fn is_package(finding: &Finding, package: &PackageRef) -> bool {
+    matches!(finding, Finding::Package(p) if p.name == package.name && p.arch == package.arch)
+}
+
+/// The packages whose changes explain file findings, each with its files, in report
+/// order: `installed podman 4.3.1: 212 files`, a few of them, the worst severity.
+fn write_packages(out: &mut impl Write, paint: Paint, findings: &[Finding]) -> io::Result<()> {
+    let mut packages: Vec<&PackageRef> = Vec::new();
+    for package in findings.iter().filter_map(attributed) {
+        if !packages
+            .iter()
+            .any(|p| p.name == package.name && p.arch == package.arch)
+        {
+            packages.push(package);
+        }
+    }
+    writeln!(
+        out,
+        "{}",
+        paint.bold(&format!("PACKAGE CHANGES ({})", packages.len()))
+    )?;
+    for package in packages {
+        let files: Vec<&Finding> = findings
+            .iter()
+            .filter(|f| {
+                attributed(f).is_some_and(|p| p.name == package.name && p.arch == package.arch)
+            })
+            .collect();
+        let worst = findings
+            .iter()
+            .filter(|f| files.contains(f) || is_package(f, package))
+            .map(Finding::severity)
+            .max()
+            .unwrap_or(Severity::Low);
+        let noun = if files.len() == 1 { "file" } else { "files" };
+        let title = format!("{}: {} {noun}", package.describe(), files.len());
+        writeln!(
+            out,
+            "  {}  {}",
+            paint.severity(worst, &title),
+            paint.dim(&format!("({}; worst {})", package.arch, worst.name()))
+        )?;
+        for file in files.iter().take(FILES_PER_PACKAGE) {
+            writeln!(out, "  {}", finding_line(paint, file))?;
+        }
+        if files.len() > FILES_PER_PACKAGE {
+            let more = files.len() - FILES_PER_PACKAGE;
+            writeln!(
+                out,
+                "    {}",
+                paint.dim(&format!("… and {more} more (--format json lists them all)"))
+            )?;
+        }
+    }
+    writeln!(out)
+}
+
+/// Writes the package changes with their files, then the findings no package explains
+/// grouped by severity, then errors. Nothing is written for empty groups.
 pub fn write_findings(
     out: &mut impl Write,
     paint: Paint,
     findings: &[Finding],
     errors: &[ScanError],
 ) -> io::Result<()> {
+    let explained: Vec<&PackageRef> = findings.iter().filter_map(attributed).collect();
+    let unexplained: Vec<&Finding> = findings
+        .iter()
+        .filter(|f| attributed(f).is_none() && !explained.iter().any(|p| is_package(f, p)))
+        .collect();
+    if !explained.is_empty() {
+        write_packages(out, paint, findings)?;
+        if !unexplained.is_empty() {
+            writeln!(out, "{}", paint.bold("NOT EXPLAINED BY A PACKAGE"))?;
+        }
+    }
     for severity in Severity::ALL_DESCENDING {
-        let group: Vec<&Finding> = findings
+        let group: Vec<&Finding> = unexplained
             .iter()
+            .copied()
             .filter(|f| f.severity() == severity)
             .collect();
         if group.is_empty() {

@@ -602,6 +602,7 @@ mod tests {
                 rule: "r".into(),
                 baseline: None,
                 observed: None,
+                package: None,
             })),
         }
     }

@@ -181,6 +181,43 @@ pub fn status_conffiles(bytes: &[u8]) -> Result<Vec<Md5Record>, String> {
     Ok(conffiles)
 }
 
+/// Every path the named packages own, as their `info/<name>[:<arch>].list` files
+/// record it (directories and symlinks too, unlike md5sums), with the index of the
+/// owning package in `packages` (name, architecture). A package without a list (one
+/// installed by hand without its control files) owns nothing here.
+///
+/// Errors: an unreadable list file, naming it.
+pub fn owned_paths(
+    root: &Path,
+    packages: &[(String, String)],
+) -> Result<Vec<(Vec<u8>, usize)>, PackageDbError> {
+    let info = db_file(root, INFO_DIR)?;
+    let mut owned = Vec::new();
+    for (index, (name, arch)) in packages.iter().enumerate() {
+        let mut candidates = vec![info.join(format!("{name}.list"))];
+        if !arch.is_empty() {
+            candidates.insert(0, info.join(format!("{name}:{arch}.list")));
+        }
+        for path in candidates {
+            if let Some(bytes) = read_optional_db_file(&path)? {
+                owned.extend(parse_list(&bytes).into_iter().map(|p| (p, index)));
+                break;
+            }
+        }
+    }
+    Ok(owned)
+}
+
+/// A `.list` file: one absolute path per line (`/.` for the root itself, left out).
+fn parse_list(bytes: &[u8]) -> Vec<Vec<u8>> {
+    bytes
+        .split(|&b| b == b'\n')
+        .map(strip_cr)
+        .filter(|line| line.starts_with(b"/") && *line != b"/.")
+        .map(<[u8]>::to_vec)
+        .collect()
+}
+
 /// One `dpkg-divert` record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Diversion {

@@ -20,6 +20,7 @@ use crate::policy::{PathState, Policy, VerifyScope};
 use crate::source::rootfs;
 use driftwatch_protocol::package::{PackageDb, PackageSet};
 use driftwatch_protocol::report::Attribute;
+use std::collections::HashMap;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
@@ -233,6 +234,34 @@ pub fn packaged_files(root: &Path, db: PackageDb) -> Result<Vec<PackagedFile>, P
         PackageDb::Rpm => rpm::packaged_files(root),
         PackageDb::Apk => apk::packaged_files(root),
     }
+}
+
+/// Who owns each path among `packages` (name, architecture): the index of its owner
+/// in `packages`, the first one listed where several own a path (a shared directory).
+/// dpkg lists every path a package installed; rpm and apk here give their regular
+/// files.
+pub fn owners(
+    root: &Path,
+    db: PackageDb,
+    packages: &[(String, String)],
+) -> Result<HashMap<Vec<u8>, usize>, PackageDbError> {
+    let owned: Vec<(Vec<u8>, usize)> = match db {
+        PackageDb::Dpkg => dpkg::owned_paths(root, packages)?,
+        PackageDb::Rpm | PackageDb::Apk => packaged_files(root, db)?
+            .into_iter()
+            .filter_map(|file| {
+                let index = packages
+                    .iter()
+                    .position(|(name, _)| *name == file.package)?;
+                Some((file.path, index))
+            })
+            .collect(),
+    };
+    let mut owners = HashMap::new();
+    for (path, index) in owned {
+        owners.entry(path).or_insert(index);
+    }
+    Ok(owners)
 }
 
 /// True when the file scan compares `path`'s content under `policy`: then the scan's
