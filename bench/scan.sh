@@ -5,7 +5,7 @@ set -euo pipefail
 
 usage() {
   cat <<'EOF'
-Usage: bench/scan.sh [full|memory] [--help]
+Usage: bench/scan.sh [full|memory|cold] [--help]
 
 Modes
   full (default)  Warm the page cache, then run, interleaved round by round,
@@ -22,6 +22,16 @@ Modes
                   (to report the database size compressed and uncompressed).
                   Prints a Markdown report (medians, min-max, peak RSS, ratio
                   vs driftwatch, sizes, targets) on stdout; progress on stderr.
+  cold            The boot check: before every run, sync and drop the page
+                  cache (echo 3 > /proc/sys/vm/drop_caches; needs root), then
+                  run, interleaved round by round, RUNS times each:
+                    - find | xargs -0 -P32 -n 100 cat  (the disk's read limit)
+                    - find | xargs -0 -P16 -n 100 b3sum --num-threads 1
+                    - driftwatch baseline create, and check against it, with
+                      the default read-ahead and with --readers 0
+                  Reports medians and each ratio to the 32-reader cat. Then,
+                  unless SKIP contains warm-ratio, the same driftwatch commands
+                  and b3sum -P2 on a warm cache (read-ahead on, and off).
   memory          Generate (or reuse) a synthetic tree of 450,000 small files
                   with bench/make_tree.py, then compare the peak RSS of
                   `driftwatch check` on SCAN_PATH and on that tree.
@@ -65,6 +75,7 @@ case "${1:-}" in
   -h | --help | help) usage; exit 0 ;;
   "" | full) MODE=full ;;
   memory) MODE=memory ;;
+  cold) MODE=cold ;;
   *) echo "scan.sh: unknown argument '$1'" >&2; usage >&2; exit 2 ;;
 esac
 
@@ -286,6 +297,88 @@ dw_check() {
   esac
 }
 wlabel() { if [[ -n "$1" ]]; then echo " --threads $1"; else echo ""; fi; }
+
+# ============================================================== cold mode
+drop_caches() { sync; echo 3 >/proc/sys/vm/drop_caches; }
+if [[ "$MODE" == cold ]]; then
+  [[ -w /proc/sys/vm/drop_caches ]] || die "cold mode drops the page cache: run as root"
+  command -v b3sum >/dev/null || die "b3sum not found (apt-get install -y b3sum)"
+  dw_probe
+  ((DW_OK)) || die "cold mode needs the driftwatch binary ($DW_SHOWN)"
+  write_policy "$TMP/usr-policy.toml" "$SCAN_PATH" false
+  read -r scan_files scan_bytes < <(scan_facts "$SCAN_PATH")
+  # shellcheck disable=SC2016 # $1 is expanded by the bash -c child
+  CAT32='find "$1" -xdev -type f -print0 | xargs -0 -P32 -n 100 cat >/dev/null'
+  # shellcheck disable=SC2016
+  B3_16='find "$1" -xdev -type f -print0 | xargs -0 -P16 -n 100 b3sum --num-threads 1 >/dev/null'
+  # shellcheck disable=SC2016
+  B3_2='find "$1" -xdev -type f -print0 | xargs -0 -P2 -n 500 b3sum --num-threads 1 >/dev/null'
+  "$DW" baseline create --root / --policy "$TMP/usr-policy.toml" --out "$TMP/usr.dwb" >/dev/null 2>&1 ||
+    note "the reference baseline for the check rows had errors (exit $?)"
+  cold_round() { # label cmd...
+    drop_caches
+    measure "$@"
+  }
+  for ((ROUND = 1; ROUND <= RUNS; ROUND++)); do
+    log "cold round $ROUND/$RUNS"
+    cold_round "cat -P32 (cold)" bash -c "$CAT32" _ "$SCAN_PATH"
+    cold_round "b3sum -P16 (cold)" bash -c "$B3_16" _ "$SCAN_PATH"
+    for r in "" 0; do
+      lab=${r:+ --readers $r}
+      ex=(); [[ -n "$r" ]] && ex=(--readers "$r")
+      rm -f "$TMP/cold.dwb"
+      cold_round "create$lab (cold)" "$DW" baseline create --root / --policy "$TMP/usr-policy.toml" --out "$TMP/cold.dwb" "${ex[@]}"
+      cold_round "check$lab (cold)" "$DW" check --root / --baseline "$TMP/usr.dwb" --format json --no-runtime "${ex[@]}"
+    done
+  done
+  if ! skipped warm-ratio; then
+    warm "$SCAN_PATH"
+    for ((ROUND = 1; ROUND <= RUNS; ROUND++)); do
+      log "warm round $ROUND/$RUNS"
+      measure "b3sum -P2 (warm)" bash -c "$B3_2" _ "$SCAN_PATH"
+      for r in "" 0; do
+        lab=${r:+ --readers $r}
+        ex=(); [[ -n "$r" ]] && ex=(--readers "$r")
+        rm -f "$TMP/warm.dwb"
+        measure "create$lab (warm)" "$DW" baseline create --root / --policy "$TMP/usr-policy.toml" --out "$TMP/warm.dwb" "${ex[@]}"
+        measure "check$lab (warm)" "$DW" check --root / --baseline "$TMP/usr.dwb" --format json --no-runtime "${ex[@]}"
+      done
+    done
+  fi
+  flag_contended
+  echo "## Cold-cache boot check on $SCAN_PATH ($(date -u +%Y-%m-%dT%H:%MZ))"
+  echo
+  echo "Machine: $(nproc) CPUs ($cpu_model), $mem_total RAM, $fs_type, kernel $(uname -r)."
+  echo "Tree: $scan_files files, $(awk -v b="$scan_bytes" 'BEGIN{printf "%.2f GiB", b/1073741824}'). Runs: $RUNS (medians; page cache dropped before every cold run). driftwatch: ${DW_VERSION}."
+  echo
+  echo "| Measurement | Wall median (s) | min-max (s) | Ratio | Other load (max cores) |"
+  echo "|---|---:|---:|---:|---:|"
+  ref=$(median "cat -P32 (cold)")
+  wref=$(median "b3sum -P2 (warm)")
+  for l in "cat -P32 (cold)" "b3sum -P16 (cold)" "create (cold)" "check (cold)" "create --readers 0 (cold)" "check --readers 0 (cold)" \
+    "b3sum -P2 (warm)" "create (warm)" "check (warm)" "create --readers 0 (warm)" "check --readers 0 (warm)"; do
+    read -r m lo hi n < <(stats "$l" 3)
+    ((n > 0)) || continue
+    case $l in
+      *"(cold)") ratio="$(div "$m" "$ref") x cat -P32" ;;
+      *) ratio="$(div "$m" "$wref") x b3sum -P2" ;;
+    esac
+    echo "| $l | $m | $lo-$hi | $ratio | $(max_other "$l") |"
+  done
+  echo
+  echo "Targets: cold create and check <= 1.10 x cat -P32; warm create and check <= 1.00 x b3sum -P2."
+  if [[ -s "$NOTES" ]]; then echo; echo "Notes:"; cat "$NOTES"; fi
+  echo
+  echo "Load average at start: $LOAD_START; at end: $(cut -d' ' -f1-3 /proc/loadavg). Total time: $(($(date +%s) - START_EPOCH)) s."
+  echo
+  echo '<details><summary>Raw TSV</summary>'
+  echo
+  echo '```'
+  cat "$RAW"
+  echo '```'
+  echo '</details>'
+  exit 0
+fi
 
 # ============================================================== memory mode
 if [[ "$MODE" == memory ]]; then

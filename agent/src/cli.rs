@@ -163,6 +163,11 @@ pub struct ScanArgs {
     /// Hashing threads; 0 means one per core.
     #[arg(long, value_name = "N", default_value_t = 0)]
     pub threads: usize,
+    /// Read-ahead threads, apart from hashing: each opens files ahead of the hashing
+    /// threads and asks the kernel to start reading them, which is what a cold page
+    /// cache (a boot check) needs. Default 16; 0 turns read-ahead off.
+    #[arg(long, value_name = "N")]
+    pub readers: Option<usize>,
 }
 
 /// `baseline create`

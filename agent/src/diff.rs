@@ -40,6 +40,9 @@ pub fn changed_attributes(before: &Entry, after: &Entry, checked: AttributeSet) 
                 (Some(b), Some(a)) => {
                     b != a || matches!((before.sha256, after.sha256), (Some(b), Some(a)) if b != a)
                 }
+                // Not hashed now (above the size limit, unreadable): a size that
+                // differs is a content change all the same.
+                (Some(_), None) => !is_dir && before.size != after.size,
                 _ => false,
             },
             Attribute::LinkTarget => before.link_target != after.link_target,
@@ -108,8 +111,16 @@ impl<'a> Differ<'a> {
         }
     }
 
-    /// An entry seen now, with its baseline entry if there is one.
-    pub fn observed(&mut self, before: Option<&Entry>, after: &Entry, state: &PathState) {
+    /// An entry seen now, with its baseline entry if there is one. `unsettled`: its
+    /// content was to be compared but it kept changing while it was read, so the
+    /// content counts as changed (whatever else compares equal).
+    pub fn observed(
+        &mut self,
+        before: Option<&Entry>,
+        after: &Entry,
+        state: &PathState,
+        unsettled: bool,
+    ) {
         let rule = self.policy.rule(state);
         let finding = match before {
             None => file_finding(FileChange::Added, None, Some(after), Vec::new(), rule),
@@ -123,7 +134,14 @@ impl<'a> Differ<'a> {
                 } else {
                     rule.attributes
                 };
-                let changed = changed_attributes(before, after, checked);
+                let mut changed = changed_attributes(before, after, checked);
+                if unsettled
+                    && checked.contains(Attribute::Content)
+                    && !changed.contains(&Attribute::Content)
+                    && before.blake3.is_some()
+                {
+                    changed.push(Attribute::Content);
+                }
                 if changed.is_empty() {
                     return;
                 }
@@ -493,7 +511,7 @@ mod tests {
                 .unwrap();
             unmatched.iter().for_each(|b| differ.unmatched_baseline(b));
             let state = policy.state_for(&after.path);
-            differ.observed(before.as_ref(), after, &state);
+            differ.observed(before.as_ref(), after, &state, false);
         }
         cursor.drain(|b| differ.unmatched_baseline(b)).unwrap();
         let summary: Vec<(String, FileChange)> = differ

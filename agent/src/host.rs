@@ -13,7 +13,16 @@ pub fn hostname() -> String {
 
 /// `/etc/machine-id` inside the root.
 pub fn machine_id(root: &Path) -> Option<String> {
-    let id = fs::read_to_string(root.join("etc/machine-id")).ok()?;
+    // The root may be hostile: a link to `/dev/zero` or a FIFO here must not hang us.
+    // (`source::rootfs` imports nothing of the agent, so this adds no cycle.)
+    let id = match crate::source::rootfs::read_small_in_root(root, b"/etc/machine-id", 4096) {
+        Ok(id) => String::from_utf8(id).ok()?,
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(err) => {
+            tracing::warn!("machine id not read: {err}");
+            return None;
+        }
+    };
     let id = id.trim();
     (!id.is_empty() && id.len() <= 64).then(|| id.to_string())
 }

@@ -9,7 +9,7 @@
 //!
 //! Modules import only from layers below them, never upward and never in a cycle:
 //!
-//! 1. [`host`], [`clock`], [`cli`], [`logging`]: small helpers with no agent imports;
+//! 1. [`host`], [`cli`], [`logging`]: small helpers with no agent imports;
 //! 2. [`config`] (`agent.toml`) and [`policy`] (with [`policy::runtime`]);
 //! 3. the sources ([`source`]), [`diff`], [`watch`] and the sinks ([`sink`]), which
 //!    depend on configuration only (the reporter shows its state through the
@@ -24,7 +24,6 @@
 pub mod attribution;
 pub mod baseline;
 pub mod cli;
-pub mod clock;
 pub mod command;
 pub mod config;
 pub mod daemon;

@@ -6,7 +6,6 @@
 //! check of `/` — the running system.
 
 use crate::attribution;
-use crate::clock::rfc3339;
 use crate::diff::{package_findings, BaselineCursor, Differ};
 use crate::error::{Error, Result};
 use crate::host::{hostname, machine_id};
@@ -23,6 +22,7 @@ use driftwatch_protocol::report::{
     report_path, BaselineInfo, Finding, HostInfo, PackageFileFinding, Report, ScanError, ScanInfo,
     Summary, REPORT_SCHEMA,
 };
+use driftwatch_protocol::time::rfc3339;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::AtomicBool;
@@ -152,6 +152,7 @@ pub fn check(
                 state,
                 error,
                 identity,
+                unsettled,
             } => {
                 if entry.blake3.is_some() {
                     bytes_seen += entry.size;
@@ -165,7 +166,8 @@ pub fn check(
                 }
                 progress.entry(bytes_seen);
                 let before = cursor.seek(&entry.path, |b| differ.unmatched_baseline(b))?;
-                differ.observed(before.as_ref(), &entry, &state);
+                let before = before.map(|b| hide_unreadable_xattrs(b, &mut errors));
+                differ.observed(before.as_ref(), &entry, &state, unsettled);
                 if let Some(error) = error {
                     errors.push(scan_error(&entry.path, error));
                 }
@@ -353,8 +355,14 @@ pub fn recheck(
                 source,
             })?;
         match files::observe_one(root, policy, path) {
-            Some(ScanItem::Observed { entry, state, .. }) => {
-                differ.observed(before.as_ref(), &entry, &state)
+            Some(ScanItem::Observed {
+                entry,
+                state,
+                unsettled,
+                ..
+            }) => {
+                let before = before.map(|b| hide_unreadable_xattrs(b, &mut Vec::new()));
+                differ.observed(before.as_ref(), &entry, &state, unsettled)
             }
             // Unreadable now: the next full check reports it as an error.
             Some(ScanItem::Unreadable { .. }) => {}
@@ -366,6 +374,31 @@ pub fn recheck(
         }
     }
     Ok(differ.finish())
+}
+
+/// Without `CAP_SYS_ADMIN` the kernel hides `trusted.*` xattrs from every listing:
+/// the baseline's are left out of the comparison (and said to be not readable here)
+/// instead of being reported as removed.
+fn hide_unreadable_xattrs(
+    mut before: driftwatch_protocol::entry::Entry,
+    errors: &mut Vec<ScanError>,
+) -> driftwatch_protocol::entry::Entry {
+    if files::trusted_xattrs_visible()
+        || !before
+            .xattrs
+            .iter()
+            .any(|(n, _)| files::is_trusted_xattr(n))
+    {
+        return before;
+    }
+    before
+        .xattrs
+        .retain(|(name, _)| !files::is_trusted_xattr(name));
+    errors.push(scan_error(
+        &before.path,
+        "trusted.* xattrs: not readable here (needs CAP_SYS_ADMIN); not compared".to_string(),
+    ));
+    before
 }
 
 /// The default baseline location inside `root`.

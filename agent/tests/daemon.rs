@@ -958,3 +958,71 @@ fn r10_a_hanging_mark_command_is_killed_and_logged() {
     // And the daemon still answers.
     assert_eq!(http_get(port, "/healthz").unwrap().0, 503);
 }
+
+/// Sizes a file to `size` bytes without writing them, or to the largest size offered
+/// that the filesystem accepts.
+fn grow_sparse(path: &Path, sizes: &[u64]) {
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .unwrap();
+    assert!(
+        sizes.iter().any(|&size| file.set_len(size).is_ok()),
+        "no sparse size accepted"
+    );
+}
+
+#[test]
+fn a_hostile_host_cannot_stall_or_blind_the_running_daemon() {
+    let t = baked_tree();
+    let evil = t.outside("evil");
+    std::fs::create_dir_all(evil.join("bin")).unwrap();
+    std::fs::write(evil.join("bin/tool"), b"planted outside the root").unwrap();
+    let port = free_port();
+    let config = write_config(&t, port, "");
+    let _daemon = start(&t, &config, None);
+    wait_for(port, Duration::from_secs(20), "the boot check", |s| {
+        s["state"] == "clean"
+    });
+    // A petabyte file and a binary grown to 100 GiB: findings within seconds.
+    grow_sparse(
+        &t.path("/usr/bin/huge"),
+        &[1 << 50, 16 << 40, (16 << 40) - 4096],
+    );
+    grow_sparse(&t.path("/usr/bin/tool"), &[100 << 30]);
+    let found = wait_for(port, Duration::from_secs(10), "the sparse files", |s| {
+        let paths = finding_paths(s);
+        paths.contains(&"/usr/bin/huge".into()) && paths.contains(&"/usr/bin/tool".into())
+    });
+    let grown = found["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["finding"]["path"] == "/usr/bin/tool")
+        .unwrap();
+    assert_eq!(
+        grown["finding"]["attributes"],
+        serde_json::json!(["size", "content"])
+    );
+    // The watched `/usr/bin` swapped for a link out of the root: the rescan it causes
+    // records the link and never follows it.
+    std::fs::rename(t.path("/usr/bin"), t.path("/usr/bin.real")).unwrap();
+    std::os::unix::fs::symlink(evil.join("bin"), t.path("/usr/bin")).unwrap();
+    std::fs::write(evil.join("bin/tool"), b"planted outside the root, v2").unwrap();
+    wait_for(port, Duration::from_secs(10), "the swapped /usr/bin", |s| {
+        s["findings"].as_array().unwrap().iter().any(|r| {
+            r["finding"]["path"] == "/usr/bin" && r["finding"]["observed"]["type"] == "symlink"
+        })
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let status = status(port).unwrap();
+    let planted = blake3::hash(b"planted outside the root, v2")
+        .to_hex()
+        .to_string();
+    assert!(
+        !status.to_string().contains(&planted),
+        "the daemon read a file behind the swapped-in link: {status:#}"
+    );
+}

@@ -406,11 +406,16 @@ impl CollectorConfig {
             path: path.to_path_buf(),
             source,
         })?;
-        let mut config: CollectorConfig =
-            toml::from_str(&text).map_err(|e| ConfigError::Parse {
-                path: path.to_path_buf(),
-                message: e.to_string(),
-            })?;
+        CollectorConfig::parse(&text, path)
+    }
+
+    /// Parses, resolves relative paths against `path`'s directory, and validates the
+    /// text of the file at `path` (which is not read).
+    pub fn parse(text: &str, path: &Path) -> Result<CollectorConfig, ConfigError> {
+        let mut config: CollectorConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
         let base = path.parent().unwrap_or(Path::new("."));
         config.resolve_paths(base);
         config.validate().map_err(|message| ConfigError::Invalid {

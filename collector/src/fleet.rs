@@ -205,6 +205,7 @@ impl Fleet {
                         interval_secs: heartbeat.interval_secs,
                     },
                     EventBody::Finding { finding } => IngestBody::Finding(Box::new(finding)),
+                    EventBody::Provisioned(delta) => IngestBody::Provisioned(Box::new(delta)),
                 },
             })
             .collect();

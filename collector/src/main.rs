@@ -2,26 +2,21 @@
 //!
 //! `serve` runs the collector; `init` writes a working configuration with its CA,
 //! server certificate and tokens; `issue-host-cert` provisions a host without
-//! enrollment; the other subcommands are clients of a running collector's operator API.
+//! enrollment; the other subcommands are clients of a running collector's operator API
+//! ([`driftwatch_collector::cli`]).
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 use driftwatch_collector::actions::Actions;
 use driftwatch_collector::alerts::Alerter;
-use driftwatch_collector::api::operator::HostDetail;
-use driftwatch_collector::api::rfc3339;
 use driftwatch_collector::api::RateLimiter;
 use driftwatch_collector::app::{app, AppState, Enrollment};
-use driftwatch_collector::client::OperatorClient;
+use driftwatch_collector::cli::{emit, ConfigArg, Failure, OperatorCommand};
 use driftwatch_collector::config::CollectorConfig;
 use driftwatch_collector::fleet::Fleet;
 use driftwatch_collector::metrics::Metrics;
 use driftwatch_collector::pki::{read_text, CertificateAuthority};
 use driftwatch_collector::store::sqlite::SqliteStore;
-use driftwatch_collector::store::{ActionRecord, HostRecord, ImageRecord};
 use driftwatch_collector::tls;
-use driftwatch_protocol::wire::HostState;
-use serde::Serialize;
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -94,138 +89,8 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         out_dir: PathBuf,
     },
-    /// List hosts.
-    Hosts {
-        #[command(flatten)]
-        server: ServerArgs,
-        /// Only hosts in this state (clean, drifted, marked, silent, gone).
-        #[arg(long)]
-        state: Option<String>,
-        /// Only hosts on this image.
-        #[arg(long)]
-        image: Option<String>,
-    },
-    /// Show one host and its findings.
-    Host {
-        #[command(flatten)]
-        server: ServerArgs,
-        /// The host id.
-        host_id: String,
-    },
-    /// Images: list, or register a baked image's baseline.
-    Image {
-        #[command(subcommand)]
-        command: ImageCommand,
-    },
-    /// The action log (marks, holds, webhooks, commands…), newest first.
-    Actions {
-        #[command(flatten)]
-        server: ServerArgs,
-        /// Only actions about this host.
-        #[arg(long)]
-        host: Option<String>,
-        /// At most this many.
-        #[arg(long, default_value_t = 50)]
-        limit: u32,
-    },
-    /// Approve a held replacement (budget, manual approval or dry run): mark the host now.
-    Approve(HostCall),
-    /// Mark a host for replacement, whatever its findings.
-    Mark {
-        #[command(flatten)]
-        call: HostCall,
-        /// Why, for the action log and the host.
-        #[arg(long, default_value = "requested by an operator")]
-        reason: String,
-    },
-    /// Lift a host's mark (or held decision); its current findings stop selecting it.
-    Unmark(HostCall),
-    /// Refuse a host's reports from now on (lost or compromised credentials).
-    Revoke(HostCall),
-}
-
-#[derive(Subcommand)]
-enum ImageCommand {
-    /// List registered images.
-    List {
-        #[command(flatten)]
-        server: ServerArgs,
-    },
-    /// Register an image: its hosts must verify against exactly this baseline. The
-    /// baseline's seal is verified, and its signature against the collector's
-    /// trusted pipeline keys.
-    Register {
-        #[command(flatten)]
-        server: ServerArgs,
-        /// The image id (must match the one recorded in the baseline, if any).
-        #[arg(long)]
-        image_id: Option<String>,
-        /// The baseline file made by `driftwatch baseline create`.
-        #[arg(long, value_name = "FILE")]
-        baseline: PathBuf,
-    },
-}
-
-#[derive(Args)]
-struct ConfigArg {
-    /// The collector's configuration file.
-    #[arg(
-        long,
-        value_name = "FILE",
-        default_value = "/etc/driftwatch-collector/collector.toml",
-        env = "DRIFTWATCH_COLLECTOR_CONFIG"
-    )]
-    config: PathBuf,
-}
-
-#[derive(Args)]
-struct ServerArgs {
-    /// The collector's configuration: the URL, CA and token default from it.
     #[command(flatten)]
-    config: ConfigArg,
-    /// The collector's URL (default: the configuration's `listen` address, or
-    /// https://127.0.0.1:PORT when it listens on all addresses).
-    #[arg(long, env = "DRIFTWATCH_COLLECTOR_URL")]
-    url: Option<String>,
-    /// The CA that signed the collector's certificate (default: the configuration's
-    /// client CA, which `init` uses for both).
-    #[arg(long, value_name = "FILE", env = "DRIFTWATCH_COLLECTOR_CA")]
-    ca: Option<PathBuf>,
-    /// A file holding the operator token (default: the configuration's).
-    #[arg(long, value_name = "FILE", env = "DRIFTWATCH_COLLECTOR_TOKEN_FILE")]
-    token_file: Option<PathBuf>,
-    /// Output format.
-    #[arg(long, value_enum, default_value_t = Format::Text)]
-    format: Format,
-}
-
-#[derive(Args)]
-struct HostCall {
-    #[command(flatten)]
-    server: ServerArgs,
-    /// The host id.
-    host_id: String,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Format {
-    Text,
-    Json,
-}
-
-/// A failure, with the exit code it ends the process with.
-struct Failure {
-    code: u8,
-    message: String,
-}
-
-impl<E: std::fmt::Display> From<E> for Failure {
-    fn from(err: E) -> Failure {
-        Failure {
-            code: 2,
-            message: err.to_string(),
-        }
-    }
+    Operator(OperatorCommand),
 }
 
 fn main() -> ExitCode {
@@ -267,253 +132,8 @@ async fn run(command: Command) -> Result<(), Failure> {
             host_id,
             out_dir,
         } => issue_host_cert(&config.config, &host_id, &out_dir),
-        Command::Hosts {
-            server,
-            state,
-            image,
-        } => {
-            let mut path = String::from("/v1/hosts?");
-            for (key, value) in [("state", state), ("image", image)] {
-                if let Some(value) = value {
-                    let _ = write!(path, "{key}={}&", encode(&value));
-                }
-            }
-            let hosts: Vec<HostRecord> = connect(&server)?.get(&path).await.map_err(refused)?;
-            print(server.format, &hosts, |out| host_table(out, &hosts))
-        }
-        Command::Host { server, host_id } => {
-            let detail: HostDetail = connect(&server)?
-                .get(&format!("/v1/hosts/{}", encode(&host_id)))
-                .await
-                .map_err(refused)?;
-            print(server.format, &detail, |out| {
-                host_table(out, std::slice::from_ref(&detail.host));
-                let host = &detail.host;
-                for (key, value) in [
-                    ("mark_reason", &host.mark_reason),
-                    ("hold", &host.hold),
-                    ("hold_reason", &host.hold_reason),
-                ] {
-                    if let Some(value) = value {
-                        let _ = writeln!(out, "{key}: {value}");
-                    }
-                }
-                let _ = writeln!(out, "\n{} findings", detail.findings.len());
-                for f in &detail.findings {
-                    let _ = writeln!(
-                        out,
-                        "  {:<8} {:<13} {}  (first {})",
-                        f.severity.name(),
-                        f.kind,
-                        f.subject,
-                        rfc3339(f.first_seen_ms)
-                    );
-                }
-            })
-        }
-        Command::Image { command } => match command {
-            ImageCommand::List { server } => {
-                let images: Vec<ImageRecord> =
-                    connect(&server)?.get("/v1/images").await.map_err(refused)?;
-                print(server.format, &images, |out| {
-                    for i in &images {
-                        let _ = writeln!(
-                            out,
-                            "{}  {}  {} entries  {}  registered {}",
-                            i.image_id,
-                            i.baseline_digest,
-                            i.entries,
-                            i.signer.as_deref().unwrap_or("unsigned"),
-                            rfc3339(i.registered_ms)
-                        );
-                    }
-                })
-            }
-            ImageCommand::Register {
-                server,
-                image_id,
-                baseline,
-            } => {
-                let bytes = std::fs::read(&baseline).map_err(|e| Failure {
-                    code: 2,
-                    message: format!("cannot read {}: {e}", baseline.display()),
-                })?;
-                let path = match &image_id {
-                    Some(id) => format!("/v1/images?image_id={}", encode(id)),
-                    None => "/v1/images".to_string(),
-                };
-                let image: ImageRecord = connect(&server)?
-                    .post_bytes(&path, bytes)
-                    .await
-                    .map_err(refused)?;
-                print(server.format, &image, |out| {
-                    let _ = writeln!(
-                        out,
-                        "Registered image {} with baseline {} ({}).",
-                        image.image_id,
-                        image.baseline_digest,
-                        image
-                            .signer
-                            .as_deref()
-                            .map_or("unsigned".into(), |s| format!("signed by {s}"))
-                    );
-                })
-            }
-        },
-        Command::Actions {
-            server,
-            host,
-            limit,
-        } => {
-            let mut path = format!("/v1/actions?limit={limit}");
-            if let Some(host) = host {
-                let _ = write!(path, "&host={}", encode(&host));
-            }
-            let actions: Vec<ActionRecord> = connect(&server)?.get(&path).await.map_err(refused)?;
-            print(server.format, &actions, |out| {
-                for a in &actions {
-                    let _ = writeln!(
-                        out,
-                        "{}  {:<14} {:<18} {:<10} {}",
-                        rfc3339(a.at_ms),
-                        a.action,
-                        a.host_id
-                            .as_deref()
-                            .or(a.image_id.as_deref())
-                            .unwrap_or("-"),
-                        a.outcome,
-                        a.detail
-                    );
-                }
-            })
-        }
-        Command::Approve(call) => host_call(call, "approve", None).await,
-        Command::Mark { call, reason } => host_call(call, "mark", Some(reason)).await,
-        Command::Unmark(call) => host_call(call, "unmark", None).await,
-        Command::Revoke(call) => host_call(call, "revoke", None).await,
+        Command::Operator(command) => command.run().await,
     }
-}
-
-/// Percent-encodes a query or path value (ids are plain, but input is input).
-fn encode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| {
-            if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
-                (b as char).to_string()
-            } else {
-                format!("%{b:02X}")
-            }
-        })
-        .collect()
-}
-
-fn refused(err: driftwatch_collector::client::ClientError) -> Failure {
-    let code = match err {
-        driftwatch_collector::client::ClientError::Refused { .. } => 1,
-        _ => 2,
-    };
-    Failure {
-        code,
-        message: err.to_string(),
-    }
-}
-
-fn print<T: Serialize>(
-    format: Format,
-    value: &T,
-    text: impl FnOnce(&mut String),
-) -> Result<(), Failure> {
-    let out = match format {
-        Format::Json => serde_json::to_string_pretty(value)? + "\n",
-        Format::Text => {
-            let mut out = String::new();
-            text(&mut out);
-            out
-        }
-    };
-    print!("{out}");
-    Ok(())
-}
-
-fn host_table(out: &mut String, hosts: &[HostRecord]) {
-    let _ = writeln!(
-        out,
-        "{:<24} {:<8} {:<20} {:>4} {:>4} {:>4} {:>4}  LAST SEEN",
-        "HOST", "STATE", "IMAGE", "CRIT", "HIGH", "MED", "LOW"
-    );
-    // Colour only for people at a terminal; pipes and files get plain text.
-    let colour = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    for h in hosts {
-        let [critical, high, medium, low] = h.findings_by_severity;
-        let state = format!("{:<8}", h.state.name());
-        let state = match (colour, h.state) {
-            (true, HostState::Marked) => format!("\x1b[1;31m{state}\x1b[0m"),
-            (true, HostState::Drifted | HostState::Silent) => format!("\x1b[33m{state}\x1b[0m"),
-            (true, HostState::Clean) => format!("\x1b[32m{state}\x1b[0m"),
-            _ => state,
-        };
-        let _ = writeln!(
-            out,
-            "{:<24} {state} {:<20} {critical:>4} {high:>4} {medium:>4} {low:>4}  {}{}",
-            h.host_id,
-            h.image_id.as_deref().unwrap_or("-"),
-            rfc3339(h.last_seen_ms),
-            h.hold
-                .as_deref()
-                .map(|hold| format!("  (held: {hold})"))
-                .unwrap_or_default()
-        );
-    }
-}
-
-async fn host_call(call: HostCall, action: &str, reason: Option<String>) -> Result<(), Failure> {
-    let client = connect(&call.server)?;
-    let body = serde_json::json!({ "reason": reason });
-    let host: HostRecord = client
-        .post_json(
-            &format!("/v1/hosts/{}/{action}", encode(&call.host_id)),
-            &body,
-        )
-        .await
-        .map_err(refused)?;
-    print(call.server.format, &host, |out| {
-        let _ = writeln!(out, "Host {} is now {}.", host.host_id, host.state.name());
-    })
-}
-
-fn connect(server: &ServerArgs) -> Result<OperatorClient, Failure> {
-    let config = CollectorConfig::load(&server.config.config);
-    let from_config = |what: &str| {
-        Failure::from(format!(
-            "no --{what} given and the configuration cannot supply it: {}",
-            config
-                .as_ref()
-                .err()
-                .map_or(String::new(), |e| e.to_string())
-        ))
-    };
-    let url = match (&server.url, &config) {
-        (Some(url), _) => url.clone(),
-        // The listener's own address, or loopback when it listens on all of them.
-        (None, Ok(config)) if config.listen.ip().is_unspecified() => {
-            format!("https://127.0.0.1:{}", config.listen.port())
-        }
-        (None, Ok(config)) => format!("https://{}", config.listen),
-        (None, Err(_)) => return Err(from_config("url")),
-    };
-    let ca = match (&server.ca, &config) {
-        (Some(ca), _) => ca.clone(),
-        (None, Ok(config)) => config.tls.client_ca_file.clone(),
-        (None, Err(_)) => return Err(from_config("ca")),
-    };
-    let token_file = match (&server.token_file, &config) {
-        (Some(file), _) => file.clone(),
-        (None, Ok(config)) => config.auth.operator_token_file.clone(),
-        (None, Err(_)) => return Err(from_config("token-file")),
-    };
-    let token = read_text(&token_file)?.trim().to_string();
-    Ok(OperatorClient::new(&url, &ca, token)?)
 }
 
 async fn serve(path: &Path) -> Result<(), Failure> {
@@ -609,9 +229,7 @@ fn init_logging() {
 }
 
 fn random_token() -> Result<String, Failure> {
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(|e| Failure::from(format!("no randomness: {e}")))?;
-    Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
+    driftwatch_protocol::random::hex(32).map_err(|e| Failure::from(format!("no randomness: {e}")))
 }
 
 /// Who may read a file `init` writes.
@@ -752,12 +370,11 @@ min_severity = "critical"
 "#
     );
     write_new(&dir.join("collector.toml"), &config, Access::Public)?;
-    println!(
-        "Wrote a collector configuration to {}.\nStart it with: driftwatch-collector serve --config {}",
+    emit(&format!(
+        "Wrote a collector configuration to {}.\nStart it with: driftwatch-collector serve --config {}\n",
         dir.display(),
         dir.join("collector.toml").display()
-    );
-    Ok(())
+    ))
 }
 
 fn issue_host_cert(config: &Path, host_id: &str, out_dir: &Path) -> Result<(), Failure> {
@@ -782,10 +399,9 @@ fn issue_host_cert(config: &Path, host_id: &str, out_dir: &Path) -> Result<(), F
         &key,
         Access::Secret(None),
     )?;
-    println!(
-        "Wrote {0}/{1}.pem and {0}/{1}.key.",
+    emit(&format!(
+        "Wrote {0}/{1}.pem and {0}/{1}.key.\n",
         out_dir.display(),
         host_id
-    );
-    Ok(())
+    ))
 }

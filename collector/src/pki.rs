@@ -69,7 +69,7 @@ pub struct CertificateAuthority {
 fn random_serial() -> SerialNumber {
     let mut bytes = [0u8; 16];
     // A fixed serial only makes certificates harder to tell apart; not a failure.
-    let _ = getrandom::fill(&mut bytes);
+    let _ = driftwatch_protocol::random::fill(&mut bytes);
     bytes[0] &= 0x7f;
     SerialNumber::from_slice(&bytes)
 }

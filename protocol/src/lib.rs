@@ -14,17 +14,24 @@
 //!
 //! This crate does no filesystem walking and no network I/O; it reads baselines through
 //! the small [`baseline::ReadAt`] trait so that the agent can read from a file and the
-//! collector from an uploaded buffer.
+//! collector from an uploaded buffer. Besides the vocabulary it holds the few helpers
+//! both sides need the same way: [`time`] (RFC 3339), [`backoff`] (retry waits),
+//! [`errors`] (an error and its causes on one line) and [`random`] (tokens and jitter,
+//! the only host facility used here).
 #![deny(missing_docs)]
 
+pub mod backoff;
 pub mod baseline;
 pub mod codec;
 pub mod entry;
+pub mod errors;
 pub mod package;
 pub mod path;
+pub mod random;
 pub mod report;
 pub mod runtime;
 pub mod sign;
+pub mod time;
 pub mod wire;
 
 pub use entry::{Entry, FileType, Timestamp};

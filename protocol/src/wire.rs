@@ -96,6 +96,25 @@ pub enum EventBody {
         /// The finding.
         finding: Finding,
     },
+    /// The host's provisioning delta, sent once when its first-boot provisioning
+    /// window is sealed: what provisioning (cloud-init) changed on the paths declared
+    /// for it, as found. These changes are not drift; the host is judged against its
+    /// baseline plus this delta from then on.
+    Provisioned(ProvisionDelta),
+}
+
+/// What provisioning changed at a host's first boot.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProvisionDelta {
+    /// When the window opened (RFC 3339).
+    pub opened: Option<String>,
+    /// When it was sealed.
+    pub sealed: Option<String>,
+    /// The units whose end closed it (`cloud-final.service`).
+    pub units: Vec<String>,
+    /// Each change, as a finding (with the content digests found).
+    pub changes: Vec<Finding>,
 }
 
 /// A heartbeat's content.

@@ -22,6 +22,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub mod container;
+pub mod haproxy;
+pub mod postgres;
 
 /// A workspace binary, next to this test's own executable's directory.
 pub fn bin(name: &str) -> PathBuf {
@@ -98,7 +100,7 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
 
 /// Makes a long-running child die with the test process, even when the test is
 /// killed (a `kill -9` of the test run must not leave collectors and daemons behind).
-fn die_with_test(command: &mut Command) -> &mut Command {
+pub(crate) fn die_with_test(command: &mut Command) -> &mut Command {
     use std::os::unix::process::CommandExt;
     // SAFETY: prctl is async-signal-safe; the closure touches nothing else.
     unsafe {
@@ -110,7 +112,7 @@ fn die_with_test(command: &mut Command) -> &mut Command {
 }
 
 /// A log file a process (re)started by a test appends to.
-fn append_log(path: &Path) -> std::fs::File {
+pub(crate) fn append_log(path: &Path) -> std::fs::File {
     std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -125,7 +127,7 @@ fn signal(child: &Child, signal: i32) {
     }
 }
 
-fn stop_child(child: &mut Child, sig: i32) {
+pub(crate) fn stop_child(child: &mut Child, sig: i32) {
     signal(child, sig);
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
@@ -138,13 +140,100 @@ fn stop_child(child: &mut Child, sig: i32) {
     let _ = child.wait();
 }
 
-/// A running collector in its own directory (made by `driftwatch-collector init`).
+/// How the collector under test is deployed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Topology {
+    /// One `serve` process on its SQLite file: the first-try setup.
+    Single,
+    /// `n` `serve` replicas sharing one CA, one server certificate and one database,
+    /// behind haproxy in `mode tcp`: agents and the CLI reach them only through it.
+    Replicas(usize),
+}
+
+/// The replicas' database: PostgreSQL when the collector's store speaks it, else the
+/// one SQLite file they all open (enough to exercise the load balancer and fail-over,
+/// not a concurrency guarantee).
+pub const REPLICAS_ON_POSTGRES: bool = false;
+
+impl Topology {
+    /// The fleet-scale setup the end-to-end tests run through: 3 replicas. `None` (with
+    /// the reason printed) when haproxy or PostgreSQL is missing outside CI.
+    pub fn replicas() -> Option<Topology> {
+        if postgres::which("haproxy").is_none() && !Path::new("/usr/sbin/haproxy").is_file() {
+            missing_prerequisite("haproxy is not installed (apt-get install haproxy)");
+            return None;
+        }
+        if REPLICAS_ON_POSTGRES && std::env::var_os(postgres::URL_VAR).is_none() {
+            missing_prerequisite(&format!("{} is not set", postgres::URL_VAR));
+            return None;
+        }
+        Some(Topology::Replicas(3))
+    }
+}
+
+/// Under `CI=true` a missing prerequisite fails the test (CI installs everything);
+/// elsewhere the test says why it does not run and passes.
+pub fn missing_prerequisite(reason: &str) {
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("missing prerequisite under CI: {reason}");
+    }
+    eprintln!("skipping: {reason}");
+}
+
+/// One `driftwatch-collector serve` process of a [`Collector`].
+struct Replica {
+    port: u16,
+    config: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Replica {
+    fn spawn(&mut self, ip: &str) {
+        let log = append_log(&self.log);
+        let child = die_with_test(
+            Command::new(bin("driftwatch-collector"))
+                .arg("serve")
+                .arg("--config")
+                .arg(&self.config)
+                .env("RUST_LOG", "driftwatch_collector=debug")
+                .stdout(Stdio::null())
+                .stderr(log),
+        )
+        .spawn()
+        .unwrap();
+        self.child = Some(child);
+        let port = self.port;
+        wait_until(Duration::from_secs(20), "the collector to listen", || {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!(
+                    "the collector exited ({status}): {}",
+                    std::fs::read_to_string(&self.log).unwrap_or_default()
+                );
+            }
+            TcpStream::connect((ip, port)).ok()
+        });
+    }
+
+    fn stop(&mut self, sig: i32) {
+        if let Some(mut child) = self.child.take() {
+            stop_child(&mut child, sig);
+        }
+    }
+}
+
+/// A running collector in its own directory (made by `driftwatch-collector init`): one
+/// process, or replicas behind a load balancer ([`Topology`]). Either way a test sees
+/// one URL, one CA, one CLI.
 pub struct Collector {
     dir: tempfile::TempDir,
     /// The address it listens on and agents reach it at.
     ip: String,
+    /// The port agents reach it at (haproxy's, with replicas).
     port: u16,
-    child: Option<Child>,
+    replicas: Vec<Replica>,
+    balancer: Option<haproxy::LoadBalancer>,
+    database: Option<postgres::TestDatabase>,
 }
 
 impl Collector {
@@ -152,22 +241,33 @@ impl Collector {
     /// configuration (webhooks, replacement policy…). Defaults made quick for tests:
     /// one-second sweeps, two-second alert grouping.
     pub fn start(extra: &str) -> Collector {
-        Collector::start_on("127.0.0.1", &[], &[], extra)
+        Collector::start_as(Topology::Single, extra)
+    }
+
+    /// Like [`Collector::start`], deployed as `topology`.
+    pub fn start_as(topology: Topology, extra: &str) -> Collector {
+        Collector::start_full(topology, "127.0.0.1", &[], &[], extra)
     }
 
     /// Like [`Collector::start`], listening on `ip` (a free port) with a server
     /// certificate for `names` (none: `init`'s defaults, localhost and 127.0.0.1), and
     /// registering only images signed by one of `trusted_keys` (none: any).
     pub fn start_on(ip: &str, names: &[&str], trusted_keys: &[&Path], extra: &str) -> Collector {
+        Collector::start_full(Topology::Single, ip, names, trusted_keys, extra)
+    }
+
+    fn start_full(
+        topology: Topology,
+        ip: &str,
+        names: &[&str],
+        trusted_keys: &[&Path],
+        extra: &str,
+    ) -> Collector {
         let dir = tempfile::Builder::new()
             .prefix("driftwatch-collector-")
             .tempdir()
             .unwrap();
-        let port = TcpListener::bind((ip, 0))
-            .unwrap_or_else(|e| panic!("cannot bind {ip}: {e}"))
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port_on(ip);
         let mut init = Command::new(bin("driftwatch-collector"));
         init.arg("init")
             .arg(dir.path())
@@ -177,61 +277,75 @@ impl Collector {
         }
         ok(run(&mut init));
         let config = dir.path().join("collector.toml");
-        let mut text = std::fs::read_to_string(&config).unwrap();
-        if !trusted_keys.is_empty() {
-            let keys: Vec<String> = trusted_keys.iter().map(|k| format!("{k:?}")).collect();
-            text = text.replace(
-                "trusted_keys = []",
-                &format!("trusted_keys = [{}]", keys.join(", ")),
-            );
-        }
-        if extra.contains("[replacement]") {
-            // The test's replacement policy replaces the one `init` wrote (its rule
-            // and the commented webhook example come last).
-            let cut = text
-                .find("\n[replacement]")
-                .expect("init writes [replacement]");
-            text.truncate(cut + 1);
-        }
-        text.push_str(extra);
-        if !extra.contains("[hosts]") {
-            text.push_str("\n[hosts]\nsweep_interval_secs = 1\nmissed_heartbeats = 3\n");
-        }
-        if !extra.contains("[alerts]") {
-            text.push_str("\n[alerts]\ngroup_wait_secs = 2\n");
-        }
-        std::fs::write(&config, text).unwrap();
+        let text = test_config(
+            &std::fs::read_to_string(&config).unwrap(),
+            trusted_keys,
+            extra,
+        );
+        std::fs::write(&config, &text).unwrap();
         let mut collector = Collector {
             dir,
             ip: ip.to_string(),
             port,
-            child: None,
+            replicas: Vec::new(),
+            balancer: None,
+            database: None,
         };
+        match topology {
+            Topology::Single => collector.replicas.push(Replica {
+                port,
+                config,
+                log: collector.path("collector.log"),
+                child: None,
+            }),
+            Topology::Replicas(n) => collector.add_replicas(n, &text),
+        }
         collector.spawn();
+        if let Topology::Replicas(_) = topology {
+            let backends: Vec<u16> = collector.replicas.iter().map(|r| r.port).collect();
+            collector.balancer = Some(
+                haproxy::LoadBalancer::start(ip, port, &backends)
+                    .expect("haproxy (checked by Topology::replicas)"),
+            );
+        }
         collector
     }
 
+    /// Writes one configuration per replica: the same file but for its own port (and
+    /// the shared PostgreSQL database when the store speaks it).
+    fn add_replicas(&mut self, n: usize, text: &str) {
+        let listen = format!("listen = \"{}:{}\"", self.ip, self.port);
+        let mut text = text.to_string();
+        if REPLICAS_ON_POSTGRES {
+            let database = postgres::TestDatabase::create().expect("checked by Topology::replicas");
+            text = text.replace(
+                "database = \"collector.db\"",
+                &format!("database = {:?}", database.url),
+            );
+            self.database = Some(database);
+        }
+        for i in 0..n {
+            let port = free_port_on(&self.ip);
+            let config = self.path(&format!("replica-{i}.toml"));
+            let own = text.replace(&listen, &format!("listen = \"{}:{port}\"", self.ip));
+            assert_ne!(own, text, "init writes {listen}");
+            std::fs::write(&config, own).unwrap();
+            self.replicas.push(Replica {
+                port,
+                config,
+                log: self.path(&format!("collector-{i}.log")),
+                child: None,
+            });
+        }
+    }
+
     fn spawn(&mut self) {
-        let log = append_log(&self.path("collector.log"));
-        let child = die_with_test(
-            Command::new(bin("driftwatch-collector"))
-                .arg("serve")
-                .arg("--config")
-                .arg(self.config())
-                .env("RUST_LOG", "driftwatch_collector=debug")
-                .stdout(Stdio::null())
-                .stderr(log),
-        )
-        .spawn()
-        .unwrap();
-        self.child = Some(child);
-        let (ip, port) = (self.ip.clone(), self.port);
-        wait_until(Duration::from_secs(20), "the collector to listen", || {
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
-                panic!("the collector exited ({status}): {}", self.log());
+        // One at a time: each opens (and may migrate) the shared database.
+        for replica in &mut self.replicas {
+            if replica.child.is_none() {
+                replica.spawn(&self.ip);
             }
-            TcpStream::connect((ip.as_str(), port)).ok()
-        });
+        }
     }
 
     /// A file in the collector's directory.
@@ -239,7 +353,7 @@ impl Collector {
         self.dir.path().join(name)
     }
 
-    /// Its configuration file.
+    /// Its configuration file (with replicas, the one the CLI reads).
     pub fn config(&self) -> PathBuf {
         self.path("collector.toml")
     }
@@ -249,9 +363,18 @@ impl Collector {
         self.path("ca.pem")
     }
 
-    /// `https://IP:PORT` (127.0.0.1 unless started with [`Collector::start_on`]).
+    /// `https://IP:PORT` (127.0.0.1 unless started with [`Collector::start_on`]); with
+    /// replicas, the load balancer's.
     pub fn url(&self) -> String {
         format!("https://{}:{}", self.ip, self.port)
+    }
+
+    /// Each replica's own URL, past the load balancer.
+    pub fn replica_urls(&self) -> Vec<String> {
+        self.replicas
+            .iter()
+            .map(|r| format!("https://{}:{}", self.ip, r.port))
+            .collect()
     }
 
     /// The enrollment token.
@@ -259,18 +382,32 @@ impl Collector {
         self.path("enrollment.token")
     }
 
-    /// The log so far (for assertion messages).
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.path("collector.log")).unwrap_or_default()
+    /// The shared PostgreSQL database, with replicas on PostgreSQL.
+    pub fn database(&self) -> Option<&postgres::TestDatabase> {
+        self.database.as_ref()
     }
 
-    /// Runs `driftwatch-collector ARGS --config CONFIG`.
+    /// The log so far (for assertion messages): every replica's, then haproxy's.
+    pub fn log(&self) -> String {
+        let mut text = String::new();
+        for (i, replica) in self.replicas.iter().enumerate() {
+            if self.replicas.len() > 1 {
+                text.push_str(&format!("--- replica {i}\n"));
+            }
+            text.push_str(&std::fs::read_to_string(&replica.log).unwrap_or_default());
+        }
+        if let Some(balancer) = &self.balancer {
+            text.push_str("--- haproxy\n");
+            text.push_str(&balancer.log());
+        }
+        text
+    }
+
+    /// Runs `driftwatch-collector ARGS --config CONFIG`, reaching the collector at
+    /// [`Collector::url`].
     pub fn cli(&self, args: &[&str]) -> Output {
         let mut command = Command::new(bin("driftwatch-collector"));
-        if self.ip != "127.0.0.1" {
-            // The CLI's default URL is https://127.0.0.1:PORT.
-            command.env("DRIFTWATCH_COLLECTOR_URL", self.url());
-        }
+        command.env("DRIFTWATCH_COLLECTOR_URL", self.url());
         run(command.args(args).arg("--config").arg(self.config()))
     }
 
@@ -325,41 +462,109 @@ impl Collector {
     }
 
     /// The value of one metric sample line (e.g.
-    /// `driftwatch_collector_ingest_events_total{type="finding"}`), 0 when absent.
+    /// `driftwatch_collector_ingest_events_total{type="finding"}`), 0 when absent;
+    /// with replicas, the sum over the running ones (each counts what it served).
     pub fn metric(&self, sample: &str) -> f64 {
-        let (status, text) =
-            RawClient::new(self, None).get_operator("/metrics", &self.path("operator.token"));
-        assert_eq!(status, 200, "{text}");
-        text.lines()
-            .find_map(|line| line.strip_prefix(sample)?.trim().parse().ok())
-            .unwrap_or(0.0)
+        let token = self.path("operator.token");
+        self.replicas
+            .iter()
+            .filter(|r| r.child.is_some())
+            .map(|r| {
+                let url = format!("https://{}:{}", self.ip, r.port);
+                let (status, text) =
+                    RawClient::to(&url, &self.ca(), None).get_operator("/metrics", &token);
+                assert_eq!(status, 200, "{text}");
+                text.lines()
+                    .find_map(|line| line.strip_prefix(sample)?.trim().parse().ok())
+                    .unwrap_or(0.0)
+            })
+            .sum()
     }
 
-    /// Stops it with SIGTERM.
+    /// Stops it (every replica) with SIGTERM.
     pub fn stop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            stop_child(&mut child, libc::SIGTERM);
+        for replica in &mut self.replicas {
+            replica.stop(libc::SIGTERM);
         }
     }
 
-    /// Kills it with SIGKILL.
+    /// Kills it (every replica) with SIGKILL.
     pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            stop_child(&mut child, libc::SIGKILL);
+        for replica in &mut self.replicas {
+            replica.stop(libc::SIGKILL);
         }
     }
 
-    /// Starts it again on the same directory and port.
+    /// Starts it again on the same directory and ports.
     pub fn restart(&mut self) {
         self.stop();
         self.spawn();
+    }
+
+    /// How many `serve` processes it runs.
+    pub fn replica_count(&self) -> usize {
+        self.replicas.len()
+    }
+
+    /// Kills replica `i` with SIGKILL (the others keep serving).
+    pub fn kill_replica(&mut self, i: usize) {
+        self.replicas[i].stop(libc::SIGKILL);
+    }
+
+    /// Starts replica `i` again (a no-op when it runs).
+    pub fn start_replica(&mut self, i: usize) {
+        let ip = self.ip.clone();
+        let replica = &mut self.replicas[i];
+        if replica.child.is_none() {
+            replica.spawn(&ip);
+        }
     }
 }
 
 impl Drop for Collector {
     fn drop(&mut self) {
         self.kill();
+        // The balancer and the database go after the processes using them.
+        self.balancer = None;
+        self.database = None;
     }
+}
+
+/// A free port on `ip`.
+fn free_port_on(ip: &str) -> u16 {
+    TcpListener::bind((ip, 0))
+        .unwrap_or_else(|e| panic!("cannot bind {ip}: {e}"))
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `init`'s configuration made quick for tests, with `extra` appended.
+fn test_config(init: &str, trusted_keys: &[&Path], extra: &str) -> String {
+    let mut text = init.to_string();
+    if !trusted_keys.is_empty() {
+        let keys: Vec<String> = trusted_keys.iter().map(|k| format!("{k:?}")).collect();
+        text = text.replace(
+            "trusted_keys = []",
+            &format!("trusted_keys = [{}]", keys.join(", ")),
+        );
+    }
+    if extra.contains("[replacement]") {
+        // The test's replacement policy replaces the one `init` wrote (its rule
+        // and the commented webhook example come last).
+        let cut = text
+            .find("\n[replacement]")
+            .expect("init writes [replacement]");
+        text.truncate(cut + 1);
+    }
+    text.push_str(extra);
+    if !extra.contains("[hosts]") {
+        text.push_str("\n[hosts]\nsweep_interval_secs = 1\nmissed_heartbeats = 3\n");
+    }
+    if !extra.contains("[alerts]") {
+        text.push_str("\n[alerts]\ngroup_wait_secs = 2\n");
+    }
+    text
 }
 
 /// Critical on /usr/bin, low elsewhere: what the hosts' baselines record.
@@ -487,6 +692,19 @@ impl Host {
         credentials: Credentials,
         extra: &str,
     ) -> Host {
+        Host::new_at(image, collector, &[collector.url()], id, credentials, extra)
+    }
+
+    /// Like [`Host::new`], reporting to `urls` (`[collector] url` as a list when more
+    /// than one: replicas the agent fails over between).
+    pub fn new_at(
+        image: &Image,
+        collector: &Collector,
+        urls: &[String],
+        id: &str,
+        credentials: Credentials,
+        extra: &str,
+    ) -> Host {
         let dir = tempfile::Builder::new()
             .prefix("driftwatch-host-")
             .tempdir()
@@ -510,13 +728,16 @@ impl Host {
         let config = format!(
             "root = {root:?}\nbaseline = {baseline:?}\npubkey = {pubkey:?}\nstate_dir = {state:?}\nrun_dir = {run:?}\n{extra}\n\
              [health]\nlisten = \"127.0.0.1:{health_port}\"\n\
-             [collector]\nurl = \"{url}\"\nca_file = {ca:?}\nhost_id = \"{id}\"\nheartbeat_interval_secs = 1\nretry_max_secs = 2\ntimeout_secs = 2\n{auth}",
+             [collector]\nurl = {url}\nca_file = {ca:?}\nhost_id = \"{id}\"\nheartbeat_interval_secs = 1\nretry_max_secs = 2\ntimeout_secs = 2\n{auth}",
             root = dir.path().join("tree"),
             baseline = dir.path().join("baseline"),
             pubkey = image.public_key(),
             state = dir.path().join("state"),
             run = dir.path().join("run"),
-            url = collector.url(),
+            url = match urls {
+                [one] => format!("{one:?}"),
+                many => format!("{many:?}"),
+            },
             ca = collector.ca(),
         );
         std::fs::write(dir.path().join("agent.toml"), config).unwrap();
@@ -706,9 +927,15 @@ pub struct RawClient {
 }
 
 impl RawClient {
-    /// Trusts `ca`; presents `identity` (cert + key PEM files) when given.
+    /// Trusts the collector's CA; presents `identity` (cert + key PEM files) when
+    /// given.
     pub fn new(collector: &Collector, identity: Option<(&Path, &Path)>) -> RawClient {
-        let ca = std::fs::read(collector.ca()).unwrap();
+        RawClient::to(&collector.url(), &collector.ca(), identity)
+    }
+
+    /// A client of the collector (or replica) at `base`, trusting `ca`.
+    pub fn to(base: &str, ca: &Path, identity: Option<(&Path, &Path)>) -> RawClient {
+        let ca = std::fs::read(ca).unwrap();
         let mut roots = rustls::RootCertStore::empty();
         for cert in rustls::pki_types::pem::PemObject::pem_slice_iter(&ca) {
             roots.add(cert.unwrap()).unwrap();
@@ -740,7 +967,7 @@ impl RawClient {
             .unwrap();
         RawClient {
             client,
-            base: collector.url(),
+            base: base.to_string(),
             runtime: tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()

@@ -40,8 +40,21 @@ use std::time::{Duration, Instant};
 
 /// The image's id, recorded in the baseline and registered with the collector.
 const IMAGE_ID: &str = "debian-e2e-1";
-/// The packages the image gets on top of `minbase`.
-const INCLUDE: &[&str] = &["systemd", "systemd-sysv", "dbus"];
+/// The packages the image gets on top of `minbase`: what a stock cloud image carries
+/// (a kernel with its modules and initramfs, cloud-init, sshd, time sync, automatic
+/// upgrades, sudo), so that the test judges the image users bake.
+const INCLUDE: &[&str] = &[
+    "systemd",
+    "systemd-sysv",
+    "dbus",
+    "linux-image-cloud-amd64",
+    "initramfs-tools",
+    "cloud-init",
+    "openssh-server",
+    "systemd-timesyncd",
+    "unattended-upgrades",
+    "sudo",
+];
 /// A small package (no dependencies beyond libc) kept as a `.deb` in the image's apt
 /// cache, not installed: the drift step installs it offline.
 const SPARE: &str = "hello";
@@ -63,13 +76,13 @@ fn a_baked_image_boots_clean_reports_drift_and_detects_a_tampered_baseline() {
     let started = Instant::now();
     let mut timings = Timings::default();
     if let Err(reason) = container::prerequisites(&["bash"]) {
-        eprintln!("skipping: {reason}");
+        container::skip(reason);
         return;
     }
     let source = match DebianSource::of_host() {
         Ok(source) => source,
         Err(reason) => {
-            eprintln!("skipping: {reason}");
+            container::skip(reason);
             return;
         }
     };
@@ -88,14 +101,14 @@ fn a_baked_image_boots_clean_reports_drift_and_detects_a_tampered_baseline() {
     let rootfs = match rootfs {
         Ok(rootfs) => rootfs,
         Err(reason) => {
-            eprintln!("skipping: {reason}");
+            container::skip(reason);
             return;
         }
     };
     let (deb, deb_how) = match deb {
         Ok(found) => found,
         Err(reason) => {
-            eprintln!("skipping: {reason}");
+            container::skip(reason);
             return;
         }
     };
@@ -107,7 +120,7 @@ fn a_baked_image_boots_clean_reports_drift_and_detects_a_tampered_baseline() {
     let bridge = match Bridge::create() {
         Ok(bridge) => bridge,
         Err(reason) => {
-            eprintln!("skipping: cannot make a bridge here: {reason}");
+            container::skip(format!("cannot make a bridge here: {reason}"));
             return;
         }
     };
@@ -184,6 +197,9 @@ fn a_baked_image_boots_clean_reports_drift_and_detects_a_tampered_baseline() {
         })
         .collect();
     drop(image);
+    for (root, name) in roots.iter().zip(["a", "b", "c"]) {
+        seed_cloud_init(root, &format!("dw-e2e-{name}"), name == "a");
+    }
     flip_a_byte(&roots[2].join("/usr/lib/driftwatch/baseline"));
     timings.add("3 copies", copying.elapsed());
     let mut machines: Vec<Container> = roots
@@ -206,7 +222,8 @@ fn a_baked_image_boots_clean_reports_drift_and_detects_a_tampered_baseline() {
     for (machine, label) in machines.iter().zip(["A", "B", "C"]) {
         let tampered = label == "C";
         let status = wait_status(machine, Duration::from_secs(120), "the boot check", |s| {
-            s["full_checks"].as_u64() >= Some(1) || (tampered && s["state"] == "marked")
+            (s["full_checks"].as_u64() >= Some(1) && s["provisioning"]["phase"] == "sealed")
+                || (tampered && s["state"] == "marked")
         });
         // Only now: a process `nsenter` starts is, for an instant, the outer machine's
         // binary in the container, which the boot check's process scan would report.
@@ -263,10 +280,15 @@ fn a_baked_image_boots_clean_reports_drift_and_detects_a_tampered_baseline() {
                 ),
             ),
         }
+        timings.add(&format!("{label} first-boot-to-clean"), machine.up_for());
+        judge_provisioned(machine, &status, &mut problems);
+        // A's provisioning also wrote outside the declared paths: drift as usual.
+        let expected: &[&str] = if label == "A" { &[OUTSIDE] } else { &[] };
         judge_clean(
             machine,
             &status,
-            &format!("{label}'s boot"),
+            &format!("{label}'s first boot"),
+            expected,
             &mut seen,
             &mut problems,
         );
@@ -281,16 +303,27 @@ fn a_baked_image_boots_clean_reports_drift_and_detects_a_tampered_baseline() {
             h["host"]["last_heartbeat"] != first["host"]["last_heartbeat"]
         });
         let host = &later["host"];
-        if host["state"] != "clean"
+        let (state, subjects) = if machine.name().ends_with("-a") {
+            ("drifted", serde_json::json!([OUTSIDE]))
+        } else {
+            ("clean", serde_json::json!([]))
+        };
+        let found: Vec<&Value> = later["findings"]
+            .as_array()
+            .map(|f| f.iter().map(|f| &f["subject"]).collect())
+            .unwrap_or_default();
+        let delta = later["provisioning"]["changes"].as_array().map(Vec::len);
+        if host["state"] != state
             || host["image_id"] != IMAGE_ID
             || host["baseline_digest"] != digest.as_str()
-            || later["findings"] != serde_json::json!([])
+            || serde_json::json!(found) != subjects
+            || delta.unwrap_or(0) == 0
         {
             problem(
                 &mut problems,
                 format!(
-                    "{}: at the collector after the boot check, expected clean on {IMAGE_ID} \
-                     with {digest}: {later:#}",
+                    "{}: at the collector after the boot check, expected {state} on {IMAGE_ID} \
+                     with {digest}, findings {subjects} and a provisioning delta: {later:#}",
                     machine.name()
                 ),
             );
@@ -341,6 +374,7 @@ fn a_baked_image_boots_clean_reports_drift_and_detects_a_tampered_baseline() {
         b,
         &status,
         "B's re-check after every timer ran",
+        &[],
         &mut seen,
         &mut problems,
     );
@@ -355,6 +389,36 @@ fn a_baked_image_boots_clean_reports_drift_and_detects_a_tampered_baseline() {
         );
     }
     timings.add("B timers+re-check", rechecking.elapsed());
+
+    // B reboots: its provisioning window stays sealed (cloud-final runs at every boot),
+    // the host stays clean, and a plain `driftwatch check` inside agrees with the daemon.
+    let sealed_at = status["provisioning"]["sealed"].clone();
+    let rebooting = Instant::now();
+    machines[1].reboot(Network::Bridge {
+        bridge: &bridge,
+        address: bridge.address(12),
+    });
+    let b = &machines[1];
+    let status = wait_status(
+        b,
+        Duration::from_secs(120),
+        "the check after the reboot",
+        |s| s["full_checks"].as_u64() >= Some(1),
+    );
+    timings.add("B reboot-to-checked", rebooting.elapsed());
+    if status["provisioning"]["phase"] != "sealed" || status["provisioning"]["sealed"] != sealed_at
+    {
+        problem(
+            &mut problems,
+            format!(
+                "B: the provisioning window must stay sealed (at {sealed_at}) across a \
+                 reboot: {:#}",
+                status["provisioning"]
+            ),
+        );
+    }
+    judge_clean(b, &status, "B's reboot", &[], &mut seen, &mut problems);
+    compare_with_plain_check(b, &status, &mut problems);
 
     // 2. + 3. A drifts: each change reaches the collector as the right finding, the
     //    policy marks the host, its /healthz turns 503, the webhook hears of it.
@@ -442,6 +506,30 @@ fn a_baked_image_boots_clean_reports_drift_and_detects_a_tampered_baseline() {
             "the action log should show mark and agent_told: {actions:#?}"
         ));
     }
+
+    // After the window: a change to a declared path is drift, and so is a module file
+    // added for the image's own kernel (seen by the daemon under its unit: no sandbox
+    // setting hides /usr/lib/modules).
+    let keys = format!("/home/{DEFAULT_USER}/.ssh/authorized_keys");
+    a.exec_ok(&[
+        "sh",
+        "-c",
+        &format!("echo 'ssh-ed25519 AAAAintruder x' >> {keys}"),
+    ]);
+    let host = wait_finding(a, &collector, id_a, &keys);
+    expect_finding(a, &host, &keys, |f| {
+        f["severity"] == "critical" && f["finding"]["change"] == "modified"
+    });
+    let module = format!(
+        "/usr/lib/modules/{}/kernel/fs/foo.ko",
+        image_kernel(a.root())
+    );
+    a.exec_ok(&["cp", "/bin/true", &module]);
+    let host = wait_finding(a, &collector, id_a, &module);
+    expect_finding(a, &host, &module, |f| {
+        f["severity"] == "critical" && f["finding"]["change"] == "added"
+    });
+    compare_with_plain_check(a, &agent_status(a).unwrap_or_default(), &mut problems);
 
     if agent_status(a).is_none_or(|s| s["state"] != "marked") {
         a.fail(format!(
@@ -602,7 +690,8 @@ fn configure_image(image: &Root, collector: &Collector, rootfs: &Rootfs) {
         format!(
             "{packaged}\n[collector]\nurl = \"{}\"\nca_file = \"/etc/driftwatch/collector-ca.pem\"\n\
              enrollment_token_file = \"/etc/driftwatch/enroll.token\"\n\
-             heartbeat_interval_secs = 2\nretry_max_secs = 2\n",
+             heartbeat_interval_secs = 2\nretry_max_secs = 2\n\
+             \n[provisioning]\nextra_paths = [\"/etc/driftwatch-e2e\"]\n",
             collector.url()
         ),
         0o644,
@@ -629,6 +718,51 @@ fn configure_image(image: &Root, collector: &Collector, rootfs: &Rootfs) {
     )
     .unwrap();
     container::stand_in_kernel_modules(image);
+    // cloud-init looks for nothing but a NoCloud seed (in a container its datasource
+    // cannot be detected), and leaves the network to systemd-networkd as configured.
+    image.write(
+        "/etc/cloud/cloud.cfg.d/90-driftwatch-e2e.cfg",
+        "datasource_list: [NoCloud]\nnetwork: {config: disabled}\n",
+        0o644,
+    );
+}
+
+/// The user cloud-init creates on Debian (`default_user` of its `cloud.cfg`).
+const DEFAULT_USER: &str = "debian";
+/// What A's provisioning writes outside the declared paths: drift, even in the window.
+const OUTSIDE: &str = "/etc/driftwatch-outside";
+
+/// The public key the default user gets (any well-formed key: nobody logs in).
+const USER_KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHQYxR9QyZbRj3fDUeMXSLYs5yLvKZqDV8kCq0AbS1fC e2e@driftwatch";
+/// What cloud-init's `write_files` writes, and what its `runcmd` writes.
+const WRITTEN: &str = "/etc/driftwatch-e2e/written";
+const RAN: &str = "/etc/driftwatch-e2e/ran";
+
+/// The NoCloud seed a cloud would hand machine `name` at first boot: a default user
+/// with an SSH key, a file, the hostname, a command. Written after the bake, into
+/// `/var/lib/cloud/seed/nocloud` (cloud-init's own state, excluded by the policy).
+fn seed_cloud_init(root: &Root, name: &str, outside: bool) {
+    let seed = "/var/lib/cloud/seed/nocloud";
+    root.write(
+        &format!("{seed}/meta-data"),
+        format!("instance-id: iid-{name}\nlocal-hostname: {name}\n"),
+        0o600,
+    );
+    root.write(
+        &format!("{seed}/user-data"),
+        format!(
+            "#cloud-config\nhostname: {name}\nusers: [default]\n\
+             ssh_authorized_keys: [\"{USER_KEY}\"]\n\
+             write_files:\n  - path: {WRITTEN}\n    content: \"provisioned\\n\"\n\
+             runcmd:\n  - [sh, -c, \"echo ran > {RAN}\"]\n{}",
+            if outside {
+                format!("  - [sh, -c, \"echo outside > {OUTSIDE}\"]\n")
+            } else {
+                String::new()
+            }
+        ),
+        0o600,
+    );
 }
 
 /// The bake step, in a chroot: `driftwatch-bake` with the pipeline's key (copied into
@@ -816,6 +950,7 @@ fn judge_clean(
     machine: &Container,
     status: &Value,
     when: &str,
+    expected: &[&str],
     seen: &mut HashSet<String>,
     problems: &mut Vec<String>,
 ) {
@@ -824,7 +959,19 @@ fn judge_clean(
         &format!("degradations after {when}"),
         &status["degradations"],
     );
-    let findings = status["findings"].as_array().cloned().unwrap_or_default();
+    let all = status["findings"].as_array().cloned().unwrap_or_default();
+    for path in expected {
+        if !all.iter().any(|r| r["finding"]["path"] == *path) {
+            problem(
+                problems,
+                format!("after {when}, {path} should be a finding: {all:#?}"),
+            );
+        }
+    }
+    let findings: Vec<Value> = all
+        .into_iter()
+        .filter(|r| !expected.iter().any(|p| r["finding"]["path"] == *p))
+        .collect();
     let new: Vec<&Value> = findings
         .iter()
         .filter(|r| seen.insert(format!("{}|{}", machine.name(), r["finding"])))
@@ -844,7 +991,7 @@ fn judge_clean(
             ),
         );
     }
-    if !findings.is_empty() {
+    if !findings.is_empty() || !expected.is_empty() {
         return;
     }
     if status["state"] != "clean" {
@@ -859,6 +1006,138 @@ fn judge_clean(
         Some((code, body)) => problem(problems, format!("/healthz after {when}: {code} {body}")),
         None => machine.fail("/healthz does not answer"),
     }
+}
+
+/// Records a problem unless cloud-init did what the seed asked (user, key, file,
+/// hostname, command) and the daemon holds it as the sealed provisioning delta, shown
+/// by `driftwatch status` in text and JSON.
+fn judge_provisioned(machine: &Container, status: &Value, problems: &mut Vec<String>) {
+    let home = format!("/home/{DEFAULT_USER}");
+    let keys = format!("{home}/.ssh/authorized_keys");
+    let host = machine.name();
+    for (command, want) in [
+        (format!("id -u {DEFAULT_USER}"), String::new()),
+        (format!("cat {keys}"), USER_KEY.to_string()),
+        (format!("cat {WRITTEN}"), "provisioned".to_string()),
+        (format!("cat {RAN}"), "ran".to_string()),
+        ("cat /etc/hostname".to_string(), host.to_string()),
+    ] {
+        let out = machine.exec(&["sh", "-c", &command]);
+        if !out.success() || !out.stdout.contains(&want) {
+            problem(
+                problems,
+                format!("{host}: cloud-init did not provision ({want:?} expected):{out}"),
+            );
+        }
+    }
+    let delta = &status["provisioning"]["delta"];
+    eprintln!(
+        "{host}: provisioning delta ({}): {}",
+        status["provisioning"]["sealed_because"],
+        delta
+            .as_object()
+            .map(|d| d.keys().cloned().collect::<Vec<_>>().join(" "))
+            .unwrap_or_default()
+    );
+    for path in [
+        "/etc/passwd",
+        "/etc/shadow",
+        "/etc/group",
+        "/etc/gshadow",
+        "/etc/sudoers.d/90-cloud-init-users",
+        &keys,
+        WRITTEN,
+        RAN,
+    ] {
+        let entry = &delta[format!("file:{path}")]["finding"];
+        if entry["observed"]["blake3"]
+            .as_str()
+            .is_none_or(str::is_empty)
+        {
+            problem(
+                problems,
+                format!("{host}: the provisioning delta lacks {path} with its digest"),
+            );
+        }
+    }
+    let text = machine.exec(&["driftwatch", "status"]);
+    let json = machine.exec(&["driftwatch", "status", "--format", "json"]);
+    let shown: Value = serde_json::from_str(&json.stdout).unwrap_or_default();
+    if !text.stdout.contains("delta sealed")
+        || !text.stdout.contains(&keys)
+        || shown["provisioning"]["phase"] != "sealed"
+    {
+        problem(
+            problems,
+            format!("{host}: `driftwatch status` should show the sealed delta:{text}{json}"),
+        );
+    }
+}
+
+/// Records a problem unless `driftwatch check`, run inside as a plain root command,
+/// finds what the daemon under its unit reports (processes aside: the outer machine's
+/// `nsenter` is one, for an instant).
+fn compare_with_plain_check(machine: &Container, status: &Value, problems: &mut Vec<String>) {
+    let out = machine.exec(&["driftwatch", "check", "--format", "json"]);
+    let Ok(report) = serde_json::from_str::<Value>(&out.stdout) else {
+        problem(problems, format!("`driftwatch check` inside failed:{out}"));
+        return;
+    };
+    let keys = |findings: Vec<&Value>| -> std::collections::BTreeSet<String> {
+        findings
+            .into_iter()
+            .filter(|f| f["kind"] != "process")
+            .map(|f| {
+                let subject = ["path", "name", "mountpoint", "port"]
+                    .iter()
+                    .find_map(|k| f.get(*k).filter(|v| !v.is_null()))
+                    .map_or_else(String::new, Value::to_string);
+                format!("{} {subject}", f["kind"])
+            })
+            .collect()
+    };
+    let plain = keys(
+        report["findings"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .collect(),
+    );
+    let daemon = keys(
+        status["findings"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|r| &r["finding"])
+            .collect(),
+    );
+    eprintln!(
+        "{}: plain check and daemon agree on {} findings",
+        machine.name(),
+        plain.len()
+    );
+    if plain != daemon {
+        problem(
+            problems,
+            format!(
+                "{}: `driftwatch check` as root finds {plain:?}, the daemon under its unit \
+                 {daemon:?}",
+                machine.name()
+            ),
+        );
+    }
+}
+
+/// The release of the image's own kernel (`/boot/vmlinuz-RELEASE`).
+fn image_kernel(root: &Root) -> String {
+    std::fs::read_dir(root.join("/boot"))
+        .unwrap()
+        .flatten()
+        .find_map(|e| {
+            let name = e.file_name().to_string_lossy().into_owned();
+            name.strip_prefix("vmlinuz-").map(str::to_string)
+        })
+        .expect("the image has a kernel in /boot")
 }
 
 /// One line per finding: the essentials first, then the whole finding.

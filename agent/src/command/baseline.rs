@@ -3,7 +3,6 @@
 use super::{canonical_root, creation_time, Outcome};
 use crate::baseline::{self, PendingBaseline};
 use crate::cli::{CreateArgs, DiffArgs, Format, ShowArgs, VerifyArgs};
-use crate::clock::rfc3339;
 use crate::diff::{BaselineCursor, Differ};
 use crate::error::{Error, Result};
 use crate::pipeline::{inside_root, load_policy, scan_error};
@@ -15,6 +14,7 @@ use crate::source::{packages, runtime};
 use driftwatch_protocol::baseline::{digest_string, BaselineMeta, BaselineReader};
 use driftwatch_protocol::package::AcceptedMismatch;
 use driftwatch_protocol::report::{report_path, BaselineInfo, EntryState, Finding, Summary};
+use driftwatch_protocol::time::rfc3339;
 use serde::Serialize;
 use std::fs::File;
 use std::io::Write;
@@ -113,12 +113,18 @@ pub fn create(args: &CreateArgs, out: &mut impl Write) -> Result<Outcome> {
     let mut bytes_seen = 0u64;
     let options = ScanOptions {
         threads: args.scan.threads,
+        readers: args.scan.readers,
         skip: own_files,
         ..ScanOptions::default()
     };
     let stats = scan(&root, &policy, &options, &AtomicBool::new(false), |item| {
         match item {
-            ScanItem::Observed { entry, error, .. } => {
+            ScanItem::Observed {
+                entry,
+                error,
+                unsettled,
+                ..
+            } => {
                 if entry.blake3.is_some() {
                     bytes_seen += entry.size;
                 }
@@ -126,7 +132,11 @@ pub fn create(args: &CreateArgs, out: &mut impl Write) -> Result<Outcome> {
                 if let Some(error) = error {
                     errors.push(scan_error(&entry.path, error));
                 }
-                pending.push(&entry)?;
+                // Recorded without its hash, a file would never have its content
+                // compared: better left out (and named in the errors) than baked so.
+                if !unsettled {
+                    pending.push(&entry)?;
+                }
             }
             ScanItem::Unreadable { path, error, .. } => errors.push(scan_error(&path, error)),
         }
@@ -361,7 +371,12 @@ pub fn diff(args: &DiffArgs, out: &mut impl Write) -> Result<Outcome> {
         let before = cursor
             .seek(&entry.path, |b| differ.unmatched_baseline(b))
             .map_err(old_error)?;
-        differ.observed(before.as_ref(), &entry, &policy.state_for(&entry.path));
+        differ.observed(
+            before.as_ref(),
+            &entry,
+            &policy.state_for(&entry.path),
+            false,
+        );
     }
     cursor
         .drain(|b| differ.unmatched_baseline(b))

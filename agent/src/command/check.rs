@@ -4,6 +4,7 @@
 use super::{canonical_root, Outcome};
 use crate::cli::{CheckArgs, Format};
 use crate::config::{AgentConfig, CollectorConfig, DEFAULT_CONFIG_PATH};
+use crate::daemon::provision;
 use crate::error::{Error, Result};
 use crate::pipeline::{self, CheckOutcome, CheckPlan};
 use crate::sink::collector::deliver_report;
@@ -21,10 +22,10 @@ pub fn run(args: &CheckArgs, out: &mut impl Write) -> Result<Outcome> {
     // Read before the scan: a bad configuration should not cost a whole scan.
     let collector = args.report.then(|| collector_config(args)).transpose()?;
     let root = canonical_root(&args.scan.root)?;
-    let baseline_path = args
-        .baseline
-        .clone()
-        .unwrap_or_else(|| pipeline::default_baseline(&root));
+    let baseline_path = match &args.baseline {
+        Some(path) => path.clone(),
+        None => default_baseline_in(&root)?,
+    };
     let (reader, policy) = pipeline::open_baseline_and_policy(
         &baseline_path,
         args.pubkey.as_deref(),
@@ -38,12 +39,28 @@ pub fn run(args: &CheckArgs, out: &mut impl Write) -> Result<Outcome> {
         policy: &policy,
         scan: ScanOptions {
             threads: args.scan.threads,
+            readers: args.scan.readers,
             ..ScanOptions::default()
         },
         runtime: !args.no_runtime,
         cancel: &AtomicBool::new(false),
     };
-    let CheckOutcome { report, skipped } = pipeline::check(&plan, &progress, &mut |_, _, _| {})?;
+    let CheckOutcome {
+        mut report,
+        skipped,
+    } = pipeline::check(&plan, &progress, &mut |_, _, _| {})?;
+    if root == Path::new("/") {
+        // The host's own first-boot changes are not drift here either: the same
+        // answer as the daemon's.
+        let config = AgentConfig::load(
+            args.config
+                .as_deref()
+                .unwrap_or(Path::new(DEFAULT_CONFIG_PATH)),
+            args.config.is_some(),
+        )
+        .map_err(Error::Config)?;
+        report.findings = provision::explain(&config, &report.baseline.digest, report.findings);
+    }
     match args.format {
         Format::Json => write_json(out, &report)?,
         Format::Text => write_text(
@@ -87,7 +104,7 @@ fn deliver(collector: &CollectorConfig, state_dir: &Path, report: &Report) -> Re
     let delivered =
         deliver_report(collector, state_dir, image, &report.findings).map_err(|source| {
             Error::Report {
-                url: collector.url.clone(),
+                url: collector.url.to_string(),
                 source,
             }
         })?;
@@ -134,4 +151,17 @@ fn write_text(
         indicatif::HumanBytes(report.scan.bytes_hashed),
         report.scan.duration_ms as f64 / 1000.0
     )
+}
+
+/// The default baseline inside `root`, which may be a hostile image: a link there (even
+/// an absolute one, which would lead to the scanning host's files) or a FIFO is refused
+/// with an error naming the path.
+fn default_baseline_in(root: &Path) -> Result<PathBuf> {
+    let inside = crate::config::DEFAULT_BASELINE_PATH.as_bytes();
+    crate::source::rootfs::open_regular_in_root(root, inside)
+        .map(|(_, host)| host)
+        .map_err(|source| Error::OpenBaseline {
+            path: pipeline::default_baseline(root),
+            source,
+        })
 }

@@ -10,7 +10,7 @@ use std::io::Write;
 /// may exist already.
 pub fn generate(args: &KeyGenerateArgs, out: &mut impl Write) -> Result<()> {
     let mut seed = [0u8; 32];
-    getrandom::fill(&mut seed).map_err(|e| Error::KeyFile {
+    driftwatch_protocol::random::fill(&mut seed).map_err(|e| Error::KeyFile {
         action: "generate",
         path: args.private.clone(),
         source: std::io::Error::other(e.to_string()),

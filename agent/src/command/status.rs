@@ -109,6 +109,7 @@ pub fn run(args: &StatusArgs, out: &mut impl Write) -> Result<Outcome> {
                     text(&collector["host_state"]),
                 )?;
             }
+            provisioning_lines(out, &status["provisioning"])?;
             for degradation in status["degradations"].as_array().into_iter().flatten() {
                 writeln!(out, "degraded   {}", text(degradation))?;
             }
@@ -138,4 +139,42 @@ pub fn run(args: &StatusArgs, out: &mut impl Write) -> Result<Outcome> {
     } else {
         Outcome::Drift
     })
+}
+
+/// The first-boot provisioning window: its phase, and the delta it holds (changes that
+/// are the host's own, not drift).
+fn provisioning_lines(out: &mut impl Write, window: &Value) -> std::io::Result<()> {
+    let text = |v: &Value| v.as_str().unwrap_or("-").to_string();
+    let delta = window["delta"].as_object().cloned().unwrap_or_default();
+    match window["phase"].as_str() {
+        Some("open") => writeln!(
+            out,
+            "provision  window open since {} (until {} finished): {} changes so far",
+            text(&window["opened"]),
+            window["units"]
+                .as_array()
+                .map(|u| u.iter().map(text).collect::<Vec<_>>().join(", "))
+                .unwrap_or_default(),
+            delta.len()
+        )?,
+        Some("sealed") => writeln!(
+            out,
+            "provision  delta sealed {} ({}): {} changes, not drift",
+            text(&window["sealed"]),
+            text(&window["sealed_because"]),
+            delta.len()
+        )?,
+        _ => return Ok(()),
+    }
+    for entry in delta.values() {
+        let finding = &entry["finding"];
+        writeln!(
+            out,
+            "  {:<8}  {}  {}",
+            text(&finding["change"]),
+            text(&finding["path"]),
+            text(&finding["observed"]["blake3"])
+        )?;
+    }
+    Ok(())
 }

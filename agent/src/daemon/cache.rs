@@ -17,7 +17,8 @@ use std::path::Path;
 
 /// The cache file's name inside `state_dir`.
 pub const CACHE_FILE: &str = "hash-cache";
-const MAGIC: &[u8; 8] = b"DWHCACH1";
+/// The first bytes of a cache file (its format version).
+pub const MAGIC: &[u8; 8] = b"DWHCACH1";
 
 /// Known hashes by path.
 #[derive(Debug, Default)]
@@ -68,9 +69,15 @@ fn decode(bytes: &[u8]) -> Result<HashCache, DecodeError> {
 impl HashCache {
     /// Loads the cache; any problem gives an empty cache (and everything is re-read).
     pub fn load(state_dir: &Path) -> HashCache {
-        let Ok(bytes) = fs::read(state_dir.join(CACHE_FILE)) else {
-            return HashCache::default();
-        };
+        match fs::read(state_dir.join(CACHE_FILE)) {
+            Ok(bytes) => HashCache::from_bytes(&bytes),
+            Err(_) => HashCache::default(),
+        }
+    }
+
+    /// The cache a file's bytes hold: [`MAGIC`], records, then the BLAKE3 of the
+    /// records; anything else is an empty cache.
+    pub fn from_bytes(bytes: &[u8]) -> HashCache {
         let Some(body) = bytes
             .strip_prefix(MAGIC)
             .and_then(|rest| rest.len().checked_sub(32).map(|at| rest.split_at(at)))

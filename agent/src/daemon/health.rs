@@ -116,6 +116,31 @@ fn render_metrics(status: &Status) -> String {
         "Paths re-checked after watch events",
         status.watch_rechecks,
     );
+    let hashed = crate::source::hashing::totals();
+    for (name, help, value) in [
+        (
+            "hashed_files",
+            "Files hashed (scan, package verification, executables)",
+            hashed.files,
+        ),
+        (
+            "hashed_bytes",
+            "Bytes read from disk for hashing",
+            hashed.bytes_read,
+        ),
+        (
+            "hashed_hole_bytes",
+            "Bytes of sparse holes hashed as zeros without reading",
+            hashed.hole_bytes,
+        ),
+        (
+            "hash_refusals",
+            "Files not hashed: above the size limit, changing or cancelled",
+            hashed.refused,
+        ),
+    ] {
+        counter(&mut registry, name, help, value);
+    }
     if let Some(collector) = &status.collector {
         gauge(
             &mut registry,
@@ -235,6 +260,8 @@ mod tests {
             "driftwatch_collector_events_sent_total 12",
             "driftwatch_collector_requests_failed_total 2",
             "driftwatch_collector_events_spooled_total 15",
+            "driftwatch_hashed_bytes_total ",
+            "driftwatch_hash_refusals_total ",
         ] {
             assert!(body.contains(line), "{line} missing: {body}");
         }

@@ -33,9 +33,9 @@
 
 pub mod cache;
 pub mod health;
+pub mod provision;
 pub mod state;
 
-use crate::clock::now;
 use crate::config::{self, AgentConfig};
 use crate::error::Error;
 use crate::pipeline::{self, CheckPlan};
@@ -51,6 +51,7 @@ use crate::watch::{self, WatchEvent};
 use cache::{CacheWriter, HashCache};
 use driftwatch_protocol::baseline::{digest_string, BaselineReader};
 use driftwatch_protocol::report::{BaselineFinding, Finding, ScanError, Severity};
+use driftwatch_protocol::time::now_rfc3339;
 use driftwatch_protocol::wire::{EventBody, HostDirective, ImageClaim};
 use serde::Serialize;
 use state::{Directed, Mark, State};
@@ -111,6 +112,8 @@ pub struct Status {
     pub rescans: u64,
     /// Reporting to the collector, when configured.
     pub collector: Option<CollectorStatus>,
+    /// The first-boot provisioning window and its delta ([`provision`]).
+    pub provisioning: Option<provision::Provisioning>,
 }
 
 /// State shared between the daemon loop and the HTTP endpoint.
@@ -193,6 +196,10 @@ struct Daemon {
     rescan_pending: Option<String>,
     /// systemd's watchdog, fed at half its interval whatever the daemon is waiting for.
     watchdog: Option<tokio::time::Interval>,
+    /// The first-boot provisioning window, once the baseline is verified.
+    provisioning: Option<provision::Provisioning>,
+    /// Its declared paths.
+    declared: Option<provision::Declared>,
 }
 
 impl Daemon {
@@ -222,6 +229,8 @@ impl Daemon {
             events,
             rescan_pending: None,
             watchdog: None,
+            provisioning: None,
+            declared: None,
         }
     }
 
@@ -270,7 +279,7 @@ impl Daemon {
                 // trust anchor failed. The finding is recorded beside the mark.
                 let mark = self.state.mark(
                     format!("baseline {} failed verification: {source}", path.display()),
-                    &now(),
+                    &now_rfc3339(),
                 );
                 self.apply(std::slice::from_ref(&finding)).await;
                 self.apply_mark(mark).await;
@@ -286,6 +295,7 @@ impl Daemon {
                 baseline_digest: Some(digest.clone()),
             };
             self.open_spool()?;
+            self.start_provisioning(&digest);
             let mut status = self.shared.status();
             status.baseline_digest = Some(digest);
             status.image_id = context.reader.meta().image_id.clone();
@@ -332,6 +342,7 @@ impl Daemon {
         let mut next_fast = Instant::now() + jittered(fast_interval, schedule.jitter);
         let mut package_poll = tokio::time::interval(PACKAGE_POLL);
         let mut packages = PackageWatch::new(&self.config.root);
+        let mut provision_poll = tokio::time::interval(provision::POLL);
         loop {
             if let (Some(reason), Some(context)) = (self.rescan_pending.take(), &context) {
                 // Paced and at background priority like any scheduled check: an event
@@ -392,6 +403,11 @@ impl Daemon {
                         }
                     }
                 }
+                _ = provision_poll.tick(), if self.provisioning_open() => {
+                    if let Some(context) = &context {
+                        self.poll_provisioning(Arc::clone(context)).await;
+                    }
+                }
                 () = tick(&mut self.watchdog) => notify_systemd(&[sd_notify::NotifyState::Watchdog]),
             }
         }
@@ -427,7 +443,7 @@ impl Daemon {
                 Depth::Full | Depth::Fast => self.config.throttle.read_bytes_per_sec,
             },
             known: None,
-            skip: Vec::new(),
+            ..ScanOptions::default()
         };
         let cancel = Arc::clone(&self.cancel);
         let started = Instant::now();
@@ -496,17 +512,17 @@ impl Daemon {
                     status.last_check_bytes_hashed = report.scan.bytes_hashed;
                     let elapsed = Some(started.elapsed().as_millis() as u64);
                     if depth == Depth::Fast {
-                        status.last_fast_check = Some(now());
+                        status.last_fast_check = Some(now_rfc3339());
                         status.last_fast_check_ms = elapsed;
                         status.fast_checks += 1;
                     } else {
-                        status.last_full_check = Some(now());
+                        status.last_full_check = Some(now_rfc3339());
                         status.last_full_check_ms = elapsed;
                         status.full_checks += 1;
                     }
                 }
                 if depth != Depth::Fast {
-                    self.state.last_full_verification = Some(now());
+                    self.state.last_full_verification = Some(now_rfc3339());
                 }
                 self.apply(&report.findings).await;
             }
@@ -616,8 +632,9 @@ impl Daemon {
     /// Remembers findings, spools the new ones for the collector, marks the host when
     /// needed, saves the state.
     async fn apply(&mut self, findings: &[Finding]) {
-        let time = now();
-        let recorded = self.state.record(findings, &time);
+        let time = now_rfc3339();
+        let findings = self.provisioning_filter(findings, &time);
+        let recorded = self.state.record(&findings, &time);
         // Durable for the collector before anything else: a crash from here on
         // re-finds them at worst (the state is saved below), never loses them. A
         // changed finding travels as a new event under its old key.
@@ -657,7 +674,7 @@ impl Daemon {
                     error!(error = %err, "Cannot remove the replacement marker.");
                 }
                 // A local rule may still want the host replaced.
-                let local = self.local_mark(&now());
+                let local = self.local_mark(&now_rfc3339());
                 self.apply_mark(local).await;
             }
         }
@@ -812,6 +829,7 @@ impl Daemon {
         let mut status = self.shared.status();
         status.mark = self.state.mark.clone();
         status.findings = self.state.findings.values().cloned().collect();
+        status.provisioning = self.provisioning.clone();
         status.state = if self.state.mark.is_some() {
             "marked"
         } else if !self.state.findings.is_empty() {
@@ -909,10 +927,7 @@ impl Drop for BackgroundPriority {
 /// `interval` plus a random share of it up to `jitter`, so that a fleet booted together
 /// does not verify together.
 fn jittered(interval: Duration, jitter: f64) -> Duration {
-    let mut byte = [0u8; 2];
-    let random =
-        getrandom::fill(&mut byte).map_or(0.5, |()| f64::from(u16::from_le_bytes(byte)) / 65_535.0);
-    interval + interval.mul_f64(jitter * random)
+    interval + interval.mul_f64(jitter * driftwatch_protocol::random::unit())
 }
 
 fn notify_systemd(states: &[sd_notify::NotifyState<'_>]) {

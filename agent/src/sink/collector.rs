@@ -21,9 +21,11 @@
 //! bounds the body size it accepts.
 
 use super::spool::{random_id, Spool};
-use crate::clock::now;
-use crate::config::CollectorConfig;
+use crate::config::{CollectorConfig, FAILBACK_SECS};
+use driftwatch_protocol::backoff::Backoff;
+use driftwatch_protocol::errors::error_chain;
 use driftwatch_protocol::report::Finding;
+use driftwatch_protocol::time::now_rfc3339;
 use driftwatch_protocol::wire::{
     Batch, BatchAck, EnrollRequest, EnrollResponse, ErrorBody, Event, EventBody, Heartbeat,
     HostDirective, HostState, ImageClaim, ENROLL_PATH, INGEST_PATH, INGEST_SCHEMA,
@@ -64,7 +66,8 @@ const AGENT_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// What the reporter tells `/status` (and `/metrics`) about the collector.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct CollectorStatus {
-    /// The collector's URL.
+    /// The collector's URL: the replica in use once one answered, until then all
+    /// configured.
     pub url: String,
     /// The id this host reports as.
     pub host_id: String,
@@ -92,7 +95,7 @@ impl CollectorStatus {
     /// Nothing sent yet to the collector of `config`.
     pub fn new(config: &CollectorConfig) -> CollectorStatus {
         CollectorStatus {
-            url: config.url.clone(),
+            url: config.url.to_string(),
             host_id: config.host_id().to_string(),
             ..CollectorStatus::default()
         }
@@ -128,9 +131,65 @@ pub fn no_image() -> ImageClaim {
 /// A connected client: TLS set up, identity loaded (or enrolled).
 pub struct Client {
     http: reqwest::Client,
-    base: String,
+    replicas: Replicas,
     host_id: String,
     hostname: String,
+}
+
+/// The collector's URLs (replicas of one collector) and which one is in use: a request
+/// goes to the current one and, when it gets no answer (or 502/503/504), to the next
+/// at once; after [`FAILBACK_SECS`] on another one the first is tried again.
+struct Replicas {
+    bases: Vec<String>,
+    current: Mutex<(usize, Option<Instant>)>,
+}
+
+impl Replicas {
+    fn new(bases: Vec<String>) -> Replicas {
+        Replicas {
+            bases,
+            current: Mutex::new((0, None)),
+        }
+    }
+
+    /// The order to try them in for one request.
+    fn order(&self) -> Vec<usize> {
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if let (_, Some(since)) = *current {
+            if since.elapsed() >= Duration::from_secs(FAILBACK_SECS) {
+                *current = (0, None);
+            }
+        }
+        let n = self.bases.len();
+        (0..n).map(|i| (current.0 + i) % n).collect()
+    }
+
+    /// `index` answered: it is the one to use from now on.
+    fn answered(&self, index: usize) {
+        let mut current = self.current.lock().unwrap_or_else(|p| p.into_inner());
+        if current.0 != index {
+            info!(url = %self.bases[index], "Reporting to another collector replica.");
+            *current = (index, (index != 0).then(Instant::now));
+        }
+    }
+
+    fn current(&self) -> &str {
+        let index = self.current.lock().unwrap_or_else(|p| p.into_inner()).0;
+        &self.bases[index]
+    }
+}
+
+/// Whether another replica may do better: no answer at all, or a gateway or an
+/// overloaded replica's answer.
+fn fail_over(err: &SendError) -> bool {
+    match err {
+        SendError::Transport(_) => true,
+        SendError::Refused { status, .. } => matches!(
+            *status,
+            StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE | StatusCode::GATEWAY_TIMEOUT
+        ),
+        SendError::Answer(_) | SendError::Encode(_) => false,
+    }
 }
 
 impl Client {
@@ -160,7 +219,7 @@ impl Client {
         let tls = tls_config(&ca, &config.ca_file, Some(&identity))?;
         Ok(Client {
             http: http_client(tls, Duration::from_secs(config.timeout_secs))?,
-            base: config.url.trim_end_matches('/').to_string(),
+            replicas: Replicas::new(config.url.bases()),
             host_id,
             hostname: crate::host::hostname(),
         })
@@ -177,18 +236,49 @@ impl Client {
         }
     }
 
-    /// POSTs one batch, gzip-compressed; the collector's acknowledgement or why not.
+    /// The collector URL in use.
+    pub fn url(&self) -> &str {
+        self.replicas.current()
+    }
+
+    /// POSTs one batch, gzip-compressed, to the replica in use, else to each other in
+    /// turn; the acknowledgement, or why the last one tried did not give it.
     pub async fn send(&self, batch: &Batch) -> Result<BatchAck, SendError> {
         let body = gzip(batch).map_err(SendError::Encode)?;
+        let order = self.replicas.order();
+        let mut last = None;
+        for index in order {
+            match self
+                .send_to(&self.replicas.bases[index], body.clone())
+                .await
+            {
+                Ok(ack) => {
+                    self.replicas.answered(index);
+                    return Ok(ack);
+                }
+                Err(err) if fail_over(&err) => {
+                    debug!(url = %self.replicas.bases[index], error = %err, "No answer from this collector replica.");
+                    last = Some(err);
+                }
+                Err(err) => {
+                    self.replicas.answered(index);
+                    return Err(err);
+                }
+            }
+        }
+        Err(last.unwrap_or_else(|| SendError::Transport("no collector URL".into())))
+    }
+
+    async fn send_to(&self, base: &str, body: Vec<u8>) -> Result<BatchAck, SendError> {
         let response = self
             .http
-            .post(format!("{}{INGEST_PATH}", self.base))
+            .post(format!("{base}{INGEST_PATH}"))
             .header(CONTENT_TYPE, "application/json")
             .header(CONTENT_ENCODING, "gzip")
             .body(body)
             .send()
             .await
-            .map_err(|e| SendError::Transport(chain(&e)))?;
+            .map_err(|e| SendError::Transport(error_chain(&e)))?;
         let status = response.status();
         if !status.is_success() {
             let retry_after = response
@@ -207,7 +297,7 @@ impl Client {
         let bytes = response
             .bytes()
             .await
-            .map_err(|e| SendError::Transport(chain(&e)))?;
+            .map_err(|e| SendError::Transport(error_chain(&e)))?;
         serde_json::from_slice(&bytes).map_err(|e| SendError::Answer(e.to_string()))
     }
 }
@@ -274,50 +364,6 @@ impl SendError {
             },
         }
     }
-}
-
-/// Capped exponential backoff with jitter: 1 s, doubling, up to a maximum; each wait
-/// drawn between half and all of its ceiling, so a fleet cut off together does not
-/// come back in lockstep.
-#[derive(Debug)]
-pub struct Backoff {
-    attempt: u32,
-    max: Duration,
-}
-
-impl Backoff {
-    /// Starts at 1 s, never above `max`.
-    pub fn new(max: Duration) -> Backoff {
-        Backoff { attempt: 0, max }
-    }
-
-    /// The next wait.
-    pub fn next_delay(&mut self) -> Duration {
-        let delay = backoff_delay(self.attempt, self.max, random_unit());
-        self.attempt = self.attempt.saturating_add(1);
-        delay
-    }
-
-    /// After a success: the next failure waits 1 s again.
-    pub fn reset(&mut self) {
-        self.attempt = 0;
-    }
-}
-
-/// The wait after `attempt` earlier failures, with `random` in 0..=1: between half and
-/// all of `min(1 s × 2^attempt, max)`.
-pub fn backoff_delay(attempt: u32, max: Duration, random: f64) -> Duration {
-    let ceiling = FIRST_RETRY
-        .saturating_mul(2u32.saturating_pow(attempt))
-        .min(max);
-    ceiling.mul_f64(0.5 + 0.5 * random.clamp(0.0, 1.0))
-}
-
-fn random_unit() -> f64 {
-    let mut bytes = [0u8; 4];
-    getrandom::fill(&mut bytes).map_or(0.5, |()| {
-        f64::from(u32::from_le_bytes(bytes)) / f64::from(u32::MAX)
-    })
 }
 
 /// The daemon's reporting task and what it shares with the daemon.
@@ -397,8 +443,9 @@ impl Reporter {
     }
 
     async fn run(self, mut stop: watch::Receiver<bool>) {
-        let url = self.config.url.clone();
-        let mut backoff = Backoff::new(Duration::from_secs(self.config.retry_max_secs));
+        let url = self.config.url.to_string();
+        let mut backoff =
+            Backoff::new(FIRST_RETRY, Duration::from_secs(self.config.retry_max_secs));
         self.update(|_| {});
         let client = loop {
             if stopping(&stop) {
@@ -466,9 +513,10 @@ impl Reporter {
                         (spool.len() as u64, spool.bytes())
                     };
                     self.update(|c| {
+                        c.url = client.url().to_string();
                         c.reachable = true;
                         c.last_error = None;
-                        c.last_ack = Some(now());
+                        c.last_ack = Some(now_rfc3339());
                         c.host_state = Some(ack.host.state);
                         c.events_sent += batch.events.len() as u64;
                         c.spooled_events = spooled;
@@ -530,7 +578,7 @@ impl Reporter {
         events.push(Event {
             // Heartbeats are not spooled; a random id keeps each one unique.
             id: format!("{spool_id}:hb:{}", random_id()),
-            at: now(),
+            at: now_rfc3339(),
             body: EventBody::Heartbeat(Heartbeat {
                 agent_version: AGENT_VERSION.to_string(),
                 findings: summary.findings,
@@ -583,7 +631,7 @@ async fn deliver(
         .await
         .map_err(ReportError::Client)?;
     let run = random_id();
-    let at = now();
+    let at = now_rfc3339();
     let mut queue: VecDeque<Event> = (1..)
         .zip(findings)
         .map(|(n, finding)| Event {
@@ -605,7 +653,7 @@ async fn deliver(
         }),
     };
     let mut batch_size = config.batch_max_events;
-    let mut backoff = Backoff::new(Duration::from_secs(config.retry_max_secs));
+    let mut backoff = Backoff::new(FIRST_RETRY, Duration::from_secs(config.retry_max_secs));
     loop {
         let take = batch_size.min(queue.len());
         let last = take == queue.len();
@@ -737,17 +785,34 @@ async fn enroll(
         tls_config(ca, &config.ca_file, None)?,
         Duration::from_secs(config.timeout_secs),
     )?;
-    let url = format!("{}{ENROLL_PATH}", config.url.trim_end_matches('/'));
-    let response = http
-        .post(&url)
-        .json(&EnrollRequest {
-            token,
-            host_id: host_id.to_string(),
-            csr_pem,
-        })
-        .send()
-        .await
-        .map_err(|e| ClientError::Enroll(format!("cannot reach the collector: {}", chain(&e))))?;
+    let request = EnrollRequest {
+        token,
+        host_id: host_id.to_string(),
+        csr_pem,
+    };
+    let mut unreachable = Vec::new();
+    let mut answer = None;
+    // Any replica can enroll: the first that answers does.
+    for base in config.url.bases() {
+        match http
+            .post(format!("{base}{ENROLL_PATH}"))
+            .json(&request)
+            .send()
+            .await
+        {
+            Ok(response) => {
+                answer = Some(response);
+                break;
+            }
+            Err(e) => unreachable.push(format!("{base}: {}", error_chain(&e))),
+        }
+    }
+    let response = answer.ok_or_else(|| {
+        ClientError::Enroll(format!(
+            "cannot reach the collector: {}",
+            unreachable.join("; ")
+        ))
+    })?;
     let status = response.status();
     if !status.is_success() {
         let message = error_message(response).await;
@@ -758,7 +823,7 @@ async fn enroll(
     let answer: EnrollResponse = response
         .json()
         .await
-        .map_err(|e| ClientError::Enroll(format!("invalid answer: {}", chain(&e))))?;
+        .map_err(|e| ClientError::Enroll(format!("invalid answer: {}", error_chain(&e))))?;
     if answer.host_id != host_id {
         return Err(ClientError::Enroll(format!(
             "the certificate names host {:?}, not {host_id:?}",
@@ -850,7 +915,7 @@ fn http_client(
         .pool_idle_timeout(Duration::from_secs(5))
         .user_agent(USER_AGENT)
         .build()
-        .map_err(|e| ClientError::Http(chain(&e)))
+        .map_err(|e| ClientError::Http(error_chain(&e)))
 }
 
 fn gzip(batch: &Batch) -> io::Result<Vec<u8>> {
@@ -867,22 +932,6 @@ async fn error_message(response: reqwest::Response) -> String {
         .map(|b| b.error)
         .unwrap_or_else(|_| status.canonical_reason().unwrap_or("error").to_string());
     message.chars().take(MAX_MESSAGE_CHARS).collect()
-}
-
-/// An error with its causes: reqwest's own message alone ("error sending request")
-/// hides whether DNS, TCP or TLS failed.
-fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, ClientError> {
@@ -978,7 +1027,7 @@ mod tests {
             (None, None, Some(collector.token_file()))
         };
         CollectorConfig {
-            url: collector.url.clone(),
+            url: collector.url.clone().into(),
             ca_file: collector.ca_file(),
             cert_file,
             key_file,
@@ -1016,30 +1065,8 @@ mod tests {
     fn heartbeat_interval(event: &Event) -> Option<u64> {
         match &event.body {
             EventBody::Heartbeat(h) => Some(h.interval_secs),
-            EventBody::Finding { .. } => None,
+            EventBody::Finding { .. } | EventBody::Provisioned(_) => None,
         }
-    }
-
-    #[test]
-    fn backoff_doubles_from_one_second_to_the_cap_with_jitter() {
-        let max = Duration::from_secs(300);
-        assert_eq!(backoff_delay(0, max, 1.0), Duration::from_secs(1));
-        assert_eq!(backoff_delay(0, max, 0.0), Duration::from_millis(500));
-        assert_eq!(backoff_delay(3, max, 1.0), Duration::from_secs(8));
-        assert_eq!(backoff_delay(8, max, 1.0), Duration::from_secs(256));
-        assert_eq!(backoff_delay(9, max, 1.0), max);
-        assert_eq!(backoff_delay(u32::MAX, max, 0.0), max / 2);
-        let mut backoff = Backoff::new(Duration::from_secs(4));
-        let waits: Vec<Duration> = (0..5).map(|_| backoff.next_delay()).collect();
-        for (attempt, wait) in waits.iter().enumerate() {
-            let ceiling = Duration::from_secs(1 << attempt.min(2));
-            assert!(
-                *wait >= ceiling / 2 && *wait <= ceiling,
-                "{attempt}: {wait:?}"
-            );
-        }
-        backoff.reset();
-        assert!(backoff.next_delay() <= Duration::from_secs(1));
     }
 
     #[test]
@@ -1082,7 +1109,7 @@ mod tests {
             image(),
             vec![Event {
                 id: "s:1".into(),
-                at: now(),
+                at: now_rfc3339(),
                 body: EventBody::Finding {
                     finding: finding("/usr/bin/ssh"),
                 },
@@ -1114,6 +1141,34 @@ mod tests {
         );
     }
 
+    #[test]
+    fn replicas_are_tried_from_the_one_in_use_and_the_first_again_later() {
+        let replicas = Replicas::new(vec![
+            "https://a".into(),
+            "https://b".into(),
+            "https://c".into(),
+        ]);
+        assert_eq!(replicas.order(), [0, 1, 2]);
+        replicas.answered(2);
+        assert_eq!(replicas.current(), "https://c");
+        assert_eq!(replicas.order(), [2, 0, 1]);
+        // Long enough on another replica: the first is tried first again.
+        let long_ago = Instant::now()
+            .checked_sub(Duration::from_secs(FAILBACK_SECS + 1))
+            .unwrap();
+        replicas.current.lock().unwrap().1 = Some(long_ago);
+        assert_eq!(replicas.order(), [0, 1, 2]);
+        let refused = |status| SendError::Refused {
+            status,
+            message: String::new(),
+            retry_after: None,
+        };
+        assert!(fail_over(&SendError::Transport("refused".into())));
+        assert!(fail_over(&refused(StatusCode::SERVICE_UNAVAILABLE)));
+        assert!(!fail_over(&refused(StatusCode::FORBIDDEN)));
+        assert!(!fail_over(&refused(StatusCode::TOO_MANY_REQUESTS)));
+    }
+
     #[tokio::test]
     async fn without_a_client_certificate_ingest_is_unauthorized() {
         let collector = TestCollector::start(500, None, vec![]);
@@ -1125,7 +1180,7 @@ mod tests {
                 Duration::from_secs(5),
             )
             .unwrap(),
-            base: collector.url.clone(),
+            replicas: Replicas::new(vec![collector.url.clone()]),
             host_id: "web-1".into(),
             hostname: "web-1".into(),
         };
@@ -1170,7 +1225,7 @@ mod tests {
         let events = (0..10)
             .map(|i| {
                 (
-                    now(),
+                    now_rfc3339(),
                     EventBody::Finding {
                         finding: finding(&format!("/usr/bin/f{i}")),
                     },

@@ -524,7 +524,7 @@ fn count_lines(bytes: &[u8]) -> u64 {
 }
 
 /// Writes `path` atomically: a temporary file, fsync, rename, fsync of the directory.
-fn write_durably(temp: &Path, path: &Path, bytes: &[u8]) -> Result<(), SpoolError> {
+pub fn write_durably(temp: &Path, path: &Path, bytes: &[u8]) -> Result<(), SpoolError> {
     let io = |source| SpoolError::Io {
         path: path.to_path_buf(),
         source,
@@ -558,15 +558,13 @@ fn remove(path: &Path) -> Result<(), SpoolError> {
 /// 16 random hex digits: unique enough among the spools (and `check --report` runs)
 /// of one host.
 pub fn random_id() -> String {
-    let mut bytes = [0u8; 8];
-    if getrandom::fill(&mut bytes).is_err() {
+    driftwatch_protocol::random::hex(8).unwrap_or_else(|_| {
         // No randomness source at all: the time still makes a clash unlikely.
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64);
-        bytes = (nanos ^ u64::from(std::process::id())).to_le_bytes();
-    }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+        format!("{:016x}", nanos ^ u64::from(std::process::id()))
+    })
 }
 
 /// Why the spool cannot be used.

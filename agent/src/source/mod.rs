@@ -2,6 +2,7 @@
 //! sources join them with their own modules.
 
 pub mod files;
+pub mod hashing;
 pub mod packages;
 pub mod rootfs;
 pub mod runtime;

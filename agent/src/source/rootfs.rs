@@ -82,6 +82,60 @@ pub fn open_no_follow(host: &Path) -> io::Result<File> {
     }
 }
 
+/// Opens `inside` (a path inside `root`) for reading the way a file of the image must
+/// be read from a possibly hostile root: its directories resolved inside the root, the
+/// last component not followed (a link to `/dev/zero` or to the host's own files is
+/// refused), and only a regular file accepted (a FIFO would block or never end). The
+/// error names the path.
+pub fn open_regular_in_root(root: &Path, inside: &[u8]) -> io::Result<(File, PathBuf)> {
+    let relative = inside.strip_prefix(b"/").unwrap_or(inside);
+    let (dir, name) = match relative.iter().rposition(|&b| b == b'/') {
+        Some(at) => (&relative[..at], &relative[at + 1..]),
+        None => (&[][..], relative),
+    };
+    let named = |err: io::Error, path: &Path| {
+        io::Error::new(
+            err.kind(),
+            format!("{}: {}", path.display(), io_message(&err)),
+        )
+    };
+    let host = resolve_in_root(root, dir)
+        .map_err(|err| named(err, &root.join(OsStr::from_bytes(relative))))?
+        .join(OsStr::from_bytes(name));
+    let file = match open_no_follow(&host) {
+        Err(err) if err.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(io::Error::other(format!(
+                "{} is a symbolic link; not followed",
+                host.display()
+            )))
+        }
+        other => other.map_err(|err| named(err, &host))?,
+    };
+    if !file.metadata().map_err(|err| named(err, &host))?.is_file() {
+        return Err(io::Error::other(format!(
+            "{} is not a regular file",
+            host.display()
+        )));
+    }
+    Ok((file, host))
+}
+
+/// Reads a small file of the image through [`open_regular_in_root`], refusing more
+/// than `max` bytes.
+pub fn read_small_in_root(root: &Path, inside: &[u8], max: u64) -> io::Result<Vec<u8>> {
+    use std::io::Read;
+    let (file, host) = open_regular_in_root(root, inside)?;
+    let mut bytes = Vec::new();
+    file.take(max + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(io::Error::other(format!(
+            "{} is larger than {max} bytes",
+            host.display()
+        )));
+    }
+    Ok(bytes)
+}
+
 /// An I/O error for people: `permission denied`, without Rust's ` (os error 13)`.
 pub fn io_message(err: &io::Error) -> String {
     match err.raw_os_error() {

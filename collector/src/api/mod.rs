@@ -17,18 +17,11 @@ use axum::http::{header, HeaderMap};
 use std::collections::HashMap;
 use std::io::Read;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-/// Milliseconds since the epoch as RFC 3339 (UTC, seconds).
-pub fn rfc3339(ms: i64) -> String {
-    let time = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
-    humantime::format_rfc3339_seconds(time).to_string()
-}
-
-/// Now as RFC 3339.
-pub fn now_rfc3339() -> String {
-    humantime::format_rfc3339_seconds(SystemTime::now()).to_string()
-}
+/// Milliseconds since the epoch as RFC 3339: the one formatter both crates share, under
+/// the name the store and the fleet logic use.
+pub use driftwatch_protocol::time::rfc3339_ms as rfc3339;
 
 /// Buckets kept before idle ones are dropped: memory stays bounded however many host
 /// ids (valid or not) show up.

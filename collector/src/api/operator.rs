@@ -25,6 +25,9 @@ pub struct HostDetail {
     pub host: HostRecord,
     /// Its findings, most severe first.
     pub findings: Vec<FindingRecord>,
+    /// What provisioning changed at its first boot (not drift), as the host sent it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub provisioning: Option<serde_json::Value>,
 }
 
 /// `GET /v1/hosts` filters.
@@ -74,7 +77,12 @@ pub async fn host(
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no host {host_id}")))?;
     let findings = store.findings(&host_id).await?;
-    Ok(Json(HostDetail { host, findings }))
+    let provisioning = store.provisioning(&host_id).await?;
+    Ok(Json(HostDetail {
+        host,
+        findings,
+        provisioning,
+    }))
 }
 
 /// The body of `POST /v1/hosts/{id}/mark`.

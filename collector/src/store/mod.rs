@@ -218,6 +218,8 @@ pub enum IngestBody {
     },
     /// A finding.
     Finding(Box<Finding>),
+    /// The host's sealed first-boot provisioning delta.
+    Provisioned(Box<driftwatch_protocol::wire::ProvisionDelta>),
 }
 
 /// A finding the collector raises itself about a host.
@@ -365,6 +367,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// A host's findings, most severe first.
     async fn findings(&self, host_id: &str) -> StoreResult<Vec<FindingRecord>>;
+
+    /// A host's first-boot provisioning delta, as it sent it (`None`: none sent).
+    async fn provisioning(&self, host_id: &str) -> StoreResult<Option<serde_json::Value>>;
 
     /// Applies a lifecycle transition at `at_ms`; returns the host after it.
     async fn transition(

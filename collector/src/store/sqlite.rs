@@ -30,7 +30,8 @@ const QUEUE: usize = 4096;
 const MAX_GROUP: usize = 512;
 
 /// Numbered migrations; never edit one that has shipped, add the next.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    r#"
 CREATE TABLE hosts (
     host_id TEXT PRIMARY KEY,
     hostname TEXT NOT NULL,
@@ -96,7 +97,15 @@ CREATE TABLE marks (
     at INTEGER NOT NULL
 );
 CREATE INDEX marks_by_image ON marks (image_id, at);
-"#];
+"#,
+    r#"
+CREATE TABLE provisioning (
+    host_id TEXT PRIMARY KEY,
+    received INTEGER NOT NULL,
+    delta TEXT NOT NULL
+) WITHOUT ROWID;
+"#,
+];
 
 type Finisher = Box<dyn FnOnce(StoreResult<()>) + Send>;
 type Operation = Box<dyn FnOnce(&Connection) -> (bool, Finisher) + Send>;
@@ -497,6 +506,19 @@ fn ingest(connection: &Connection, record: IngestRecord) -> StoreResult<IngestOu
                     .map_err(db_error)?;
                 accepted += 1;
             }
+            IngestBody::Provisioned(delta) => {
+                // The host's first-boot delta: kept as sent, the latest one wins.
+                let json = serde_json::to_string(&delta)
+                    .map_err(|e| StoreError::Database(format!("cannot encode a delta: {e}")))?;
+                connection
+                    .prepare_cached(
+                        "INSERT INTO provisioning (host_id, received, delta) VALUES (?1, ?2, ?3)
+                         ON CONFLICT (host_id) DO UPDATE SET received = ?2, delta = ?3",
+                    )
+                    .and_then(|mut s| s.execute(params![record.host_id, now, json]))
+                    .map_err(db_error)?;
+                accepted += 1;
+            }
             IngestBody::Finding(finding) => {
                 let inserted = connection
                     .prepare_cached(
@@ -693,6 +715,25 @@ impl Store for SqliteStore {
                 ],
                 host_from_row,
             )
+        })
+        .await
+    }
+
+    async fn provisioning(&self, host_id: &str) -> StoreResult<Option<serde_json::Value>> {
+        let host_id = host_id.to_string();
+        self.run(move |c| {
+            let delta: Option<String> = c
+                .query_row(
+                    "SELECT delta FROM provisioning WHERE host_id = ?1",
+                    [host_id],
+                    |row| row.get(0),
+                )
+                .optional()
+                .map_err(db_error)?;
+            delta
+                .map(|d| serde_json::from_str(&d))
+                .transpose()
+                .map_err(|e| StoreError::Database(format!("a stored delta is corrupt: {e}")))
         })
         .await
     }

@@ -203,6 +203,21 @@ fn parse_list(bytes: &[u8]) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// The conffiles that the installed packages of a status file record, in file order:
+/// what [`packaged_files`] takes from the status file (`obsolete` and `newconffile`
+/// entries left out). Errors name the stanza and line.
+pub fn status_conffiles(bytes: &[u8]) -> Result<Vec<Md5Record>, String> {
+    let mut conffiles = Vec::new();
+    for package in installed_stanzas(bytes)? {
+        if let Some(value) = package.conffiles {
+            let records = parse_conffiles(value)
+                .map_err(|reason| format!("stanza {}: {reason}", package.stanza))?;
+            conffiles.extend(records);
+        }
+    }
+    Ok(conffiles)
+}
+
 /// One `dpkg-divert` record.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Diversion {
@@ -410,11 +425,11 @@ fn read_md5sums(
 }
 
 /// An absolute path and its md5, as md5sums and Conffiles record them.
-type Md5Record = (Vec<u8>, [u8; 16]);
+pub type Md5Record = (Vec<u8>, [u8; 16]);
 
 /// Parses an md5sums file: `<32 hex>  <path>` per line (`md5sum` output; ` *` for
 /// binary mode is accepted), path relative to the root. Returns absolute paths.
-fn parse_md5sums(bytes: &[u8]) -> Result<Vec<Md5Record>, String> {
+pub fn parse_md5sums(bytes: &[u8]) -> Result<Vec<Md5Record>, String> {
     let mut records = Vec::new();
     for (index, line) in bytes.split(|&b| b == b'\n').enumerate() {
         let line = strip_cr(line);

@@ -64,6 +64,19 @@ pub enum DigestAlgorithm {
 }
 
 impl DigestAlgorithm {
+    /// The same algorithm for [`crate::source::hashing`].
+    pub fn algorithm(self) -> crate::source::hashing::Algorithm {
+        use crate::source::hashing::Algorithm;
+        match self {
+            DigestAlgorithm::Md5 => Algorithm::Md5,
+            DigestAlgorithm::Sha1 => Algorithm::Sha1,
+            DigestAlgorithm::Sha256 => Algorithm::Sha256,
+            DigestAlgorithm::Sha384 => Algorithm::Sha384,
+            DigestAlgorithm::Sha512 => Algorithm::Sha512,
+            DigestAlgorithm::Sha224 => Algorithm::Sha224,
+        }
+    }
+
     /// The lowercase name used in reports (`md5:…`).
     pub fn name(self) -> &'static str {
         match self {
@@ -135,6 +148,12 @@ pub(super) fn read_optional_db_file(path: &Path) -> Result<Option<Vec<u8>>, Pack
         Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(err) => return Err(io_error(err)),
     };
+    if !file.metadata().map_err(io_error)?.is_file() {
+        return Err(PackageDbError::Malformed {
+            path: path.to_path_buf(),
+            reason: "not a regular file".to_string(),
+        });
+    }
     let mut bytes = Vec::new();
     // Read one byte past the cap, so that "exactly the cap" and "larger" differ, without
     // trusting the size fstat reports (a FIFO or procfs file reports 0).
@@ -294,6 +313,7 @@ pub fn verify_for_policy(
     let options = verify::VerifyOptions {
         severity: config.verify_severity,
         config_severity: config.verify_config_severity,
+        max_file_bytes: policy.config().scan.max_file_bytes,
     };
     Ok(verify::verify(root, &files, db, &options))
 }

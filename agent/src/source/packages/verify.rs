@@ -29,19 +29,18 @@
 //! `debsums -s`, with the same findings.
 
 use super::{DigestAlgorithm, PackagedFile};
+use crate::source::hashing::{self, Hasher, Limits, Pacer};
 use crate::source::rootfs;
 use driftwatch_protocol::package::PackageDb;
 use driftwatch_protocol::path;
 use driftwatch_protocol::report::{report_path, PackageFileFinding, Severity};
-use sha2::Digest;
 use std::ffi::OsStr;
 use std::fs;
-use std::io::{self, Read};
+use std::io;
 use std::ops::Range;
 use std::os::unix::ffi::{OsStrExt, OsStringExt};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 /// Worker threads. Two, not one per core: verification runs beside a host's real
 /// workload (and beside the file scan), so it takes a bounded share of the machine.
@@ -49,6 +48,8 @@ const THREADS: usize = 2;
 /// Read buffer per thread, allocated once. 128 KiB is what the file scan measured as
 /// fastest (larger buffers fall above glibc's mmap threshold); see `source::files`.
 const READ_BUFFER_BYTES: usize = 128 * 1024;
+/// Verification is not paced or cancelled from outside (it runs inside one check).
+static NEVER: AtomicBool = AtomicBool::new(false);
 /// Paths a worker claims at a time: small enough that one huge file does not leave the
 /// other thread idle at the end, large enough that the shared cursor is not contended.
 const BATCH: usize = 32;
@@ -64,6 +65,9 @@ pub struct VerifyOptions {
     /// Severity of a differing configuration file (dpkg conffiles, rpm `%config`),
     /// which admins are expected to edit.
     pub config_severity: Severity,
+    /// Files larger than this are not hashed but reported as errors (policy
+    /// `[scan] max_file_bytes`).
+    pub max_file_bytes: u64,
 }
 
 /// What verification found.
@@ -281,13 +285,11 @@ impl<'a> Worker<'a> {
                 Err(err) if is_missing(&err) => return Ok(Observed::Missing),
                 Err(err) => return Err(rootfs::io_message(&err)),
             };
-            let mut hashers: Vec<Hasher> = algorithms.iter().map(|&a| Hasher::new(a)).collect();
+            let mut hashers = hashers_for(algorithms);
             for hasher in &mut hashers {
                 hasher.update(&target);
             }
-            return Ok(Observed::Digests(
-                hashers.into_iter().map(Hasher::finish).collect(),
-            ));
+            return Ok(Observed::Digests(digests(algorithms, hashers)));
         }
         if !meta.is_file() {
             return Ok(Observed::NotRegular);
@@ -303,30 +305,19 @@ impl<'a> Worker<'a> {
         if !opened.is_file() {
             return Ok(Observed::NotRegular);
         }
-        let mut hashers: Vec<Hasher> = algorithms.iter().map(|&a| Hasher::new(a)).collect();
-        let mut total = 0u64;
-        let mut reader = &file;
-        loop {
-            let read = match reader.read(&mut self.buffer) {
-                Ok(0) => break,
-                Ok(n) => n,
-                Err(err) if err.kind() == io::ErrorKind::Interrupted => continue,
-                Err(err) => return Err(rootfs::io_message(&err)),
-            };
-            total += read as u64;
-            self.bytes_read += read as u64;
-            // A file that keeps growing (a log a package shipped, still being written)
-            // would otherwise keep this thread reading forever.
-            if total > opened.size() {
-                return Err("changed while being read".to_string());
-            }
-            for hasher in &mut hashers {
-                hasher.update(&self.buffer[..read]);
-            }
-        }
-        Ok(Observed::Digests(
-            hashers.into_iter().map(Hasher::finish).collect(),
-        ))
+        let mut hashers = hashers_for(algorithms);
+        let pacer = Pacer::new(0);
+        let limits = Limits {
+            max_bytes: self.options.max_file_bytes,
+            pacer: &pacer,
+            cancel: &NEVER,
+        };
+        // Bounded by the size at open: a file that keeps growing (a log a package
+        // shipped, still being written) cannot keep this thread reading forever.
+        let read = hashing::hash_file(&file, &opened, &mut hashers, &mut self.buffer, &limits)
+            .map_err(|err| err.to_string())?;
+        self.bytes_read += read;
+        Ok(Observed::Digests(digests(algorithms, hashers)))
     }
 
     /// The host path of a recorded path: joined to the root, its directory resolved
@@ -376,60 +367,35 @@ fn hex(bytes: &[u8]) -> String {
     text
 }
 
-/// One running digest of any algorithm a database uses.
-enum Hasher {
-    Md5(md5::Md5),
-    Sha1(sha1::Sha1),
-    Sha224(sha2::Sha224),
-    Sha256(sha2::Sha256),
-    Sha384(sha2::Sha384),
-    Sha512(sha2::Sha512),
+fn hashers_for(algorithms: &[DigestAlgorithm]) -> Vec<Hasher> {
+    algorithms
+        .iter()
+        .map(|a| Hasher::new(a.algorithm()))
+        .collect()
 }
 
-impl Hasher {
-    fn new(algorithm: DigestAlgorithm) -> Self {
-        match algorithm {
-            DigestAlgorithm::Md5 => Hasher::Md5(md5::Md5::new()),
-            DigestAlgorithm::Sha1 => Hasher::Sha1(sha1::Sha1::new()),
-            DigestAlgorithm::Sha224 => Hasher::Sha224(sha2::Sha224::new()),
-            DigestAlgorithm::Sha256 => Hasher::Sha256(sha2::Sha256::new()),
-            DigestAlgorithm::Sha384 => Hasher::Sha384(sha2::Sha384::new()),
-            DigestAlgorithm::Sha512 => Hasher::Sha512(sha2::Sha512::new()),
-        }
-    }
-
-    fn update(&mut self, data: &[u8]) {
-        match self {
-            Hasher::Md5(h) => h.update(data),
-            Hasher::Sha1(h) => h.update(data),
-            Hasher::Sha224(h) => h.update(data),
-            Hasher::Sha256(h) => h.update(data),
-            Hasher::Sha384(h) => h.update(data),
-            Hasher::Sha512(h) => h.update(data),
-        }
-    }
-
-    fn finish(self) -> (DigestAlgorithm, Vec<u8>) {
-        match self {
-            Hasher::Md5(h) => (DigestAlgorithm::Md5, h.finalize().to_vec()),
-            Hasher::Sha1(h) => (DigestAlgorithm::Sha1, h.finalize().to_vec()),
-            Hasher::Sha224(h) => (DigestAlgorithm::Sha224, h.finalize().to_vec()),
-            Hasher::Sha256(h) => (DigestAlgorithm::Sha256, h.finalize().to_vec()),
-            Hasher::Sha384(h) => (DigestAlgorithm::Sha384, h.finalize().to_vec()),
-            Hasher::Sha512(h) => (DigestAlgorithm::Sha512, h.finalize().to_vec()),
-        }
-    }
+fn digests(
+    algorithms: &[DigestAlgorithm],
+    hashers: Vec<Hasher>,
+) -> Vec<(DigestAlgorithm, Vec<u8>)> {
+    algorithms
+        .iter()
+        .copied()
+        .zip(hashers.into_iter().map(|h| h.finish().1))
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::source::packages::{apk, dpkg};
+    use sha2::Digest;
     use std::os::unix::fs::symlink;
 
     const OPTIONS: VerifyOptions = VerifyOptions {
         severity: Severity::High,
         config_severity: Severity::Medium,
+        max_file_bytes: u64::MAX,
     };
 
     fn md5_hex(data: &[u8]) -> String {

@@ -75,7 +75,7 @@ impl PageSource for File {
     }
 }
 
-#[cfg(test)]
+/// A database already in memory (tests, fuzzing).
 impl PageSource for [u8] {
     fn byte_len(&self) -> io::Result<u64> {
         Ok(self.len() as u64)

@@ -127,6 +127,30 @@ pub fn packaged_files(root: &Path) -> Result<Vec<PackagedFile>, PackageDbError> 
     Ok(in_header_order(files).flatten().collect())
 }
 
+/// One header blob as both database readers interpret it: its package (`None` for a
+/// `gpg-pubkey` pseudo-package) and that package's files. For fuzzing and tools; the
+/// readers above run the same parse per record.
+pub fn read_header(blob: &[u8]) -> Result<Option<(Package, Vec<PackagedFile>)>, String> {
+    let interpret = |header: &Header<'_>| -> Result<_, RecordError> {
+        let Some(package) = package(header)? else {
+            return Ok(None);
+        };
+        let files = package_files(header, &package.name)?;
+        Ok(Some((package, files)))
+    };
+    let header = Header::parse(blob).map_err(|e| e.to_string())?;
+    interpret(&header).map_err(|e| e.to_string())
+}
+
+/// The `(hnum, header blob)` records of a BerkeleyDB `Packages` file held in memory,
+/// as the file-based reader walks them. For fuzzing and tools.
+pub fn read_berkeley_db(bytes: &[u8]) -> Result<Vec<(u32, Vec<u8>)>, String> {
+    let records = bdb::Records::open(bytes).map_err(|e| e.to_string())?;
+    records
+        .map(|record| record.map(|r| (r.hnum, r.value)).map_err(|e| e.to_string()))
+        .collect()
+}
+
 /// Why one header could not be turned into a package or its files.
 #[derive(Debug, Error)]
 enum RecordError {

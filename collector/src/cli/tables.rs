@@ -1,0 +1,142 @@
+//! The text the operator's subcommands print: one function per answer, writing into a
+//! `String` (printed at once by the caller, so a closed pipe is handled in one place).
+//! Colour only for people at a terminal; pipes and files get plain text.
+
+use crate::api::operator::HostDetail;
+use crate::api::rfc3339;
+use crate::store::{ActionRecord, HostRecord, ImageRecord};
+use driftwatch_protocol::wire::HostState;
+use std::fmt::Write as _;
+
+/// The hosts table: one line per host.
+pub fn hosts(out: &mut String, hosts: &[HostRecord]) {
+    let _ = writeln!(
+        out,
+        "{:<24} {:<8} {:<20} {:>4} {:>4} {:>4} {:>4}  LAST SEEN",
+        "HOST", "STATE", "IMAGE", "CRIT", "HIGH", "MED", "LOW"
+    );
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    for h in hosts {
+        let [critical, high, medium, low] = h.findings_by_severity;
+        let state = format!("{:<8}", h.state.name());
+        let state = match (colour, h.state) {
+            (true, HostState::Marked) => format!("\x1b[1;31m{state}\x1b[0m"),
+            (true, HostState::Drifted | HostState::Silent) => format!("\x1b[33m{state}\x1b[0m"),
+            (true, HostState::Clean) => format!("\x1b[32m{state}\x1b[0m"),
+            _ => state,
+        };
+        let _ = writeln!(
+            out,
+            "{:<24} {state} {:<20} {critical:>4} {high:>4} {medium:>4} {low:>4}  {}{}",
+            h.host_id,
+            h.image_id.as_deref().unwrap_or("-"),
+            rfc3339(h.last_seen_ms),
+            h.hold
+                .as_deref()
+                .map(|hold| format!("  (held: {hold})"))
+                .unwrap_or_default()
+        );
+    }
+}
+
+/// One host: its line of the hosts table, why it is marked or held, its findings.
+pub fn host_detail(out: &mut String, detail: &HostDetail) {
+    hosts(out, std::slice::from_ref(&detail.host));
+    let host = &detail.host;
+    for (key, value) in [
+        ("mark_reason", &host.mark_reason),
+        ("hold", &host.hold),
+        ("hold_reason", &host.hold_reason),
+    ] {
+        if let Some(value) = value {
+            let _ = writeln!(out, "{key}: {value}");
+        }
+    }
+    let _ = writeln!(out, "\n{} findings", detail.findings.len());
+    for f in &detail.findings {
+        let _ = writeln!(
+            out,
+            "  {:<8} {:<13} {}  (first {})",
+            f.severity.name(),
+            f.kind,
+            f.subject,
+            rfc3339(f.first_seen_ms)
+        );
+    }
+    if let Some(delta) = &detail.provisioning {
+        provisioning(out, delta);
+    }
+}
+
+/// A host's provisioning delta: what first boot wrote on declared paths (not drift).
+fn provisioning(out: &mut String, delta: &serde_json::Value) {
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_string();
+    let changes = delta["changes"].as_array().cloned().unwrap_or_default();
+    let _ = writeln!(
+        out,
+        "\nprovisioning delta (not drift): {} changes, sealed {}",
+        changes.len(),
+        text(&delta["sealed"])
+    );
+    for change in &changes {
+        let _ = writeln!(
+            out,
+            "  {:<8} {}  {}",
+            text(&change["change"]),
+            text(&change["path"]),
+            text(&change["observed"]["blake3"])
+        );
+    }
+}
+
+/// The registered images.
+pub fn images(out: &mut String, images: &[ImageRecord]) {
+    for i in images {
+        let _ = writeln!(
+            out,
+            "{}  {}  {} entries  {}  registered {}",
+            i.image_id,
+            i.baseline_digest,
+            i.entries,
+            i.signer.as_deref().unwrap_or("unsigned"),
+            rfc3339(i.registered_ms)
+        );
+    }
+}
+
+/// The answer to `image register`.
+pub fn registered(out: &mut String, image: &ImageRecord) {
+    let _ = writeln!(
+        out,
+        "Registered image {} with baseline {} ({}).",
+        image.image_id,
+        image.baseline_digest,
+        image
+            .signer
+            .as_deref()
+            .map_or("unsigned".into(), |s| format!("signed by {s}"))
+    );
+}
+
+/// The action log, newest first.
+pub fn actions(out: &mut String, actions: &[ActionRecord]) {
+    for a in actions {
+        let _ = writeln!(
+            out,
+            "{}  {:<14} {:<18} {:<10} {}",
+            rfc3339(a.at_ms),
+            a.action,
+            a.host_id
+                .as_deref()
+                .or(a.image_id.as_deref())
+                .unwrap_or("-"),
+            a.outcome,
+            a.detail
+        );
+    }
+}
+
+/// The answer to approve, mark, unmark and revoke.
+pub fn host_now(out: &mut String, host: &HostRecord) {
+    let _ = writeln!(out, "Host {} is now {}.", host.host_id, host.state.name());
+}
