@@ -22,6 +22,8 @@ triple=x86_64-unknown-linux-gnu
 build_flags=(-s none --codegen-units 16)
 
 if [ "${FUZZ_NO_BUILD:-}" != 1 ]; then
+  # cargo-fuzz has no --locked: refuse a Cargo.lock that the build would change.
+  cargo +nightly metadata --locked --format-version 1 >/dev/null
   cargo +nightly fuzz build "${build_flags[@]}" "$@"
 fi
 if [ $# -eq 0 ]; then
@@ -34,15 +36,26 @@ mkdir -p logs
 run_one() {
   local target=$1 log=logs/$1.log
   mkdir -p "work/$target" "artifacts/$target"
+  local marker=logs/$target.started
+  touch "$marker"
+  # Fork mode with the ignore flags: a finding does not end the run, so every target
+  # gets its full time and every distinct finding is kept.
   local status=0
   nice -n 19 "target/$triple/release/$target" \
+    -fork=1 -ignore_crashes=1 -ignore_timeouts=1 -ignore_ooms=1 \
     -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=10 -max_len=65536 \
-    -print_final_stats=1 -artifact_prefix="artifacts/$target/" \
+    -artifact_prefix="artifacts/$target/" \
     "work/$target" "corpus/$target" >"$log" 2>&1 || status=$?
+  # The parent reports "#EXECS: cov: ..." after each job; the last one is the total.
   local execs
-  execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -n 1)
+  execs=$(sed -n 's/^#\([0-9]*\): cov:.*/\1/p' "$log" | tail -n 1)
+  local found
+  found=$(find "artifacts/$target" -type f -newer "$marker" | wc -l)
   local verdict=ok
-  [ "$status" -eq 0 ] || verdict="FAILED (exit $status, see fuzz/$log and fuzz/artifacts/$target/)"
+  if [ "$found" -gt 0 ] || [ "$status" -ne 0 ]; then
+    verdict="FAILED ($found new in fuzz/artifacts/$target/, exit $status, log fuzz/$log)"
+    status=1
+  fi
   printf '%-20s %6ss %12s execs  %s\n' "$target" "$seconds" "${execs:-?}" "$verdict"
   if [ "${FUZZ_RECORD:-}" = 1 ]; then
     printf '%s\t%s\t%s\t%s\t%s\n' "$(date -u +%FT%TZ)" "$target" "$seconds" "${execs:-?}" \

@@ -234,6 +234,11 @@ if $want_collector_deb; then
   put 0644 packaging/files/README.collector "$tree/usr/share/doc/driftwatch-collector/README.Debian"
   put 0644 packaging/examples/collector.toml \
     "$tree/usr/share/doc/driftwatch-collector/examples/collector.toml"
+  # Replicas: a load balancer in front, and the PostgreSQL password as a credential.
+  put 0644 packaging/examples/haproxy.cfg \
+    "$tree/usr/share/doc/driftwatch-collector/examples/haproxy.cfg"
+  put 0644 packaging/examples/driftwatch-collector-postgres.conf \
+    "$tree/usr/share/doc/driftwatch-collector/examples/driftwatch-collector-postgres.conf"
   chmod -R u=rwX,go=rX "$tree/usr/share" "$tree/usr/lib"
   install -d -m 0755 "$tree/DEBIAN"
   for script in postinst prerm postrm; do

@@ -346,6 +346,13 @@ fn default_retry_max_secs() -> u64 {
     300
 }
 
+/// The longest interval or timeout accepted, in seconds (a year). The daemon adds them,
+/// with up to 100 % jitter (three timeouts for a one-shot report), to the current time,
+/// which panics past the clock's range: a larger value would crash it at its first
+/// check instead of being refused here.
+pub const MAX_INTERVAL_SECS: u64 = 366 * 24 * 3600;
+const BETWEEN_1_AND_A_YEAR: &str = "must be between 1 and 31622400 (a year)";
+
 /// The smallest spool worth having: room for thousands of findings.
 const MIN_SPOOL_BYTES: u64 = 1 << 20;
 /// More events per request than this makes requests the collector would refuse.
@@ -446,11 +453,11 @@ impl AgentConfig {
                 return value(key, "must be an absolute path");
             }
         }
-        if self.schedule.fast_verify_interval_secs == 0 {
-            return value("schedule.fast_verify_interval_secs", "must be at least 1");
+        if !(1..=MAX_INTERVAL_SECS).contains(&self.schedule.fast_verify_interval_secs) {
+            return value("schedule.fast_verify_interval_secs", BETWEEN_1_AND_A_YEAR);
         }
-        if self.schedule.full_verify_interval_secs == 0 {
-            return value("schedule.full_verify_interval_secs", "must be at least 1");
+        if !(1..=MAX_INTERVAL_SECS).contains(&self.schedule.full_verify_interval_secs) {
+            return value("schedule.full_verify_interval_secs", BETWEEN_1_AND_A_YEAR);
         }
         if !(0.0..=1.0).contains(&self.schedule.jitter) {
             return value("schedule.jitter", "must be between 0 and 1");
@@ -604,8 +611,8 @@ impl CollectorConfig {
                 }
             },
         }
-        if self.heartbeat_interval_secs == 0 {
-            return value("collector.heartbeat_interval_secs", "must be at least 1");
+        if !(1..=MAX_INTERVAL_SECS).contains(&self.heartbeat_interval_secs) {
+            return value("collector.heartbeat_interval_secs", BETWEEN_1_AND_A_YEAR);
         }
         if !(1..=MAX_BATCH_EVENTS).contains(&self.batch_max_events) {
             return value("collector.batch_max_events", "must be between 1 and 10000");
@@ -616,11 +623,11 @@ impl CollectorConfig {
                 "must be at least 1048576 (1 MiB)",
             );
         }
-        if self.timeout_secs == 0 {
-            return value("collector.timeout_secs", "must be at least 1");
+        if !(1..=MAX_INTERVAL_SECS).contains(&self.timeout_secs) {
+            return value("collector.timeout_secs", BETWEEN_1_AND_A_YEAR);
         }
-        if self.retry_max_secs == 0 {
-            return value("collector.retry_max_secs", "must be at least 1");
+        if !(1..=MAX_INTERVAL_SECS).contains(&self.retry_max_secs) {
+            return value("collector.retry_max_secs", BETWEEN_1_AND_A_YEAR);
         }
         Ok(())
     }
@@ -667,6 +674,41 @@ mod tests {
         let text = text.replace("DIR", &dir.path().display().to_string());
         std::fs::write(&path, text).unwrap();
         AgentConfig::load(&path, true).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn intervals_that_would_overflow_the_clock_are_refused() {
+        // Found by the agent_config_toml fuzz target: these validated, then panicked
+        // the daemon at its first schedule (`Instant + interval`).
+        let identity = "host_id = \"web-1\"\nenrollment_token_file = \"/t\"\n";
+        let huge = u64::MAX;
+        for (text, key) in [
+            (
+                format!("[schedule]\nfull_verify_interval_secs = {huge}"),
+                "`schedule.full_verify_interval_secs`",
+            ),
+            (
+                format!("[schedule]\nfast_verify_interval_secs = {huge}"),
+                "`schedule.fast_verify_interval_secs`",
+            ),
+            (
+                format!("{COLLECTOR}{identity}heartbeat_interval_secs = {huge}"),
+                "`collector.heartbeat_interval_secs`",
+            ),
+            (
+                format!("{COLLECTOR}{identity}timeout_secs = {huge}"),
+                "`collector.timeout_secs`",
+            ),
+            (
+                format!("{COLLECTOR}{identity}retry_max_secs = {huge}"),
+                "`collector.retry_max_secs`",
+            ),
+        ] {
+            let err = load(&text).unwrap_err();
+            assert!(err.contains(key) && err.contains("a year"), "{err}");
+        }
+        let year = format!("[schedule]\nfull_verify_interval_secs = {MAX_INTERVAL_SECS}");
+        assert!(load(&year).is_ok());
     }
 
     const COLLECTOR: &str = "[collector]\nurl = \"https://collector.example.org:8443\"\nca_file = \"/etc/driftwatch/collector-ca.pem\"\n";

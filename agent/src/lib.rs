@@ -9,7 +9,8 @@
 //!
 //! Modules import only from layers below them, never upward and never in a cycle:
 //!
-//! 1. [`host`], [`cli`], [`logging`]: small helpers with no agent imports;
+//! 1. [`host`], [`cli`], [`logging`]: small helpers with no agent imports (time, retry
+//!    waits, error chains and random ids come from `driftwatch_protocol`);
 //! 2. [`config`] (`agent.toml`) and [`policy`] (with [`policy::runtime`]);
 //! 3. the sources ([`source`]), [`diff`], [`watch`] and the sinks ([`sink`]), which
 //!    depend on configuration only (the reporter shows its state through the

@@ -1026,3 +1026,40 @@ fn a_hostile_host_cannot_stall_or_blind_the_running_daemon() {
         "the daemon read a file behind the swapped-in link: {status:#}"
     );
 }
+
+#[test]
+fn a_corrupt_or_unwritable_state_is_reported_and_the_boot_check_restores_it() {
+    let t = baked_tree();
+    let state = t.outside("state");
+    std::fs::create_dir_all(&state).unwrap();
+    std::fs::write(state.join("state.json"), b"{ not json").unwrap();
+    std::fs::write(state.join("hash-cache"), b"garbage").unwrap();
+    // Saving fails while the temporary file's name is taken by a directory.
+    std::fs::create_dir(state.join(".state.json.tmp")).unwrap();
+    t.file("/usr/bin/tool", b"tool v2\n");
+    let port = free_port();
+    let config = write_config(&t, port, "");
+    let _daemon = start(&t, &config, None);
+    let status = wait_for(port, Duration::from_secs(20), "the boot check", |s| {
+        s["state"] != "starting" && finding_paths(s).contains(&"/usr/bin/tool".into())
+    });
+    let problems = status["state_problems"].to_string();
+    assert!(problems.contains("corrupt"), "{status:#}");
+    assert!(problems.contains("cannot save state"), "{status:#}");
+    assert!(state.join("state.json.corrupt").exists());
+    let (_, metrics) = http_get(port, "/metrics").unwrap();
+    assert!(metrics.contains("driftwatch_state_problems 2"), "{metrics}");
+    // Space (or write access) comes back: the next save clears the problem.
+    std::fs::remove_dir(state.join(".state.json.tmp")).unwrap();
+    t.file("/usr/bin/other", b"other v2\n");
+    let status = wait_for(port, Duration::from_secs(10), "a successful save", |s| {
+        finding_paths(s).contains(&"/usr/bin/other".into())
+            && !s["state_problems"].to_string().contains("cannot save")
+    });
+    assert!(status["state_problems"].to_string().contains("corrupt"));
+    let saved = std::fs::read_to_string(state.join("state.json")).unwrap();
+    assert!(saved.contains("/usr/bin/tool") && saved.contains("/usr/bin/other"));
+    let log = std::fs::read_to_string(t.outside("daemon.log")).unwrap();
+    assert!(log.contains("The state file was corrupt"), "{log}");
+    assert!(log.contains("Cannot save state"), "{log}");
+}

@@ -7,25 +7,28 @@
 //! CLI call that terminates the instance so its auto-scaling group replaces it. The
 //! command runs without a shell, with the host in its environment
 //! (`DRIFTWATCH_HOST_ID`, `DRIFTWATCH_IMAGE_ID`, `DRIFTWATCH_REASON`,
-//! `DRIFTWATCH_HOSTNAME`), is killed after `alerts.command_timeout_secs`, and its
-//! outcome goes to the action log, because an instance terminated by automation must
-//! be traceable to a decision.
+//! `DRIFTWATCH_HOSTNAME`, and `DRIFTWATCH_ACTION_ID`, the same for every run of one
+//! decision's command: automation can use it as its own idempotency key), is killed
+//! after `alerts.command_timeout_secs`, and its outcome goes to the action log,
+//! because an instance terminated by automation must be traceable to a decision.
+//!
+//! The command is owed in the store's outbox, written with the decision itself, and
+//! run by whichever replica claims it first ([`crate::delivery`]): at least once,
+//! after a restart too.
 
-use crate::alerts::{AlertKind, Alerter, Occurrence, QueueSlot};
+use crate::alerts::Alerter;
 use crate::config::CollectorConfig;
+use crate::delivery::Deliverer;
 use crate::metrics::Metrics;
-use crate::store::{now_ms, ActionRecord, DynStore, HostRecord};
-use driftwatch_protocol::report::Severity;
+use crate::store::outbox::{Claim, CommandJob, OutboxItem};
+use crate::store::{
+    now_ms, ActionRecord, DynStore, Finish, HostRecord, Outcome, Policy, StoreResult,
+};
+use async_trait::async_trait;
 use std::process::Stdio;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::AsyncReadExt;
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
-
-/// Marked hosts waiting for their command. The replacement budget lets only a few
-/// hosts per image be marked per window, so 256 is far above any real backlog; when
-/// full, the command is skipped and the failure logged instead of blocking the caller.
-const COMMAND_QUEUE: usize = 256;
 
 /// Commands running at once: enough to replace a handful of hosts in parallel, few
 /// enough that a burst does not fork a cloud CLI per host on the collector's machine.
@@ -38,151 +41,120 @@ const STDERR_TAIL_BYTES: usize = 500;
 /// left behind may hold the pipe open).
 const STDERR_GRACE: Duration = Duration::from_secs(1);
 
-/// The `queue` label of the queue depth gauge for commands.
-const QUEUE_LABEL: &str = "commands";
-
-/// The title of `marked` occurrences.
-const MARKED_TITLE: &str = "marked for replacement";
+/// A command's claim on its outbox row outlasts its timeout by this much.
+const CLAIM_MARGIN: Duration = Duration::from_secs(60);
 
 /// Carries out what follows a host's marking; cheap to clone.
 #[derive(Clone)]
 pub struct Actions {
-    alerter: Alerter,
-    commands: Option<Commands>,
+    store: DynStore,
+    policy: Arc<Policy>,
 }
 
-/// The queue of mark commands and what recording their outcome needs.
-#[derive(Clone)]
-struct Commands {
-    jobs: mpsc::Sender<Job>,
-    runner: Arc<Runner>,
-}
-
-/// One marked host's command, waiting.
-struct Job {
-    host_id: String,
-    image_id: Option<String>,
-    hostname: String,
-    reason: String,
-    _slot: QueueSlot,
-}
-
-/// Runs the configured command.
+/// Runs the configured command for `command` rows of the outbox.
 struct Runner {
     program: String,
     args: Vec<String>,
     timeout: Duration,
-    store: DynStore,
-    queue_depth: prometheus_client::metrics::gauge::Gauge<i64, std::sync::atomic::AtomicI64>,
 }
 
 impl Actions {
-    /// Spawns the command dispatcher (when `alerts.mark_command` is set) on the current
-    /// tokio runtime (panics outside one).
+    /// Spawns this replica's command worker (when `alerts.mark_command` is set) on the
+    /// current tokio runtime (panics outside one). Commands are counted in the action
+    /// log and the outbox's queue depth, not in metrics of their own.
     pub fn start(
         config: &CollectorConfig,
         store: DynStore,
         alerter: Alerter,
-        metrics: Arc<Metrics>,
+        _metrics: Arc<Metrics>,
     ) -> Actions {
-        let commands = config
-            .alerts
-            .mark_command
-            .split_first()
-            .map(|(program, args)| {
-                let runner = Arc::new(Runner {
-                    program: program.clone(),
-                    args: args.to_vec(),
-                    // A timeout of 0 would kill every command before it starts.
-                    timeout: Duration::from_secs(config.alerts.command_timeout_secs.max(1)),
-                    store,
-                    queue_depth: metrics
-                        .queue_depth
-                        .get_or_create(&Metrics::label("queue", QUEUE_LABEL))
-                        .clone(),
-                });
-                let (jobs, rx) = mpsc::channel(COMMAND_QUEUE);
-                tokio::spawn(dispatch(rx, runner.clone()));
-                Commands { jobs, runner }
-            });
-        Actions { alerter, commands }
+        if let Some((program, args)) = config.alerts.mark_command.split_first() {
+            let runner = Runner {
+                program: program.clone(),
+                args: args.to_vec(),
+                // A timeout of 0 would kill every command before it starts.
+                timeout: Duration::from_secs(config.alerts.command_timeout_secs.max(1)),
+            };
+            crate::delivery::spawn(
+                Arc::clone(&store),
+                crate::delivery::replica_id().to_string(),
+                Arc::new(runner),
+            );
+        }
+        Actions {
+            store,
+            policy: Arc::clone(alerter.policy()),
+        }
     }
 
-    /// Called once when a host becomes `marked` (not for dry_run). Never blocks: raises
-    /// the `marked` alert and queues the mark command.
-    pub fn host_marked(&self, host: &HostRecord, reason: &str) {
-        self.alerter.raise(Occurrence {
-            kind: AlertKind::Marked,
-            image_id: host.image_id.clone(),
-            group: String::new(),
-            title: MARKED_TITLE.to_string(),
-            // Replacing a host is disruptive and deserves attention, but the finding
-            // that caused it carries its own severity in its drift alert.
-            severity: Severity::High,
-            host_id: host.host_id.clone(),
-            detail: format!("{} ({}): {reason}", host.host_id, host.hostname),
-        });
-        let Some(commands) = &self.commands else {
-            return;
-        };
-        let job = Job {
-            host_id: host.host_id.clone(),
-            image_id: host.image_id.clone(),
-            hostname: host.hostname.clone(),
-            reason: reason.to_string(),
-            _slot: QueueSlot::new(&commands.runner.queue_depth),
-        };
-        match commands.jobs.try_send(job) {
-            Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(job)) => {
-                tracing::warn!(host_id = %job.host_id, "The mark command queue is full; the command is skipped for this host.");
-                let runner = commands.runner.clone();
-                tokio::spawn(async move {
-                    let detail = format!("not run: {COMMAND_QUEUE} commands were already waiting");
-                    runner.record(&job, "failed", detail).await;
-                });
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
-                tracing::debug!("The command dispatcher has stopped; command skipped.");
-            }
-        }
+    /// Queues what follows a mark taken outside a decision (tools, tests): the
+    /// `marked` alert and the mark command. A decision queues them itself, in its
+    /// own transaction.
+    pub async fn host_marked(&self, host: &HostRecord, reason: &str) -> StoreResult<()> {
+        self.store
+            .announce_mark(host.clone(), reason.to_string(), Arc::clone(&self.policy))
+            .await
     }
 }
 
-/// Starts queued commands, at most [`MAX_CONCURRENT_COMMANDS`] at once.
-async fn dispatch(mut jobs: mpsc::Receiver<Job>, runner: Arc<Runner>) {
-    let slots = Arc::new(Semaphore::new(MAX_CONCURRENT_COMMANDS));
-    while let Some(job) = jobs.recv().await {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            return;
+#[async_trait]
+impl Deliverer for Runner {
+    fn kind(&self) -> &'static str {
+        "command"
+    }
+
+    fn concurrency(&self) -> usize {
+        MAX_CONCURRENT_COMMANDS
+    }
+
+    fn claim_lease(&self) -> Duration {
+        self.timeout + CLAIM_MARGIN
+    }
+
+    /// Runs the command once. A command that ran is final, whatever its exit status:
+    /// re-running a terminate call is the automation's own decision. Only a command
+    /// whose replica died while it ran is run again (by another replica, with the same
+    /// `DRIFTWATCH_ACTION_ID`).
+    async fn deliver(&self, claim: &Claim) -> Finish {
+        let OutboxItem::Command(job) = &claim.item else {
+            return Finish::Retry {
+                at_ms: claim.give_up_ms,
+                error: "not a command row".into(),
+            };
         };
-        tokio::spawn(runner.clone().run(job, permit));
+        let (outcome, detail) = match self.execute(job, &claim.idempotency_key).await {
+            Ok(detail) => {
+                tracing::info!(host_id = %job.host_id, program = %self.program, "Mark command completed.");
+                (Outcome::Ok, detail)
+            }
+            Err(detail) => {
+                tracing::error!(host_id = %job.host_id, program = %self.program, %detail, "The mark command failed; the host may not be replaced.");
+                (Outcome::Failed, detail)
+            }
+        };
+        Finish::Done(ActionRecord {
+            id: 0,
+            at_ms: now_ms(),
+            host_id: Some(job.host_id.clone()),
+            image_id: job.image_id.clone(),
+            action: "command".to_string(),
+            target: Some(self.program.clone()),
+            outcome,
+            detail,
+        })
     }
 }
 
 impl Runner {
-    async fn run(self: Arc<Self>, job: Job, _permit: OwnedSemaphorePermit) {
-        let (outcome, detail) = match self.execute(&job).await {
-            Ok(detail) => {
-                tracing::info!(host_id = %job.host_id, program = %self.program, "Mark command completed.");
-                ("ok", detail)
-            }
-            Err(detail) => {
-                tracing::error!(host_id = %job.host_id, program = %self.program, %detail, "The mark command failed; the host may not be replaced.");
-                ("failed", detail)
-            }
-        };
-        self.record(&job, outcome, detail).await;
-    }
-
     /// Runs the command for one host; the sentence says how it ended.
-    async fn execute(&self, job: &Job) -> Result<String, String> {
+    async fn execute(&self, job: &CommandJob, action_id: &str) -> Result<String, String> {
         let mut child = tokio::process::Command::new(&self.program)
             .args(&self.args)
             .env("DRIFTWATCH_HOST_ID", &job.host_id)
             .env("DRIFTWATCH_IMAGE_ID", job.image_id.as_deref().unwrap_or(""))
             .env("DRIFTWATCH_REASON", &job.reason)
             .env("DRIFTWATCH_HOSTNAME", &job.hostname)
+            .env("DRIFTWATCH_ACTION_ID", action_id)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -228,23 +200,6 @@ impl Runner {
             Ok(status) if status.success() => Ok(format!("{status}{}", tail.render())),
             Ok(status) => Err(format!("{status}{}", tail.render())),
             Err(error) => Err(format!("cannot wait for {}: {error}", self.program)),
-        }
-    }
-
-    async fn record(&self, job: &Job, outcome: &str, detail: String) {
-        let record = ActionRecord {
-            id: 0,
-            at_ms: now_ms(),
-            host_id: Some(job.host_id.clone()),
-            image_id: job.image_id.clone(),
-            action: "command".to_string(),
-            target: Some(self.program.clone()),
-            outcome: outcome.to_string(),
-            detail,
-        };
-        if let Err(error) = self.store.record_action(record).await {
-            // The command has run; only its trace in the action log is lost.
-            tracing::warn!(%error, host_id = %job.host_id, "Cannot log a mark command.");
         }
     }
 }
@@ -333,7 +288,10 @@ mod tests {
             Some(&receiver.url),
         )
         .await;
-        actions.host_marked(&host, "critical finding: modified /usr/bin/ssh");
+        actions
+            .host_marked(&host, "critical finding: modified /usr/bin/ssh")
+            .await
+            .unwrap();
 
         let logged = wait_for_actions(&store, "command", 1).await;
         assert_eq!(logged.len(), 1);
@@ -361,7 +319,7 @@ mod tests {
     async fn a_command_past_its_timeout_is_killed() {
         let (actions, store, host) = setup(&["sleep", "30"], 1, None).await;
         let started = std::time::Instant::now();
-        actions.host_marked(&host, "test");
+        actions.host_marked(&host, "test").await.unwrap();
         let logged = wait_for_actions(&store, "command", 1).await;
         assert_eq!(logged.len(), 1);
         assert_eq!(logged[0].outcome, "failed");
@@ -373,7 +331,7 @@ mod tests {
     async fn a_failing_command_keeps_the_end_of_its_stderr() {
         let script = "head -c 2000 /dev/zero | tr '\\0' x >&2; echo ' the end' >&2; exit 3";
         let (actions, store, host) = setup(&["sh", "-c", script], 10, None).await;
-        actions.host_marked(&host, "test");
+        actions.host_marked(&host, "test").await.unwrap();
         let logged = wait_for_actions(&store, "command", 1).await;
         assert_eq!(logged.len(), 1);
         assert_eq!(logged[0].outcome, "failed");
@@ -389,7 +347,7 @@ mod tests {
     #[tokio::test]
     async fn a_program_that_cannot_start_is_logged() {
         let (actions, store, host) = setup(&["/nonexistent/terminate-instance"], 10, None).await;
-        actions.host_marked(&host, "test");
+        actions.host_marked(&host, "test").await.unwrap();
         let logged = wait_for_actions(&store, "command", 1).await;
         assert_eq!(logged.len(), 1);
         assert_eq!(logged[0].outcome, "failed");

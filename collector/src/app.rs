@@ -69,6 +69,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/v1/actions", get(operator::actions))
         .route("/metrics", get(operator::metrics))
         .route("/healthz", get(|| async { "ok\n" }))
+        .route("/v1/openapi.json", get(api::openapi::document))
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,

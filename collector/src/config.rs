@@ -9,6 +9,7 @@ use driftwatch_protocol::report::Severity;
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 use thiserror::Error;
 
 /// The collector's configuration.
@@ -18,9 +19,16 @@ pub struct CollectorConfig {
     /// Address and port of the HTTPS listener (default `0.0.0.0:8443`).
     #[serde(default = "default_listen")]
     pub listen: SocketAddr,
-    /// The SQLite database file (default `/var/lib/driftwatch-collector/collector.db`).
+    /// Where the fleet's state lives: a SQLite file (default
+    /// `/var/lib/driftwatch-collector/collector.db`), or a PostgreSQL URL
+    /// (`postgres://USER@HOST[:PORT]/DB[?sslmode=disable|require|verify-full]`), which
+    /// several replicas of the collector can share.
     #[serde(default = "default_database")]
-    pub database: PathBuf,
+    pub database: Database,
+    /// A file holding the PostgreSQL password (default: none; a password in the URL
+    /// works too, but would show in process listings and logs). Ignored for SQLite.
+    #[serde(default)]
+    pub database_password_file: Option<PathBuf>,
     /// Certificates and keys.
     pub tls: TlsConfig,
     /// Who may do what.
@@ -46,8 +54,54 @@ fn default_listen() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 8443))
 }
 
-fn default_database() -> PathBuf {
-    PathBuf::from("/var/lib/driftwatch-collector/collector.db")
+fn default_database() -> Database {
+    Database::Sqlite(PathBuf::from("/var/lib/driftwatch-collector/collector.db"))
+}
+
+/// The `database` key: a URL with a `postgres://` or `postgresql://` scheme selects
+/// PostgreSQL; anything else is the path of a SQLite file.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Database {
+    /// The embedded store.
+    Sqlite(PathBuf),
+    /// A PostgreSQL server (the URL as written).
+    Postgres(String),
+}
+
+impl Database {
+    /// True when this is a SQLite file under `dir`; a PostgreSQL database is in no
+    /// directory.
+    pub fn starts_with(&self, dir: &Path) -> bool {
+        matches!(self, Database::Sqlite(path) if path.starts_with(dir))
+    }
+
+    /// What to call it in logs: the path, or the URL without any password.
+    pub fn display(&self) -> String {
+        match self {
+            Database::Sqlite(path) => path.display().to_string(),
+            Database::Postgres(url) => match (url.find("://"), url.rfind('@')) {
+                (Some(scheme), Some(at)) if at > scheme => {
+                    let user_info = &url[scheme + 3..at];
+                    let user = user_info.split(':').next().unwrap_or("");
+                    format!("{}{user}{}", &url[..scheme + 3], &url[at..])
+                }
+                _ => url.clone(),
+            },
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Database {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Ok(
+            if text.starts_with("postgres://") || text.starts_with("postgresql://") {
+                Database::Postgres(text)
+            } else {
+                Database::Sqlite(PathBuf::from(text))
+            },
+        )
+    }
 }
 
 /// `[tls]`: the collector's own certificate and the CA that vouches for agents.
@@ -116,6 +170,11 @@ pub struct IngestConfig {
     /// Largest baseline accepted by image registration, in bytes (default 256 MiB).
     #[serde(default = "default_max_baseline_bytes")]
     pub max_baseline_bytes: usize,
+    /// Most findings stored per host (default 10000). Beyond it a host's new findings
+    /// are counted, not stored, and one critical `too_many_findings` finding says so:
+    /// one hostile host cannot fill the disk or slow the others down.
+    #[serde(default = "default_max_findings_per_host")]
+    pub max_findings_per_host: u64,
 }
 
 fn default_max_body_bytes() -> usize {
@@ -136,6 +195,9 @@ fn default_burst() -> f64 {
 fn default_max_baseline_bytes() -> usize {
     256 << 20
 }
+fn default_max_findings_per_host() -> u64 {
+    10_000
+}
 
 impl Default for IngestConfig {
     fn default() -> Self {
@@ -146,6 +208,7 @@ impl Default for IngestConfig {
             rate_per_sec: default_rate_per_sec(),
             burst: default_burst(),
             max_baseline_bytes: default_max_baseline_bytes(),
+            max_findings_per_host: default_max_findings_per_host(),
         }
     }
 }
@@ -302,6 +365,11 @@ pub struct AlertsConfig {
     /// Seconds a mark command may run before it is killed (default 60).
     #[serde(default = "default_command_timeout_secs")]
     pub command_timeout_secs: u64,
+    /// How long, in seconds, a webhook delivery is retried (with backoff and jitter,
+    /// across restarts and by any replica) before it fails for good (default 21600,
+    /// six hours: a receiver down for a night's maintenance still gets its alerts).
+    #[serde(default = "default_retry_for_secs")]
+    pub retry_for_secs: u64,
 }
 
 fn default_group_wait_secs() -> u64 {
@@ -310,6 +378,9 @@ fn default_group_wait_secs() -> u64 {
 fn default_command_timeout_secs() -> u64 {
     60
 }
+fn default_retry_for_secs() -> u64 {
+    6 * 3600
+}
 
 impl Default for AlertsConfig {
     fn default() -> Self {
@@ -317,6 +388,7 @@ impl Default for AlertsConfig {
             group_wait_secs: default_group_wait_secs(),
             mark_command: Vec::new(),
             command_timeout_secs: default_command_timeout_secs(),
+            retry_for_secs: default_retry_for_secs(),
         }
     }
 }
@@ -349,7 +421,8 @@ pub struct WebhookConfig {
     /// none).
     #[serde(default)]
     pub ca_file: Option<PathBuf>,
-    /// Attempts before giving up, with exponential backoff between them (default 5).
+    /// Attempts before giving up, with exponential backoff between them (default: no
+    /// limit; `alerts.retry_for_secs` bounds the retries).
     #[serde(default = "default_attempts")]
     pub max_attempts: u32,
     /// Seconds each attempt may take (default 10).
@@ -364,7 +437,7 @@ fn default_webhook_events() -> Vec<String> {
     ALERT_KINDS.iter().map(|s| s.to_string()).collect()
 }
 fn default_attempts() -> u32 {
-    5
+    u32::MAX
 }
 fn default_webhook_timeout_secs() -> u64 {
     10
@@ -431,7 +504,12 @@ impl CollectorConfig {
                 *p = base.join(&*p);
             }
         };
-        resolve(&mut self.database);
+        if let Database::Sqlite(path) = &mut self.database {
+            resolve(path);
+        }
+        if let Some(path) = &mut self.database_password_file {
+            resolve(path);
+        }
         resolve(&mut self.tls.cert_file);
         resolve(&mut self.tls.key_file);
         resolve(&mut self.tls.client_ca_file);
@@ -456,8 +534,32 @@ impl CollectorConfig {
         if ingest.max_events_per_batch == 0 {
             return Err("ingest.max_events_per_batch must be above 0".into());
         }
-        if !(ingest.rate_per_sec > 0.0 && ingest.burst >= 1.0) {
-            return Err("ingest.rate_per_sec must be above 0 and ingest.burst at least 1".into());
+        // The limiter turns burst / rate into a Duration (a panic if it is none).
+        if !(ingest.rate_per_sec > 0.0
+            && ingest.burst >= 1.0
+            && Duration::try_from_secs_f64(ingest.burst / ingest.rate_per_sec).is_ok())
+        {
+            return Err(
+                "ingest.rate_per_sec must be above 0 and ingest.burst at least 1 (both finite)"
+                    .into(),
+            );
+        }
+        if !(1..=MAX_HOST_CERT_DAYS).contains(&self.tls.host_cert_days) {
+            return Err(format!(
+                "tls.host_cert_days must be between 1 and {MAX_HOST_CERT_DAYS}"
+            ));
+        }
+        for (key, secs) in [
+            ("alerts.group_wait_secs", self.alerts.group_wait_secs),
+            (
+                "alerts.command_timeout_secs",
+                self.alerts.command_timeout_secs,
+            ),
+            ("hosts.sweep_interval_secs", self.hosts.sweep_interval_secs),
+        ] {
+            if secs > MAX_DURATION_SECS {
+                return Err(format!("{key} {AT_MOST_A_YEAR}"));
+            }
         }
         if self.hosts.missed_heartbeats == 0 || self.hosts.sweep_interval_secs == 0 {
             return Err(
@@ -500,10 +602,21 @@ impl CollectorConfig {
             if webhook.max_attempts == 0 {
                 return Err(format!("webhook[{i}].max_attempts must be above 0"));
             }
+            if webhook.timeout_secs > MAX_DURATION_SECS {
+                return Err(format!("webhook[{i}].timeout_secs {AT_MOST_A_YEAR}"));
+            }
         }
         Ok(())
     }
 }
+
+/// The longest duration accepted, in seconds (a year): durations are added to the
+/// current time, which panics past the clock's range.
+pub const MAX_DURATION_SECS: u64 = 366 * 24 * 3600;
+const AT_MOST_A_YEAR: &str = "must be at most 31622400 (a year)";
+/// The longest host certificate accepted, in days (ten years): certificate dates end
+/// in the year 9999, and a longer one would panic enrollment.
+pub const MAX_HOST_CERT_DAYS: u32 = 3650;
 
 /// Finding kinds a replacement rule may name: the agent's, and `image` for a host on
 /// an unregistered image or another baseline than its image's.
@@ -569,6 +682,50 @@ mod tests {
             std::fs::write(&path, format!("{MINIMAL}\n{extra}")).unwrap();
             let err = CollectorConfig::load(&path).unwrap_err().to_string();
             assert!(err.contains(key), "{err} should name {key}");
+        }
+    }
+
+    #[test]
+    fn values_that_would_panic_in_use_are_refused() {
+        // Found by the collector_toml fuzz target: each of these validated, then
+        // panicked the collector when used (a certificate valid past the year 9999, an
+        // `Instant` past the clock's range, a refill time that is no `Duration`).
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("collector.toml");
+        let huge = u64::MAX;
+        for (extra, key) in [
+            ("[alerts]\ngroup_wait_secs = HUGE", "alerts.group_wait_secs"),
+            (
+                "[alerts]\ncommand_timeout_secs = HUGE",
+                "alerts.command_timeout_secs",
+            ),
+            (
+                "[hosts]\nsweep_interval_secs = HUGE",
+                "hosts.sweep_interval_secs",
+            ),
+            (
+                "[[webhook]]\nurl = \"https://x\"\ntimeout_secs = HUGE",
+                "webhook[0].timeout_secs",
+            ),
+            (
+                "[ingest]\nburst = 1e300\nrate_per_sec = 1e-300",
+                "ingest.rate_per_sec",
+            ),
+            ("[ingest]\nburst = inf", "ingest.rate_per_sec"),
+        ] {
+            let extra = extra.replace("HUGE", &huge.to_string());
+            std::fs::write(&path, format!("{MINIMAL}\n{extra}")).unwrap();
+            let err = CollectorConfig::load(&path).unwrap_err().to_string();
+            assert!(err.contains(key), "{err} should name {key}");
+        }
+        for days in [0, 4_000_000] {
+            let text = MINIMAL.replace(
+                "client_ca_file = \"ca.pem\"",
+                &format!("client_ca_file = \"ca.pem\"\nhost_cert_days = {days}"),
+            );
+            std::fs::write(&path, text).unwrap();
+            let err = CollectorConfig::load(&path).unwrap_err().to_string();
+            assert!(err.contains("tls.host_cert_days"), "{err}");
         }
     }
 }

@@ -55,6 +55,7 @@ impl From<StoreError> for ApiError {
         match err {
             StoreError::NotFound { what, id } => ApiError::NotFound(format!("no {what} {id}")),
             StoreError::Conflict(message) => ApiError::Conflict(message),
+            StoreError::BadCursor => ApiError::BadRequest("invalid cursor".into()),
             StoreError::Closed => ApiError::Unavailable,
             other => ApiError::Internal(other),
         }

@@ -15,7 +15,6 @@ use driftwatch_collector::config::CollectorConfig;
 use driftwatch_collector::fleet::Fleet;
 use driftwatch_collector::metrics::Metrics;
 use driftwatch_collector::pki::{read_text, CertificateAuthority};
-use driftwatch_collector::store::sqlite::SqliteStore;
 use driftwatch_collector::tls;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -139,8 +138,7 @@ async fn run(command: Command) -> Result<(), Failure> {
 async fn serve(path: &Path) -> Result<(), Failure> {
     init_logging();
     let config = Arc::new(CollectorConfig::load(path)?);
-    let store: driftwatch_collector::store::DynStore =
-        Arc::new(SqliteStore::open(&config.database)?);
+    let store = driftwatch_collector::store::open(&config).await?;
     let metrics = Arc::new(Metrics::new());
     let alerter = Alerter::start(&config, Arc::clone(&store), Arc::clone(&metrics))?;
     let actions = Actions::start(

@@ -103,7 +103,7 @@ impl Metrics {
         );
         registry.register(
             "queue_depth",
-            "Items waiting in a queue",
+            "Items waiting in the outbox, by queue",
             metrics.queue_depth.clone(),
         );
         registry.register(
@@ -136,6 +136,16 @@ impl Metrics {
                 .set(count as f64);
         }
         self.images.set(counts.images as f64);
+        // The queues are the store's outbox: their depth is what it holds, on every
+        // replica alike.
+        for (queue, depth) in [
+            ("alerts", counts.pending_alerts),
+            ("commands", counts.pending_commands),
+        ] {
+            self.queue_depth
+                .get_or_create(&Metrics::label("queue", queue))
+                .set(i64::try_from(depth).unwrap_or(i64::MAX));
+        }
         let mut out = String::new();
         // Writing into a String cannot fail.
         let _ = encode(&mut out, &self.registry);

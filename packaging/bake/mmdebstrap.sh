@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Builds a Debian image root with driftwatch installed and baked, with mmdebstrap:
-#   1. a minbase root with systemd (the base; reused from --cache when given);
+#   1. a stock cloud image root: minbase with systemd, a kernel with its modules and
+#      initramfs, cloud-init, sshd, time sync, unattended upgrades, sudo (the base;
+#      reused from --cache when given; --bare for systemd and dbus only);
 #   2. the driftwatch .deb installed in it with dpkg, in chroot (the unit gets
 #      enabled, nothing starts, no baseline is made);
 #   3. the bake step, LAST, from outside the image: the image's own driftwatch-bake
@@ -12,9 +14,10 @@
 # Usage (as root):
 #   packaging/bake/mmdebstrap.sh --deb driftwatch_VERSION_amd64.deb --image-id ID \
 #       --sign-key pipeline.key --out DIR [--suite bookworm] [--mirror URL]
-#       [--include PKG,PKG] [--cache FILE.tar] [-- DRIFTWATCH-BAKE-OPTIONS...]
+#       [--include PKG,PKG] [--bare] [--cache FILE.tar] [-- DRIFTWATCH-BAKE-OPTIONS...]
 #   --mirror   default: the mirror this machine's apt uses (packaging/mirror.sh)
-#   --include  more packages for the image (default: none beyond systemd, dbus)
+#   --include  more packages for the image (default: none beyond the cloud image's)
+#   --bare     only systemd and dbus (no kernel, no cloud-init): a container image
 #   --cache    reuse this tarball as the base of step 1, making it the first time
 #   after --    passed to driftwatch-bake, e.g. --register URL --operator-token-file F
 #               --collector-ca F, or --exclude /etc/driftwatch/agent.toml
@@ -27,7 +30,13 @@ die() {
 }
 
 deb='' image_id='' sign_key='' out='' suite=bookworm mirror='' include='' cache=''
+cloud=linux-image-cloud-amd64,initramfs-tools,cloud-init,openssh-server,systemd-timesyncd,unattended-upgrades,sudo
 while [ $# -gt 0 ]; do
+  if [ "$1" = --bare ]; then
+    cloud=''
+    shift
+    continue
+  fi
   case $1 in
     --deb | --image-id | --sign-key | --out | --suite | --mirror | --include | --cache)
       [ $# -ge 2 ] || die "$1 needs a value"
@@ -61,7 +70,7 @@ fi
 deb=$(realpath "$deb")
 sign_key=$(realpath "$sign_key")
 [ -n "$mirror" ] || mirror=$("$here/../mirror.sh")
-packages=systemd,systemd-sysv,dbus${include:+,$include}
+packages=systemd,systemd-sysv,dbus${cloud:+,$cloud}${include:+,$include}
 
 # 1. The base.
 mkdir -p "$out"

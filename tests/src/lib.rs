@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 pub mod container;
 pub mod haproxy;
+pub mod openapi;
 pub mod postgres;
 
 /// A workspace binary, next to this test's own executable's directory.
@@ -169,6 +170,69 @@ impl Topology {
         }
         Some(Topology::Replicas(3))
     }
+
+    /// [`Topology::replicas`] for a test whose assertions need decisions and alert
+    /// grouping shared by the replicas: `None`, saying why, while replicas run on
+    /// SQLite (each replica then groups alerts and takes budget decisions alone).
+    pub fn replicas_sharing_decisions() -> Option<Topology> {
+        if !REPLICAS_ON_POSTGRES {
+            eprintln!(
+                "skipping: replicas share alert grouping and budget decisions only through \
+                 the PostgreSQL store, which they do not use yet"
+            );
+            return None;
+        }
+        Topology::replicas()
+    }
+}
+
+/// Runs each named test function (`fn name(topology: Topology)`) twice: as
+/// `single::name` against one SQLite collector, and as `replicas::name` against
+/// [`Topology::replicas`] (three replicas behind haproxy). What a test asserts does not
+/// depend on the topology: a fleet of replicas must behave as one collector.
+///
+/// Tests listed after `shared_decisions:` rely on what replicas can only share through
+/// a shared store (alert grouping, the budget's decision lock): through replicas they run
+/// once the replicas are on PostgreSQL ([`REPLICAS_ON_POSTGRES`]).
+#[macro_export]
+macro_rules! each_topology {
+    ($($name:ident),* $(,)?) => {
+        $crate::each_topology!($($name),* ; shared_decisions:);
+    };
+    ($($name:ident),* $(,)? ; shared_decisions: $($shared:ident),* $(,)?) => {
+        mod single {
+            $(
+                #[test]
+                fn $name() {
+                    super::$name($crate::Topology::Single)
+                }
+            )*
+            $(
+                #[test]
+                fn $shared() {
+                    super::$shared($crate::Topology::Single)
+                }
+            )*
+        }
+        mod replicas {
+            $(
+                #[test]
+                fn $name() {
+                    if let Some(topology) = $crate::Topology::replicas() {
+                        super::$name(topology)
+                    }
+                }
+            )*
+            $(
+                #[test]
+                fn $shared() {
+                    if let Some(topology) = $crate::Topology::replicas_sharing_decisions() {
+                        super::$shared(topology)
+                    }
+                }
+            )*
+        }
+    };
 }
 
 /// Under `CI=true` a missing prerequisite fails the test (CI installs everything);

@@ -4,7 +4,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use driftwatch_tests::{ok, wait_until, Collector, Credentials, Host, Image, WebhookReceiver};
+use driftwatch_tests::{
+    ok, wait_until, Collector, Credentials, Host, Image, Topology, WebhookReceiver,
+};
 use serde_json::Value;
 use std::time::Duration;
 
@@ -32,13 +34,15 @@ fn drift_alerts(receiver: &WebhookReceiver, path: &str) -> Vec<Value> {
         .collect()
 }
 
-#[test]
-fn drift_marks_the_host_and_the_same_change_on_three_hosts_is_one_alert() {
+fn drift_marks_the_host_and_the_same_change_on_three_hosts_is_one_alert(topology: Topology) {
     let receiver = WebhookReceiver::start();
-    let collector = Collector::start(&format!(
-        "{}\n[replacement]\nmax_hosts = 10\nmax_percent = 100.0\n",
-        webhook(&receiver)
-    ));
+    let collector = Collector::start_as(
+        topology,
+        &format!(
+            "{}\n[replacement]\nmax_hosts = 10\nmax_percent = 100.0\n",
+            webhook(&receiver)
+        ),
+    );
     let image = Image::bake("img-web");
     image.register(&collector);
     let digest = image.digest();
@@ -134,13 +138,15 @@ fn drift_marks_the_host_and_the_same_change_on_three_hosts_is_one_alert() {
     assert_eq!(collector.state("web-2").as_deref(), Some("drifted"));
 }
 
-#[test]
-fn the_budget_holds_back_replacements_beyond_its_share() {
+fn the_budget_holds_back_replacements_beyond_its_share(topology: Topology) {
     let receiver = WebhookReceiver::start();
-    let collector = Collector::start(&format!(
-        "{}\n[replacement]\nmax_hosts = 2\nmax_percent = 100.0\nwindow_secs = 3600\n",
-        webhook(&receiver)
-    ));
+    let collector = Collector::start_as(
+        topology,
+        &format!(
+            "{}\n[replacement]\nmax_hosts = 2\nmax_percent = 100.0\nwindow_secs = 3600\n",
+            webhook(&receiver)
+        ),
+    );
     let image = Image::bake("img-batch");
     image.register(&collector);
     // Ten hosts without a daemon, reporting one-shot (`check --report`), each with a
@@ -205,13 +211,15 @@ fn the_budget_holds_back_replacements_beyond_its_share() {
     assert!(stderr.contains("cannot deliver the report"), "{stderr}");
 }
 
-#[test]
-fn a_silent_host_is_reported_and_a_replaced_one_goes_away() {
+fn a_silent_host_is_reported_and_a_replaced_one_goes_away(topology: Topology) {
     let receiver = WebhookReceiver::start();
-    let collector = Collector::start(&format!(
-        "{}\n[hosts]\nsweep_interval_secs = 1\nmissed_heartbeats = 2\n",
-        webhook(&receiver)
-    ));
+    let collector = Collector::start_as(
+        topology,
+        &format!(
+            "{}\n[hosts]\nsweep_interval_secs = 1\nmissed_heartbeats = 2\n",
+            webhook(&receiver)
+        ),
+    );
     let image = Image::bake("img-quiet");
     image.register(&collector);
     let mut quiet = Host::new(&image, &collector, "quiet-1", Credentials::Certificate, "");
@@ -248,10 +256,9 @@ fn a_silent_host_is_reported_and_a_replaced_one_goes_away() {
     wait_state(&collector, "quiet-1", "clean");
 }
 
-#[test]
-fn a_host_on_an_unregistered_image_or_baseline_is_a_critical_finding() {
+fn a_host_on_an_unregistered_image_or_baseline_is_a_critical_finding(topology: Topology) {
     let receiver = WebhookReceiver::start();
-    let collector = Collector::start(&webhook(&receiver));
+    let collector = Collector::start_as(topology, &webhook(&receiver));
     let registered = Image::bake("img-known");
     registered.register(&collector);
     let rogue = Image::bake("img-rogue");
@@ -269,3 +276,11 @@ fn a_host_on_an_unregistered_image_or_baseline_is_a_critical_finding() {
         (!receiver.of_kind("image").is_empty()).then_some(())
     });
 }
+
+driftwatch_tests::each_topology!(
+    a_silent_host_is_reported_and_a_replaced_one_goes_away,
+    a_host_on_an_unregistered_image_or_baseline_is_a_critical_finding;
+    shared_decisions:
+    drift_marks_the_host_and_the_same_change_on_three_hosts_is_one_alert,
+    the_budget_holds_back_replacements_beyond_its_share,
+);

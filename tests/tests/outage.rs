@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use driftwatch_tests::{wait_until, Collector, Credentials, Host, Image};
+use driftwatch_tests::{wait_until, Collector, Credentials, Host, Image, Topology};
 use std::time::Duration;
 
 const SOON: Duration = Duration::from_secs(60);
@@ -36,9 +36,8 @@ fn wait_agent_findings(host: &Host, count: usize) {
     );
 }
 
-#[test]
-fn a_collector_outage_loses_nothing_and_duplicates_nothing() {
-    let mut collector = Collector::start("");
+fn a_collector_outage_loses_nothing_and_duplicates_nothing(topology: Topology) {
+    let mut collector = Collector::start_as(topology, "");
     let image = Image::bake("img-outage");
     image.register(&collector);
     let mut host = Host::new(&image, &collector, "outage-1", Credentials::Certificate, "");
@@ -62,9 +61,8 @@ fn a_collector_outage_loses_nothing_and_duplicates_nothing() {
     );
 }
 
-#[test]
-fn a_collector_killed_during_ingest_loses_nothing_acknowledged() {
-    let mut collector = Collector::start("");
+fn a_collector_killed_during_ingest_loses_nothing_acknowledged(topology: Topology) {
+    let mut collector = Collector::start_as(topology, "");
     let image = Image::bake("img-kill");
     image.register(&collector);
     let mut host = Host::new(&image, &collector, "kill-1", Credentials::Certificate, "");
@@ -82,9 +80,8 @@ fn a_collector_killed_during_ingest_loses_nothing_acknowledged() {
     wait_findings(&collector, "kill-1", 60);
 }
 
-#[test]
-fn an_agent_killed_while_spooling_delivers_after_restart() {
-    let mut collector = Collector::start("");
+fn an_agent_killed_while_spooling_delivers_after_restart(topology: Topology) {
+    let mut collector = Collector::start_as(topology, "");
     let image = Image::bake("img-spool");
     image.register(&collector);
     let mut host = Host::new(&image, &collector, "spool-1", Credentials::Certificate, "");
@@ -107,3 +104,9 @@ fn an_agent_killed_while_spooling_delivers_after_restart() {
         collector.log()
     );
 }
+
+driftwatch_tests::each_topology!(
+    a_collector_outage_loses_nothing_and_duplicates_nothing,
+    a_collector_killed_during_ingest_loses_nothing_acknowledged,
+    an_agent_killed_while_spooling_delivers_after_restart,
+);

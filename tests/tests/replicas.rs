@@ -135,3 +135,24 @@ fn an_agent_with_two_collector_urls_fails_over_and_back() {
         .log()
         .contains("Reporting to another collector replica"));
 }
+
+#[test]
+fn the_example_haproxy_configuration_is_valid() {
+    let Some(Topology::Replicas(_)) = Topology::replicas() else {
+        return;
+    };
+    let example =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../packaging/examples/haproxy.cfg");
+    let haproxy =
+        driftwatch_tests::postgres::which("haproxy").unwrap_or_else(|| "/usr/sbin/haproxy".into());
+    let output = std::process::Command::new(haproxy)
+        .args(["-c", "-f"])
+        .arg(&example)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}

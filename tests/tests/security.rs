@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use driftwatch_tests::{gzip, heartbeat_batch, ok, Collector, RawClient};
+use driftwatch_tests::{gzip, heartbeat_batch, ok, Collector, RawClient, Topology};
 use serde_json::json;
 use std::process::Command;
 use std::time::Duration;
@@ -16,9 +16,8 @@ fn post_json(
     client.post(path, serde_json::to_vec(body).unwrap(), &[])
 }
 
-#[test]
-fn hostile_requests_are_refused_and_the_collector_keeps_serving() {
-    let collector = Collector::start("");
+fn hostile_requests_are_refused_and_the_collector_keeps_serving(topology: Topology) {
+    let collector = Collector::start_as(topology, "");
     let certs = tempfile::tempdir().unwrap();
     let (cert_a, key_a) = collector.issue_cert("host-a", certs.path());
     let host_a = RawClient::new(&collector, Some((&cert_a, &key_a)));
@@ -36,6 +35,7 @@ fn hostile_requests_are_refused_and_the_collector_keeps_serving() {
     assert!(body.contains("client certificate"), "{body}");
 
     // A certificate from another CA does not even complete the handshake.
+    // A collector of its own, with its own CA.
     let other = Collector::start("");
     let (cert_x, key_x) = other.issue_cert("host-a", certs.path().join("other").as_path());
     let stranger = RawClient::new(&collector, Some((&cert_x, &key_x)));
@@ -127,9 +127,8 @@ fn hostile_requests_are_refused_and_the_collector_keeps_serving() {
     assert_eq!(collector.state("host-d").as_deref(), Some("clean"));
 }
 
-#[test]
-fn enrollment_issues_one_certificate_per_host_id() {
-    let collector = Collector::start("");
+fn enrollment_issues_one_certificate_per_host_id(topology: Topology) {
+    let collector = Collector::start_as(topology, "");
     let anonymous = RawClient::new(&collector, None);
     let token = std::fs::read_to_string(collector.enrollment_token()).unwrap();
     // A real CSR, made with openssl as a provisioning script would.
@@ -186,9 +185,8 @@ fn enrollment_issues_one_certificate_per_host_id() {
     assert_eq!(status, 400);
 }
 
-#[test]
-fn an_idle_connection_is_closed_and_a_slow_handshake_too() {
-    let collector = Collector::start("");
+fn an_idle_connection_is_closed_and_a_slow_handshake_too(topology: Topology) {
+    let collector = Collector::start_as(topology, "");
     let address = collector.url().trim_start_matches("https://").to_string();
     // A client that completes the handshake, then says nothing: closed after the
     // collector's idle timeout (10 s), not held open with its buffers.
@@ -222,3 +220,9 @@ fn an_idle_connection_is_closed_and_a_slow_handshake_too() {
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
     assert!(started.elapsed() < Duration::from_secs(45));
 }
+
+driftwatch_tests::each_topology!(
+    hostile_requests_are_refused_and_the_collector_keeps_serving,
+    enrollment_issues_one_certificate_per_host_id,
+    an_idle_connection_is_closed_and_a_slow_handshake_too,
+);

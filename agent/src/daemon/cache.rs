@@ -84,9 +84,15 @@ impl HashCache {
             .filter(|(body, digest)| blake3::hash(body).as_bytes() == *digest)
             .map(|(body, _)| body)
         else {
+            tracing::warn!("The hash cache is corrupt; fast verification re-reads every file.");
             return HashCache::default();
         };
-        decode(body).unwrap_or_default()
+        decode(body).unwrap_or_else(|_| {
+            tracing::warn!(
+                "The hash cache does not decode; fast verification re-reads every file."
+            );
+            HashCache::default()
+        })
     }
 
     /// The number of files known.

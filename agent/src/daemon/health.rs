@@ -92,6 +92,12 @@ fn render_metrics(status: &Status) -> String {
         "Ways real-time watching is degraded",
         status.degradations.len() as i64,
     );
+    gauge(
+        &mut registry,
+        "state_problems",
+        "Problems with the state directory (corrupt at start, saves failing)",
+        status.state_problems.len() as i64,
+    );
     counter(
         &mut registry,
         "full_checks",

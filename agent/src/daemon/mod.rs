@@ -92,6 +92,10 @@ pub struct Status {
     /// Ways in which real-time watching is degraded (scheduled verification covers
     /// them).
     pub degradations: Vec<String>,
+    /// What is wrong with the daemon's own state directory: a state file found corrupt
+    /// at start, or the last save failing (read-only, full). Watching goes on; empty
+    /// once a save succeeds again.
+    pub state_problems: Vec<String>,
     /// When the last full check finished (RFC 3339).
     pub last_full_check: Option<String>,
     /// How long it took.
@@ -115,6 +119,9 @@ pub struct Status {
     /// The first-boot provisioning window and its delta ([`provision`]).
     pub provisioning: Option<provision::Provisioning>,
 }
+
+/// How a failed state save starts in [`Status::state_problems`].
+const SAVE_FAILED: &str = "cannot save state in";
 
 /// State shared between the daemon loop and the HTTP endpoint.
 #[derive(Default)]
@@ -289,7 +296,13 @@ impl Daemon {
         };
         if let Some(context) = &context {
             let digest = digest_string(context.reader.digest());
-            self.state = State::load(&self.config.state_dir, &digest).map_err(Error::State)?;
+            let (state, problem) =
+                State::load_or_recover(&self.config.state_dir, &digest).map_err(Error::State)?;
+            self.state = state;
+            if let Some(problem) = problem {
+                error!(problem = %problem, "The state file was corrupt.");
+                self.shared.status().state_problems.push(problem);
+            }
             self.image = ImageClaim {
                 image_id: context.reader.meta().image_id.clone(),
                 baseline_digest: Some(digest.clone()),
@@ -418,9 +431,7 @@ impl Daemon {
         if let Some(reporter) = self.reporter.take() {
             reporter.shutdown(FLUSH_GRACE).await;
         }
-        if let Err(err) = self.state.save(&self.config.state_dir) {
-            error!(error = %err, "Cannot save state.");
-        }
+        self.save_state();
         Ok(())
     }
 
@@ -814,10 +825,26 @@ impl Daemon {
                 Duration::from_secs(self.config.replacement.command_timeout_secs),
             ));
         }
-        if let Err(err) = self.state.save(&self.config.state_dir) {
-            error!(error = %err, "Cannot save state.");
-        }
+        self.save_state();
         self.publish();
+    }
+
+    /// Saves the state; a failure (a read-only or full state directory) is logged and
+    /// shown in the status until a save succeeds again. Nothing else stops: the state
+    /// in memory stays right, and the spool keeps what the collector has not taken.
+    fn save_state(&mut self) {
+        let result = self.state.save(&self.config.state_dir);
+        let mut status = self.shared.status();
+        status
+            .state_problems
+            .retain(|p| !p.starts_with(SAVE_FAILED));
+        if let Err(err) = result {
+            error!(error = %err, dir = %self.config.state_dir.display(), "Cannot save state.");
+            status.state_problems.push(format!(
+                "{SAVE_FAILED} {}: {err}",
+                self.config.state_dir.display()
+            ));
+        }
     }
 
     fn publish(&self) {

@@ -30,7 +30,7 @@ use crate::sink::spool::write_durably;
 use driftwatch_protocol::report::{EntryState, Finding};
 use driftwatch_protocol::time::now_rfc3339 as now;
 use driftwatch_protocol::wire::{EventBody, ProvisionDelta};
-use globset::{Glob, GlobSet, GlobSetBuilder};
+use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -54,8 +54,10 @@ pub struct ProvisioningConfig {
     #[serde(default = "default_units")]
     pub units: Vec<String>,
     /// Patterns of the paths provisioning may change (default: what cloud-init writes
-    /// on a Debian cloud image, see [`default_paths`]). A pattern covers its matches
-    /// and everything below them, as in the policy.
+    /// on a Debian cloud image, see [`default_paths`]). Unlike policy patterns, a
+    /// pattern names exactly the paths it matches: `/etc/sudoers.d` is the directory
+    /// (cloud-init changes its mode), `/etc/sudoers.d/**` would be every file in it.
+    /// `*` stays within one component, `**` spans any number.
     #[serde(default = "default_paths")]
     pub paths: Vec<String>,
     /// More patterns, added to `paths` (default: none): the files your user data
@@ -89,9 +91,12 @@ pub fn default_paths() -> Vec<String> {
         "/etc/subuid-",
         "/etc/subgid",
         "/etc/subgid-",
-        // Its home, its keys and its sudo rule.
+        // Its home, its keys (root's too: "log in as debian") and its sudo rule.
         "/home/*",
+        "/home/*/**",
         "/root/.ssh",
+        "/root/.ssh/authorized_keys",
+        "/etc/sudoers.d",
         "/etc/sudoers.d/90-cloud-init-users",
         // The host's name and its SSH host keys, made new for every instance.
         "/etc/hostname",
@@ -100,6 +105,7 @@ pub fn default_paths() -> Vec<String> {
         // cloud-init's own state.
         "/etc/cloud/instance",
         "/var/lib/cloud",
+        "/var/lib/cloud/**",
     ]
     .iter()
     .map(|p| p.to_string())
@@ -142,7 +148,9 @@ impl Declared {
             ("provisioning.extra_paths", &config.extra_paths),
         ] {
             for pattern in patterns {
-                let glob = Glob::new(pattern.trim_end_matches('/'))
+                let glob = GlobBuilder::new(pattern.trim_end_matches('/'))
+                    .literal_separator(true)
+                    .build()
                     .ok()
                     .filter(|_| pattern.starts_with('/'))
                     .ok_or(key)?;
@@ -152,14 +160,9 @@ impl Declared {
         set.build().map(Declared).map_err(|_| "provisioning.paths")
     }
 
-    /// Whether `path` is declared: a pattern matches it or one of its parents.
+    /// Whether `path` is declared: a pattern matches it.
     pub fn covers(&self, path: &str) -> bool {
-        let mut prefix = String::with_capacity(path.len());
-        path.split('/').filter(|c| !c.is_empty()).any(|part| {
-            prefix.push('/');
-            prefix.push_str(part);
-            self.0.is_match(&prefix)
-        })
+        self.0.is_match(path)
     }
 }
 
@@ -638,7 +641,11 @@ mod tests {
         assert!(d.covers("/etc/ssh/ssh_host_ed25519_key.pub"));
         assert!(d.covers("/etc/sudoers.d/90-cloud-init-users"));
         assert!(!d.covers("/etc/passwdx"));
+        assert!(d.covers("/etc/sudoers.d"));
         assert!(!d.covers("/etc/sudoers.d/evil"));
+        assert!(d.covers("/home/debian"));
+        assert!(d.covers("/root/.ssh/authorized_keys"));
+        assert!(!d.covers("/root/.ssh/rc"));
         assert!(!d.covers("/etc/ssh/sshd_config"));
         assert!(!d.covers("/usr/bin/sudo"));
         assert!(!d.covers("/home"));

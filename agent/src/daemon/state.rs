@@ -169,6 +169,38 @@ impl State {
         Ok(state)
     }
 
+    /// Like [`State::load`], but a corrupt file does not stop the daemon: it is kept
+    /// aside as `state.json.corrupt` (for the investigation) and a fresh state is used,
+    /// with the reason returned for the log and the status. The boot check then finds
+    /// again whatever drift the lost state held, and marks the host again if it must.
+    pub fn load_or_recover(
+        state_dir: &Path,
+        baseline_digest: &str,
+    ) -> io::Result<(State, Option<String>)> {
+        match State::load(state_dir, baseline_digest) {
+            Ok(state) => Ok((state, None)),
+            Err(err) if err.kind() == io::ErrorKind::InvalidData => {
+                let path = state_dir.join(STATE_FILE);
+                let aside = state_dir.join(format!("{STATE_FILE}.corrupt"));
+                let kept = match fs::rename(&path, &aside) {
+                    Ok(()) => format!("kept as {}", aside.display()),
+                    Err(rename) => format!("could not be moved aside: {rename}"),
+                };
+                let fresh = State {
+                    baseline_digest: baseline_digest.to_string(),
+                    ..State::default()
+                };
+                Ok((
+                    fresh,
+                    Some(format!(
+                        "{err}; {kept}; starting fresh, the boot check finds the drift again"
+                    )),
+                ))
+            }
+            Err(err) => Err(err),
+        }
+    }
+
     /// Writes the state atomically.
     pub fn save(&self, state_dir: &Path) -> io::Result<()> {
         fs::create_dir_all(state_dir)?;

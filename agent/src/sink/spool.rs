@@ -51,6 +51,12 @@ const SEGMENTS_PER_BOUND: u64 = 8;
 /// in reasonable steps.
 const MAX_SEGMENT_BYTES: u64 = 4 << 20;
 
+/// The highest seq a spool may hold: more than any host spools in its life (an event a
+/// second for 285 million years), exact in every JSON reader, and far enough from
+/// `u64::MAX` that the next seq never wraps. A larger seq on disk is corrupt or forged:
+/// resuming after it would wrap to seqs already acknowledged and stop delivery.
+const MAX_SEQ: u64 = 1 << 53;
+
 /// One line of a segment.
 #[derive(Debug, Serialize, Deserialize)]
 struct Line {
@@ -134,7 +140,7 @@ impl Spool {
         let ack_path = dir.join(ACK_FILE);
         let ack = match fs::read(&ack_path) {
             Ok(bytes) => match serde_json::from_slice::<AckFile>(&bytes) {
-                Ok(ack) if !ack.spool_id.is_empty() => Some(ack),
+                Ok(ack) if !ack.spool_id.is_empty() && ack.acked_seq <= MAX_SEQ => Some(ack),
                 _ => {
                     // Re-sending is safe (the collector dedupes by id); forgetting what
                     // is still unsent is not: start over from the oldest event on disk.
@@ -482,8 +488,8 @@ fn read_segment(path: &Path, newest: bool) -> Result<SegmentContent, SpoolError>
     let mut bad = 0usize;
     for raw in data.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
         match serde_json::from_slice::<Line>(raw) {
-            Ok(line) => lines.push(line),
-            Err(_) => bad += 1,
+            Ok(line) if line.seq <= MAX_SEQ => lines.push(line),
+            _ => bad += 1,
         }
     }
     if bad > 0 {
@@ -716,6 +722,37 @@ mod tests {
         let all = spool.peek(10).unwrap();
         assert_eq!(paths(&all), ["/a", "/b", "/c"]);
         assert_eq!(all.through, 3);
+    }
+
+    #[test]
+    fn seqs_beyond_the_bound_are_refused_not_wrapped() {
+        // Found by the spool fuzz target: a line (or acked.json) with seq u64::MAX made
+        // the next seq overflow — a panic in debug builds, and in release a wrap to
+        // seqs already acknowledged, so new events would never be delivered.
+        let dir = tempfile::tempdir().unwrap();
+        let mut spool = Spool::open(dir.path(), 1 << 20).unwrap();
+        spool.append(events(&["/a"]), no_compaction).unwrap();
+        let id = spool.spool_id().to_string();
+        drop(spool);
+        let segment = segment_paths(dir.path()).unwrap().pop().unwrap();
+        let mut forged = fs::read_to_string(&segment).unwrap();
+        forged.push_str(&forged.replacen("\"seq\":1", &format!("\"seq\":{}", u64::MAX), 1));
+        fs::write(&segment, forged).unwrap();
+
+        let mut spool = Spool::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(paths(&spool.peek(10).unwrap()), ["/a"]);
+        spool.append(events(&["/b"]), no_compaction).unwrap();
+        let all = spool.peek(10).unwrap();
+        assert_eq!(paths(&all), ["/a", "/b"]);
+        assert_eq!(all.events[1].id, format!("{id}:2"));
+        drop(spool);
+
+        // An acknowledged position beyond the bound is corrupt: everything is re-sent.
+        let ack = format!("{{\"spool_id\":\"{id}\",\"acked_seq\":{}}}", u64::MAX);
+        fs::write(dir.path().join(ACK_FILE), ack).unwrap();
+        let spool = Spool::open(dir.path(), 1 << 20).unwrap();
+        assert_eq!(paths(&spool.peek(10).unwrap()), ["/a", "/b"]);
+        assert_eq!(spool.spool_id(), id);
     }
 
     #[test]

@@ -58,7 +58,7 @@ impl Payload {
     /// A batch from `host` with `findings` file findings and a heartbeat, gzip'd;
     /// returns the body.
     pub fn batch(&self, host: &Host, findings: usize) -> Result<Vec<u8>> {
-        let at = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
+        let at = driftwatch_protocol::time::now_rfc3339();
         let first_event = host
             .events
             .fetch_add(findings as u64 + 1, Ordering::Relaxed);

@@ -66,7 +66,7 @@ pub async fn enroll(
         image_id: None,
         action: "enroll".into(),
         target: None,
-        outcome: "ok".into(),
+        outcome: crate::store::Outcome::Ok,
         detail: format!("Issued certificate {}.", fingerprint(&cert)),
     };
     if let Err(err) = store.record_action(action).await {

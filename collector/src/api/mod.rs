@@ -7,68 +7,22 @@
 
 pub mod enroll;
 pub mod ingest;
+pub mod openapi;
 pub mod operator;
+
+pub use crate::limiter::RateLimiter;
 
 use crate::app::AppState;
 use crate::error::ApiError;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use axum::http::{header, HeaderMap};
-use std::collections::HashMap;
 use std::io::Read;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 /// Milliseconds since the epoch as RFC 3339: the one formatter both crates share, under
 /// the name the store and the fleet logic use.
 pub use driftwatch_protocol::time::rfc3339_ms as rfc3339;
-
-/// Buckets kept before idle ones are dropped: memory stays bounded however many host
-/// ids (valid or not) show up.
-const MAX_BUCKETS: usize = 100_000;
-
-/// A token bucket per key (host id): `rate_per_sec` sustained, `burst` at once.
-pub struct RateLimiter {
-    rate_per_sec: f64,
-    burst: f64,
-    buckets: Mutex<HashMap<String, (f64, Instant)>>,
-}
-
-impl RateLimiter {
-    /// A limiter with these bounds.
-    pub fn new(rate_per_sec: f64, burst: f64) -> RateLimiter {
-        RateLimiter {
-            rate_per_sec,
-            burst,
-            buckets: Mutex::new(HashMap::new()),
-        }
-    }
-
-    /// Takes one token for `key`, or says how long to wait.
-    pub fn check(&self, key: &str) -> Result<(), ApiError> {
-        let now = Instant::now();
-        let Ok(mut buckets) = self.buckets.lock() else {
-            return Ok(());
-        };
-        if buckets.len() >= MAX_BUCKETS && !buckets.contains_key(key) {
-            let full_after = Duration::from_secs_f64(self.burst / self.rate_per_sec);
-            buckets.retain(|_, (_, at)| now.duration_since(*at) < full_after);
-        }
-        let (tokens, at) = buckets.entry(key.to_string()).or_insert((self.burst, now));
-        *tokens =
-            (*tokens + now.duration_since(*at).as_secs_f64() * self.rate_per_sec).min(self.burst);
-        *at = now;
-        if *tokens >= 1.0 {
-            *tokens -= 1.0;
-            Ok(())
-        } else {
-            let wait = (1.0 - *tokens) / self.rate_per_sec;
-            Err(ApiError::TooManyRequests {
-                retry_after_secs: wait.ceil().max(1.0) as u64,
-            })
-        }
-    }
-}
 
 /// The request body, decompressed when `Content-Encoding: gzip`, never beyond
 /// `max_decoded` bytes.
@@ -135,21 +89,6 @@ impl FromRequestParts<Arc<AppState>> for Operator {
 mod tests {
     use super::*;
     use std::io::Write;
-
-    #[test]
-    fn the_limiter_allows_a_burst_then_refuses() {
-        let limiter = RateLimiter::new(1.0, 3.0);
-        for _ in 0..3 {
-            limiter.check("h").unwrap();
-        }
-        assert!(matches!(
-            limiter.check("h"),
-            Err(ApiError::TooManyRequests {
-                retry_after_secs: 1
-            })
-        ));
-        limiter.check("other").unwrap();
-    }
 
     #[test]
     fn a_gzip_bomb_is_too_large_and_garbage_is_bad() {

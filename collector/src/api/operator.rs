@@ -1,15 +1,25 @@
 //! The operator API (JSON, bearer token): hosts, findings, images, the action log,
 //! and the calls that approve, mark, unmark or revoke a host. The
 //! `driftwatch-collector` CLI is a client of exactly these routes.
+//!
+//! Lists page with cursors: `limit` rows at most, and `cursor` to go on after the
+//! last row of a page. Where there is more, a list (a JSON array) answers with the
+//! next page's cursor in the `Next-Cursor` header, and a host's detail with it in
+//! `next_cursor`; without a `limit`, lists keep their historical bounds. Cursors are
+//! opaque and stay valid while rows come and go (keyset paging: a page starts after
+//! the sort key of the previous page's last row).
 
 use super::Operator;
 use crate::app::AppState;
 use crate::error::ApiError;
-use crate::store::{ActionRecord, FindingRecord, HostFilter, HostRecord, ImageRecord};
+use crate::store::{
+    ActionFilter, ActionRecord, Cursor, FindingRecord, HostFilter, HostRecord, ImageRecord, Page,
+    PageRequest,
+};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::header;
-use axum::response::IntoResponse;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use driftwatch_protocol::wire::HostState;
 use serde::{Deserialize, Serialize};
@@ -18,6 +28,9 @@ use std::sync::Arc;
 /// Most rows one list returns.
 const MAX_LIMIT: u32 = 10_000;
 
+/// The header that carries the next page's cursor of a list.
+pub const NEXT_CURSOR: &str = "next-cursor";
+
 /// A host with its findings.
 #[derive(Debug, Serialize, Deserialize)]
 pub struct HostDetail {
@@ -25,9 +38,35 @@ pub struct HostDetail {
     pub host: HostRecord,
     /// Its findings, most severe first.
     pub findings: Vec<FindingRecord>,
+    /// Where the next page of findings starts, when there is more.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
     /// What provisioning changed at its first boot (not drift), as the host sent it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub provisioning: Option<serde_json::Value>,
+}
+
+/// A page as a JSON array, with the next page's cursor in [`NEXT_CURSOR`].
+fn page_response<T: Serialize>(page: Page<T>) -> Response {
+    let mut response = Json(page.items).into_response();
+    if let Some(cursor) = page.next_cursor {
+        if let Ok(value) = cursor.encode().parse() {
+            response.headers_mut().insert(NEXT_CURSOR, value);
+        }
+    }
+    response
+}
+
+/// A page request from `cursor` and `limit` query parameters.
+fn page_request(
+    cursor: Option<&str>,
+    limit: Option<u32>,
+    default: u32,
+) -> Result<PageRequest, ApiError> {
+    Ok(PageRequest {
+        after: cursor.map(Cursor::decode).transpose()?,
+        limit: Some(limit.unwrap_or(default).clamp(1, MAX_LIMIT)),
+    })
 }
 
 /// `GET /v1/hosts` filters.
@@ -37,14 +76,15 @@ pub struct HostsQuery {
     state: Option<String>,
     image: Option<String>,
     limit: Option<u32>,
+    cursor: Option<String>,
 }
 
-/// `GET /v1/hosts?state=&image=&limit=`
+/// `GET /v1/hosts?state=&image=&limit=&cursor=`
 pub async fn hosts(
     _: Operator,
     State(state): State<Arc<AppState>>,
     Query(query): Query<HostsQuery>,
-) -> Result<Json<Vec<HostRecord>>, ApiError> {
+) -> Result<Response, ApiError> {
     let host_state = match query.state.as_deref() {
         None => None,
         Some(name) => Some(HostState::from_name(name).ok_or_else(|| {
@@ -59,10 +99,18 @@ pub async fn hosts(
         .hosts(HostFilter {
             state: host_state,
             image_id: query.image,
-            limit: Some(query.limit.unwrap_or(MAX_LIMIT).min(MAX_LIMIT)),
+            page: page_request(query.cursor.as_deref(), query.limit, MAX_LIMIT)?,
         })
         .await?;
-    Ok(Json(hosts))
+    Ok(page_response(hosts))
+}
+
+/// `GET /v1/hosts/{id}?limit=&cursor=` queries (paging its findings).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostQuery {
+    limit: Option<u32>,
+    cursor: Option<String>,
 }
 
 /// `GET /v1/hosts/{id}`: the host and its findings.
@@ -70,17 +118,23 @@ pub async fn host(
     _: Operator,
     State(state): State<Arc<AppState>>,
     Path(host_id): Path<String>,
+    Query(query): Query<HostQuery>,
 ) -> Result<Json<HostDetail>, ApiError> {
     let store = state.fleet.store();
     let host = store
         .host(&host_id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("no host {host_id}")))?;
-    let findings = store.findings(&host_id).await?;
+    let page = PageRequest {
+        after: query.cursor.as_deref().map(Cursor::decode).transpose()?,
+        limit: query.limit.map(|l| l.clamp(1, MAX_LIMIT)),
+    };
+    let findings = store.findings(&host_id, page).await?;
     let provisioning = store.provisioning(&host_id).await?;
     Ok(Json(HostDetail {
         host,
-        findings,
+        findings: findings.items,
+        next_cursor: findings.next_cursor.map(|c| c.encode()),
         provisioning,
     }))
 }
@@ -129,13 +183,23 @@ pub async fn host_action(
     Ok(Json(host))
 }
 
-/// `GET /v1/images`
+/// `GET /v1/images?limit=&cursor=` queries.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImagesQuery {
+    limit: Option<u32>,
+    cursor: Option<String>,
+}
+
+/// `GET /v1/images?limit=&cursor=`: images, newest first.
 pub async fn images(
     _: Operator,
     State(state): State<Arc<AppState>>,
-) -> Result<Json<Vec<ImageRecord>>, ApiError> {
-    let images = state.fleet.store().images().await?;
-    Ok(Json(images))
+    Query(query): Query<ImagesQuery>,
+) -> Result<Response, ApiError> {
+    let page = page_request(query.cursor.as_deref(), query.limit, MAX_LIMIT)?;
+    let images: Page<ImageRecord> = state.fleet.store().images(page).await?;
+    Ok(page_response(images))
 }
 
 /// `POST /v1/images?image_id=ID` queries.
@@ -159,29 +223,27 @@ pub async fn register_image(
     Ok(Json(image))
 }
 
-/// `GET /v1/actions?host=&limit=` queries.
+/// `GET /v1/actions?host=&limit=&cursor=` queries.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ActionsQuery {
     host: Option<String>,
     limit: Option<u32>,
+    cursor: Option<String>,
 }
 
-/// `GET /v1/actions?host=&limit=`: the action log, newest first.
+/// `GET /v1/actions?host=&limit=&cursor=`: the action log, newest first.
 pub async fn actions(
     _: Operator,
     State(state): State<Arc<AppState>>,
     Query(query): Query<ActionsQuery>,
-) -> Result<Json<Vec<ActionRecord>>, ApiError> {
-    let actions = state
-        .fleet
-        .store()
-        .actions(
-            query.host.as_deref(),
-            query.limit.unwrap_or(100).min(MAX_LIMIT),
-        )
-        .await?;
-    Ok(Json(actions))
+) -> Result<Response, ApiError> {
+    let filter = ActionFilter {
+        host_id: query.host,
+        page: page_request(query.cursor.as_deref(), query.limit, 100)?,
+    };
+    let actions: Page<ActionRecord> = state.fleet.store().actions(filter).await?;
+    Ok(page_response(actions))
 }
 
 /// `GET /metrics` (OpenMetrics; needs the operator token like the rest of the API).

@@ -32,7 +32,6 @@ pub fn hosts(out: &mut String, hosts: &[HostRecord]) {
             h.image_id.as_deref().unwrap_or("-"),
             rfc3339(h.last_seen_ms),
             h.hold
-                .as_deref()
                 .map(|hold| format!("  (held: {hold})"))
                 .unwrap_or_default()
         );
@@ -45,7 +44,7 @@ pub fn host_detail(out: &mut String, detail: &HostDetail) {
     let host = &detail.host;
     for (key, value) in [
         ("mark_reason", &host.mark_reason),
-        ("hold", &host.hold),
+        ("hold", &host.hold.map(|h| h.name().to_string())),
         ("hold_reason", &host.hold_reason),
     ] {
         if let Some(value) = value {

@@ -4,25 +4,45 @@
 //! store ([`sqlite::SqliteStore`], the default) and a PostgreSQL store for replicated
 //! collectors can be swapped without touching the API, the fleet logic or the actions.
 //!
-//! Two guarantees every implementation gives:
+//! Guarantees every implementation gives:
 //! - [`Store::ingest`] is atomic and durable: when it returns `Ok`, the batch's events
-//!   and findings are committed, and the agent may be told so.
+//!   and findings are committed **together with the decision they cause** (the host's
+//!   new state, its hold or mark, the alerts and the mark command in the outbox), and
+//!   the agent may be told so. No crash can leave findings stored and undecided.
 //! - Event ids are unique per host: an event seen before is counted as a duplicate and
-//!   changes nothing, so a retried batch stores nothing twice.
+//!   changes nothing, so a retried batch stores nothing twice. A new event for a
+//!   finding already stored whose content changed (severity, attributes, content)
+//!   updates it and is decided and alerted like a new finding.
+//! - The replacement budget of an image holds exactly, however many replicas decide
+//!   at once: each implementation serialises the decisions of one image (see
+//!   [`decide::DecisionTx::lock_budget`]).
+//! - What the collector owes the outside world is in the [`outbox`], and periodic work
+//!   runs under [leases](Store::lease).
 //!
 //! Times are milliseconds since the Unix epoch ([`now_ms`]); the API renders them as
 //! RFC 3339.
 
+pub mod decide;
+pub mod outbox;
+pub mod policy;
+pub mod postgres;
 pub mod sqlite;
+#[cfg(test)]
+mod tests;
+
+pub use outbox::{AlertKind, Occurrence};
+pub use policy::Policy;
 
 use async_trait::async_trait;
+use base64::Engine;
 use driftwatch_protocol::report::{Finding, Severity};
 use driftwatch_protocol::wire::HostState;
 use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use thiserror::Error;
 
 /// The store as the rest of the collector holds it.
-pub type DynStore = std::sync::Arc<dyn Store>;
+pub type DynStore = Arc<dyn Store>;
 
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> i64 {
@@ -101,10 +121,99 @@ pub enum StoreError {
     /// already has a credential).
     #[error("{0}")]
     Conflict(String),
+    /// The database holds something this collector cannot read (an unknown state,
+    /// a corrupt record): an error, never a guess.
+    #[error("corrupt record: {0}")]
+    Corrupt(String),
+    /// A paging cursor that this store did not hand out.
+    #[error("invalid cursor")]
+    BadCursor,
 }
 
 /// A store result.
 pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Why a host's decision to mark it is held.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Hold {
+    /// The image's replacement budget for the window is used up.
+    Budget,
+    /// `manual_approve`: an operator must approve.
+    Approval,
+    /// `dry_run`: it would have been marked.
+    DryRun,
+}
+
+/// The outcome of a logged action.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Outcome {
+    /// Done.
+    Ok,
+    /// Tried and failed.
+    Failed,
+    /// Held back (by the budget).
+    Held,
+    /// Would have been done (dry run).
+    DryRun,
+    /// Waiting for an operator.
+    AwaitingApproval,
+}
+
+/// Names in the store and on the wire for the small enums of the store, and the error
+/// for a name this collector does not know.
+macro_rules! named {
+    ($type:ident { $($variant:ident = $name:literal),+ $(,)? }) => {
+        impl $type {
+            /// The name stored and shown.
+            pub fn name(self) -> &'static str {
+                match self { $($type::$variant => $name),+ }
+            }
+
+            /// The value of a stored name; unknown names are [`StoreError::Corrupt`].
+            pub fn parse(name: &str) -> StoreResult<$type> {
+                match name {
+                    $($name => Ok($type::$variant),)+
+                    other => Err(StoreError::Corrupt(format!(
+                        "unknown {} {other:?}", stringify!($type).to_lowercase()
+                    ))),
+                }
+            }
+        }
+
+        impl std::fmt::Display for $type {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.pad(self.name())
+            }
+        }
+
+        impl PartialEq<&str> for $type {
+            fn eq(&self, other: &&str) -> bool {
+                self.name() == *other
+            }
+        }
+    };
+}
+
+named!(Hold {
+    Budget = "budget",
+    Approval = "approval",
+    DryRun = "dry_run",
+});
+named!(Outcome {
+    Ok = "ok",
+    Failed = "failed",
+    Held = "held",
+    DryRun = "dry_run",
+    AwaitingApproval = "awaiting_approval",
+});
+
+/// A stored host state; an unknown one is [`StoreError::Corrupt`], never a guess.
+pub fn parse_state(name: &str) -> StoreResult<HostState> {
+    HostState::from_name(name)
+        .ok_or_else(|| StoreError::Corrupt(format!("unknown host state {name:?}")))
+}
 
 /// One host as the collector knows it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -141,7 +250,7 @@ pub struct HostRecord {
     #[serde(rename = "marked_at", with = "rfc3339_ms::option")]
     pub marked_at_ms: Option<i64>,
     /// Why a decision to mark it is held (`budget`, `approval`, `dry_run`).
-    pub hold: Option<String>,
+    pub hold: Option<Hold>,
     /// The reason a held decision would mark it with.
     pub hold_reason: Option<String>,
     /// When an operator last unmarked it: findings received before then no longer
@@ -150,9 +259,13 @@ pub struct HostRecord {
     pub unmarked_at_ms: Option<i64>,
     /// Refused from now on.
     pub revoked: bool,
-    /// Findings by severity: critical, high, medium, low.
+    /// Findings by severity: critical, high, medium, low (kept incrementally).
     #[serde(rename = "findings")]
     pub findings_by_severity: [u64; 4],
+    /// New findings not stored because the host reached
+    /// `ingest.max_findings_per_host`.
+    #[serde(default)]
+    pub findings_dropped: u64,
 }
 
 /// One finding of one host (the latest report of it).
@@ -189,7 +302,7 @@ pub struct IngestRecord {
     pub image_id: Option<String>,
     /// The baseline digest it claims.
     pub baseline_digest: Option<String>,
-    /// The events: id, observation time (RFC 3339, as sent) and content.
+    /// The events: id and content.
     pub events: Vec<IngestEvent>,
     /// Findings the collector adds itself (image mismatch), upserted like the agent's.
     pub collector_findings: Vec<CollectorFinding>,
@@ -237,6 +350,154 @@ pub struct CollectorFinding {
     pub finding: serde_json::Value,
 }
 
+/// A finding as one batch brings it, ready to upsert.
+#[derive(Clone, Debug)]
+pub(crate) struct FindingInput {
+    pub key: String,
+    pub kind: String,
+    pub severity: Severity,
+    pub subject: String,
+    pub finding: serde_json::Value,
+}
+
+impl FindingInput {
+    fn from_agent(finding: &Finding) -> StoreResult<FindingInput> {
+        Ok(FindingInput {
+            key: finding.key(),
+            kind: finding.kind_name().to_string(),
+            severity: finding.severity(),
+            subject: finding.subject(),
+            finding: serde_json::to_value(finding)
+                .map_err(|e| StoreError::Database(format!("cannot encode a finding: {e}")))?,
+        })
+    }
+
+    fn from_collector(finding: &CollectorFinding) -> FindingInput {
+        FindingInput {
+            key: finding.key.clone(),
+            kind: finding.kind.to_string(),
+            severity: finding.severity,
+            subject: finding.subject.clone(),
+            finding: finding.finding.clone(),
+        }
+    }
+
+    /// The stored record of it, as of `now`.
+    pub(crate) fn record(&self, host_id: &str, first_seen_ms: i64, now: i64) -> FindingRecord {
+        FindingRecord {
+            host_id: host_id.to_string(),
+            key: self.key.clone(),
+            kind: self.kind.clone(),
+            severity: self.severity,
+            subject: self.subject.clone(),
+            finding: self.finding.clone(),
+            first_seen_ms,
+            last_seen_ms: now,
+        }
+    }
+}
+
+/// Fields of a finding that change without the drift changing (a process's pid).
+const VOLATILE_FIELDS: [&str; 1] = ["pid"];
+
+/// Whether a finding reported again says something new: another severity, other
+/// attributes, other content. Volatile fields do not count.
+pub(crate) fn changed(old: &serde_json::Value, new: &serde_json::Value) -> bool {
+    let material = |value: &serde_json::Value| {
+        let mut value = value.clone();
+        if let Some(object) = value.as_object_mut() {
+            for field in VOLATILE_FIELDS {
+                object.remove(field);
+            }
+        }
+        value
+    };
+    material(old) != material(new)
+}
+
+/// The findings of a batch in the order they are upserted: the agent's events that
+/// are new (by event id), then the collector's own; `heartbeats` counts the events
+/// accepted without an id check (heartbeats, the provisioning delta).
+pub(crate) struct BatchFindings {
+    pub events: Vec<(String, FindingInput)>,
+    pub collector: Vec<FindingInput>,
+    pub heartbeat: Option<(String, u64)>,
+    pub heartbeats: u32,
+    /// The host's first-boot provisioning delta (JSON), the last of the batch.
+    pub provisioned: Option<String>,
+}
+
+impl BatchFindings {
+    /// Splits a batch's events; the last heartbeat is the one kept.
+    pub(crate) fn of(record: &IngestRecord) -> StoreResult<BatchFindings> {
+        let mut split = BatchFindings {
+            events: Vec::new(),
+            collector: record
+                .collector_findings
+                .iter()
+                .map(FindingInput::from_collector)
+                .collect(),
+            heartbeat: None,
+            heartbeats: 0,
+            provisioned: None,
+        };
+        for event in &record.events {
+            match &event.body {
+                IngestBody::Heartbeat {
+                    agent_version,
+                    interval_secs,
+                } => {
+                    split.heartbeat = Some((agent_version.clone(), *interval_secs));
+                    split.heartbeats += 1;
+                }
+                IngestBody::Finding(finding) => split
+                    .events
+                    .push((event.id.clone(), FindingInput::from_agent(finding)?)),
+                IngestBody::Provisioned(delta) => {
+                    // Kept as sent; the latest one wins.
+                    split.provisioned = Some(serde_json::to_string(delta).map_err(|e| {
+                        StoreError::Database(format!("cannot encode a delta: {e}"))
+                    })?);
+                    split.heartbeats += 1;
+                }
+            }
+        }
+        Ok(split)
+    }
+}
+
+/// A stored provisioning delta, read back.
+pub(crate) fn parse_delta(delta: Option<String>) -> StoreResult<Option<serde_json::Value>> {
+    delta
+        .map(|d| serde_json::from_str(&d))
+        .transpose()
+        .map_err(|e| StoreError::Corrupt(format!("a stored delta: {e}")))
+}
+
+/// The key of the finding that stands for the findings a host was refused beyond its
+/// bound.
+pub const TOO_MANY_FINDINGS_KEY: &str = "collector:too_many_findings";
+
+/// The finding that says a host reached `ingest.max_findings_per_host`.
+pub(crate) fn too_many_findings(limit: u64, dropped: u64) -> FindingInput {
+    FindingInput {
+        key: TOO_MANY_FINDINGS_KEY.to_string(),
+        kind: "collector".to_string(),
+        severity: Severity::Critical,
+        subject: "too_many_findings".to_string(),
+        finding: serde_json::json!({
+            "kind": "collector",
+            "reason": "too_many_findings",
+            "limit": limit,
+            "dropped": dropped,
+            "message": format!(
+                "the host reported more than {limit} findings; {dropped} more were counted, not stored"
+            ),
+            "severity": "critical",
+        }),
+    }
+}
+
 /// What a stored batch changed.
 #[derive(Clone, Debug)]
 pub struct IngestOutcome {
@@ -244,12 +505,15 @@ pub struct IngestOutcome {
     pub accepted: u32,
     /// Events already stored before.
     pub duplicates: u32,
-    /// Findings first received in this batch (keys), agent's and collector's.
+    /// Findings first received in this batch, or received again with other content
+    /// (agent's and collector's).
     pub new_findings: Vec<FindingRecord>,
-    /// The host after the batch (state not yet re-evaluated by the fleet logic).
+    /// The host after the batch and the decision it caused.
     pub host: HostRecord,
     /// True when this batch is the host's first contact.
     pub first_contact: bool,
+    /// True when the decision was held back by the budget just now.
+    pub budget_stopped: bool,
 }
 
 /// A change of a host's lifecycle state, decided by the fleet logic.
@@ -265,8 +529,8 @@ pub enum Transition {
     },
     /// Stays `drifted`; a decision to mark it is held.
     Hold {
-        /// `budget`, `approval` or `dry_run`.
-        hold: &'static str,
+        /// Why it is held.
+        hold: Hold,
         /// The reason it would be marked with.
         reason: String,
     },
@@ -277,6 +541,44 @@ pub enum Transition {
     Silence,
     /// To `gone`.
     Retire,
+}
+
+/// A decision asked of the store, taken in one transaction.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Request {
+    /// Re-decide the host from all its findings (a budget-held host, periodically).
+    Evaluate,
+    /// An operator approves a held decision.
+    Approve {
+        /// Who.
+        by: String,
+    },
+    /// An operator marks the host.
+    Mark {
+        /// Why.
+        reason: String,
+        /// Who.
+        by: String,
+    },
+    /// An operator lifts a mark or a held decision.
+    Unmark {
+        /// Who.
+        by: String,
+    },
+    /// The host's heartbeats stopped: silent, or gone when it was marked.
+    Overdue {
+        /// Intervals missed (for the alert's wording).
+        missed: u32,
+    },
+}
+
+/// The answer to a [`Request`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decided {
+    /// The host afterwards.
+    pub host: HostRecord,
+    /// True when the budget held the decision back just now.
+    pub budget_stopped: bool,
 }
 
 /// An image as registered by the bake pipeline.
@@ -314,10 +616,107 @@ pub struct ActionRecord {
     pub action: String,
     /// Who or what it was aimed at (a URL, a command, an operator).
     pub target: Option<String>,
-    /// `ok`, `failed`, `held`, `dry_run`…
-    pub outcome: String,
+    /// How it ended.
+    pub outcome: Outcome,
     /// One sentence.
     pub detail: String,
+}
+
+impl ActionRecord {
+    /// An action about one host, now.
+    pub fn about(
+        host: &HostRecord,
+        action: &str,
+        target: Option<&str>,
+        outcome: Outcome,
+        detail: &str,
+    ) -> ActionRecord {
+        ActionRecord {
+            id: 0,
+            at_ms: now_ms(),
+            host_id: Some(host.host_id.clone()),
+            image_id: host.image_id.clone(),
+            action: action.into(),
+            target: target.map(str::to_string),
+            outcome,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Where a page starts: after the row with this sort key. Opaque to clients (base64
+/// of the key), so the order can change without breaking them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cursor {
+    /// The numeric part of the sort key (a time, a severity, an id).
+    pub number: i64,
+    /// The text part (an id, a key).
+    pub text: String,
+}
+
+impl Cursor {
+    /// The opaque form handed to clients.
+    pub fn encode(&self) -> String {
+        let json = serde_json::to_vec(&(self.number, &self.text)).unwrap_or_default();
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json)
+    }
+
+    /// Reads an opaque cursor; [`StoreError::BadCursor`] when it is not one.
+    pub fn decode(text: &str) -> StoreResult<Cursor> {
+        let json = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(text)
+            .map_err(|_| StoreError::BadCursor)?;
+        let (number, text): (i64, String) =
+            serde_json::from_slice(&json).map_err(|_| StoreError::BadCursor)?;
+        Ok(Cursor { number, text })
+    }
+}
+
+/// Which page of a list.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct PageRequest {
+    /// Start after this row (default: the first page).
+    pub after: Option<Cursor>,
+    /// At most this many rows (default: all).
+    pub limit: Option<u32>,
+}
+
+/// One page of a list, and where the next starts (`None`: this was the last).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Page<T> {
+    /// The rows.
+    pub items: Vec<T>,
+    /// The cursor of the next page.
+    pub next_cursor: Option<Cursor>,
+}
+
+impl<T> Page<T> {
+    /// A page of `rows` fetched with `limit + 1`: the extra row only says there is
+    /// more, and the last kept row's key starts the next page.
+    pub(crate) fn of(mut rows: Vec<T>, limit: Option<u32>, key: impl Fn(&T) -> Cursor) -> Page<T> {
+        let more = limit.is_some_and(|limit| rows.len() > limit as usize);
+        if let (true, Some(limit)) = (more, limit) {
+            rows.truncate(limit as usize);
+        }
+        let next_cursor = if more { rows.last().map(key) } else { None };
+        Page {
+            items: rows,
+            next_cursor,
+        }
+    }
+}
+
+/// A page's cursor as SQL parameters: `(has a cursor, its number, its text)`.
+pub(crate) fn cursor_params(page: &PageRequest) -> (bool, i64, String) {
+    match &page.after {
+        Some(cursor) => (true, cursor.number, cursor.text.clone()),
+        None => (false, 0, String::new()),
+    }
+}
+
+/// The SQL `LIMIT` of a page: one more than asked, to know whether there is more.
+pub(crate) fn fetch_limit(limit: Option<u32>) -> i64 {
+    limit.map_or(-1, |l| i64::from(l) + 1)
 }
 
 /// Which hosts to list.
@@ -327,8 +726,17 @@ pub struct HostFilter {
     pub state: Option<HostState>,
     /// Only hosts on this image.
     pub image_id: Option<String>,
-    /// At most this many (default: all).
-    pub limit: Option<u32>,
+    /// Which page (most recently seen first).
+    pub page: PageRequest,
+}
+
+/// Which actions to list.
+#[derive(Clone, Debug, Default)]
+pub struct ActionFilter {
+    /// Only those about this host.
+    pub host_id: Option<String>,
+    /// Which page (newest first).
+    pub page: PageRequest,
 }
 
 /// Fleet-wide counts for metrics.
@@ -340,6 +748,10 @@ pub struct FleetCounts {
     pub findings_by_severity: [u64; 4],
     /// Registered images.
     pub images: u64,
+    /// Alerts waiting in the outbox: pending groups and webhook deliveries.
+    pub pending_alerts: u64,
+    /// Mark commands waiting in the outbox.
+    pub pending_commands: u64,
 }
 
 /// The index of a severity in `[critical, high, medium, low]` arrays.
@@ -352,26 +764,74 @@ pub fn severity_index(severity: Severity) -> usize {
     }
 }
 
+/// A severity as stored (ordered: higher is more severe).
+pub(crate) fn severity_code(severity: Severity) -> i64 {
+    match severity {
+        Severity::Low => 0,
+        Severity::Medium => 1,
+        Severity::High => 2,
+        Severity::Critical => 3,
+    }
+}
+
+/// A stored severity; an unknown code is [`StoreError::Corrupt`].
+pub(crate) fn severity_of(code: i64) -> StoreResult<Severity> {
+    match code {
+        0 => Ok(Severity::Low),
+        1 => Ok(Severity::Medium),
+        2 => Ok(Severity::High),
+        3 => Ok(Severity::Critical),
+        other => Err(StoreError::Corrupt(format!(
+            "unknown severity code {other}"
+        ))),
+    }
+}
+
+/// How a delivery attempt ends, as the store records it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Finish {
+    /// Final (delivered, or failed for good): the row is done, the action logged.
+    Done(ActionRecord),
+    /// Try again at `at_ms`.
+    Retry {
+        /// When.
+        at_ms: i64,
+        /// Why the attempt failed.
+        error: String,
+    },
+}
+
 /// The collector's storage.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Stores a batch atomically (see the module docs), creating the host on first
-    /// contact. Refuses a revoked host with [`StoreError::Conflict`].
-    async fn ingest(&self, record: IngestRecord) -> StoreResult<IngestOutcome>;
+    /// Stores a batch and takes the decision it causes, atomically (see the module
+    /// docs), creating the host on first contact. Refuses a revoked host with
+    /// [`StoreError::Conflict`].
+    async fn ingest(&self, record: IngestRecord, policy: Arc<Policy>)
+        -> StoreResult<IngestOutcome>;
+
+    /// Takes one decision about a host in one transaction.
+    async fn decide(
+        &self,
+        host_id: &str,
+        request: Request,
+        policy: Arc<Policy>,
+    ) -> StoreResult<Decided>;
 
     /// One host.
     async fn host(&self, host_id: &str) -> StoreResult<Option<HostRecord>>;
 
     /// Hosts, most recently seen first.
-    async fn hosts(&self, filter: HostFilter) -> StoreResult<Vec<HostRecord>>;
+    async fn hosts(&self, filter: HostFilter) -> StoreResult<Page<HostRecord>>;
 
     /// A host's findings, most severe first.
-    async fn findings(&self, host_id: &str) -> StoreResult<Vec<FindingRecord>>;
+    async fn findings(&self, host_id: &str, page: PageRequest) -> StoreResult<Page<FindingRecord>>;
 
     /// A host's first-boot provisioning delta, as it sent it (`None`: none sent).
     async fn provisioning(&self, host_id: &str) -> StoreResult<Option<serde_json::Value>>;
 
-    /// Applies a lifecycle transition at `at_ms`; returns the host after it.
+    /// Applies a lifecycle transition at `at_ms` outside any decision (tests, tools);
+    /// returns the host after it.
     async fn transition(
         &self,
         host_id: &str,
@@ -385,12 +845,12 @@ pub trait Store: Send + Sync + 'static {
     /// Hosts of `image_id` that are not `gone` (the budget's and the alerts' "of N").
     async fn live_hosts_on_image(&self, image_id: Option<&str>) -> StoreResult<u64>;
 
-    /// Hosts whose heartbeats stopped: not `silent` or `gone`, with a heartbeat
+    /// Ids of hosts whose heartbeats stopped: not `silent` or `gone`, with a heartbeat
     /// interval, and no heartbeat for `missed` intervals before `now_ms`.
-    async fn overdue_hosts(&self, missed: u32, now_ms: i64) -> StoreResult<Vec<HostRecord>>;
+    async fn overdue_hosts(&self, missed: u32, now_ms: i64) -> StoreResult<Vec<String>>;
 
-    /// The ids of `drifted` hosts whose decision is held for `hold` (`budget`, …).
-    async fn held_hosts(&self, hold: &str) -> StoreResult<Vec<String>>;
+    /// The ids of `drifted` hosts whose decision is held for `hold`.
+    async fn held_hosts(&self, hold: Hold) -> StoreResult<Vec<String>>;
 
     /// Deletes hosts `gone` or `silent` since before `before_ms`, with their findings
     /// and events; returns how many.
@@ -409,15 +869,78 @@ pub trait Store: Send + Sync + 'static {
     /// One image.
     async fn image(&self, image_id: &str) -> StoreResult<Option<ImageRecord>>;
 
-    /// Every image, newest first.
-    async fn images(&self) -> StoreResult<Vec<ImageRecord>>;
+    /// Images, newest first.
+    async fn images(&self, page: PageRequest) -> StoreResult<Page<ImageRecord>>;
 
     /// Logs an action; returns its id.
     async fn record_action(&self, action: ActionRecord) -> StoreResult<i64>;
 
-    /// The action log, newest first, optionally for one host.
-    async fn actions(&self, host_id: Option<&str>, limit: u32) -> StoreResult<Vec<ActionRecord>>;
+    /// The action log, newest first.
+    async fn actions(&self, filter: ActionFilter) -> StoreResult<Page<ActionRecord>>;
 
     /// Counts for metrics.
     async fn counts(&self) -> StoreResult<FleetCounts>;
+
+    /// Files the `marked` occurrence of a host marked for `reason` and queues its mark
+    /// command, as a decision does (for tools and tests).
+    async fn announce_mark(
+        &self,
+        host: HostRecord,
+        reason: String,
+        policy: Arc<Policy>,
+    ) -> StoreResult<()>;
+
+    /// Files occurrences into their alert groups (outside a decision: tests, tools).
+    async fn raise(&self, occurrences: Vec<Occurrence>, policy: Arc<Policy>) -> StoreResult<()>;
+
+    /// Turns every group whose wait is over into one alert, and the alert into one
+    /// outbox row per subscribed webhook; returns the kinds of alerts that went into
+    /// the outbox.
+    async fn flush_alerts(&self, now_ms: i64, policy: Arc<Policy>) -> StoreResult<Vec<AlertKind>>;
+
+    /// Forgets which hosts were alerted for changes not seen since `before_ms` (a
+    /// change that comes back later is news again).
+    async fn forget_alerted(&self, before_ms: i64) -> StoreResult<u64>;
+
+    /// Claims up to `limit` due outbox rows of `kind` (`webhook`, `command`) for
+    /// `replica` until `now_ms + lease_ms`;
+    /// rows claimed by a replica whose claim expired are claimed again.
+    async fn claim(
+        &self,
+        replica: &str,
+        kind: &str,
+        now_ms: i64,
+        lease_ms: i64,
+        limit: u32,
+    ) -> StoreResult<Vec<outbox::Claim>>;
+
+    /// Records how a claimed row's attempt ended; false (and nothing changed) when the
+    /// claim was lost to another replica meanwhile.
+    async fn finish(&self, id: i64, replica: &str, finish: Finish) -> StoreResult<bool>;
+
+    /// Takes or renews the lease `name` for `replica` until `now_ms + ttl_ms`; true when
+    /// `replica` holds it (it held it already, or the holder's lease expired).
+    async fn lease(&self, name: &str, replica: &str, now_ms: i64, ttl_ms: i64)
+        -> StoreResult<bool>;
+}
+
+/// Opens the store the configuration names.
+pub async fn open(config: &crate::config::CollectorConfig) -> StoreResult<DynStore> {
+    Ok(match &config.database {
+        crate::config::Database::Sqlite(path) => Arc::new(sqlite::SqliteStore::open(path)?),
+        crate::config::Database::Postgres(url) => {
+            let password = match &config.database_password_file {
+                Some(path) => Some(
+                    std::fs::read_to_string(path)
+                        .map_err(|e| {
+                            StoreError::Database(format!("cannot read {}: {e}", path.display()))
+                        })?
+                        .trim_end_matches(['\n', '\r'])
+                        .to_string(),
+                ),
+                None => None,
+            };
+            Arc::new(postgres::PostgresStore::connect(url, password.as_deref()).await?)
+        }
+    })
 }

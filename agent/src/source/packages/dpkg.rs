@@ -166,6 +166,21 @@ pub fn packaged_files(root: &Path) -> Result<Vec<PackagedFile>, PackageDbError> 
     Ok(files)
 }
 
+/// The conffiles that the installed packages of a status file record, in file order:
+/// what [`packaged_files`] takes from the status file (`obsolete` and `newconffile`
+/// entries left out). Errors name the stanza and line.
+pub fn status_conffiles(bytes: &[u8]) -> Result<Vec<Md5Record>, String> {
+    let mut conffiles = Vec::new();
+    for package in installed_stanzas(bytes)? {
+        if let Some(value) = package.conffiles {
+            let records = parse_conffiles(value)
+                .map_err(|reason| format!("stanza {}: {reason}", package.stanza))?;
+            conffiles.extend(records);
+        }
+    }
+    Ok(conffiles)
+}
+
 /// Every path the named packages own, as their `info/<name>[:<arch>].list` files
 /// record it (directories and symlinks too, unlike md5sums), with the index of the
 /// owning package in `packages` (name, architecture). A package without a list (one
@@ -201,21 +216,6 @@ fn parse_list(bytes: &[u8]) -> Vec<Vec<u8>> {
         .filter(|line| line.starts_with(b"/") && *line != b"/.")
         .map(<[u8]>::to_vec)
         .collect()
-}
-
-/// The conffiles that the installed packages of a status file record, in file order:
-/// what [`packaged_files`] takes from the status file (`obsolete` and `newconffile`
-/// entries left out). Errors name the stanza and line.
-pub fn status_conffiles(bytes: &[u8]) -> Result<Vec<Md5Record>, String> {
-    let mut conffiles = Vec::new();
-    for package in installed_stanzas(bytes)? {
-        if let Some(value) = package.conffiles {
-            let records = parse_conffiles(value)
-                .map_err(|reason| format!("stanza {}: {reason}", package.stanza))?;
-            conffiles.extend(records);
-        }
-    }
-    Ok(conffiles)
 }
 
 /// One `dpkg-divert` record.

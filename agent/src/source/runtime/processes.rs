@@ -285,7 +285,7 @@ impl<R: ReadAt> ProcessScan<'_, R> {
         if let Some(hash) = key.and_then(|k| self.hashes.get(&k)) {
             return Ok(*hash);
         }
-        let mut file = process.open_relative("exe")?;
+        let file = process.open_relative("exe")?;
         let key = match key {
             Some(key) => key,
             None => {
@@ -293,9 +293,8 @@ impl<R: ReadAt> ProcessScan<'_, R> {
                 (meta.dev(), meta.ino())
             }
         };
-        let mut hasher = blake3::Hasher::new();
-        let hash = match hasher.update_reader(&mut file) {
-            Ok(_) => Some(*hasher.finalize().as_bytes()),
+        let hash = match hash_executable(&file) {
+            Ok(hash) => hash,
             Err(err) if expected_io(&err) => None,
             Err(err) => return Err(ProcError::Io(err, None)),
         };
@@ -371,6 +370,30 @@ fn parse_passwd(text: &[u8]) -> HashMap<u32, String> {
         }
     }
     users
+}
+
+/// BLAKE3 of an open executable through the one hashing path (bounded by the default
+/// size limit: an executable is never that large, a planted sparse one may be); `None`
+/// when it was too large or changed while being read.
+fn hash_executable(file: &fs::File) -> std::io::Result<Option<[u8; 32]>> {
+    use crate::source::hashing::{self, Algorithm, HashError, Hasher, Limits, Pacer};
+    static NEVER: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let meta = file.metadata()?;
+    let pacer = Pacer::new(0);
+    let limits = Limits {
+        max_bytes: crate::policy::DEFAULT_MAX_FILE_BYTES,
+        pacer: &pacer,
+        cancel: &NEVER,
+    };
+    let mut hashers = [Hasher::new(Algorithm::Blake3)];
+    match hashing::hash_file(file, &meta, &mut hashers, &mut vec![0; 128 * 1024], &limits) {
+        Ok(_) => {
+            let [hasher] = hashers;
+            Ok(Some(hashing::digest32(&hasher.finish().1)))
+        }
+        Err(HashError::Io(err)) => Err(err),
+        Err(_) => Ok(None),
+    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,87 @@
+//! The per-host request rate: `ingest.rate_per_sec` sustained, `ingest.burst` at once,
+//! a keyed GCRA limiter (`governor`) per host id.
+//!
+//! Each replica enforces the limit on the requests it receives, without asking the
+//! others: the limit holds fleet-wide within a factor of the number of replicas. With
+//! N replicas behind a load balancer one host can at most make N × `rate_per_sec`
+//! requests per second (N × `burst` at once), and only if its requests are spread over
+//! all of them; a TCP load balancer keeps an agent's keep-alive connection on one
+//! replica, so in practice a host meets one replica's limit. That tolerance is the
+//! price of an ingest path that never waits for the database before it refuses a
+//! flood: the limit exists to keep a hostile host from costing the others, and N×
+//! still bounds what it costs.
+
+use crate::error::ApiError;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota};
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Checks between two sweeps of the limiter's idle keys: memory stays bounded however
+/// many host ids (valid or not) show up.
+const SWEEP_EVERY: u64 = 100_000;
+
+/// A rate limit per key (host id).
+pub struct RateLimiter {
+    limiter: DefaultKeyedRateLimiter<String>,
+    clock: DefaultClock,
+    checks: AtomicU64,
+}
+
+impl RateLimiter {
+    /// A limiter with these bounds (a rate ≤ 0 allows one request a day; a burst
+    /// below 1 is 1).
+    pub fn new(rate_per_sec: f64, burst: f64) -> RateLimiter {
+        let period = if rate_per_sec > 0.0 {
+            Duration::from_secs_f64(1.0 / rate_per_sec).max(Duration::from_nanos(1))
+        } else {
+            Duration::from_secs(86_400)
+        };
+        let burst = NonZeroU32::new(burst.max(1.0).min(f64::from(u32::MAX)) as u32)
+            .unwrap_or(NonZeroU32::MIN);
+        let quota = Quota::with_period(period)
+            .unwrap_or_else(|| Quota::per_second(NonZeroU32::MIN))
+            .allow_burst(burst);
+        RateLimiter {
+            limiter: DefaultKeyedRateLimiter::keyed(quota),
+            clock: DefaultClock::default(),
+            checks: AtomicU64::new(0),
+        }
+    }
+
+    /// Takes one request for `key`, or says how long to wait.
+    pub fn check(&self, key: &str) -> Result<(), ApiError> {
+        if self.checks.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
+            self.limiter.retain_recent();
+        }
+        self.limiter
+            .check_key(&key.to_string())
+            .map_err(|not_until| {
+                let wait = not_until.wait_time_from(self.clock.now());
+                ApiError::TooManyRequests {
+                    retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
+                }
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_limiter_allows_a_burst_then_refuses() {
+        let limiter = RateLimiter::new(1.0, 3.0);
+        for _ in 0..3 {
+            limiter.check("h").unwrap();
+        }
+        assert!(matches!(
+            limiter.check("h"),
+            Err(ApiError::TooManyRequests {
+                retry_after_secs: 1
+            })
+        ));
+        limiter.check("other").unwrap();
+    }
+}

@@ -1,0 +1,177 @@
+//! The PostgreSQL schema: numbered migrations, applied in order inside one
+//! transaction each, recorded in `driftwatch_migrations`. Replicas starting at once
+//! take turns: the first takes a transaction-scoped advisory lock and migrates, the
+//! others wait for it and find nothing left to do.
+
+use super::pg_error;
+use crate::store::{StoreError, StoreResult};
+
+/// Numbered migrations; never edit one that has shipped, add the next.
+const MIGRATIONS: &[&str] = &[r#"
+CREATE TABLE hosts (
+    host_id TEXT PRIMARY KEY,
+    hostname TEXT NOT NULL,
+    image_id TEXT,
+    baseline_digest TEXT,
+    state TEXT NOT NULL,
+    state_since BIGINT NOT NULL,
+    first_seen BIGINT NOT NULL,
+    last_seen BIGINT NOT NULL,
+    last_heartbeat BIGINT,
+    heartbeat_interval BIGINT NOT NULL DEFAULT 0,
+    agent_version TEXT,
+    mark_reason TEXT,
+    marked_at BIGINT,
+    hold TEXT,
+    hold_reason TEXT,
+    unmarked_at BIGINT,
+    revoked BOOLEAN NOT NULL DEFAULT FALSE,
+    credential TEXT,
+    enrolled_at BIGINT,
+    n_critical BIGINT NOT NULL DEFAULT 0,
+    n_high BIGINT NOT NULL DEFAULT 0,
+    n_medium BIGINT NOT NULL DEFAULT 0,
+    n_low BIGINT NOT NULL DEFAULT 0,
+    findings_dropped BIGINT NOT NULL DEFAULT 0,
+    told_at BIGINT
+);
+CREATE INDEX hosts_by_image ON hosts (image_id, state);
+CREATE INDEX hosts_by_state ON hosts (state, state_since);
+CREATE INDEX hosts_by_last_seen ON hosts (last_seen DESC, host_id);
+CREATE TABLE events (
+    host_id TEXT NOT NULL,
+    event_id TEXT NOT NULL,
+    received BIGINT NOT NULL,
+    PRIMARY KEY (host_id, event_id)
+);
+CREATE TABLE findings (
+    host_id TEXT NOT NULL,
+    key TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    severity BIGINT NOT NULL,
+    subject TEXT NOT NULL,
+    finding TEXT NOT NULL,
+    first_seen BIGINT NOT NULL,
+    last_seen BIGINT NOT NULL,
+    PRIMARY KEY (host_id, key)
+);
+CREATE INDEX findings_by_severity ON findings (host_id, severity DESC, key);
+CREATE TABLE images (
+    image_id TEXT PRIMARY KEY,
+    baseline_digest TEXT NOT NULL,
+    signer TEXT,
+    entries BIGINT NOT NULL,
+    created_at TEXT NOT NULL,
+    registered BIGINT NOT NULL
+);
+CREATE INDEX images_by_registered ON images (registered DESC, image_id);
+CREATE TABLE actions (
+    id BIGSERIAL PRIMARY KEY,
+    at BIGINT NOT NULL,
+    host_id TEXT,
+    image_id TEXT,
+    action TEXT NOT NULL,
+    target TEXT,
+    outcome TEXT NOT NULL,
+    detail TEXT NOT NULL
+);
+CREATE INDEX actions_by_host ON actions (host_id, id);
+CREATE TABLE marks (
+    host_id TEXT NOT NULL,
+    image_id TEXT,
+    at BIGINT NOT NULL
+);
+CREATE INDEX marks_by_image ON marks (image_id, at);
+CREATE TABLE budgets (
+    image_key TEXT PRIMARY KEY
+);
+CREATE TABLE alert_groups (
+    kind TEXT NOT NULL,
+    image_id TEXT NOT NULL,
+    grp TEXT NOT NULL,
+    title TEXT NOT NULL,
+    severity BIGINT NOT NULL,
+    detail TEXT NOT NULL,
+    first_at BIGINT NOT NULL,
+    due_at BIGINT NOT NULL,
+    PRIMARY KEY (kind, image_id, grp)
+);
+CREATE INDEX alert_groups_due ON alert_groups (due_at);
+CREATE TABLE alert_hosts (
+    kind TEXT NOT NULL,
+    image_id TEXT NOT NULL,
+    grp TEXT NOT NULL,
+    host_id TEXT NOT NULL,
+    pending BOOLEAN NOT NULL,
+    seen_at BIGINT NOT NULL,
+    PRIMARY KEY (kind, image_id, grp, host_id)
+);
+CREATE INDEX alert_hosts_seen ON alert_hosts (seen_at);
+CREATE TABLE outbox (
+    id BIGSERIAL PRIMARY KEY,
+    kind TEXT NOT NULL,
+    payload TEXT NOT NULL,
+    idempotency_key TEXT NOT NULL UNIQUE,
+    state TEXT NOT NULL,
+    attempts BIGINT NOT NULL DEFAULT 0,
+    created_at BIGINT NOT NULL,
+    next_attempt_at BIGINT NOT NULL,
+    give_up_at BIGINT NOT NULL,
+    claimed_by TEXT,
+    claim_expires_at BIGINT,
+    last_error TEXT
+);
+CREATE INDEX outbox_due ON outbox (state, kind, next_attempt_at);
+CREATE TABLE leases (
+    name TEXT PRIMARY KEY,
+    holder TEXT NOT NULL,
+    expires_at BIGINT NOT NULL
+);
+CREATE TABLE provisioning (
+    host_id TEXT PRIMARY KEY,
+    received BIGINT NOT NULL,
+    delta TEXT NOT NULL
+);
+"#];
+
+/// The advisory lock key the migrating replica holds ("driftwatch" in ASCII, cut).
+const MIGRATION_LOCK: i64 = 0x6472_6966_7477_6174;
+
+/// Brings the database up to [`MIGRATIONS`]; refuses one from a newer collector.
+pub(super) async fn migrate(client: &mut deadpool_postgres::Client) -> StoreResult<()> {
+    let tx = client.transaction().await.map_err(pg_error)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+        .await
+        .map_err(pg_error)?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS driftwatch_migrations (
+             version BIGINT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now())",
+    )
+    .await
+    .map_err(pg_error)?;
+    let version: i64 = tx
+        .query_one(
+            "SELECT coalesce(max(version), 0) FROM driftwatch_migrations",
+            &[],
+        )
+        .await
+        .map_err(pg_error)?
+        .get(0);
+    let known = i64::try_from(MIGRATIONS.len()).unwrap_or(i64::MAX);
+    if version > known {
+        return Err(StoreError::Database(format!(
+            "the database is at schema version {version}, newer than this collector knows ({known})"
+        )));
+    }
+    for (index, script) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        tx.batch_execute(script).await.map_err(pg_error)?;
+        let number = i64::try_from(index + 1).unwrap_or(i64::MAX);
+        tx.execute(
+            "INSERT INTO driftwatch_migrations (version) VALUES ($1)",
+            &[&number],
+        )
+        .await
+        .map_err(pg_error)?;
+    }
+    tx.commit().await.map_err(pg_error)
+}

@@ -1,0 +1,670 @@
+//! The store's tests, one body per behaviour, run against every implementation: once
+//! on SQLite and once on PostgreSQL (a fresh database per test, created under the
+//! admin URL in `DRIFTWATCH_TEST_POSTGRES`; without it the PostgreSQL half says why it
+//! is skipped, and fails when `CI=true`).
+
+use super::outbox::OutboxItem;
+use super::sqlite::SqliteStore;
+use super::*;
+use crate::config::CollectorConfig;
+use driftwatch_protocol::report::{Finding, KernelModuleFinding, KernelModuleReason};
+use std::path::PathBuf;
+
+/// A database for one test, and the way to open handles on it: each handle is what
+/// one replica (or one run of the collector) has.
+pub(crate) enum TestDb {
+    /// A SQLite file in a directory of its own.
+    Sqlite(tempfile::TempDir),
+    /// A PostgreSQL database of its own, dropped at the end.
+    Postgres(super::postgres::tests::PgTestDb),
+}
+
+impl TestDb {
+    fn sqlite() -> TestDb {
+        TestDb::Sqlite(tempfile::tempdir().unwrap())
+    }
+
+    fn path(dir: &tempfile::TempDir) -> PathBuf {
+        dir.path().join("collector.db")
+    }
+
+    /// A new handle on the database.
+    pub(crate) async fn open(&self) -> DynStore {
+        match self {
+            TestDb::Sqlite(dir) => Arc::new(SqliteStore::open(&TestDb::path(dir)).unwrap()),
+            TestDb::Postgres(db) => Arc::new(db.open().await),
+        }
+    }
+
+    /// Runs SQL on the database beside the store (to break it on purpose).
+    pub(crate) async fn execute(&self, sqlite: &str, postgres: &str) {
+        match self {
+            TestDb::Sqlite(dir) => rusqlite::Connection::open(TestDb::path(dir))
+                .unwrap()
+                .execute_batch(sqlite)
+                .unwrap(),
+            TestDb::Postgres(db) => db.execute(postgres).await,
+        }
+    }
+}
+
+/// Runs a test body once per store.
+macro_rules! both_stores {
+    ($($name:ident),+ $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name(super::TestDb::sqlite()).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if let Some(db) = crate::store::postgres::tests::PgTestDb::create().await {
+                    super::$name(super::TestDb::Postgres(db)).await;
+                }
+            }
+        }
+    )+};
+}
+
+both_stores!(
+    a_retried_batch_stores_nothing_twice,
+    budgets_count_marks_per_image_and_window,
+    enrollment_is_once_per_host_and_revocation_sticks,
+    silent_and_gone_hosts_expire_with_their_findings,
+    a_reopened_store_keeps_everything,
+    the_decision_is_taken_in_the_ingest_transaction,
+    the_budget_holds_exactly_under_concurrent_replicas,
+    a_changed_finding_is_decided_and_alerted_again,
+    the_outbox_survives_a_restart,
+    a_dead_replicas_delivery_is_taken_over_with_its_key,
+    a_lease_is_taken_over_when_its_holder_stops,
+    a_host_cannot_store_more_findings_than_its_bound,
+    lists_page_with_cursors,
+    an_unknown_state_in_the_database_is_an_error,
+);
+
+pub(crate) fn config(extra: &str) -> CollectorConfig {
+    toml::from_str(&format!(
+        "[tls]\ncert_file = \"/x\"\nkey_file = \"/x\"\nclient_ca_file = \"/x\"\n\
+         [auth]\noperator_token_file = \"/x\"\n{extra}"
+    ))
+    .unwrap()
+}
+
+pub(crate) fn policy(extra: &str) -> Arc<Policy> {
+    Arc::new(Policy::new(&config(extra)).unwrap())
+}
+
+fn module(name: &str, severity: Severity) -> Finding {
+    Finding::KernelModule(KernelModuleFinding {
+        name: name.into(),
+        reason: KernelModuleReason::NotInImage,
+        taint: None,
+        severity,
+    })
+}
+
+fn critical(name: &str) -> IngestBody {
+    IngestBody::Finding(Box::new(module(name, Severity::Critical)))
+}
+
+fn batch_on(image: &str, host: &str, events: Vec<(&str, IngestBody)>) -> IngestRecord {
+    IngestRecord {
+        host_id: host.into(),
+        hostname: host.into(),
+        image_id: Some(image.into()),
+        baseline_digest: Some("blake3:00".into()),
+        events: events
+            .into_iter()
+            .map(|(id, body)| IngestEvent {
+                id: id.into(),
+                body,
+            })
+            .collect(),
+        collector_findings: Vec::new(),
+        received_ms: now_ms(),
+    }
+}
+
+fn batch(host: &str, events: Vec<(&str, IngestBody)>) -> IngestRecord {
+    batch_on("img", host, events)
+}
+
+fn heartbeat(interval_secs: u64) -> IngestBody {
+    IngestBody::Heartbeat {
+        agent_version: "1".into(),
+        interval_secs,
+    }
+}
+
+async fn all_actions(store: &DynStore) -> Vec<ActionRecord> {
+    store.actions(ActionFilter::default()).await.unwrap().items
+}
+
+async fn a_retried_batch_stores_nothing_twice(db: TestDb) {
+    let store = db.open().await;
+    let policy = policy("[replacement]\nmode = \"dry_run\"\n");
+    let events = || vec![("e1", critical("evil")), ("e2", critical("worse"))];
+    let first = store
+        .ingest(batch("h1", events()), policy.clone())
+        .await
+        .unwrap();
+    assert!(first.first_contact);
+    assert_eq!(
+        (first.accepted, first.duplicates, first.new_findings.len()),
+        (2, 0, 2)
+    );
+    let again = store
+        .ingest(batch("h1", events()), policy.clone())
+        .await
+        .unwrap();
+    assert_eq!(
+        (again.accepted, again.duplicates, again.new_findings.len()),
+        (0, 2, 0)
+    );
+    let findings = store.findings("h1", PageRequest::default()).await.unwrap();
+    assert_eq!(findings.items.len(), 2);
+    assert_eq!(again.host.findings_by_severity, [2, 0, 0, 0]);
+    // The same ids from another host are that host's own events.
+    let other = store.ingest(batch("h2", events()), policy).await.unwrap();
+    assert_eq!(other.accepted, 2);
+}
+
+async fn budgets_count_marks_per_image_and_window(db: TestDb) {
+    let store = db.open().await;
+    let policy = policy("");
+    for host in ["a", "b", "c"] {
+        store
+            .ingest(batch(host, vec![]), policy.clone())
+            .await
+            .unwrap();
+    }
+    let t0 = now_ms();
+    for host in ["a", "b"] {
+        let marked = store
+            .transition(host, Transition::Mark { reason: "r".into() }, t0)
+            .await
+            .unwrap();
+        assert_eq!(marked.state, HostState::Marked);
+    }
+    assert_eq!(store.marked_since(Some("img"), t0).await.unwrap(), 2);
+    assert_eq!(store.marked_since(Some("img"), t0 + 1).await.unwrap(), 0);
+    assert_eq!(store.marked_since(Some("other"), 0).await.unwrap(), 0);
+    assert_eq!(store.live_hosts_on_image(Some("img")).await.unwrap(), 3);
+    store.transition("c", Transition::Retire, t0).await.unwrap();
+    assert_eq!(store.live_hosts_on_image(Some("img")).await.unwrap(), 2);
+    let counts = store.counts().await.unwrap();
+    assert_eq!(counts.hosts_by_state, [0, 0, 2, 0, 1]);
+}
+
+async fn enrollment_is_once_per_host_and_revocation_sticks(db: TestDb) {
+    let store = db.open().await;
+    store.enroll("h1", "fp1", 1).await.unwrap();
+    assert!(matches!(
+        store.enroll("h1", "fp2", 2).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(store.revoke("h1", 3).await.unwrap());
+    assert!(store.host("h1").await.unwrap().unwrap().revoked);
+    assert!(matches!(
+        store.ingest(batch("h1", vec![]), policy("")).await,
+        Err(StoreError::Conflict(_))
+    ));
+    assert!(!store.revoke("nobody", 3).await.unwrap());
+}
+
+async fn silent_and_gone_hosts_expire_with_their_findings(db: TestDb) {
+    let store = db.open().await;
+    let policy = policy("[replacement]\nmode = \"dry_run\"\n");
+    let mut record = batch("h1", vec![("e1", critical("m")), ("hb", heartbeat(1))]);
+    record.received_ms = 1_000;
+    store.ingest(record, policy.clone()).await.unwrap();
+    assert!(store.overdue_hosts(3, 3_500).await.unwrap().is_empty());
+    assert_eq!(store.overdue_hosts(3, 4_001).await.unwrap(), ["h1"]);
+    store
+        .transition("h1", Transition::Silence, 4_001)
+        .await
+        .unwrap();
+    assert!(store.overdue_hosts(3, 10_000).await.unwrap().is_empty());
+    assert_eq!(store.expire_hosts(4_000).await.unwrap(), 0);
+    assert_eq!(store.expire_hosts(5_000).await.unwrap(), 1);
+    let findings = store.findings("h1", PageRequest::default()).await.unwrap();
+    assert!(findings.items.is_empty());
+    assert!(store.host("h1").await.unwrap().is_none());
+}
+
+async fn a_reopened_store_keeps_everything(db: TestDb) {
+    let policy = policy("");
+    {
+        let store = db.open().await;
+        let outcome = store
+            .ingest(batch("h1", vec![("e1", critical("m"))]), policy.clone())
+            .await
+            .unwrap();
+        assert_eq!(outcome.host.state, HostState::Marked);
+    }
+    let store = db.open().await;
+    let findings = store.findings("h1", PageRequest::default()).await.unwrap();
+    assert_eq!(findings.items.len(), 1);
+    let again = store
+        .ingest(batch("h1", vec![("e1", critical("m"))]), policy)
+        .await
+        .unwrap();
+    assert_eq!(again.duplicates, 1);
+    assert_eq!(again.host.state, HostState::Marked);
+}
+
+/// The decision is part of the batch's transaction: when deciding fails (here: the
+/// database refuses the mark, as a crash at that point would), the findings are not
+/// stored either, so the agent's retry is new again, and decided.
+async fn the_decision_is_taken_in_the_ingest_transaction(db: TestDb) {
+    let store = db.open().await;
+    let policy = policy("");
+    db.execute(
+        "CREATE TRIGGER crash BEFORE INSERT ON marks BEGIN SELECT RAISE(ABORT, 'crash'); END;",
+        "CREATE FUNCTION crash() RETURNS trigger AS $$ BEGIN RAISE EXCEPTION 'crash'; END $$
+             LANGUAGE plpgsql;
+         CREATE TRIGGER crash BEFORE INSERT ON marks FOR EACH ROW EXECUTE FUNCTION crash();",
+    )
+    .await;
+    let events = || vec![("e1", critical("rootkit"))];
+    let failed = store.ingest(batch("h1", events()), policy.clone()).await;
+    assert!(failed.is_err(), "{failed:?}");
+    let findings = store.findings("h1", PageRequest::default()).await.unwrap();
+    assert!(findings.items.is_empty(), "no finding without its decision");
+    db.execute("DROP TRIGGER crash;", "DROP TRIGGER crash ON marks;")
+        .await;
+    // The collector restarts; the agent retries the batch it never got an answer to.
+    drop(store);
+    let store = db.open().await;
+    let retried = store.ingest(batch("h1", events()), policy).await.unwrap();
+    assert_eq!((retried.accepted, retried.duplicates), (1, 0));
+    assert_eq!(retried.host.state, HostState::Marked);
+    let marks: Vec<ActionRecord> = all_actions(&store)
+        .await
+        .into_iter()
+        .filter(|a| a.action == "mark")
+        .collect();
+    assert_eq!(marks.len(), 1, "{marks:?}");
+    // And the same batch once more changes nothing.
+    let again = store
+        .ingest(
+            batch("h1", vec![("e1", critical("rootkit"))]),
+            policy_default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!((again.accepted, again.duplicates), (0, 1));
+}
+
+fn policy_default() -> Arc<Policy> {
+    policy("")
+}
+
+/// 50 hosts of one image drift at once through 3 replicas with a budget of 5: exactly
+/// 5 are marked, every round.
+async fn the_budget_holds_exactly_under_concurrent_replicas(db: TestDb) {
+    let replicas = [db.open().await, db.open().await, db.open().await];
+    let policy = policy("[replacement]\nmax_hosts = 5\nmax_percent = 100.0\n");
+    for round in 0..20 {
+        let image = format!("img-{round}");
+        let mut tasks = Vec::new();
+        for i in 0..50 {
+            let store = Arc::clone(&replicas[i % replicas.len()]);
+            let (policy, image) = (Arc::clone(&policy), image.clone());
+            tasks.push(tokio::spawn(async move {
+                let host = format!("{image}-h{i}");
+                let events = vec![("e1", critical("rootkit"))];
+                store.ingest(batch_on(&image, &host, events), policy).await
+            }));
+        }
+        let mut marked = 0;
+        for task in tasks {
+            let outcome = task.await.unwrap().unwrap();
+            marked += usize::from(outcome.host.state == HostState::Marked);
+        }
+        assert_eq!(marked, 5, "round {round}");
+        let held = replicas[0].held_hosts(Hold::Budget).await.unwrap();
+        assert_eq!(
+            held.iter()
+                .filter(|h| h.starts_with(&format!("{image}-")))
+                .count(),
+            45,
+            "round {round}"
+        );
+        assert_eq!(replicas[1].marked_since(Some(&image), 0).await.unwrap(), 5);
+    }
+}
+
+/// An escalation arrives as a new event for a finding already stored (a file added at
+/// medium, then made setuid): it updates the finding and is decided and alerted.
+async fn a_changed_finding_is_decided_and_alerted_again(db: TestDb) {
+    let store = db.open().await;
+    let policy = policy("[alerts]\ngroup_wait_secs = 0\n");
+    let medium = IngestBody::Finding(Box::new(module("m", Severity::Medium)));
+    let first = store
+        .ingest(batch("h1", vec![("e1", medium)]), policy.clone())
+        .await
+        .unwrap();
+    assert_eq!(first.host.state, HostState::Drifted);
+    assert_eq!(first.host.findings_by_severity, [0, 0, 1, 0]);
+    let escalated = store
+        .ingest(batch("h1", vec![("e2", critical("m"))]), policy.clone())
+        .await
+        .unwrap();
+    assert_eq!(escalated.new_findings.len(), 1);
+    assert_eq!(escalated.host.state, HostState::Marked);
+    assert_eq!(escalated.host.findings_by_severity, [1, 0, 0, 0]);
+    let findings = store.findings("h1", PageRequest::default()).await.unwrap();
+    assert_eq!(findings.items.len(), 1);
+    assert_eq!(findings.items[0].severity, Severity::Critical);
+    // The same content under yet another event id is not news.
+    let same = store
+        .ingest(batch("h1", vec![("e3", critical("m"))]), policy)
+        .await
+        .unwrap();
+    assert!(same.new_findings.is_empty());
+}
+
+/// Alerts and commands owed when the collector stops are delivered after it starts
+/// again.
+async fn the_outbox_survives_a_restart(db: TestDb) {
+    use crate::alerts::tests::TestReceiver;
+    let receiver = TestReceiver::start(&[]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("ran");
+    let extra = format!(
+        "[alerts]\ngroup_wait_secs = 0\nmark_command = [\"sh\", \"-c\", \
+         \"printf %s \\\"$DRIFTWATCH_ACTION_ID\\\" > {}\"]\n\
+         [[webhook]]\nurl = \"{}\"\nevents = [\"marked\"]\n",
+        out.display(),
+        receiver.url
+    );
+    let policy = policy(&extra);
+    {
+        // A collector that stores the decision and dies before delivering anything.
+        let store = db.open().await;
+        store
+            .ingest(batch("h1", vec![("e1", critical("m"))]), policy.clone())
+            .await
+            .unwrap();
+        store
+            .flush_alerts(now_ms() + 1, policy.clone())
+            .await
+            .unwrap();
+        let counts = store.counts().await.unwrap();
+        assert_eq!((counts.pending_alerts, counts.pending_commands), (1, 1));
+    }
+    let store = db.open().await;
+    let config = config(&extra);
+    let metrics = Arc::new(crate::metrics::Metrics::new());
+    let alerter = crate::alerts::tests::fast_alerter(&config, store.clone(), metrics.clone());
+    let _actions = crate::actions::Actions::start(&config, store.clone(), alerter, metrics);
+    let bodies = receiver.wait_for(1).await;
+    assert_eq!(bodies.len(), 1);
+    assert_eq!(bodies[0]["kind"], "marked");
+    let logged = crate::alerts::tests::wait_for_actions(&store, "command", 1).await;
+    assert_eq!(logged.len(), 1);
+    assert_eq!(logged[0].outcome, Outcome::Ok, "{}", logged[0].detail);
+    let action_id = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(action_id.len(), 32, "{action_id:?}");
+    let counts = store.counts().await.unwrap();
+    assert_eq!((counts.pending_alerts, counts.pending_commands), (0, 0));
+}
+
+/// A replica claims a delivery and dies: when its claim expires another replica
+/// claims it, with the same idempotency key, and only that one's outcome counts.
+async fn a_dead_replicas_delivery_is_taken_over_with_its_key(db: TestDb) {
+    let (a, b) = (db.open().await, db.open().await);
+    let policy = policy("[alerts]\nmark_command = [\"true\"]\n");
+    let host = a
+        .ingest(batch("h1", vec![]), policy.clone())
+        .await
+        .unwrap()
+        .host;
+    a.announce_mark(host, "test".into(), policy).await.unwrap();
+    let now = now_ms();
+    let claimed = a.claim("a", "command", now, 1_000, 10).await.unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert!(matches!(claimed[0].item, OutboxItem::Command(_)));
+    // Claimed: nobody else gets it while the claim lasts.
+    assert!(b
+        .claim("b", "command", now + 500, 1_000, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    // A is gone; its claim expires.
+    let taken = b
+        .claim("b", "command", now + 1_001, 1_000, 10)
+        .await
+        .unwrap();
+    assert_eq!(taken.len(), 1);
+    assert_eq!(taken[0].id, claimed[0].id);
+    assert_eq!(taken[0].idempotency_key, claimed[0].idempotency_key);
+    assert_eq!(taken[0].attempts, 2);
+    let done = |by: &str| {
+        Finish::Done(ActionRecord {
+            id: 0,
+            at_ms: now,
+            host_id: Some("h1".into()),
+            image_id: None,
+            action: "command".into(),
+            target: Some(by.into()),
+            outcome: Outcome::Ok,
+            detail: "ran".into(),
+        })
+    };
+    assert!(b.finish(taken[0].id, "b", done("b")).await.unwrap());
+    // A wakes up late: its outcome is refused, nothing is delivered twice.
+    assert!(!a.finish(claimed[0].id, "a", done("a")).await.unwrap());
+    assert!(a
+        .claim("a", "command", now + 10_000, 1_000, 10)
+        .await
+        .unwrap()
+        .is_empty());
+    let commands: Vec<_> = all_actions(&a)
+        .await
+        .into_iter()
+        .filter(|x| x.action == "command")
+        .collect();
+    assert_eq!(commands.len(), 1);
+    assert_eq!(commands[0].target.as_deref(), Some("b"));
+}
+
+async fn a_lease_is_taken_over_when_its_holder_stops(db: TestDb) {
+    let (a, b) = (db.open().await, db.open().await);
+    let t = now_ms();
+    assert!(a.lease("sweep", "a", t, 1_000).await.unwrap());
+    assert!(!b.lease("sweep", "b", t + 10, 1_000).await.unwrap());
+    // The holder renews it.
+    assert!(a.lease("sweep", "a", t + 900, 1_000).await.unwrap());
+    assert!(!b.lease("sweep", "b", t + 1_500, 1_000).await.unwrap());
+    // The holder stops renewing: within one lease period the other takes over.
+    assert!(b.lease("sweep", "b", t + 1_901, 1_000).await.unwrap());
+    assert!(!a.lease("sweep", "a", t + 1_950, 1_000).await.unwrap());
+    // Leases are per job.
+    assert!(a.lease("alerts", "a", t + 1_950, 1_000).await.unwrap());
+}
+
+async fn a_host_cannot_store_more_findings_than_its_bound(db: TestDb) {
+    let store = db.open().await;
+    let policy = policy("[ingest]\nmax_findings_per_host = 5\n[replacement]\nmode = \"dry_run\"\n");
+    let names: Vec<String> = (0..8).map(|i| format!("m{i}")).collect();
+    let events: Vec<(&str, IngestBody)> = names
+        .iter()
+        .map(|n| {
+            (
+                n.as_str(),
+                IngestBody::Finding(Box::new(module(n, Severity::Low))),
+            )
+        })
+        .collect();
+    let outcome = store
+        .ingest(batch("h1", events), policy.clone())
+        .await
+        .unwrap();
+    assert_eq!(outcome.accepted, 8);
+    assert_eq!(outcome.host.findings_dropped, 3);
+    assert_eq!(outcome.host.findings_by_severity, [1, 0, 0, 5]);
+    let findings = store.findings("h1", PageRequest::default()).await.unwrap();
+    assert_eq!(findings.items.len(), 6);
+    assert_eq!(findings.items[0].key, TOO_MANY_FINDINGS_KEY);
+    assert_eq!(findings.items[0].finding["dropped"], 3);
+    // More of them only count.
+    let more = store
+        .ingest(batch("h1", vec![("x", critical("x"))]), policy)
+        .await
+        .unwrap();
+    assert_eq!(more.host.findings_dropped, 4);
+    let findings = store.findings("h1", PageRequest::default()).await.unwrap();
+    assert_eq!(findings.items.len(), 6);
+    assert_eq!(findings.items[0].finding["dropped"], 4);
+    // Other hosts are not affected.
+    let other = store
+        .ingest(batch("h2", vec![("y", critical("y"))]), policy_default())
+        .await
+        .unwrap();
+    assert_eq!(other.host.findings_by_severity, [1, 0, 0, 0]);
+}
+
+/// Walks every page of a list; checks no row comes twice.
+async fn walk<T: Clone + PartialEq + std::fmt::Debug, F, Fut>(limit: u32, fetch: F) -> Vec<T>
+where
+    F: Fn(PageRequest) -> Fut,
+    Fut: std::future::Future<Output = Page<T>>,
+{
+    let mut rows: Vec<T> = Vec::new();
+    let mut after = None;
+    loop {
+        let page = fetch(PageRequest {
+            after,
+            limit: Some(limit),
+        })
+        .await;
+        assert!(page.items.len() <= limit as usize);
+        for row in &page.items {
+            assert!(!rows.contains(row), "{row:?} twice");
+        }
+        rows.extend(page.items);
+        match page.next_cursor {
+            Some(cursor) => after = Some(Cursor::decode(&cursor.encode()).unwrap()),
+            None => return rows,
+        }
+    }
+}
+
+async fn lists_page_with_cursors(db: TestDb) {
+    let store = db.open().await;
+    let policy = policy("[replacement]\nmode = \"dry_run\"\n");
+    for i in 0..25 {
+        let mut record = batch(&format!("h{i:02}"), vec![]);
+        // Some hosts seen at the same millisecond: the id breaks the tie.
+        record.received_ms = 1_000 + i / 3;
+        store.ingest(record, policy.clone()).await.unwrap();
+    }
+    let hosts = walk(10, |page| {
+        let store = store.clone();
+        async move {
+            store
+                .hosts(HostFilter {
+                    page,
+                    ..HostFilter::default()
+                })
+                .await
+                .unwrap()
+        }
+    })
+    .await;
+    assert_eq!(hosts.len(), 25);
+    assert!(hosts
+        .windows(2)
+        .all(|w| w[0].last_seen_ms > w[1].last_seen_ms
+            || (w[0].last_seen_ms == w[1].last_seen_ms && w[0].host_id < w[1].host_id)));
+    let names: Vec<String> = (0..12).map(|i| format!("m{i}")).collect();
+    let events: Vec<(&str, IngestBody)> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let severity = [Severity::Low, Severity::High, Severity::Critical][i % 3];
+            (
+                n.as_str(),
+                IngestBody::Finding(Box::new(module(n, severity))),
+            )
+        })
+        .collect();
+    store.ingest(batch("h00", events), policy).await.unwrap();
+    let findings = walk(5, |page| {
+        let store = store.clone();
+        async move { store.findings("h00", page).await.unwrap() }
+    })
+    .await;
+    assert_eq!(findings.len(), 12);
+    assert!(findings.windows(2).all(|w| w[0].severity >= w[1].severity));
+    for i in 0..7 {
+        store
+            .record_action(ActionRecord {
+                id: 0,
+                at_ms: 5,
+                host_id: Some("h01".into()),
+                image_id: None,
+                action: "test".into(),
+                target: None,
+                outcome: Outcome::Ok,
+                detail: format!("{i}"),
+            })
+            .await
+            .unwrap();
+    }
+    let actions = walk(3, |page| {
+        let store = store.clone();
+        async move {
+            store
+                .actions(ActionFilter {
+                    host_id: Some("h01".into()),
+                    page,
+                })
+                .await
+                .unwrap()
+        }
+    })
+    .await;
+    assert_eq!(actions.len(), 7);
+    assert!(actions.windows(2).all(|w| w[0].id > w[1].id));
+    for i in 0..4 {
+        store
+            .register_image(ImageRecord {
+                image_id: format!("i{i}"),
+                baseline_digest: "blake3:00".into(),
+                signer: None,
+                entries: 1,
+                created_at: "x".into(),
+                registered_ms: 7,
+            })
+            .await
+            .unwrap();
+    }
+    let images = walk(3, |page| {
+        let store = store.clone();
+        async move { store.images(page).await.unwrap() }
+    })
+    .await;
+    assert_eq!(images.len(), 4);
+    assert!(matches!(
+        Cursor::decode("garbage!"),
+        Err(StoreError::BadCursor)
+    ));
+}
+
+async fn an_unknown_state_in_the_database_is_an_error(db: TestDb) {
+    let store = db.open().await;
+    store.ingest(batch("h1", vec![]), policy("")).await.unwrap();
+    db.execute(
+        "UPDATE hosts SET state = 'exploded';",
+        "UPDATE hosts SET state = 'exploded';",
+    )
+    .await;
+    let read = store.host("h1").await;
+    assert!(matches!(read, Err(StoreError::Corrupt(_))), "{read:?}");
+    assert!(store.counts().await.is_err());
+}
