@@ -879,7 +879,12 @@ impl Host {
     pub fn write(&self, rel: &str, content: &str) {
         let path = self.path(rel);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-        std::fs::write(path, content).unwrap();
+        // Written beside the tree and renamed in, so the daemon never sees the file half
+        // written: an empty file that then gets its content is a changed finding (an
+        // escalation, sent again), which would count as a second event here.
+        let staged = self.dir.path().join(".staged");
+        std::fs::write(&staged, content).unwrap();
+        std::fs::rename(&staged, path).unwrap();
     }
 
     /// Runs `driftwatch check --report` against this host's root; returns the output.
