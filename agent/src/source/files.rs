@@ -1180,25 +1180,36 @@ fn is_unsupported(err: &io::Error) -> bool {
     err.raw_os_error() == Some(libc::ENOTSUP) || err.raw_os_error() == Some(libc::ENODATA)
 }
 
-/// Examines one path the way the scan does (for targeted re-checks after watch
-/// events), reaching it from the root down without following a symlink; `None` when
-/// it does not exist.
-pub fn observe_one(root: &Path, policy: &Policy, path: &[u8]) -> Option<ScanItem> {
+/// `path` reached from `root` down without following a symlink: `None` when it fails
+/// with one of the `missing` errors (it is not there), the unreadable item otherwise.
+fn locate_from_root(
+    root: &Path,
+    path: &[u8],
+    missing: &[i32],
+) -> Result<Option<Located>, Box<ScanItem>> {
     let unreadable = |err: io::Error| {
-        Some(ScanItem::Unreadable {
+        Box::new(ScanItem::Unreadable {
             path: path.to_vec(),
             error: io_message(&err),
             subtree_unknown: false,
         })
     };
-    let root_fd = match open_root(root) {
-        Ok(fd) => fd,
-        Err(err) => return unreadable(err),
-    };
-    let at = match locate(&root_fd, path) {
-        Ok(at) => at,
-        Err(err) if matches!(err.raw_os_error(), Some(libc::ENOENT)) => return None,
-        Err(err) => return unreadable(err),
+    let root_fd = open_root(root).map_err(unreadable)?;
+    match locate(&root_fd, path) {
+        Ok(at) => Ok(Some(at)),
+        Err(err) if err.raw_os_error().is_some_and(|e| missing.contains(&e)) => Ok(None),
+        Err(err) => Err(unreadable(err)),
+    }
+}
+
+/// Examines one path the way the scan does (for targeted re-checks after watch
+/// events), reaching it from the root down without following a symlink; `None` when
+/// it does not exist.
+pub fn observe_one(root: &Path, policy: &Policy, path: &[u8]) -> Option<ScanItem> {
+    let at = match locate_from_root(root, path, &[libc::ENOENT]) {
+        Ok(Some(at)) => at,
+        Ok(None) => return None,
+        Err(unreadable) => return Some(*unreadable),
     };
     let shared = Shared::new(0);
     let never = AtomicBool::new(false);
@@ -1213,23 +1224,10 @@ pub fn observe_one(root: &Path, policy: &Policy, path: &[u8]) -> Option<ScanItem
 /// symlink, reading a regular file's content (BLAKE3) only when `hash`; `None` when it
 /// does not exist.
 pub fn inspect_path(root: &Path, path: &[u8], hash: bool) -> Option<ScanItem> {
-    let unreadable = |err: io::Error| {
-        Some(ScanItem::Unreadable {
-            path: path.to_vec(),
-            error: io_message(&err),
-            subtree_unknown: false,
-        })
-    };
-    let root_fd = match open_root(root) {
-        Ok(fd) => fd,
-        Err(err) => return unreadable(err),
-    };
-    let at = match locate(&root_fd, path) {
-        Ok(at) => at,
-        Err(err) if matches!(err.raw_os_error(), Some(libc::ENOENT | libc::ENOTDIR)) => {
-            return None
-        }
-        Err(err) => return unreadable(err),
+    let at = match locate_from_root(root, path, &[libc::ENOENT, libc::ENOTDIR]) {
+        Ok(Some(at)) => at,
+        Ok(None) => return None,
+        Err(unreadable) => return Some(*unreadable),
     };
     let shared = Shared::new(0);
     let never = AtomicBool::new(false);
