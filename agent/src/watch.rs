@@ -26,18 +26,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
-/// Changes only: see the module documentation for why opens and reads are left out.
-const MASK: WatchMask = WatchMask::CREATE
+/// Changes only, never through a link: see the module documentation for why opens and
+/// reads are left out. Shared with the containers' upper-layer watcher.
+pub const CHANGES: WatchMask = WatchMask::CREATE
     .union(WatchMask::DELETE)
     .union(WatchMask::MODIFY)
     .union(WatchMask::ATTRIB)
     .union(WatchMask::CLOSE_WRITE)
     .union(WatchMask::MOVED_FROM)
     .union(WatchMask::MOVED_TO)
-    .union(WatchMask::DELETE_SELF)
-    .union(WatchMask::MOVE_SELF)
     .union(WatchMask::DONT_FOLLOW)
     .union(WatchMask::EXCL_UNLINK);
+/// The changes, and a watched directory itself going away.
+const MASK: WatchMask = CHANGES
+    .union(WatchMask::DELETE_SELF)
+    .union(WatchMask::MOVE_SELF);
 /// How often the watcher thread looks at its stop flag while no event arrives.
 const POLL_MILLIS: i32 = 200;
 

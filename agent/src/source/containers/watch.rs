@@ -30,16 +30,7 @@ const DISCOVER_INTERVAL: Duration = Duration::from_secs(1);
 /// (an `apt-get install` inside a container) is re-checked once.
 const SETTLE: Duration = Duration::from_millis(20);
 
-const MASK: WatchMask = WatchMask::CREATE
-    .union(WatchMask::DELETE)
-    .union(WatchMask::MODIFY)
-    .union(WatchMask::ATTRIB)
-    .union(WatchMask::CLOSE_WRITE)
-    .union(WatchMask::MOVED_FROM)
-    .union(WatchMask::MOVED_TO)
-    .union(WatchMask::DONT_FOLLOW)
-    .union(WatchMask::EXCL_UNLINK)
-    .union(WatchMask::ONLYDIR);
+const MASK: WatchMask = crate::watch::CHANGES.union(WatchMask::ONLYDIR);
 
 /// What the container watcher tells the daemon.
 #[derive(Clone, Debug)]
