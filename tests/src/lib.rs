@@ -151,11 +151,6 @@ pub enum Topology {
     Replicas(usize),
 }
 
-/// The replicas' database: PostgreSQL when the collector's store speaks it, else the
-/// one SQLite file they all open (enough to exercise the load balancer and fail-over,
-/// not a concurrency guarantee).
-pub const REPLICAS_ON_POSTGRES: bool = true;
-
 impl Topology {
     /// The fleet-scale setup the end-to-end tests run through: 3 replicas. `None` (with
     /// the reason printed) when haproxy or PostgreSQL is missing outside CI.
@@ -164,25 +159,12 @@ impl Topology {
             missing_prerequisite("haproxy is not installed (apt-get install haproxy)");
             return None;
         }
-        if REPLICAS_ON_POSTGRES && std::env::var_os(postgres::URL_VAR).is_none() {
+        // Replicas share one PostgreSQL database, as a fleet runs them.
+        if std::env::var_os(postgres::URL_VAR).is_none() {
             missing_prerequisite(&format!("{} is not set", postgres::URL_VAR));
             return None;
         }
         Some(Topology::Replicas(3))
-    }
-
-    /// [`Topology::replicas`] for a test whose assertions need decisions and alert
-    /// grouping shared by the replicas: `None`, saying why, while replicas run on
-    /// SQLite (each replica then groups alerts and takes budget decisions alone).
-    pub fn replicas_sharing_decisions() -> Option<Topology> {
-        if !REPLICAS_ON_POSTGRES {
-            eprintln!(
-                "skipping: replicas share alert grouping and budget decisions only through \
-                 the PostgreSQL store, which they do not use yet"
-            );
-            return None;
-        }
-        Topology::replicas()
     }
 }
 
@@ -192,8 +174,8 @@ impl Topology {
 /// depend on the topology: a fleet of replicas must behave as one collector.
 ///
 /// Tests listed after `shared_decisions:` rely on what replicas can only share through
-/// a shared store (alert grouping, the budget's decision lock): through replicas they run
-/// once the replicas are on PostgreSQL ([`REPLICAS_ON_POSTGRES`]).
+/// a shared store (alert grouping, the budget's decision lock), which the replicas'
+/// PostgreSQL database gives them.
 #[macro_export]
 macro_rules! each_topology {
     ($($name:ident),* $(,)?) => {
@@ -226,7 +208,7 @@ macro_rules! each_topology {
             $(
                 #[test]
                 fn $shared() {
-                    if let Some(topology) = $crate::Topology::replicas_sharing_decisions() {
+                    if let Some(topology) = $crate::Topology::replicas() {
                         super::$shared(topology)
                     }
                 }
@@ -376,18 +358,16 @@ impl Collector {
     }
 
     /// Writes one configuration per replica: the same file but for its own port (and
-    /// the shared PostgreSQL database when the store speaks it).
+    /// the shared PostgreSQL database).
     fn add_replicas(&mut self, n: usize, text: &str) {
         let listen = format!("listen = \"{}:{}\"", self.ip, self.port);
         let mut text = text.to_string();
-        if REPLICAS_ON_POSTGRES {
-            let database = postgres::TestDatabase::create().expect("checked by Topology::replicas");
-            text = text.replace(
-                "database = \"collector.db\"",
-                &format!("database = {:?}", database.url),
-            );
-            self.database = Some(database);
-        }
+        let database = postgres::TestDatabase::create().expect("checked by Topology::replicas");
+        text = text.replace(
+            "database = \"collector.db\"",
+            &format!("database = {:?}", database.url),
+        );
+        self.database = Some(database);
         for i in 0..n {
             let port = free_port_on(&self.ip);
             let config = self.path(&format!("replica-{i}.toml"));
