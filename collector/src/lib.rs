@@ -16,6 +16,7 @@ pub mod actions;
 pub mod alerts;
 pub mod api;
 pub mod app;
+pub mod auth;
 pub mod cli;
 pub mod client;
 pub mod config;

@@ -1,7 +1,7 @@
 //! HTTP handlers: agent ingest and enrollment, and the operator API.
 //!
 //! Agents authenticate by their client certificate ([`crate::tls::Peer`]); operators
-//! by the bearer token in `Authorization` ([`Operator`]). What is shared by the
+//! by the bearer token in `Authorization` (a [`Principal`]). What is shared by the
 //! handlers lives here: the per-host rate limiter, body decoding with its bounds, and
 //! time formatting.
 
@@ -13,6 +13,7 @@ pub mod operator;
 pub use crate::limiter::RateLimiter;
 
 use crate::app::AppState;
+use crate::auth::Principal;
 use crate::error::ApiError;
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
@@ -55,33 +56,25 @@ pub fn decode_body(
     }
 }
 
-/// An authenticated operator (bearer token).
-pub struct Operator;
-
-impl FromRequestParts<Arc<AppState>> for Operator {
+/// A caller authenticated by the bearer token in `Authorization`; each handler then
+/// checks the right it needs with [`Principal::require`].
+impl FromRequestParts<Arc<AppState>> for Principal {
     type Rejection = ApiError;
 
     async fn from_request_parts(
         parts: &mut Parts,
         state: &Arc<AppState>,
-    ) -> Result<Operator, ApiError> {
+    ) -> Result<Principal, ApiError> {
         let value = parts
             .headers
             .get(header::AUTHORIZATION)
-            .ok_or_else(|| ApiError::Unauthorized("an operator token is required".into()))?;
+            .ok_or_else(|| ApiError::Unauthorized("a bearer token is required".into()))?;
         let token = value
             .to_str()
             .ok()
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or_else(|| ApiError::Unauthorized("use Authorization: Bearer <token>".into()))?;
-        // blake3::Hash compares in constant time.
-        if blake3::hash(token.trim().as_bytes()) == state.operator_token {
-            Ok(Operator)
-        } else {
-            Err(ApiError::Forbidden(
-                "the operator token is not valid".into(),
-            ))
-        }
+        crate::auth::authenticate(state, token).await
     }
 }
 

@@ -9,8 +9,8 @@
 //! opaque and stay valid while rows come and go (keyset paging: a page starts after
 //! the sort key of the previous page's last row).
 
-use super::Operator;
 use crate::app::AppState;
+use crate::auth::{Principal, Right};
 use crate::error::ApiError;
 use crate::store::{
     ActionFilter, ActionRecord, Cursor, FindingRecord, HostFilter, HostRecord, ImageRecord, Page,
@@ -81,10 +81,11 @@ pub struct HostsQuery {
 
 /// `GET /v1/hosts?state=&image=&limit=&cursor=`
 pub async fn hosts(
-    _: Operator,
+    who: Principal,
     State(state): State<Arc<AppState>>,
     Query(query): Query<HostsQuery>,
 ) -> Result<Response, ApiError> {
+    who.require(Right::Read)?;
     let host_state = match query.state.as_deref() {
         None => None,
         Some(name) => Some(HostState::from_name(name).ok_or_else(|| {
@@ -115,11 +116,12 @@ pub struct HostQuery {
 
 /// `GET /v1/hosts/{id}`: the host and its findings.
 pub async fn host(
-    _: Operator,
+    who: Principal,
     State(state): State<Arc<AppState>>,
     Path(host_id): Path<String>,
     Query(query): Query<HostQuery>,
 ) -> Result<Json<HostDetail>, ApiError> {
+    who.require(Right::Read)?;
     let store = state.fleet.store();
     let host = store
         .host(&host_id)
@@ -150,13 +152,14 @@ pub struct MarkRequest {
 
 /// `POST /v1/hosts/{id}/{approve|mark|unmark|revoke}`
 pub async fn host_action(
-    _: Operator,
+    who: Principal,
     State(state): State<Arc<AppState>>,
     Path((host_id, action)): Path<(String, String)>,
     body: Bytes,
 ) -> Result<Json<HostRecord>, ApiError> {
+    who.require(Right::Act)?;
     let fleet = &state.fleet;
-    let by = "operator";
+    let by = who.name.as_str();
     let host = match action.as_str() {
         "approve" => fleet.approve(&host_id, by).await?,
         "mark" => {
@@ -193,10 +196,11 @@ pub struct ImagesQuery {
 
 /// `GET /v1/images?limit=&cursor=`: images, newest first.
 pub async fn images(
-    _: Operator,
+    who: Principal,
     State(state): State<Arc<AppState>>,
     Query(query): Query<ImagesQuery>,
 ) -> Result<Response, ApiError> {
+    who.require(Right::Read)?;
     let page = page_request(query.cursor.as_deref(), query.limit, MAX_LIMIT)?;
     let images: Page<ImageRecord> = state.fleet.store().images(page).await?;
     Ok(page_response(images))
@@ -211,11 +215,12 @@ pub struct RegisterQuery {
 
 /// `POST /v1/images[?image_id=ID]` with the baseline file as the body.
 pub async fn register_image(
-    _: Operator,
+    who: Principal,
     State(state): State<Arc<AppState>>,
     Query(query): Query<RegisterQuery>,
     body: Bytes,
 ) -> Result<Json<ImageRecord>, ApiError> {
+    who.require(Right::Register)?;
     let image = state
         .fleet
         .register_image(&body, query.image_id.as_deref())
@@ -234,10 +239,11 @@ pub struct ActionsQuery {
 
 /// `GET /v1/actions?host=&limit=&cursor=`: the action log, newest first.
 pub async fn actions(
-    _: Operator,
+    who: Principal,
     State(state): State<Arc<AppState>>,
     Query(query): Query<ActionsQuery>,
 ) -> Result<Response, ApiError> {
+    who.require(Right::Read)?;
     let filter = ActionFilter {
         host_id: query.host,
         page: page_request(query.cursor.as_deref(), query.limit, 100)?,
@@ -248,9 +254,10 @@ pub async fn actions(
 
 /// `GET /metrics` (OpenMetrics; needs the operator token like the rest of the API).
 pub async fn metrics(
-    _: Operator,
+    who: Principal,
     State(state): State<Arc<AppState>>,
 ) -> Result<impl IntoResponse, ApiError> {
+    who.require(Right::Scrape)?;
     let counts = state.fleet.store().counts().await?;
     Ok((
         [(
