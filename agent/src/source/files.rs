@@ -225,6 +225,9 @@ pub struct ScanOptions {
     /// cost about a quarter more CPU (measured in `bench/scan.sh cold`), so they are
     /// not on by default elsewhere.
     pub readers: Option<usize>,
+    /// Mount points inside the root that the walk crosses into although the policy
+    /// says `one_filesystem`: the image's own file systems (default: none).
+    pub cross: Vec<Vec<u8>>,
 }
 
 /// Read-ahead threads for a boot check. A cold page cache (a boot check) is bound by
@@ -629,7 +632,8 @@ struct Walk<'a> {
     policy: &'a Policy,
     options: &'a ScanOptions,
     cancel: &'a AtomicBool,
-    /// With `one_filesystem`, the devices of the scan paths.
+    /// With `one_filesystem`, the devices of the scan paths and of the mount points to
+    /// cross.
     allowed_devices: Option<Vec<u64>>,
 }
 
@@ -644,6 +648,7 @@ fn walk(
         policy
             .scan_paths()
             .iter()
+            .chain(&options.cross)
             .filter_map(|p| locate(root, p).ok())
             .filter_map(|at| {
                 rustix::fs::statat(at.dir.as_fd(), &at.name, AtFlags::SYMLINK_NOFOLLOW).ok()
