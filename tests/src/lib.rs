@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 pub mod container;
 pub mod haproxy;
+pub mod mount;
 pub mod openapi;
 pub mod postgres;
 
@@ -804,6 +805,11 @@ impl Host {
             .path()
             .join("tree")
             .join(rel.trim_start_matches('/'))
+    }
+
+    /// Its `state_dir` (the state, the hash cache and the spool), made on first start.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
     }
 
     /// The daemon's log so far.
