@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 pub mod bake;
 pub mod container;
 pub mod haproxy;
+pub mod mount;
 pub mod openapi;
 pub mod postgres;
 pub mod sockets;
@@ -530,6 +531,32 @@ impl Collector {
             .sum()
     }
 
+    /// The ids of every event the collector stored from `host_id` but heartbeats (whose
+    /// ids are random), read from its SQLite file: what "each event once" is judged
+    /// on. `None` with replicas (their store is PostgreSQL).
+    pub fn stored_event_ids(&self, host_id: &str) -> Option<Vec<String>> {
+        if self.database.is_some() {
+            return None;
+        }
+        let db = rusqlite::Connection::open_with_flags(
+            self.path("collector.db"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        let mut query = db
+            .prepare(
+                "SELECT event_id FROM events WHERE host_id = ?1 AND event_id NOT LIKE '%:hb:%' \
+                 ORDER BY event_id",
+            )
+            .unwrap();
+        let ids = query
+            .query_map([host_id], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<Vec<String>, _>>()
+            .unwrap();
+        Some(ids)
+    }
+
     /// Stops it (every replica) with SIGTERM.
     pub fn stop(&mut self) {
         for replica in &mut self.replicas {
@@ -819,6 +846,11 @@ impl Host {
             .path()
             .join("tree")
             .join(rel.trim_start_matches('/'))
+    }
+
+    /// Its `state_dir` (the state, the hash cache and the spool), made on first start.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
     }
 
     /// The daemon's log so far.
