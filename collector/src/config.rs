@@ -133,8 +133,19 @@ fn default_host_cert_days() -> u32 {
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
-    /// A file holding the bearer token of the operator API (and of the CLI). Required.
+    /// A file holding the token of the `admin` role: every right, tokens included
+    /// (`driftwatch-collector token …` uses it). Default: none, and then the operator
+    /// token is the admin's (as before roles existed).
+    #[serde(default)]
+    pub admin_token_file: Option<PathBuf>,
+    /// A file holding the bearer token of the operator API (and of the CLI): the
+    /// `operator` role (read, mark, unmark, approve, revoke, retire, scrape), or
+    /// `admin` when no `admin_token_file` is set. Required.
     pub operator_token_file: PathBuf,
+    /// A file holding the token of the `pipeline` role, which registers images and
+    /// nothing else (`image register` uses it). Default: none.
+    #[serde(default)]
+    pub pipeline_token_file: Option<PathBuf>,
     /// A file holding the token agents exchange for a certificate on first contact
     /// (default: none, enrollment off).
     #[serde(default)]
@@ -515,6 +526,8 @@ impl CollectorConfig {
         resolve(&mut self.tls.client_ca_file);
         self.tls.client_ca_key_file.as_mut().map(resolve);
         resolve(&mut self.auth.operator_token_file);
+        self.auth.admin_token_file.as_mut().map(resolve);
+        self.auth.pipeline_token_file.as_mut().map(resolve);
         self.auth.enrollment_token_file.as_mut().map(resolve);
         self.auth.trusted_keys.iter_mut().for_each(resolve);
         for webhook in &mut self.webhooks {

@@ -10,6 +10,7 @@ use driftwatch_collector::actions::Actions;
 use driftwatch_collector::alerts::Alerter;
 use driftwatch_collector::api::RateLimiter;
 use driftwatch_collector::app::{app, AppState, Enrollment};
+use driftwatch_collector::auth::Credentials;
 use driftwatch_collector::cli::{emit, ConfigArg, Failure, OperatorCommand};
 use driftwatch_collector::config::CollectorConfig;
 use driftwatch_collector::fleet::Fleet;
@@ -54,8 +55,10 @@ enum Command {
     /// for a first try on one machine.
     ///
     /// DIR gets collector.toml, ca.pem and ca.key (the CA that signs agents' and the
-    /// server's certificates), server.pem and server.key, operator.token (the API's
-    /// bearer token) and enrollment.token (what agents exchange for a certificate).
+    /// server's certificates), server.pem and server.key, the API's bearer tokens
+    /// admin.token (every right, tokens included), operator.token (read and act on
+    /// hosts) and pipeline.token (register images), and enrollment.token (what agents
+    /// exchange for a certificate).
     /// Existing files are never overwritten.
     Init {
         /// The directory to write into (created if missing).
@@ -154,11 +157,7 @@ async fn serve(path: &Path) -> Result<(), Failure> {
         actions,
         Arc::clone(&metrics),
     )?);
-    let operator_token = blake3::hash(
-        read_text(&config.auth.operator_token_file)?
-            .trim()
-            .as_bytes(),
-    );
+    let credentials = Credentials::new(Credentials::read(&config.auth)?);
     let enrollment = match (
         &config.auth.enrollment_token_file,
         &config.tls.client_ca_key_file,
@@ -186,7 +185,7 @@ async fn serve(path: &Path) -> Result<(), Failure> {
         config: Arc::clone(&config),
         fleet: Arc::clone(&fleet),
         metrics,
-        operator_token,
+        credentials,
         enrollment,
         limiter: RateLimiter::new(config.ingest.rate_per_sec, config.ingest.burst),
     });
@@ -298,7 +297,9 @@ fn init(
         "ca.key",
         "server.pem",
         "server.key",
+        "admin.token",
         "operator.token",
+        "pipeline.token",
         "enrollment.token",
     ] {
         if dir.join(name).exists() {
@@ -321,16 +322,14 @@ fn init(
     write_new(&dir.join("ca.key"), &ca.key_pem(), secret)?;
     write_new(&dir.join("server.pem"), &server_pem, Access::Public)?;
     write_new(&dir.join("server.key"), &server_key, secret)?;
-    write_new(
-        &dir.join("operator.token"),
-        &(random_token()? + "\n"),
-        secret,
-    )?;
-    write_new(
-        &dir.join("enrollment.token"),
-        &(random_token()? + "\n"),
-        secret,
-    )?;
+    for token in [
+        "admin.token",
+        "operator.token",
+        "pipeline.token",
+        "enrollment.token",
+    ] {
+        write_new(&dir.join(token), &(random_token()? + "\n"), secret)?;
+    }
     let database = database
         .display()
         .to_string()
@@ -348,7 +347,12 @@ client_ca_file = "ca.pem"
 client_ca_key_file = "ca.key"
 
 [auth]
+# Roles: admin (everything, tokens too), operator (read, mark, unmark, approve, revoke,
+# retire, scrape), pipeline (register images). More, scoped and named, with
+# `driftwatch-collector token create`.
+admin_token_file = "admin.token"
 operator_token_file = "operator.token"
+pipeline_token_file = "pipeline.token"
 enrollment_token_file = "enrollment.token"
 # Public keys of the bake pipelines; images are registered only with baselines they signed.
 trusted_keys = []

@@ -29,9 +29,11 @@ pub mod postgres;
 pub mod sqlite;
 #[cfg(test)]
 mod tests;
+pub mod trust;
 
 pub use outbox::{AlertKind, Occurrence};
 pub use policy::Policy;
+pub use trust::TokenRecord;
 
 use async_trait::async_trait;
 use base64::Engine;
@@ -862,6 +864,19 @@ pub trait Store: Send + Sync + 'static {
 
     /// Refuses the host from now on; returns false when it is unknown.
     async fn revoke(&self, host_id: &str, at_ms: i64) -> StoreResult<bool>;
+
+    /// Stores a new token under its hash ([`trust::token_hash`]); refuses a name in use
+    /// ([`StoreError::Conflict`]).
+    async fn create_token(&self, token: TokenRecord, hash: String) -> StoreResult<()>;
+
+    /// The token with this hash, revoked or not.
+    async fn token(&self, hash: &str) -> StoreResult<Option<TokenRecord>>;
+
+    /// Every token, by name.
+    async fn tokens(&self) -> StoreResult<Vec<TokenRecord>>;
+
+    /// Revokes the token `name` at `at_ms`; false when there is no such token.
+    async fn revoke_token(&self, name: &str, at_ms: i64) -> StoreResult<bool>;
 
     /// Registers (or re-registers) an image.
     async fn register_image(&self, image: ImageRecord) -> StoreResult<()>;

@@ -82,6 +82,7 @@ both_stores!(
     a_host_cannot_store_more_findings_than_its_bound,
     lists_page_with_cursors,
     an_unknown_state_in_the_database_is_an_error,
+    tokens_are_kept_by_hash_and_revoked,
 );
 
 pub(crate) fn config(extra: &str) -> CollectorConfig {
@@ -667,4 +668,53 @@ async fn an_unknown_state_in_the_database_is_an_error(db: TestDb) {
     let read = store.host("h1").await;
     assert!(matches!(read, Err(StoreError::Corrupt(_))), "{read:?}");
     assert!(store.counts().await.is_err());
+}
+
+async fn tokens_are_kept_by_hash_and_revoked(db: TestDb) {
+    let store = db.open().await;
+    let token = TokenRecord {
+        name: "enroll-web".into(),
+        role: "enroll".into(),
+        created_ms: 1,
+        expires_ms: Some(1_000),
+        uses_left: Some(3),
+        host_ids: Some("web-*".into()),
+        images: Some("img-*".into()),
+        revoked_ms: None,
+    };
+    let hash = trust::token_hash("secret-1");
+    store
+        .create_token(token.clone(), hash.clone())
+        .await
+        .unwrap();
+    // A name, or a secret, is taken once.
+    let again = TokenRecord {
+        name: "other".into(),
+        ..token.clone()
+    };
+    for (record, hash) in [
+        (token.clone(), trust::token_hash("secret-2")),
+        (again, hash.clone()),
+    ] {
+        assert!(matches!(
+            store.create_token(record, hash).await,
+            Err(StoreError::Conflict(_))
+        ));
+    }
+    assert_eq!(store.token(&hash).await.unwrap(), Some(token.clone()));
+    assert_eq!(
+        store.token(&trust::token_hash("secret-2")).await.unwrap(),
+        None
+    );
+    assert_eq!(store.tokens().await.unwrap(), std::slice::from_ref(&token));
+    // Revoked once: a second revocation keeps the first time.
+    assert!(store.revoke_token("enroll-web", 5).await.unwrap());
+    assert!(store.revoke_token("enroll-web", 9).await.unwrap());
+    assert!(!store.revoke_token("nobody", 9).await.unwrap());
+    let revoked = store.token(&hash).await.unwrap().unwrap();
+    assert_eq!(revoked.revoked_ms, Some(5));
+    assert_eq!(revoked.unusable(2), Some("revoked"));
+    // Another handle (replica, restart) sees the same.
+    let reopened = db.open().await;
+    assert_eq!(reopened.tokens().await.unwrap(), [revoked]);
 }

@@ -18,6 +18,7 @@
 //! this collector never sends its password to a server it has not authenticated.
 
 mod schema;
+mod trust;
 
 use super::decide::{flush_alerts, Decider, DecisionTx, DueGroup};
 use super::outbox::{random_token, AlertKind, Claim, Occurrence, OutboxItem};
@@ -26,7 +27,7 @@ use super::{
     too_many_findings, ActionFilter, ActionRecord, BatchFindings, Cursor, Decided, FindingInput,
     FindingRecord, Finish, FleetCounts, Hold, HostFilter, HostRecord, ImageRecord, IngestOutcome,
     IngestRecord, Outcome, Page, PageRequest, Policy, Request, Store, StoreError, StoreResult,
-    Transition, TOO_MANY_FINDINGS_KEY,
+    TokenRecord, Transition, TOO_MANY_FINDINGS_KEY,
 };
 use async_trait::async_trait;
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod};
@@ -1042,6 +1043,22 @@ impl Store for PostgresStore {
         )
         .await
         .map(|n| n > 0)
+    }
+
+    async fn create_token(&self, token: TokenRecord, hash: String) -> StoreResult<()> {
+        trust::create_token(&self.client().await?, &token, &hash).await
+    }
+
+    async fn token(&self, hash: &str) -> StoreResult<Option<TokenRecord>> {
+        trust::token(&self.client().await?, hash).await
+    }
+
+    async fn tokens(&self) -> StoreResult<Vec<TokenRecord>> {
+        trust::tokens(&self.client().await?).await
+    }
+
+    async fn revoke_token(&self, name: &str, at_ms: i64) -> StoreResult<bool> {
+        trust::revoke_token(&self.client().await?, name, at_ms).await
     }
 
     async fn register_image(&self, image: ImageRecord) -> StoreResult<()> {

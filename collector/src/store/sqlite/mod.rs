@@ -13,6 +13,7 @@
 //! database (tests) has no second connection: its reads go through the writer.
 
 mod schema;
+mod trust;
 mod tx;
 
 use super::decide::{flush_alerts, Decider};
@@ -21,7 +22,7 @@ use super::{
     cursor_params, fetch_limit, severity_of, ActionFilter, ActionRecord, Cursor, Decided,
     FindingRecord, Finish, FleetCounts, HostFilter, HostRecord, ImageRecord, IngestOutcome,
     IngestRecord, Outcome, Page, PageRequest, Policy, Request, Store, StoreError, StoreResult,
-    Transition,
+    TokenRecord, Transition,
 };
 use async_trait::async_trait;
 use driftwatch_protocol::wire::HostState;
@@ -617,6 +618,26 @@ impl Store for SqliteStore {
             .map_err(db_error)
         })
         .await
+    }
+
+    async fn create_token(&self, token: TokenRecord, hash: String) -> StoreResult<()> {
+        self.run(move |c| trust::create_token(c, &token, &hash))
+            .await
+    }
+
+    async fn token(&self, hash: &str) -> StoreResult<Option<TokenRecord>> {
+        let hash = hash.to_string();
+        self.read(move |c| trust::token(c, &hash)).await
+    }
+
+    async fn tokens(&self) -> StoreResult<Vec<TokenRecord>> {
+        self.read(trust::tokens).await
+    }
+
+    async fn revoke_token(&self, name: &str, at_ms: i64) -> StoreResult<bool> {
+        let name = name.to_string();
+        self.run(move |c| trust::revoke_token(c, &name, at_ms))
+            .await
     }
 
     async fn register_image(&self, image: ImageRecord) -> StoreResult<()> {

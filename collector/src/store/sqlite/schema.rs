@@ -142,6 +142,39 @@ CREATE TABLE leases (
     expires_at INTEGER NOT NULL
 );
 "#,
+    // 4: trust: named tokens (hashes only), key bindings, lasting revocations.
+    r#"
+CREATE TABLE tokens (
+    name TEXT PRIMARY KEY,
+    hash TEXT NOT NULL UNIQUE,
+    role TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER,
+    uses_left INTEGER,
+    host_ids TEXT,
+    images TEXT,
+    revoked_at INTEGER
+);
+CREATE TABLE credentials (
+    host_id TEXT PRIMARY KEY,
+    key_fingerprint TEXT NOT NULL,
+    serial TEXT NOT NULL,
+    not_after INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    token TEXT,
+    images TEXT,
+    daemon INTEGER NOT NULL DEFAULT 1,
+    bound_at INTEGER NOT NULL
+);
+CREATE TABLE revocations (
+    key_fingerprint TEXT PRIMARY KEY,
+    serial TEXT NOT NULL,
+    host_id TEXT NOT NULL,
+    revoked_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+);
+CREATE INDEX revocations_by_serial ON revocations (serial);
+"#,
 ];
 
 /// Brings the database up to [`MIGRATIONS`]; refuses one from a newer collector.
