@@ -242,6 +242,7 @@ impl Fleet {
         &self,
         baseline: &[u8],
         expected_id: Option<&str>,
+        by: &str,
     ) -> Result<ImageRecord, ApiError> {
         let reader = BaselineReader::open(baseline, None)
             .map_err(|e| ApiError::BadRequest(format!("the baseline does not verify: {e}")))?;
@@ -290,19 +291,19 @@ impl Fleet {
         if let Ok(mut cache) = self.images.lock() {
             cache.remove(&image_id);
         }
-        self.log_image(&image).await;
+        self.log_image(&image, by).await;
         info!(image_id = %image.image_id, digest = %image.baseline_digest, "Image registered.");
         Ok(image)
     }
 
-    async fn log_image(&self, image: &ImageRecord) {
+    async fn log_image(&self, image: &ImageRecord, by: &str) {
         let action = ActionRecord {
             id: 0,
             at_ms: now_ms(),
             host_id: None,
             image_id: Some(image.image_id.clone()),
             action: "register_image".into(),
-            target: None,
+            target: Some(by.into()),
             outcome: Outcome::Ok,
             detail: format!(
                 "Registered with baseline {} ({} entries, {}).",

@@ -223,7 +223,7 @@ pub async fn register_image(
     who.require(Right::Register)?;
     let image = state
         .fleet
-        .register_image(&body, query.image_id.as_deref())
+        .register_image(&body, query.image_id.as_deref(), &who.name)
         .await?;
     Ok(Json(image))
 }
