@@ -170,6 +170,11 @@ mod tests {
     ) -> (StatusCode, Value) {
         let peer = Peer {
             host_id: host.map(str::to_string),
+            certificate: host.map(|host| crate::pki::CertInfo {
+                key_fingerprint: format!("test-key-of-{host}"),
+                serial: "01".into(),
+                not_after_ms: i64::MAX,
+            }),
             address: "127.0.0.1:1".parse().unwrap(),
         };
         let response = app(Arc::clone(state))
@@ -503,5 +508,32 @@ mod tests {
                 .get(),
             12
         );
+    }
+
+    #[tokio::test]
+    async fn a_retired_host_is_gone_without_a_silence_alert_and_not_revoked() {
+        let state = state("");
+        send(&state, "h1", vec![("e1", heartbeat())]).await;
+        let viewer = token(&state, "v", "viewer").await;
+        let retire = "/v1/hosts/h1/retire";
+        let (status, _) = with_token(&state, &viewer, "POST", retire, "").await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        let (status, host) = operator(&state, "POST", retire).await;
+        assert_eq!(status, StatusCode::OK, "{host}");
+        assert_eq!(
+            (host["state"].as_str(), host["revoked"].as_bool()),
+            (Some("gone"), Some(false))
+        );
+        let store = state.fleet.store();
+        let far = crate::store::now_ms() + 86_400_000;
+        assert!(store.overdue_hosts(1, far).await.unwrap().is_empty());
+        let (_, actions) = operator(&state, "GET", "/v1/actions?host=h1").await;
+        let actions = actions.as_array().unwrap();
+        assert!(actions
+            .iter()
+            .any(|a| a["action"] == "retire" && a["target"] == "operator"));
+        assert!(actions.iter().all(|a| a["action"] != "silence"));
+        let (status, _) = operator(&state, "POST", "/v1/hosts/nobody/retire").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
     }
 }

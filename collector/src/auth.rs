@@ -199,11 +199,17 @@ impl Credentials {
 
     /// Counts a failed attempt from `source`: 403, or 429 once the address has failed
     /// too often.
-    pub fn failed(&self, state: &AppState, source: Option<IpAddr>, why: ApiError) -> ApiError {
+    pub fn failed(
+        &self,
+        state: &AppState,
+        at: &str,
+        source: Option<IpAddr>,
+        why: ApiError,
+    ) -> ApiError {
         state
             .metrics
             .auth_failures
-            .get_or_create(&Metrics::label("at", "api"))
+            .get_or_create(&Metrics::label("at", at))
             .inc();
         match source.map(|ip| self.failures.check(&ip.to_string())) {
             Some(Err(limited)) => limited,
@@ -218,7 +224,7 @@ impl Credentials {
 pub async fn authenticate(state: &AppState, token: &str) -> Result<Principal, ApiError> {
     identify(state, token)
         .await
-        .map_err(|why| state.credentials.failed(state, None, why))
+        .map_err(|why| state.credentials.failed(state, "api", None, why))
 }
 
 /// [`authenticate`] for a request from `source`, whose failures are bounded per
@@ -230,7 +236,7 @@ pub async fn authenticate_from(
 ) -> Result<Principal, ApiError> {
     identify(state, token)
         .await
-        .map_err(|why| state.credentials.failed(state, Some(source), why))
+        .map_err(|why| state.credentials.failed(state, "api", Some(source), why))
 }
 
 async fn identify(state: &AppState, token: &str) -> Result<Principal, ApiError> {

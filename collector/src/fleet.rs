@@ -21,7 +21,7 @@ use crate::leases::{self, Periodic};
 use crate::metrics::Metrics;
 use crate::store::{
     now_ms, ActionRecord, CollectorFinding, Decided, DynStore, Hold, HostRecord, ImageRecord,
-    IngestBody, IngestEvent, IngestRecord, Outcome, Policy, Request, StoreError,
+    IngestBody, IngestEvent, IngestRecord, Outcome, Policy, Request, StoreError, Transition,
 };
 use driftwatch_protocol::baseline::{digest_string, BaselineReader};
 use driftwatch_protocol::report::Severity;
@@ -378,6 +378,27 @@ impl Fleet {
             warn!(error = %err, "Cannot log an action.");
         }
         self.require_host(host_id).await
+    }
+
+    /// An operator (or the scale-in hook) retires a host: `gone` now, without a
+    /// silence alert, and not revoked — scale-in is not a compromise.
+    pub async fn retire(&self, host_id: &str, operator: &str) -> Result<HostRecord, ApiError> {
+        self.require_host(host_id).await?;
+        let host = self
+            .store
+            .transition(host_id, Transition::Retire, now_ms())
+            .await?;
+        let action = ActionRecord::about(
+            &host,
+            "retire",
+            Some(operator),
+            Outcome::Ok,
+            "Retired (scale-in): gone without a silence alert.",
+        );
+        if let Err(err) = self.store.record_action(action).await {
+            warn!(error = %err, "Cannot log an action.");
+        }
+        Ok(host)
     }
 
     async fn require_host(&self, host_id: &str) -> Result<HostRecord, ApiError> {

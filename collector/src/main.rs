@@ -15,7 +15,9 @@ use driftwatch_collector::cli::{emit, ConfigArg, Failure, OperatorCommand};
 use driftwatch_collector::config::CollectorConfig;
 use driftwatch_collector::fleet::Fleet;
 use driftwatch_collector::metrics::Metrics;
-use driftwatch_collector::pki::{read_text, CertificateAuthority};
+use driftwatch_collector::pki::{cert_info, first_certificate, read_text, CertificateAuthority};
+use driftwatch_collector::store::trust::Source;
+use driftwatch_collector::store::{now_ms, Binding};
 use driftwatch_collector::tls;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -133,7 +135,7 @@ async fn run(command: Command) -> Result<(), Failure> {
             config,
             host_id,
             out_dir,
-        } => issue_host_cert(&config.config, &host_id, &out_dir),
+        } => issue_host_cert(&config.config, &host_id, &out_dir).await,
         Command::Operator(command) => command.run().await,
     }
 }
@@ -379,7 +381,9 @@ min_severity = "critical"
     ))
 }
 
-fn issue_host_cert(config: &Path, host_id: &str, out_dir: &Path) -> Result<(), Failure> {
+/// Issues a certificate for `host_id` and binds the id to its key in the store: a
+/// provisioned id is never enrolled.
+async fn issue_host_cert(config: &Path, host_id: &str, out_dir: &Path) -> Result<(), Failure> {
     let config = CollectorConfig::load(config)?;
     let key_file = config.tls.client_ca_key_file.as_ref().ok_or_else(|| {
         Failure::from("tls.client_ca_key_file is not set: this collector cannot issue certificates")
@@ -389,6 +393,29 @@ fn issue_host_cert(config: &Path, host_id: &str, out_dir: &Path) -> Result<(), F
         &read_text(key_file)?,
     )?;
     let (cert, key) = ca.host_certificate(host_id, config.tls.host_cert_days)?;
+    let info = first_certificate(&cert, "issued certificate")
+        .ok()
+        .as_ref()
+        .and_then(cert_info)
+        .ok_or_else(|| Failure::from("cannot read the issued certificate"))?;
+    let store = driftwatch_collector::store::open(&config).await?;
+    store
+        .bind(Binding {
+            host_id: host_id.to_string(),
+            key_fingerprint: info.key_fingerprint,
+            serial: info.serial,
+            not_after_ms: info.not_after_ms,
+            source: Source::Provisioned,
+            token: None,
+            images: None,
+            daemon: true,
+            bound_ms: now_ms(),
+        })
+        .await
+        .map_err(|e| Failure {
+            code: 1,
+            message: format!("cannot provision host {host_id}: {e}"),
+        })?;
     std::fs::create_dir_all(out_dir)
         .map_err(|e| Failure::from(format!("cannot create {}: {e}", out_dir.display())))?;
     write_new(

@@ -4,9 +4,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use driftwatch_tests::{ok, Collector};
+use driftwatch_tests::{heartbeat_batch, ok, wait_until, Collector, RawClient};
 use serde_json::Value;
 use std::path::Path;
+use std::time::Duration;
 
 /// Writes a token's secret into a file of the collector's directory.
 fn token_file(collector: &Collector, name: &str, secret: &str) -> std::path::PathBuf {
@@ -87,4 +88,116 @@ fn tokens_are_named_scoped_revoked_and_named_in_the_log() {
     }
     // The collector still serves.
     assert_eq!(collector.hosts().len(), 0);
+}
+
+#[test]
+fn a_revoked_certificate_stays_refused_after_its_host_record_expired() {
+    let collector = Collector::start(
+        "\n[hosts]\nretention_secs = 1\nsweep_interval_secs = 1\nmissed_heartbeats = 3\n",
+    );
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = collector.issue_cert("web-1", certs.path());
+    let host = RawClient::new(&collector, Some((&cert, &key)));
+    let report = |event: &str| {
+        let batch = serde_json::to_vec(&heartbeat_batch("web-1", event)).unwrap();
+        host.post("/v1/ingest", batch, &[]).unwrap()
+    };
+    assert_eq!(report("e1").0, 200);
+    ok(collector.cli(&["revoke", "web-1"]));
+    let (status, body) = report("e2");
+    assert_eq!(status, 403, "{body}");
+    // The record goes (retention 1 s); the certificate is still refused.
+    wait_until(Duration::from_secs(30), "web-1 expired", || {
+        collector.host("web-1").is_none().then_some(())
+    });
+    let (status, body) = report("e3");
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("revoked"), "{body}");
+    assert!(collector.host("web-1").is_none());
+    // A host provisioned afresh under another id, and the collector, still serve.
+    let (cert, key) = collector.issue_cert("web-2", certs.path());
+    let other = RawClient::new(&collector, Some((&cert, &key)));
+    let batch = serde_json::to_vec(&heartbeat_batch("web-2", "e1")).unwrap();
+    assert_eq!(other.post("/v1/ingest", batch, &[]).unwrap().0, 200);
+}
+
+/// A key and a CSR made with openssl in `dir`: (key file, CSR PEM).
+fn key_and_csr(dir: &Path, name: &str) -> (std::path::PathBuf, String) {
+    let key = dir.join(format!("{name}.key"));
+    let csr = dir.join(format!("{name}.csr"));
+    let made = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-subj", "/CN=ignored", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&csr)
+        .status()
+        .expect("openssl makes the host's key, as a provisioning script would");
+    assert!(made.success());
+    (key, std::fs::read_to_string(&csr).unwrap())
+}
+
+#[test]
+fn a_scoped_enrollment_token_enrolls_only_its_hosts_and_images() {
+    let collector = Collector::start("");
+    let token: Value = collector.json(&[
+        "token",
+        "create",
+        "--name",
+        "web-pool",
+        "--role",
+        "enroll",
+        "--uses",
+        "1",
+        "--host-ids",
+        "web-*",
+        "--images",
+        "img-web*",
+    ]);
+    let secret = token["token"].as_str().unwrap();
+    let anonymous = RawClient::new(&collector, None);
+    let dir = tempfile::tempdir().unwrap();
+    let enroll = |host_id: &str, name: &str| {
+        let (key, csr) = key_and_csr(dir.path(), name);
+        let request = serde_json::json!({"token": secret, "host_id": host_id, "csr_pem": csr});
+        let (status, body) = anonymous
+            .post("/v1/enroll", serde_json::to_vec(&request).unwrap(), &[])
+            .unwrap();
+        (status, body, key)
+    };
+    // Outside its host ids: 403, and the use is not spent.
+    let (status, body, _) = enroll("db-1", "db");
+    assert_eq!(status, 403, "{body}");
+    let (status, body, key) = enroll("web-1", "web");
+    assert_eq!(status, 200, "{body}");
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    let cert = dir.path().join("web-1.pem");
+    std::fs::write(&cert, answer["certificate_pem"].as_str().unwrap()).unwrap();
+    // Its one use is spent.
+    let (status, body, _) = enroll("web-2", "web2");
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("used up"), "{body}");
+    // The host may claim only the token's images.
+    let host = RawClient::new(&collector, Some((&cert, &key)));
+    let mut batch = heartbeat_batch("web-1", "e1");
+    let (status, body) = host
+        .post("/v1/ingest", serde_json::to_vec(&batch).unwrap(), &[])
+        .unwrap();
+    assert_eq!(status, 403, "img-raw is not the token's: {body}");
+    batch["image"]["image_id"] = serde_json::json!("img-web-2026");
+    let (status, body) = host
+        .post("/v1/ingest", serde_json::to_vec(&batch).unwrap(), &[])
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let actions = collector.actions();
+    assert!(actions
+        .iter()
+        .any(|a| a["action"] == "enroll" && a["host_id"] == "web-1" && a["target"] == "web-pool"));
 }

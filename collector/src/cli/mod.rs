@@ -1,5 +1,5 @@
 //! The operator's subcommands of `driftwatch-collector` (hosts, host, image, actions,
-//! approve, mark, unmark, revoke, token): clients of a running collector's operator API,
+//! approve, mark, unmark, revoke, retire, token): clients of a running collector's operator API,
 //! so that nobody needs curl. Each call goes through [`crate::client::OperatorClient`];
 //! what it prints is JSON (`--format json`) or the tables of [`tables`].
 //!
@@ -90,6 +90,8 @@ pub enum OperatorCommand {
     Unmark(HostCall),
     /// Refuse a host's reports from now on (lost or compromised credentials).
     Revoke(HostCall),
+    /// End a host that was scaled in: gone now, without a silence alert (not revoked).
+    Retire(HostCall),
     /// Named, scoped tokens: create, list, revoke (with the admin token).
     Token {
         #[command(subcommand)]
@@ -266,6 +268,7 @@ impl OperatorCommand {
             OperatorCommand::Mark { call, reason } => host_call(call, "mark", Some(reason)).await,
             OperatorCommand::Unmark(call) => host_call(call, "unmark", None).await,
             OperatorCommand::Revoke(call) => host_call(call, "revoke", None).await,
+            OperatorCommand::Retire(call) => host_call(call, "retire", None).await,
             OperatorCommand::Token { command } => command.run().await,
         }
     }

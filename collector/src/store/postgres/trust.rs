@@ -1,8 +1,10 @@
-//! The SQL of the trust records on PostgreSQL: named tokens by hash.
+//! The SQL of the trust records on PostgreSQL: named tokens by hash, key bindings
+//! and revocations. A binding is decided under the row lock of the host's binding
+//! (or of the token it spends), so two replicas never bind one id twice.
 
 use super::{exec, pg_error, rows};
-use crate::store::trust::TOKEN_COLUMNS;
-use crate::store::{StoreError, StoreResult, TokenRecord};
+use crate::store::trust::{Source, BINDING_COLUMNS, TOKEN_COLUMNS};
+use crate::store::{Admission, Binding, Enrolled, StoreError, StoreResult, TokenRecord};
 use deadpool_postgres::GenericClient;
 use tokio_postgres::Row;
 
@@ -92,4 +94,191 @@ pub(super) async fn revoke_token<C: GenericClient>(
     )
     .await
     .map(|n| n > 0)
+}
+
+fn binding_from_row(row: &Row) -> StoreResult<Binding> {
+    let get = || -> Result<(Binding, String), tokio_postgres::Error> {
+        Ok((
+            Binding {
+                host_id: row.try_get(0)?,
+                key_fingerprint: row.try_get(1)?,
+                serial: row.try_get(2)?,
+                not_after_ms: row.try_get(3)?,
+                source: Source::Enrolled,
+                token: row.try_get(5)?,
+                images: row.try_get(6)?,
+                daemon: row.try_get(7)?,
+                bound_ms: row.try_get(8)?,
+            },
+            row.try_get(4)?,
+        ))
+    };
+    let (binding, source) = get().map_err(pg_error)?;
+    Ok(Binding {
+        source: Source::parse(&source)?,
+        ..binding
+    })
+}
+
+async fn key_revoked<C: GenericClient>(c: &C, key_fingerprint: &str) -> StoreResult<bool> {
+    let found = rows(
+        c,
+        "SELECT 1 FROM revocations WHERE key_fingerprint = $1",
+        &[&key_fingerprint],
+    )
+    .await?;
+    Ok(!found.is_empty())
+}
+
+async fn binding<C: GenericClient>(
+    c: &C,
+    host_id: &str,
+    lock: bool,
+) -> StoreResult<Option<Binding>> {
+    let sql = format!(
+        "SELECT {BINDING_COLUMNS} FROM credentials WHERE host_id = $1{}",
+        if lock { " FOR UPDATE" } else { "" }
+    );
+    let found = rows(c, &sql, &[&host_id]).await?;
+    found.first().map(binding_from_row).transpose()
+}
+
+/// Spends one use of `token`, when it counts uses; refuses a used-up one.
+async fn spend<C: GenericClient>(c: &C, token: &str) -> StoreResult<()> {
+    let found = rows(
+        c,
+        "SELECT uses_left FROM tokens WHERE name = $1 FOR UPDATE",
+        &[&token],
+    )
+    .await?;
+    let uses: Option<i64> = found
+        .first()
+        .map(|r| r.try_get(0))
+        .transpose()
+        .map_err(pg_error)?
+        .flatten();
+    match uses {
+        None => Ok(()),
+        Some(n) if n > 0 => exec(
+            c,
+            "UPDATE tokens SET uses_left = uses_left - 1 WHERE name = $1",
+            &[&token],
+        )
+        .await
+        .map(|_| ()),
+        Some(_) => Err(StoreError::Conflict(format!("token {token:?} is used up"))),
+    }
+}
+
+pub(super) async fn bind<C: GenericClient>(c: &C, b: &Binding) -> StoreResult<Enrolled> {
+    // The host row first: it exists (and is locked) from here on, so two replicas
+    // binding one new id take turns.
+    exec(
+        c,
+        "INSERT INTO hosts (host_id, hostname, state, state_since, first_seen, last_seen)
+         VALUES ($1, $1, 'clean', $2, $2, $2) ON CONFLICT (host_id) DO NOTHING",
+        &[&b.host_id, &b.bound_ms],
+    )
+    .await?;
+    let revoked = rows(
+        c,
+        "SELECT revoked FROM hosts WHERE host_id = $1 FOR UPDATE",
+        &[&b.host_id],
+    )
+    .await?;
+    let host_revoked: bool = revoked
+        .first()
+        .map(|r| r.try_get(0))
+        .transpose()
+        .map_err(pg_error)?
+        .unwrap_or(false);
+    if host_revoked || key_revoked(c, &b.key_fingerprint).await? {
+        return Err(StoreError::Conflict(format!(
+            "host {} or its key is revoked",
+            b.host_id
+        )));
+    }
+    let known = binding(c, &b.host_id, true).await?;
+    let outcome = crate::store::trust::judge(known.as_ref(), b)?;
+    if let (Enrolled::New, Source::Enrolled, Some(token)) = (outcome, b.source, &b.token) {
+        spend(c, token).await?;
+    }
+    exec(
+        c,
+        &format!(
+            "INSERT INTO credentials ({BINDING_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+             ON CONFLICT (host_id) DO UPDATE SET key_fingerprint = $2, serial = $3,
+                 not_after = $4, source = $5, token = $6, images = $7, daemon = $8, bound_at = $9"
+        ),
+        &[
+            &b.host_id,
+            &b.key_fingerprint,
+            &b.serial,
+            &b.not_after_ms,
+            &b.source.name(),
+            &b.token,
+            &b.images,
+            &b.daemon,
+            &b.bound_ms,
+        ],
+    )
+    .await?;
+    Ok(outcome)
+}
+
+pub(super) async fn admission<C: GenericClient>(
+    c: &C,
+    host_id: &str,
+    key_fingerprint: &str,
+) -> StoreResult<Admission> {
+    if key_revoked(c, key_fingerprint).await? {
+        return Ok(Admission::Revoked);
+    }
+    Ok(match binding(c, host_id, false).await? {
+        Some(b) if b.key_fingerprint == key_fingerprint => Admission::Bound(b),
+        Some(_) => Admission::OtherKey,
+        None => Admission::Unbound,
+    })
+}
+
+pub(super) async fn revoke<C: GenericClient>(
+    c: &C,
+    host_id: &str,
+    at_ms: i64,
+) -> StoreResult<bool> {
+    let bound = binding(c, host_id, true).await?;
+    if let Some(b) = &bound {
+        exec(
+            c,
+            "INSERT INTO revocations (key_fingerprint, serial, host_id, revoked_at, expires_at)
+             VALUES ($1, $2, $3, $4, $5) ON CONFLICT (key_fingerprint) DO NOTHING",
+            &[
+                &b.key_fingerprint,
+                &b.serial,
+                &host_id,
+                &at_ms,
+                &b.not_after_ms,
+            ],
+        )
+        .await?;
+        exec(c, "DELETE FROM credentials WHERE host_id = $1", &[&host_id]).await?;
+    }
+    let hosts = exec(
+        c,
+        "UPDATE hosts SET revoked = TRUE, state = 'gone', state_since = $2 WHERE host_id = $1",
+        &[&host_id, &at_ms],
+    )
+    .await?;
+    Ok(hosts > 0 || bound.is_some())
+}
+
+/// Forgets revocations and bindings of certificates expired before `before_ms`.
+pub(super) async fn expire<C: GenericClient>(c: &C, before_ms: i64) -> StoreResult<()> {
+    for sql in [
+        "DELETE FROM revocations WHERE expires_at < $1",
+        "DELETE FROM credentials WHERE not_after < $1",
+    ] {
+        exec(c, sql, &[&before_ms]).await?;
+    }
+    Ok(())
 }
