@@ -190,15 +190,25 @@ mod tests {
     }
 
     async fn send(state: &Arc<AppState>, host: &str, events: Vec<(&str, EventBody)>) -> BatchAck {
+        // No digest: the registry check stays out of these tests.
+        let image = ImageClaim {
+            image_id: Some("img".into()),
+            baseline_digest: None,
+        };
+        send_claiming(state, host, image, events).await
+    }
+
+    async fn send_claiming(
+        state: &Arc<AppState>,
+        host: &str,
+        image: ImageClaim,
+        events: Vec<(&str, EventBody)>,
+    ) -> BatchAck {
         let batch = Batch {
             schema: INGEST_SCHEMA.into(),
             host_id: host.into(),
             hostname: host.into(),
-            // No digest: the registry check stays out of these tests.
-            image: ImageClaim {
-                image_id: Some("img".into()),
-                baseline_digest: None,
-            },
+            image,
             events: events
                 .into_iter()
                 .map(|(id, body)| Event {
@@ -535,5 +545,32 @@ mod tests {
         assert!(actions.iter().all(|a| a["action"] != "silence"));
         let (status, _) = operator(&state, "POST", "/v1/hosts/nobody/retire").await;
         assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn invented_image_ids_share_one_unregistered_budget() {
+        let state = state("[replacement]\nmax_hosts = 2\nmax_percent = 100.0\n");
+        let mut marked = 0;
+        for i in 0..10 {
+            let image = ImageClaim {
+                image_id: Some(format!("invented-{i}")),
+                baseline_digest: Some("blake3:00".into()),
+            };
+            let ack =
+                send_claiming(&state, &format!("h{i}"), image, vec![("hb", heartbeat())]).await;
+            marked += usize::from(ack.host.state == HostState::Marked);
+        }
+        // Each host is critical (its image is not registered), but ten invented ids
+        // are one budget, not ten.
+        assert_eq!(marked, 2);
+        let (_, held) = operator(&state, "GET", "/v1/hosts?state=drifted").await;
+        let held = held.as_array().unwrap();
+        assert_eq!(held.len(), 8);
+        assert!(held
+            .iter()
+            .all(|h| h["hold"] == "budget" && h["image_id"].is_null()));
+        let (_, detail) = operator(&state, "GET", "/v1/hosts/h3").await;
+        assert_eq!(detail["findings"][0]["finding"]["reason"], "unregistered");
+        assert_eq!(detail["findings"][0]["subject"], "invented-3");
     }
 }

@@ -151,10 +151,14 @@ pub struct AuthConfig {
     #[serde(default)]
     pub enrollment_token_file: Option<PathBuf>,
     /// Public keys (PEM) of the bake pipelines: an image is registered only with a
-    /// baseline signed by one of them. Empty means unsigned baselines are registered
-    /// too (default: empty — set it for production).
+    /// baseline signed by one of them (default: empty; `init` writes a pipeline key
+    /// pair and names its public key here).
     #[serde(default)]
     pub trusted_keys: Vec<PathBuf>,
+    /// Registers unsigned baselines too (default false: refused); with no
+    /// `trusted_keys`, any signature is accepted as well. For trying things out only.
+    #[serde(default)]
+    pub allow_unsigned_baselines: bool,
 }
 
 /// `[ingest]`: bounds on agents' requests.

@@ -59,8 +59,9 @@ enum Command {
     /// DIR gets collector.toml, ca.pem and ca.key (the CA that signs agents' and the
     /// server's certificates), server.pem and server.key, the API's bearer tokens
     /// admin.token (every right, tokens included), operator.token (read and act on
-    /// hosts) and pipeline.token (register images), and enrollment.token (what agents
-    /// exchange for a certificate).
+    /// hosts) and pipeline.token (register images), enrollment.token (what agents
+    /// exchange for a certificate), and pipeline.key and pipeline.pub, the key pair
+    /// that signs baselines (the configuration trusts pipeline.pub).
     /// Existing files are never overwritten.
     Init {
         /// The directory to write into (created if missing).
@@ -303,6 +304,8 @@ fn init(
         "operator.token",
         "pipeline.token",
         "enrollment.token",
+        "pipeline.key",
+        "pipeline.pub",
     ] {
         if dir.join(name).exists() {
             return Err(Failure::from(format!(
@@ -332,6 +335,9 @@ fn init(
     ] {
         write_new(&dir.join(token), &(random_token()? + "\n"), secret)?;
     }
+    let (pipeline_key, pipeline_pub) = pipeline_key_pair()?;
+    write_new(&dir.join("pipeline.key"), &pipeline_key, secret)?;
+    write_new(&dir.join("pipeline.pub"), &pipeline_pub, Access::Public)?;
     let database = database
         .display()
         .to_string()
@@ -356,8 +362,10 @@ admin_token_file = "admin.token"
 operator_token_file = "operator.token"
 pipeline_token_file = "pipeline.token"
 enrollment_token_file = "enrollment.token"
-# Public keys of the bake pipelines; images are registered only with baselines they signed.
-trusted_keys = []
+# Public keys of the bake pipelines; images are registered only with baselines they
+# signed (`driftwatch baseline create --sign-key pipeline.key`). Unsigned baselines are
+# refused unless allow_unsigned_baselines = true.
+trusted_keys = ["pipeline.pub"]
 
 [replacement]
 mode = "auto"          # auto | dry_run | manual_approve
@@ -379,6 +387,15 @@ min_severity = "critical"
         dir.display(),
         dir.join("collector.toml").display()
     ))
+}
+
+/// A new pipeline signing key: (private PEM, public PEM).
+fn pipeline_key_pair() -> Result<(String, String), Failure> {
+    let mut seed = [0u8; 32];
+    driftwatch_protocol::random::fill(&mut seed)
+        .map_err(|e| Failure::from(format!("no randomness: {e}")))?;
+    let key = driftwatch_protocol::sign::PrivateKey::from_seed(seed);
+    Ok((key.to_pem()?, key.public_key().to_pem()?))
 }
 
 /// Issues a certificate for `host_id` and binds the id to its key in the store: a

@@ -4,9 +4,10 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use driftwatch_tests::{heartbeat_batch, ok, wait_until, Collector, RawClient};
+use driftwatch_tests::{bin, heartbeat_batch, ok, run, wait_until, Collector, Image, RawClient};
 use serde_json::Value;
 use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 /// Writes a token's secret into a file of the collector's directory.
@@ -200,4 +201,78 @@ fn a_scoped_enrollment_token_enrolls_only_its_hosts_and_images() {
     assert!(actions
         .iter()
         .any(|a| a["action"] == "enroll" && a["host_id"] == "web-1" && a["target"] == "web-pool"));
+}
+
+/// `driftwatch baseline create` of `tree` for `image_id`, signed with `key` if any.
+fn baseline(tree: &Path, image_id: &str, key: Option<&Path>, out: &Path) {
+    let mut create = Command::new(bin("driftwatch"));
+    create
+        .args(["baseline", "create", "--root"])
+        .arg(tree)
+        .args(["--image-id", image_id, "--out"])
+        .arg(out);
+    if let Some(key) = key {
+        create.arg("--sign-key").arg(key);
+    }
+    ok(run(&mut create));
+}
+
+#[test]
+fn unsigned_and_untrusted_baselines_are_refused_and_init_writes_a_trusted_key() {
+    let signed = Image::bake("img-signed");
+    let stranger = Image::bake("img-stranger");
+    let collector = Collector::start_on("127.0.0.1", &[], &[&signed.public_key()], "");
+    let unsigned = collector.path("unsigned.baseline");
+    baseline(&signed.tree(), "img-unsigned", None, &unsigned);
+    let register = |id: &str, file: &Path| {
+        collector.cli(&[
+            "image",
+            "register",
+            "--image-id",
+            id,
+            "--baseline",
+            file.to_str().unwrap(),
+        ])
+    };
+    let refused = register("img-unsigned", &unsigned);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{err}");
+    assert!(err.contains("not signed"), "{err}");
+    let refused = register("img-stranger", &stranger.baseline());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{err}");
+    assert!(err.contains("trusted pipeline key"), "{err}");
+    ok(register("img-signed", &signed.baseline()));
+    let images = collector.json(&["image", "list"]);
+    assert_eq!(images.as_array().unwrap().len(), 1, "{images:#}");
+
+    // `init` writes a pipeline key pair its configuration trusts, and no opening for
+    // unsigned baselines; the key signs baselines the public half verifies.
+    let dir = tempfile::tempdir().unwrap();
+    ok(run(Command::new(bin("driftwatch-collector"))
+        .arg("init")
+        .arg(dir.path())));
+    let config = std::fs::read_to_string(dir.path().join("collector.toml")).unwrap();
+    assert!(
+        config.contains("trusted_keys = [\"pipeline.pub\"]"),
+        "{config}"
+    );
+    assert!(
+        !config
+            .lines()
+            .any(|l| l.trim_start().starts_with("allow_unsigned_baselines")),
+        "{config}"
+    );
+    let out = dir.path().join("b");
+    baseline(
+        &signed.tree(),
+        "img-x",
+        Some(&dir.path().join("pipeline.key")),
+        &out,
+    );
+    ok(run(Command::new(bin("driftwatch"))
+        .args(["baseline", "verify"])
+        .arg(&out)
+        .arg("--pubkey")
+        .arg(dir.path().join("pipeline.pub"))));
 }

@@ -96,21 +96,22 @@ pub(super) async fn revoke_token<C: GenericClient>(
     .map(|n| n > 0)
 }
 
-fn binding_from_row(row: &Row) -> StoreResult<Binding> {
+/// The binding in `row`, its columns ([`BINDING_COLUMNS`]) from index `at` on.
+fn binding_at(row: &Row, at: usize) -> StoreResult<Binding> {
     let get = || -> Result<(Binding, String), tokio_postgres::Error> {
         Ok((
             Binding {
-                host_id: row.try_get(0)?,
-                key_fingerprint: row.try_get(1)?,
-                serial: row.try_get(2)?,
-                not_after_ms: row.try_get(3)?,
+                host_id: row.try_get(at)?,
+                key_fingerprint: row.try_get(at + 1)?,
+                serial: row.try_get(at + 2)?,
+                not_after_ms: row.try_get(at + 3)?,
                 source: Source::Enrolled,
-                token: row.try_get(5)?,
-                images: row.try_get(6)?,
-                daemon: row.try_get(7)?,
-                bound_ms: row.try_get(8)?,
+                token: row.try_get(at + 5)?,
+                images: row.try_get(at + 6)?,
+                daemon: row.try_get(at + 7)?,
+                bound_ms: row.try_get(at + 8)?,
             },
-            row.try_get(4)?,
+            row.try_get(at + 4)?,
         ))
     };
     let (binding, source) = get().map_err(pg_error)?;
@@ -140,7 +141,7 @@ async fn binding<C: GenericClient>(
         if lock { " FOR UPDATE" } else { "" }
     );
     let found = rows(c, &sql, &[&host_id]).await?;
-    found.first().map(binding_from_row).transpose()
+    found.first().map(|row| binding_at(row, 0)).transpose()
 }
 
 /// Spends one use of `token`, when it counts uses; refuses a used-up one.
@@ -226,18 +227,40 @@ pub(super) async fn bind<C: GenericClient>(c: &C, b: &Binding) -> StoreResult<En
     Ok(outcome)
 }
 
+/// One round trip per report: the key's revocation and the id's binding together.
 pub(super) async fn admission<C: GenericClient>(
     c: &C,
     host_id: &str,
     key_fingerprint: &str,
 ) -> StoreResult<Admission> {
-    if key_revoked(c, key_fingerprint).await? {
+    let columns = BINDING_COLUMNS.replace(", ", ", b.");
+    let found = rows(
+        c,
+        &format!(
+            "SELECT EXISTS (SELECT 1 FROM revocations WHERE key_fingerprint = $2), b.{columns}
+             FROM (SELECT 1) AS one LEFT JOIN credentials b ON b.host_id = $1"
+        ),
+        &[&host_id, &key_fingerprint],
+    )
+    .await?;
+    let row = found
+        .first()
+        .ok_or_else(|| StoreError::Database("no admission row".into()))?;
+    if row.try_get::<_, bool>(0).map_err(pg_error)? {
         return Ok(Admission::Revoked);
     }
-    Ok(match binding(c, host_id, false).await? {
-        Some(b) if b.key_fingerprint == key_fingerprint => Admission::Bound(b),
-        Some(_) => Admission::OtherKey,
-        None => Admission::Unbound,
+    if row
+        .try_get::<_, Option<String>>(1)
+        .map_err(pg_error)?
+        .is_none()
+    {
+        return Ok(Admission::Unbound);
+    }
+    let binding = binding_at(row, 1)?;
+    Ok(if binding.key_fingerprint == key_fingerprint {
+        Admission::Bound(binding)
+    } else {
+        Admission::OtherKey
     })
 }
 
