@@ -23,6 +23,7 @@ pub mod config;
 pub mod delivery;
 pub mod error;
 pub mod fleet;
+pub mod identity;
 pub mod leases;
 pub mod limiter;
 pub mod metrics;

@@ -303,7 +303,8 @@ impl Collector {
 
     /// Like [`Collector::start`], listening on `ip` (a free port) with a server
     /// certificate for `names` (none: `init`'s defaults, localhost and 127.0.0.1), and
-    /// registering only images signed by one of `trusted_keys` (none: any).
+    /// registering only images signed by one of `trusted_keys` (none: any, and unsigned
+    /// ones too).
     pub fn start_on(ip: &str, names: &[&str], trusted_keys: &[&Path], extra: &str) -> Collector {
         Collector::start_full(Topology::Single, ip, names, trusted_keys, extra)
     }
@@ -374,6 +375,9 @@ impl Collector {
             &format!("database = {:?}", database.url),
         );
         self.database = Some(database);
+        // The CLI's configuration names the shared database too (issue-host-cert
+        // binds the ids it provisions there).
+        std::fs::write(self.config(), &text).unwrap();
         for i in 0..n {
             let port = free_port_on(&self.ip);
             let config = self.path(&format!("replica-{i}.toml"));
@@ -627,14 +631,16 @@ fn free_port_on(ip: &str) -> u16 {
 
 /// `init`'s configuration made quick for tests, with `extra` appended.
 fn test_config(init: &str, trusted_keys: &[&Path], extra: &str) -> String {
-    let mut text = init.to_string();
-    if !trusted_keys.is_empty() {
-        let keys: Vec<String> = trusted_keys.iter().map(|k| format!("{k:?}")).collect();
-        text = text.replace(
-            "trusted_keys = []",
-            &format!("trusted_keys = [{}]", keys.join(", ")),
-        );
-    }
+    let keys: Vec<String> = trusted_keys.iter().map(|k| format!("{k:?}")).collect();
+    let trust = if keys.is_empty() {
+        // The tests' images are signed with keys of their own.
+        "trusted_keys = []\nallow_unsigned_baselines = true".to_string()
+    } else {
+        format!("trusted_keys = [{}]", keys.join(", "))
+    };
+    let written = "trusted_keys = [\"pipeline.pub\"]";
+    assert!(init.contains(written), "init writes {written}");
+    let mut text = init.replace(written, &trust);
     if extra.contains("[replacement]") {
         // The test's replacement policy replaces the one `init` wrote (its rule
         // and the commented webhook example come last).

@@ -4,7 +4,7 @@
 
 use crate::api::operator::HostDetail;
 use crate::api::rfc3339;
-use crate::store::{ActionRecord, FindingRecord, HostRecord, ImageRecord};
+use crate::store::{ActionRecord, FindingRecord, HostRecord, ImageRecord, TokenRecord};
 use driftwatch_protocol::wire::HostState;
 use std::fmt::Write as _;
 
@@ -192,6 +192,32 @@ pub fn actions(out: &mut String, actions: &[ActionRecord]) {
 /// The answer to approve, mark, unmark and revoke.
 pub fn host_now(out: &mut String, host: &HostRecord) {
     let _ = writeln!(out, "Host {} is now {}.", host.host_id, host.state.name());
+}
+
+/// The tokens table: one line per token, no secrets.
+pub fn tokens(out: &mut String, tokens: &[TokenRecord]) {
+    let _ = writeln!(
+        out,
+        "{:<24} {:<9} {:<21} {:>5}  SCOPE",
+        "NAME", "ROLE", "EXPIRES", "USES"
+    );
+    for t in tokens {
+        let expires = t.expires_ms.map_or("never".into(), rfc3339);
+        let uses = t.uses_left.map_or("-".into(), |n| n.to_string());
+        let scope = [("hosts", &t.host_ids), ("images", &t.images)]
+            .iter()
+            .filter_map(|(what, glob)| glob.as_ref().map(|g| format!("{what}={g}")))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let revoked = t
+            .revoked_ms
+            .map_or(String::new(), |at| format!("  (revoked {})", rfc3339(at)));
+        let _ = writeln!(
+            out,
+            "{:<24} {:<9} {expires:<21} {uses:>5}  {scope}{revoked}",
+            t.name, t.role
+        );
+    }
 }
 
 #[cfg(test)]
