@@ -75,6 +75,12 @@ async fn drifted_host(ui: &Ui, host: &str) {
     ui.app.fleet.ingest(batch).await.unwrap();
 }
 
+/// The stored state of `host`.
+async fn state_of(ui: &Ui, host: &str) -> &'static str {
+    let host = ui.app.fleet.store().host(host).await.unwrap().unwrap();
+    host.state.name()
+}
+
 /// (status, Location or Set-Cookie headers, body).
 async fn send(router: &Router, request: Request<Body>) -> (StatusCode, Vec<String>, String) {
     let response = router.clone().oneshot(request).await.unwrap();
@@ -184,26 +190,14 @@ async fn an_operator_acts_with_the_csrf_token_only_and_the_log_names_them() {
         let (status, _, _) = send(&router, post("/ui/hosts/h1/mark", Some(&id), &form)).await;
         assert_eq!(status, StatusCode::FORBIDDEN, "{form}");
     }
-    assert_eq!(
-        ui.app
-            .fleet
-            .store()
-            .host("h1")
-            .await
-            .unwrap()
-            .unwrap()
-            .state
-            .name(),
-        "drifted"
-    );
+    assert_eq!(state_of(&ui, "h1").await, "drifted");
     let form = format!("csrf={csrf}&reason=seen+from+the+dashboard");
     let (status, headers, _) = send(&router, post("/ui/hosts/h1/mark", Some(&id), &form)).await;
     assert_eq!(
         (status, headers),
         (StatusCode::SEE_OTHER, vec!["/ui/hosts/h1".to_string()])
     );
-    let host = ui.app.fleet.store().host("h1").await.unwrap().unwrap();
-    assert_eq!(host.state.name(), "marked");
+    assert_eq!(state_of(&ui, "h1").await, "marked");
     let log = ui
         .app
         .fleet
@@ -251,18 +245,7 @@ async fn a_viewer_reads_every_page_sees_no_button_and_cannot_act() {
         body.contains("the viewer credential &#34;bob&#34; may not do this"),
         "{body}"
     );
-    assert_eq!(
-        ui.app
-            .fleet
-            .store()
-            .host("h1")
-            .await
-            .unwrap()
-            .unwrap()
-            .state
-            .name(),
-        "drifted"
-    );
+    assert_eq!(state_of(&ui, "h1").await, "drifted");
     // A credential that may not read is not signed in at all.
     let id = ui.sessions.open(principal("ci", Role::Pipeline));
     let (status, _, _) = send(&router, get("/ui/", Some(&id))).await;
