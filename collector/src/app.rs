@@ -72,6 +72,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/metrics", get(operator::metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/v1/openapi.json", get(api::openapi::document))
+        .merge(crate::ui::mount(Arc::clone(&state)))
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,

@@ -30,3 +30,4 @@ pub mod metrics;
 pub mod pki;
 pub mod store;
 pub mod tls;
+pub mod ui;

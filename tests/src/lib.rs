@@ -22,6 +22,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub mod bake;
+pub mod browser;
 pub mod container;
 pub mod haproxy;
 pub mod mount;
