@@ -42,7 +42,11 @@ fn dashboard() -> (Arc<Ui>, Router) {
         config,
         fleet: Arc::new(fleet),
         metrics,
-        operator_token: blake3::hash(TOKEN.as_bytes()),
+        credentials: crate::auth::Credentials::new(vec![crate::auth::FileToken::new(
+            TOKEN,
+            "operator",
+            crate::auth::Role::Admin,
+        )]),
         enrollment: None,
     });
     let ui = Arc::new(Ui::new(app).unwrap());
