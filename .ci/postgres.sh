@@ -10,7 +10,8 @@
 #   .ci/postgres.sh stop DIR          stop the cluster started in DIR and delete it
 #
 # As root the server runs as the `postgres` user (initdb refuses root); as anyone else
-# it runs as that user.
+# it runs as that user. Tests run it with fsync off (POSTGRES_FSYNC=off, the default:
+# a throw-away cluster need not survive a power cut); a benchmark sets it on.
 set -euo pipefail
 
 pg_bin() {
@@ -67,7 +68,7 @@ start() {
   for _ in 1 2 3 4 5; do
     port=$(free_port)
     if as_owner "$bin/pg_ctl" -D "$dir/data" -l "$dir/data/server.log" -w -t 30 \
-      -o "-k $dir/socket -c listen_addresses=127.0.0.1 -p $port -c fsync=off -c max_connections=300" \
+      -o "-k $dir/socket -c listen_addresses=127.0.0.1 -p $port -c fsync=${POSTGRES_FSYNC:-off} -c max_connections=300" \
       start >/dev/null; then
       echo "export DRIFTWATCH_TEST_POSTGRES=postgres://postgres@127.0.0.1:$port/postgres"
       echo "export DRIFTWATCH_TEST_POSTGRES_DIR=$dir"

@@ -117,6 +117,32 @@ pub fn inside_root(root: &Path, file: &Path) -> Option<Vec<u8>> {
     Some(inside)
 }
 
+/// The mount points inside `root` where the image itself goes on: file systems
+/// mounted on a directory the baseline records content below (a separate `/usr` or
+/// `/var` partition). `[scan] one_filesystem` keeps the walk off other file systems
+/// (pseudo file systems, removable and network mounts); these it must cross, or every
+/// file the image ships there would read as removed.
+fn image_mount_points(root: &Path, baseline: &BaselineReader<File>) -> Vec<Vec<u8>> {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let table = fs::read("/proc/self/mountinfo").unwrap_or_default();
+    let (mounts, _) = crate::source::mountinfo::parse(&table);
+    mounts
+        .into_iter()
+        .filter_map(|mount| {
+            let at = Path::new(std::ffi::OsStr::from_bytes(&mount.mount_point));
+            let relative = at.strip_prefix(root).ok()?;
+            let mut inside = b"/".to_vec();
+            inside.extend(relative.as_os_str().to_os_string().into_vec());
+            let below = [inside.as_slice(), b"/"].concat();
+            let ships = baseline
+                .entries_within(&inside)
+                .filter_map(std::result::Result::ok)
+                .any(|entry| entry.path.starts_with(&below));
+            (inside != b"/" && ships).then_some(inside)
+        })
+        .collect()
+}
+
 /// Where each hashed file's path, identity and hashes go as the scan finds them (the
 /// daemon's hash cache).
 pub type HashedSink<'a> = &'a mut dyn FnMut(&[u8], &FileIdentity, &ContentHashes);
@@ -143,6 +169,7 @@ pub fn check(
     let mut bytes_seen = 0u64;
     let options = ScanOptions {
         skip: own_files.clone(),
+        cross: image_mount_points(root, reader),
         ..plan.scan.clone()
     };
     let baked = reader

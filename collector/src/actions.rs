@@ -41,8 +41,10 @@ const STDERR_TAIL_BYTES: usize = 500;
 /// left behind may hold the pipe open).
 const STDERR_GRACE: Duration = Duration::from_secs(1);
 
-/// A command's claim on its outbox row outlasts its timeout by this much.
-const CLAIM_MARGIN: Duration = Duration::from_secs(60);
+/// A command's claim on its outbox row outlasts its timeout by this much (time to kill
+/// it and record its outcome): a replica that died while the command ran delays its
+/// re-run by no more than the timeout and this.
+const CLAIM_MARGIN: Duration = Duration::from_secs(10);
 
 /// Carries out what follows a host's marking; cheap to clone.
 #[derive(Clone)]

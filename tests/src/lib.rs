@@ -14,18 +14,23 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, missing_docs)]
 
 use serde_json::Value;
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub mod bake;
 pub mod container;
 pub mod haproxy;
 pub mod mount;
 pub mod openapi;
 pub mod postgres;
+pub mod sockets;
+pub mod webhook;
+
+pub use webhook::{Answer, WebhookReceiver};
 
 /// A workspace binary, next to this test's own executable's directory.
 pub fn bin(name: &str) -> PathBuf {
@@ -582,6 +587,16 @@ impl Collector {
         self.replicas[i].stop(libc::SIGKILL);
     }
 
+    /// The replica with an established connection to `port` on loopback (a delivery in
+    /// flight to a receiver there), if any.
+    pub fn replica_connected_to(&self, port: u16) -> Option<usize> {
+        self.replicas.iter().position(|r| {
+            r.child
+                .as_ref()
+                .is_some_and(|c| sockets::connected_to(c.id(), port))
+        })
+    }
+
     /// Starts replica `i` again (a no-op when it runs).
     pub fn start_replica(&mut self, i: usize) {
         let ip = self.ip.clone();
@@ -917,89 +932,6 @@ impl Drop for Host {
     }
 }
 
-/// A webhook receiver: a real HTTP/1.1 server on loopback that records every JSON
-/// body POSTed to it and answers 200.
-pub struct WebhookReceiver {
-    port: u16,
-    bodies: Arc<Mutex<Vec<Value>>>,
-}
-
-impl Default for WebhookReceiver {
-    fn default() -> Self {
-        WebhookReceiver::start()
-    }
-}
-
-impl WebhookReceiver {
-    /// Starts listening.
-    pub fn start() -> WebhookReceiver {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let bodies = Arc::new(Mutex::new(Vec::new()));
-        let sink = Arc::clone(&bodies);
-        std::thread::spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let sink = Arc::clone(&sink);
-                std::thread::spawn(move || serve_one(stream, &sink));
-            }
-        });
-        WebhookReceiver { port, bodies }
-    }
-
-    /// Its URL.
-    pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/hook", self.port)
-    }
-
-    /// The bodies received so far.
-    pub fn received(&self) -> Vec<Value> {
-        self.bodies.lock().unwrap().clone()
-    }
-
-    /// The alerts of one kind received so far.
-    pub fn of_kind(&self, kind: &str) -> Vec<Value> {
-        self.received()
-            .into_iter()
-            .filter(|b| b["kind"] == kind)
-            .collect()
-    }
-}
-
-fn serve_one(stream: TcpStream, sink: &Mutex<Vec<Value>>) {
-    let mut reader = BufReader::new(stream);
-    loop {
-        let mut length = 0usize;
-        let mut line = String::new();
-        if reader.read_line(&mut line).unwrap_or(0) == 0 {
-            return;
-        }
-        loop {
-            let mut header = String::new();
-            if reader.read_line(&mut header).unwrap_or(0) == 0 {
-                return;
-            }
-            let header = header.trim_end();
-            if header.is_empty() {
-                break;
-            }
-            if let Some((name, value)) = header.split_once(':') {
-                if name.eq_ignore_ascii_case("content-length") {
-                    length = value.trim().parse().unwrap_or(0);
-                }
-            }
-        }
-        let mut body = vec![0u8; length];
-        if reader.read_exact(&mut body).is_err() {
-            return;
-        }
-        if let Ok(value) = serde_json::from_slice(&body) {
-            sink.lock().unwrap().push(value);
-        }
-        let stream = reader.get_mut();
-        let _ = stream.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n");
-    }
-}
-
 /// A raw HTTPS client of the collector, for requests an agent would never send.
 pub struct RawClient {
     client: reqwest::Client,
@@ -1058,6 +990,17 @@ impl RawClient {
 
     /// GETs `path` with the operator token: (status, body).
     pub fn get_operator(&self, path: &str, token_file: &Path) -> (u16, String) {
+        let (status, _, body) = self.get_operator_page(path, token_file);
+        (status, body)
+    }
+
+    /// GETs one page of a list with the operator token: (status, the `Next-Cursor`
+    /// header, body).
+    pub fn get_operator_page(
+        &self,
+        path: &str,
+        token_file: &Path,
+    ) -> (u16, Option<String>, String) {
         let token = std::fs::read_to_string(token_file).unwrap();
         let request = self
             .client
@@ -1066,7 +1009,11 @@ impl RawClient {
         self.runtime.block_on(async {
             let response = request.send().await.unwrap();
             let status = response.status().as_u16();
-            (status, response.text().await.unwrap())
+            let next = response
+                .headers()
+                .get("next-cursor")
+                .map(|v| v.to_str().unwrap().to_string());
+            (status, next, response.text().await.unwrap())
         })
     }
 

@@ -222,7 +222,7 @@ struct Daemon {
     /// The first-boot provisioning window, once the baseline is verified.
     provisioning: Option<provision::Provisioning>,
     /// Its declared paths.
-    declared: Option<provision::Declared>,
+    declared: Option<config::provisioning::Declared>,
 }
 
 impl Daemon {

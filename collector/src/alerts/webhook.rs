@@ -26,6 +26,11 @@ use std::time::Duration;
 /// per change, not per host); this bounds memory and sockets while a receiver hangs.
 const MAX_IN_FLIGHT: usize = 64;
 
+/// A webhook row's claim outlasts the longest receiver timeout by this much (time to
+/// record the attempt's outcome): a replica that died mid-delivery delays the alert
+/// by no more than that before another replica sends it again, with the same key.
+const CLAIM_MARGIN: Duration = Duration::from_secs(10);
+
 /// One webhook receiver.
 pub(crate) struct Receiver {
     config: WebhookConfig,
@@ -165,6 +170,16 @@ impl Deliverer for Webhooks {
 
     fn concurrency(&self) -> usize {
         MAX_IN_FLIGHT
+    }
+
+    fn claim_lease(&self) -> Duration {
+        let longest = self
+            .receivers
+            .values()
+            .map(|r| r.config.timeout_secs.max(1))
+            .max()
+            .unwrap_or(1);
+        Duration::from_secs(longest) + CLAIM_MARGIN
     }
 
     async fn deliver(&self, claim: &Claim) -> Finish {

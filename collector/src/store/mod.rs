@@ -106,6 +106,11 @@ pub enum StoreError {
     /// The database refused or failed.
     #[error("database error: {0}")]
     Database(String),
+    /// The database aborted the transaction for a conflict with a concurrent one
+    /// (PostgreSQL's deadlock or serialization failure, SQLSTATE 40P01 or 40001): the
+    /// same transaction run again can succeed, and the store does so a few times.
+    #[error("transaction conflict: {0}")]
+    Contended(String),
     /// The store's worker is gone (shutting down).
     #[error("the store is shutting down")]
     Closed,

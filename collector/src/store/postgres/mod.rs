@@ -45,8 +45,27 @@ const POOL_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Query parameters.
 type Params<'a> = &'a [&'a (dyn ToSql + Sync)];
 
+/// How often one transaction is run before a conflict with concurrent ones is given up
+/// on: PostgreSQL aborts one side of a deadlock or a serialization failure, and the
+/// same flow run again (after the other side committed) succeeds.
+const TX_ATTEMPTS: u32 = 5;
+
+/// The wait before the first re-run of a conflicted transaction, doubling from there.
+const TX_RETRY_FIRST: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// The longest wait between two runs of a conflicted transaction.
+const TX_RETRY_MAX: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// Maps an error, keeping apart those that a re-run of the transaction can cure.
 fn pg_error(err: tokio_postgres::Error) -> StoreError {
-    StoreError::Database(driftwatch_protocol::errors::error_chain(&err))
+    use tokio_postgres::error::SqlState;
+    let message = driftwatch_protocol::errors::error_chain(&err);
+    match err.code() {
+        Some(&SqlState::T_R_SERIALIZATION_FAILURE | &SqlState::T_R_DEADLOCK_DETECTED) => {
+            StoreError::Contended(message)
+        }
+        _ => StoreError::Database(message),
+    }
 }
 
 /// The PostgreSQL store.
@@ -785,10 +804,33 @@ impl DecisionTx for PgTx<'_> {
 }
 
 impl PostgresStore {
-    /// Runs `flow` in a transaction on a pooled connection, committed when it succeeds.
-    async fn in_tx<T, F>(&self, flow: F) -> StoreResult<T>
+    /// Runs `flow` in a transaction on a pooled connection, committed when it succeeds;
+    /// run again, with backoff, when PostgreSQL aborted it for a conflict with a
+    /// concurrent transaction (up to [`TX_ATTEMPTS`] runs). `flow` must therefore be
+    /// repeatable: it works on clones of its inputs, and what it wrote in an aborted
+    /// run is rolled back with it.
+    async fn in_tx<T, F>(&self, mut flow: F) -> StoreResult<T>
     where
-        F: for<'t> FnOnce(&'t deadpool_postgres::Transaction<'t>) -> TxFuture<'t, T>,
+        F: for<'t> FnMut(&'t deadpool_postgres::Transaction<'t>) -> TxFuture<'t, T>,
+    {
+        let mut backoff = driftwatch_protocol::backoff::Backoff::new(TX_RETRY_FIRST, TX_RETRY_MAX);
+        let mut run = 1;
+        loop {
+            match self.run_tx(&mut flow).await {
+                Err(StoreError::Contended(message)) if run < TX_ATTEMPTS => {
+                    tracing::debug!(run, "transaction conflict, running it again: {message}");
+                    tokio::time::sleep(backoff.next_delay()).await;
+                    run += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    /// One run of `flow` in a transaction (rolled back when it fails).
+    async fn run_tx<T, F>(&self, flow: &mut F) -> StoreResult<T>
+    where
+        F: for<'t> FnMut(&'t deadpool_postgres::Transaction<'t>) -> TxFuture<'t, T>,
     {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(pg_error)?;
@@ -810,6 +852,7 @@ impl Store for PostgresStore {
         policy: Arc<Policy>,
     ) -> StoreResult<IngestOutcome> {
         self.in_tx(move |tx| {
+            let (record, policy) = (record.clone(), policy.clone());
             Box::pin(async move {
                 let (accepted, duplicates, new_findings, first_contact) =
                     store_batch(tx, &record, policy.max_findings_per_host).await?;
@@ -839,6 +882,7 @@ impl Store for PostgresStore {
     ) -> StoreResult<Decided> {
         let host_id = host_id.to_string();
         self.in_tx(move |tx| {
+            let (host_id, request, policy) = (host_id.clone(), request.clone(), policy.clone());
             Box::pin(async move {
                 let mut pg = PgTx(tx);
                 Decider::new(&mut pg, &policy, super::now_ms())
@@ -922,8 +966,11 @@ impl Store for PostgresStore {
         at_ms: i64,
     ) -> StoreResult<HostRecord> {
         let host_id = host_id.to_string();
-        self.in_tx(move |tx| Box::pin(async move { transition(tx, &host_id, change, at_ms).await }))
-            .await
+        self.in_tx(move |tx| {
+            let (host_id, change) = (host_id.clone(), change.clone());
+            Box::pin(async move { transition(tx, &host_id, change, at_ms).await })
+        })
+        .await
     }
 
     async fn marked_since(&self, image_id: Option<&str>, since_ms: i64) -> StoreResult<u64> {
@@ -986,6 +1033,7 @@ impl Store for PostgresStore {
     async fn enroll(&self, host_id: &str, fingerprint: &str, at_ms: i64) -> StoreResult<()> {
         let (host_id, fingerprint) = (host_id.to_string(), fingerprint.to_string());
         self.in_tx(move |tx| {
+            let (host_id, fingerprint) = (host_id.clone(), fingerprint.clone());
             Box::pin(async move {
                 let known = rows(
                     tx,
@@ -1169,6 +1217,7 @@ impl Store for PostgresStore {
         policy: Arc<Policy>,
     ) -> StoreResult<()> {
         self.in_tx(move |tx| {
+            let (host, reason, policy) = (host.clone(), reason.clone(), policy.clone());
             Box::pin(async move {
                 let mut pg = PgTx(tx);
                 Decider::new(&mut pg, &policy, super::now_ms())
@@ -1181,6 +1230,7 @@ impl Store for PostgresStore {
 
     async fn raise(&self, occurrences: Vec<Occurrence>, policy: Arc<Policy>) -> StoreResult<()> {
         self.in_tx(move |tx| {
+            let (occurrences, policy) = (occurrences.clone(), policy.clone());
             Box::pin(async move {
                 let now = super::now_ms();
                 for occurrence in &occurrences {
@@ -1194,6 +1244,7 @@ impl Store for PostgresStore {
 
     async fn flush_alerts(&self, now_ms: i64, policy: Arc<Policy>) -> StoreResult<Vec<AlertKind>> {
         self.in_tx(move |tx| {
+            let policy = policy.clone();
             Box::pin(async move { flush_alerts(&mut PgTx(tx), &policy, now_ms).await })
         })
         .await
@@ -1254,6 +1305,7 @@ impl Store for PostgresStore {
     async fn finish(&self, id: i64, replica: &str, finish: Finish) -> StoreResult<bool> {
         let replica = replica.to_string();
         self.in_tx(move |tx| {
+            let (replica, finish) = (replica.clone(), finish.clone());
             Box::pin(async move {
                 let ours = match &finish {
                     Finish::Done(action) => {
@@ -1419,6 +1471,101 @@ pub(crate) mod tests {
             if !matches!(dropped, Ok(Some(()))) {
                 eprintln!("could not drop test database {}", self.name);
             }
+        }
+    }
+
+    /// What one side of a race does, in its transaction: its isolation level, then
+    /// its first statement, then (once both sides did their first) its second.
+    type Side = (&'static str, &'static str, &'static str);
+
+    /// Runs two sides at once on a table `pair` of two rows, the first run of each
+    /// waiting for the other's first statement; the runs each side took and the sum
+    /// of the table afterwards.
+    async fn race(sides: [Side; 2]) -> Option<(Vec<u32>, u64)> {
+        let db = PgTestDb::create().await?;
+        db.execute(
+            "CREATE TABLE pair (id int PRIMARY KEY, n int NOT NULL);
+             INSERT INTO pair VALUES (1, 0), (2, 0);",
+        )
+        .await;
+        let store = Arc::new(db.open().await);
+        let both_did_one = Arc::new(tokio::sync::Barrier::new(2));
+        let spawned = sides.map(|(isolation, first, second)| {
+            let (store, both_did_one) = (store.clone(), both_did_one.clone());
+            tokio::spawn(async move {
+                let mut runs = 0u32;
+                store
+                    .in_tx(move |tx| {
+                        runs += 1;
+                        let (run, both_did_one) = (runs, both_did_one.clone());
+                        Box::pin(async move {
+                            let level = format!("SET TRANSACTION ISOLATION LEVEL {isolation}");
+                            tx.batch_execute(&level).await.map_err(pg_error)?;
+                            exec(tx, first, &[]).await?;
+                            if run == 1 {
+                                both_did_one.wait().await;
+                            }
+                            exec(tx, second, &[]).await?;
+                            Ok(run)
+                        })
+                    })
+                    .await
+            })
+        });
+        let mut runs = Vec::new();
+        for side in spawned {
+            runs.push(
+                side.await
+                    .unwrap()
+                    .expect("the conflicted side succeeds when re-run"),
+            );
+        }
+        runs.sort();
+        let client = store.client().await.unwrap();
+        let sum = number(&client, "SELECT sum(n) FROM pair", &[])
+            .await
+            .unwrap();
+        Some((runs, sum))
+    }
+
+    /// Two transactions locking two rows in opposite orders deadlock for real:
+    /// PostgreSQL aborts one side (40P01) and `in_tx` runs it again after the other
+    /// committed, so both succeed, each write once.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_deadlocked_transaction_is_run_again_and_succeeds() {
+        let one = "UPDATE pair SET n = n + 1 WHERE id = 1";
+        let two = "UPDATE pair SET n = n + 1 WHERE id = 2";
+        let level = "READ COMMITTED";
+        if let Some((runs, sum)) = race([(level, one, two), (level, two, one)]).await {
+            assert_eq!(runs, [1, 2], "one side deadlocked and ran a second time");
+            assert_eq!(sum, 4, "both rows bumped by both transactions, once each");
+        }
+    }
+
+    /// Two serializable transactions each reading the row the other writes (write
+    /// skew): one fails to serialize (40001) and is run again, then succeeds.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_serialization_failure_is_run_again_and_succeeds() {
+        let level = "SERIALIZABLE";
+        let sides = [
+            (
+                level,
+                "SELECT n FROM pair WHERE id = 1",
+                "UPDATE pair SET n = n + 1 WHERE id = 2",
+            ),
+            (
+                level,
+                "SELECT n FROM pair WHERE id = 2",
+                "UPDATE pair SET n = n + 1 WHERE id = 1",
+            ),
+        ];
+        if let Some((runs, sum)) = race(sides).await {
+            assert_eq!(
+                runs,
+                [1, 2],
+                "one side failed to serialize and ran a second time"
+            );
+            assert_eq!(sum, 2, "each row bumped once");
         }
     }
 
