@@ -17,7 +17,7 @@ use axum::{Extension, Json};
 use driftwatch_protocol::wire::{Batch, BatchAck, EventBody, INGEST_SCHEMA};
 use std::sync::Arc;
 use std::time::Instant;
-use tracing::{debug, instrument};
+use tracing::{debug, instrument, Instrument};
 
 /// Longest event id accepted.
 const MAX_EVENT_ID: usize = 200;
@@ -25,6 +25,10 @@ const MAX_EVENT_ID: usize = 200;
 const MAX_NAME: usize = 255;
 
 /// Stores a batch and answers with the host's verdict.
+///
+/// The work runs in a task of its own: an agent killed or cut off mid-request drops
+/// this handler's future, and what was stored must still be counted and decided on,
+/// not left half done for the resend to find as a duplicate.
 #[instrument(skip_all, fields(host_id = peer.host_id.as_deref().unwrap_or("-")))]
 pub async fn ingest(
     State(state): State<Arc<AppState>>,
@@ -32,8 +36,22 @@ pub async fn ingest(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<BatchAck>, ApiError> {
+    let span = tracing::Span::current();
+    tokio::spawn(async move { counted(&state, &peer, &headers, &body).await }.instrument(span))
+        .await
+        .unwrap_or(Err(ApiError::Unavailable))
+        .map(Json)
+}
+
+/// [`accept`], with the request's outcome, latency and duplicates counted.
+async fn counted(
+    state: &AppState,
+    peer: &Peer,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<BatchAck, ApiError> {
     let started = Instant::now();
-    let result = accept(&state, &peer, &headers, &body).await;
+    let result = accept(state, peer, headers, body).await;
     let outcome = match &result {
         Ok(_) => "accepted",
         Err(ApiError::Internal(_) | ApiError::Unavailable) => "error",
@@ -59,7 +77,7 @@ pub async fn ingest(
             "Batch stored."
         );
     }
-    result.map(Json)
+    result
 }
 
 async fn accept(
