@@ -573,4 +573,55 @@ mod tests {
         assert_eq!(detail["findings"][0]["finding"]["reason"], "unregistered");
         assert_eq!(detail["findings"][0]["subject"], "invented-3");
     }
+
+    fn heartbeat_claiming(interval_secs: u64) -> EventBody {
+        EventBody::Heartbeat(Heartbeat {
+            agent_version: "test".into(),
+            findings: 0,
+            last_full_verification: None,
+            interval_secs,
+        })
+    }
+
+    #[tokio::test]
+    async fn silence_is_the_collectors_call_not_the_hosts() {
+        let state = state(
+            "[hosts]\nheartbeat_interval_secs = 60\n\
+             [[hosts.heartbeat]]\nimages = [\"batch-*\"]\ninterval_secs = 600\n",
+        );
+        // "Never silent", a longer interval, a shorter one; and an image of its own.
+        send(&state, "zero", vec![("hb", heartbeat_claiming(0))]).await;
+        send(&state, "long", vec![("hb", heartbeat_claiming(3600))]).await;
+        send(&state, "short", vec![("hb", heartbeat_claiming(10))]).await;
+        let batch = ImageClaim {
+            image_id: Some("batch-7".into()),
+            baseline_digest: None,
+        };
+        send_claiming(&state, "batch", batch, vec![("hb", heartbeat_claiming(0))]).await;
+        let store = state.fleet.store();
+        let interval = |host: &'static str| async move {
+            let host = store.host(host).await.unwrap().unwrap();
+            host.heartbeat_interval_secs
+        };
+        assert_eq!(interval("zero").await, 60);
+        assert_eq!(interval("long").await, 60);
+        assert_eq!(interval("short").await, 10);
+        assert_eq!(interval("batch").await, 600);
+        // Three missed minutes later the daemon host that claimed 0 is overdue.
+        let later = crate::store::now_ms() + 181_000;
+        let overdue = store.overdue_hosts(3, later).await.unwrap();
+        for host in ["zero", "long", "short"] {
+            assert!(overdue.contains(&host.to_string()), "{host}: {overdue:?}");
+        }
+        assert!(!overdue.contains(&"batch".to_string()));
+    }
+
+    #[test]
+    fn only_a_host_declared_without_a_daemon_is_never_silent() {
+        let hosts = crate::config::HostsConfig::default();
+        assert_eq!(hosts.expected_interval(None, 0, false), 0);
+        assert_eq!(hosts.expected_interval(None, 30, false), 0);
+        assert_eq!(hosts.expected_interval(None, 0, true), 300);
+        assert_eq!(hosts.expected_interval(Some("x"), 30, true), 30);
+    }
 }

@@ -276,3 +276,37 @@ fn unsigned_and_untrusted_baselines_are_refused_and_init_writes_a_trusted_key() 
         .arg("--pubkey")
         .arg(dir.path().join("pipeline.pub"))));
 }
+
+#[test]
+fn a_daemon_host_claiming_never_silent_still_goes_silent() {
+    let collector = Collector::start(
+        "\n[hosts]\nheartbeat_interval_secs = 1\nmissed_heartbeats = 2\nsweep_interval_secs = 1\n",
+    );
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = collector.issue_cert("daemon-1", certs.path());
+    ok(collector.cli(&[
+        "issue-host-cert",
+        "--host-id",
+        "ci-scan-1",
+        "--no-daemon",
+        "--out-dir",
+        certs.path().to_str().unwrap(),
+    ]));
+    let scan_cert = certs.path().join("ci-scan-1.pem");
+    let scan_key = certs.path().join("ci-scan-1.key");
+    // Both say "interval_secs: 0" (never silent); only the collector decides.
+    for (host, cert, key) in [
+        ("daemon-1", &cert, &key),
+        ("ci-scan-1", &scan_cert, &scan_key),
+    ] {
+        let client = RawClient::new(&collector, Some((cert, key)));
+        let batch = serde_json::to_vec(&heartbeat_batch(host, "e1")).unwrap();
+        let (status, body) = client.post("/v1/ingest", batch, &[]).unwrap();
+        assert_eq!(status, 200, "{body}");
+    }
+    wait_until(Duration::from_secs(30), "daemon-1 silent", || {
+        (collector.state("daemon-1").as_deref() == Some("silent")).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(collector.state("ci-scan-1").as_deref(), Some("clean"));
+}

@@ -79,8 +79,19 @@ async fn accept(
         .as_ref()
         .ok_or_else(|| ApiError::Unauthorized("the client certificate cannot be read".into()))?;
     let binding = crate::identity::admit(state.fleet.store(), host_id, certificate).await?;
-    let batch = decode_batch(headers, body, &state.config.ingest, host_id)?;
+    let mut batch = decode_batch(headers, body, &state.config.ingest, host_id)?;
     crate::identity::check_image(&binding, batch.image.image_id.as_deref())?;
+    // Silence is the collector's call: the host's claim can only shorten it.
+    let image = batch.image.image_id.clone();
+    for event in &mut batch.events {
+        if let EventBody::Heartbeat(heartbeat) = &mut event.body {
+            heartbeat.interval_secs = state.config.hosts.expected_interval(
+                image.as_deref(),
+                heartbeat.interval_secs,
+                binding.daemon,
+            );
+        }
+    }
     let (mut heartbeats, mut findings) = (0u64, 0u64);
     for event in &batch.events {
         match event.body {
