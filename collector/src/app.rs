@@ -624,4 +624,50 @@ mod tests {
         assert_eq!(hosts.expected_interval(None, 0, true), 300);
         assert_eq!(hosts.expected_interval(Some("x"), 30, true), 30);
     }
+
+    #[tokio::test]
+    async fn one_unknown_event_is_rejected_alone_and_unknown_fields_are_ignored() {
+        let state = state("");
+        let mut events: Vec<Value> = (1..=9)
+            .map(|i| {
+                serde_json::json!({
+                    "id": format!("e{i}"),
+                    "at": "2026-01-01T00:00:00Z",
+                    "from_a_newer_agent": true,
+                    "body": {"type": "heartbeat", "agent_version": "9", "findings": 0,
+                             "last_full_verification": null, "interval_secs": 30,
+                             "battery": "full"}
+                })
+            })
+            .collect();
+        events.insert(
+            4,
+            serde_json::json!({"id": "e-new", "at": "2026-01-01T00:00:00Z",
+                               "body": {"type": "quantum_drift", "qubits": 3}}),
+        );
+        let batch = serde_json::json!({
+            "schema": INGEST_SCHEMA, "host_id": "h1", "hostname": "h1",
+            "image": {"image_id": "img", "baseline_digest": null, "signed_by": "x"},
+            "region": "eu-1",
+            "events": events,
+        });
+        let request = Request::post("/v1/ingest")
+            .body(Body::from(batch.to_string()))
+            .unwrap();
+        let (status, ack) = call(&state, request, Some("h1")).await;
+        assert_eq!(status, StatusCode::OK, "{ack}");
+        let ack: BatchAck = serde_json::from_value(ack).unwrap();
+        assert_eq!(ack.accepted, 9);
+        assert_eq!(ack.rejected.len(), 1, "{:?}", ack.rejected);
+        assert_eq!(ack.rejected[0].id, "e-new");
+        assert!(
+            ack.rejected[0].error.contains("quantum_drift"),
+            "{:?}",
+            ack.rejected
+        );
+        assert_eq!(state.metrics.ingest_rejected_events.get(), 1);
+        // The collector still serves the host.
+        let ack = send(&state, "h1", vec![("e11", heartbeat())]).await;
+        assert_eq!((ack.accepted, ack.rejected.len()), (1, 0));
+    }
 }

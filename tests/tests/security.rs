@@ -70,20 +70,28 @@ fn hostile_requests_are_refused_and_the_collector_keeps_serving(topology: Topolo
         .unwrap();
     assert_eq!(status, 413, "{body}");
 
-    // Malformed JSON, a wrong schema, unknown fields: 400.
+    // Malformed JSON, a wrong schema: 400.
     for bad in [
         b"{not json".to_vec(),
         serde_json::to_vec(&json!({"schema": "driftwatch.ingest/v9", "host_id": "host-a"}))
             .unwrap(),
-        {
-            let mut batch = heartbeat_batch("host-a", "e5");
-            batch["admin"] = json!(true);
-            serde_json::to_vec(&batch).unwrap()
-        },
     ] {
         let (status, body) = host_a.post("/v1/ingest", bad, &[]).unwrap();
         assert_eq!(status, 400, "{body}");
     }
+    // Unknown fields (a newer agent) are ignored; an event of an unknown kind is
+    // rejected alone, the rest of its batch stored.
+    let mut batch = heartbeat_batch("host-a", "e5");
+    batch["admin"] = json!(true);
+    let mut unknown = batch["events"][0].clone();
+    unknown["id"] = json!("e5-new");
+    unknown["body"] = json!({"type": "from_the_future"});
+    batch["events"].as_array_mut().unwrap().push(unknown);
+    let (status, body) = post_json(&host_a, "/v1/ingest", &batch).unwrap();
+    assert_eq!(status, 200, "{body}");
+    let ack: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(ack["accepted"], 1, "{ack}");
+    assert_eq!(ack["rejected"][0]["id"], "e5-new", "{ack}");
 
     // Too many events in one batch (default 1000): 413.
     let mut batch = heartbeat_batch("host-a", "e6");
