@@ -4,7 +4,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use driftwatch_tests::{bin, heartbeat_batch, ok, run, wait_until, Collector, Image, RawClient};
+use driftwatch_tests::{
+    bin, heartbeat_batch, key_and_csr, ok, run, wait_until, Collector, Image, RawClient,
+};
 use serde_json::Value;
 use std::path::Path;
 use std::process::Command;
@@ -122,29 +124,6 @@ fn a_revoked_certificate_stays_refused_after_its_host_record_expired() {
     assert_eq!(other.post("/v1/ingest", batch, &[]).unwrap().0, 200);
 }
 
-/// A key and a CSR made with openssl in `dir`: (key file, CSR PEM).
-fn key_and_csr(dir: &Path, name: &str) -> (std::path::PathBuf, String) {
-    let key = dir.join(format!("{name}.key"));
-    let csr = dir.join(format!("{name}.csr"));
-    let made = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-        ])
-        .args(["-nodes", "-subj", "/CN=ignored", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&csr)
-        .status()
-        .expect("openssl makes the host's key, as a provisioning script would");
-    assert!(made.success());
-    (key, std::fs::read_to_string(&csr).unwrap())
-}
-
 #[test]
 fn a_scoped_enrollment_token_enrolls_only_its_hosts_and_images() {
     let collector = Collector::start("");
@@ -166,7 +145,9 @@ fn a_scoped_enrollment_token_enrolls_only_its_hosts_and_images() {
     let anonymous = RawClient::new(&collector, None);
     let dir = tempfile::tempdir().unwrap();
     let enroll = |host_id: &str, name: &str| {
-        let (key, csr) = key_and_csr(dir.path(), name);
+        let Some((key, csr)) = key_and_csr(dir.path(), name) else {
+            panic!("the host's key is made with openssl");
+        };
         let request = serde_json::json!({"token": secret, "host_id": host_id, "csr_pem": csr});
         let (status, body) = anonymous
             .post("/v1/enroll", serde_json::to_vec(&request).unwrap(), &[])

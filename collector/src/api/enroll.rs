@@ -10,10 +10,10 @@
 //! succeeds nor slows the fleet's enrollments.
 
 use crate::app::AppState;
-use crate::auth::Role;
+use crate::auth::{stored_token, Role};
 use crate::error::ApiError;
 use crate::pki::{cert_info, first_certificate};
-use crate::store::trust::{allowed, token_hash, Source};
+use crate::store::trust::{allowed, Source};
 use crate::store::{now_ms, ActionRecord, Binding, Enrolled};
 use crate::tls::Peer;
 use axum::body::Bytes;
@@ -54,19 +54,9 @@ async fn scope(state: &AppState, token: &str) -> Result<Scope, ApiError> {
             images: None,
         });
     }
-    let record = state
-        .fleet
-        .store()
-        .token(&token_hash(token))
-        .await?
-        .ok_or_else(invalid)?;
+    let record = stored_token(state, token, "enrollment token").await?;
     if Role::from_name(&record.role) != Some(Role::Enroll) {
         return Err(invalid());
-    }
-    if let Some(why) = record.unusable(now_ms()) {
-        return Err(ApiError::Forbidden(format!(
-            "the enrollment token is {why}"
-        )));
     }
     Ok(Scope {
         name: record.name,
