@@ -198,6 +198,7 @@ async fn serve(path: &Path) -> Result<(), Failure> {
         limiter: RateLimiter::new(config.ingest.rate_per_sec, config.ingest.burst),
     });
     fleet.spawn_sweeper();
+    spawn_reloader(Arc::clone(&state));
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| Failure::from(format!("cannot listen on {}: {e}", config.listen)))?;
@@ -205,6 +206,30 @@ async fn serve(path: &Path) -> Result<(), Failure> {
     tls::serve(listener, tls_config, app(state), shutdown_signal()).await;
     info!("Collector stopped.");
     Ok(())
+}
+
+/// On SIGHUP, re-reads the token files of `[auth]`: a token replaced in its file works
+/// at once, and the one it replaced stops. A file that cannot be read keeps the tokens
+/// in use (and says why).
+fn spawn_reloader(state: Arc<AppState>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        tracing::warn!("Cannot listen for SIGHUP; token files are read at start only.");
+        return;
+    };
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            match Credentials::read(&state.config.auth) {
+                Ok(files) => {
+                    state.credentials.replace(files);
+                    info!("SIGHUP: token files read again.");
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, "SIGHUP: cannot read the token files; keeping the ones in use.");
+                }
+            }
+        }
+    });
 }
 
 async fn shutdown_signal() {

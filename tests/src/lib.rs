@@ -553,6 +553,13 @@ impl Collector {
             .sum()
     }
 
+    /// Sends `sig` to every running replica (SIGHUP: re-read the token files).
+    pub fn signal(&self, sig: i32) {
+        for child in self.replicas.iter().filter_map(|r| r.child.as_ref()) {
+            signal(child, sig);
+        }
+    }
+
     /// Stops it (every replica) with SIGTERM.
     pub fn stop(&mut self) {
         for replica in &mut self.replicas {

@@ -291,3 +291,21 @@ fn a_daemon_host_claiming_never_silent_still_goes_silent() {
     std::thread::sleep(Duration::from_secs(3));
     assert_eq!(collector.state("ci-scan-1").as_deref(), Some("clean"));
 }
+
+#[test]
+fn sighup_reads_the_token_files_again() {
+    let collector = Collector::start("");
+    let client = RawClient::new(&collector, None);
+    let file = collector.path("operator.token");
+    let old = collector.path("old.token");
+    std::fs::copy(&file, &old).unwrap();
+    assert_eq!(client.get_operator("/v1/hosts", &file).0, 200);
+    std::fs::write(&file, "a-new-operator-token\n").unwrap();
+    collector.signal(libc::SIGHUP);
+    wait_until(Duration::from_secs(10), "the new token", || {
+        (client.get_operator("/v1/hosts", &file).0 == 200).then_some(())
+    });
+    assert_eq!(client.get_operator("/v1/hosts", &old).0, 403);
+    // Still serving, and the log says so.
+    assert!(collector.log().contains("SIGHUP"), "{}", collector.log());
+}
