@@ -1,7 +1,7 @@
 //! The router: a plain function of the collector's state, so tests can drive it with
 //! `oneshot` requests and `serve` can put it behind TLS.
 
-use crate::api::{self, enroll, ingest, operator, tokens};
+use crate::api::{self, enroll, ingest, operator, renew, tokens};
 use crate::config::CollectorConfig;
 use crate::fleet::Fleet;
 use crate::metrics::Metrics;
@@ -56,6 +56,10 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route(
             driftwatch_protocol::wire::ENROLL_PATH,
             post(enroll::enroll).layer(DefaultBodyLimit::max(MAX_ENROLL_BYTES)),
+        )
+        .route(
+            driftwatch_protocol::wire::RENEW_PATH,
+            post(renew::renew).layer(DefaultBodyLimit::max(MAX_ENROLL_BYTES)),
         )
         .route("/v1/hosts", get(operator::hosts))
         .route("/v1/hosts/{host_id}", get(operator::host))

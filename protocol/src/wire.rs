@@ -32,6 +32,8 @@ pub const INGEST_PATH: &str = "/v1/ingest";
 
 /// The HTTP path of enrollment.
 pub const ENROLL_PATH: &str = "/v1/enroll";
+/// Where an enrolled host renews its certificate, over its current mutual-TLS identity.
+pub const RENEW_PATH: &str = "/v1/renew";
 
 /// The longest host id accepted: ids go into certificates, file names and URLs.
 pub const MAX_HOST_ID_LEN: usize = 128;
@@ -229,6 +231,14 @@ pub struct EnrollRequest {
     pub host_id: String,
     /// A PKCS#10 certificate signing request (PEM) for the host's own key; the
     /// collector ignores its subject and binds the certificate to `host_id`.
+    pub csr_pem: String,
+}
+
+/// A certificate renewal: a CSR for the same key or a new one, sent over the host's
+/// current certificate (which names the host); answered with an [`EnrollResponse`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenewRequest {
+    /// A PKCS#10 certificate signing request (PEM) for the key to use from now on.
     pub csr_pem: String,
 }
 

@@ -309,3 +309,60 @@ fn sighup_reads_the_token_files_again() {
     // Still serving, and the log says so.
     assert!(collector.log().contains("SIGHUP"), "{}", collector.log());
 }
+
+#[test]
+fn a_host_renews_its_certificate_for_its_key_or_a_new_one() {
+    let collector = Collector::start("");
+    let anonymous = RawClient::new(&collector, None);
+    let token = std::fs::read_to_string(collector.enrollment_token()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let csr = |name: &str| key_and_csr(dir.path(), name).expect("openssl makes the keys");
+    let certificate = |answer: &str, name: &str| {
+        let answer: Value = serde_json::from_str(answer).unwrap();
+        let path = dir.path().join(format!("{name}.pem"));
+        std::fs::write(&path, answer["certificate_pem"].as_str().unwrap()).unwrap();
+        path
+    };
+    let report = |cert: &Path, key: &Path, event: &str| {
+        let client = RawClient::new(&collector, Some((cert, key)));
+        let batch = serde_json::to_vec(&heartbeat_batch("web-1", event)).unwrap();
+        client.post("/v1/ingest", batch, &[]).unwrap()
+    };
+    let (key_a, csr_a) = csr("a");
+    let request = serde_json::json!({"token": token.trim(), "host_id": "web-1", "csr_pem": csr_a});
+    let (status, body) = anonymous
+        .post("/v1/enroll", serde_json::to_vec(&request).unwrap(), &[])
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let cert_a = certificate(&body, "a");
+    assert_eq!(report(&cert_a, &key_a, "e1").0, 200);
+    // Without a certificate: 401.
+    let renewal = |csr: &str| serde_json::to_vec(&serde_json::json!({ "csr_pem": csr })).unwrap();
+    assert_eq!(
+        anonymous.post("/v1/renew", renewal(&csr_a), &[]).unwrap().0,
+        401
+    );
+    // The same key: a new certificate that works.
+    let host = RawClient::new(&collector, Some((&cert_a, &key_a)));
+    let (status, body) = host.post("/v1/renew", renewal(&csr_a), &[]).unwrap();
+    assert_eq!(status, 200, "{body}");
+    let cert_a2 = certificate(&body, "a2");
+    assert_eq!(report(&cert_a2, &key_a, "e2").0, 200);
+    // A new key: bound from now on; the replaced key is refused.
+    let (key_b, csr_b) = csr("b");
+    let (status, body) = host.post("/v1/renew", renewal(&csr_b), &[]).unwrap();
+    assert_eq!(status, 200, "{body}");
+    let cert_b = certificate(&body, "b");
+    assert_eq!(report(&cert_b, &key_b, "e3").0, 200);
+    let (status, body) = report(&cert_a2, &key_a, "e4");
+    assert_eq!(status, 403, "{body}");
+    // A revoked host cannot renew.
+    ok(collector.cli(&["revoke", "web-1"]));
+    let renewed_b = RawClient::new(&collector, Some((&cert_b, &key_b)));
+    let (status, body) = renewed_b.post("/v1/renew", renewal(&csr_b), &[]).unwrap();
+    assert_eq!(status, 403, "{body}");
+    assert!(collector
+        .actions()
+        .iter()
+        .any(|a| a["action"] == "renew" && a["detail"].as_str().unwrap().contains("new key")));
+}
