@@ -8,7 +8,6 @@
 
 use crate::app::AppState;
 use crate::error::ApiError;
-use crate::pki::{cert_info, first_certificate};
 use crate::store::trust::Source;
 use crate::store::{now_ms, ActionRecord, Binding, Outcome};
 use crate::tls::Peer;
@@ -38,19 +37,7 @@ pub async fn renew(
     let current = crate::identity::admit(store, &host_id, presented).await?;
     let request: RenewRequest = serde_json::from_slice(&body)
         .map_err(|e| ApiError::BadRequest(format!("the renewal request is not valid: {e}")))?;
-    let enrollment = state
-        .enrollment
-        .as_ref()
-        .ok_or_else(|| ApiError::NotFound("this collector issues no certificates".into()))?;
-    let certificate_pem = enrollment
-        .ca
-        .sign_request(&request.csr_pem, &host_id, state.config.tls.host_cert_days)
-        .map_err(|e| ApiError::BadRequest(format!("cannot issue a certificate: {e}")))?;
-    let issued = first_certificate(&certificate_pem, "issued certificate")
-        .ok()
-        .as_ref()
-        .and_then(cert_info)
-        .ok_or_else(|| ApiError::BadRequest("cannot read the issued certificate".into()))?;
+    let (certificate_pem, issued) = super::enroll::issue(&state, &request.csr_pem, &host_id)?;
     let same_key = issued.key_fingerprint == current.key_fingerprint;
     store
         .bind(Binding {
