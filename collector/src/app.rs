@@ -1,7 +1,7 @@
 //! The router: a plain function of the collector's state, so tests can drive it with
 //! `oneshot` requests and `serve` can put it behind TLS.
 
-use crate::api::{self, enroll, ingest, operator, tokens};
+use crate::api::{self, enroll, ingest, operator, renew, tokens};
 use crate::config::CollectorConfig;
 use crate::fleet::Fleet;
 use crate::metrics::Metrics;
@@ -56,6 +56,10 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route(
             driftwatch_protocol::wire::ENROLL_PATH,
             post(enroll::enroll).layer(DefaultBodyLimit::max(MAX_ENROLL_BYTES)),
+        )
+        .route(
+            driftwatch_protocol::wire::RENEW_PATH,
+            post(renew::renew).layer(DefaultBodyLimit::max(MAX_ENROLL_BYTES)),
         )
         .route("/v1/hosts", get(operator::hosts))
         .route("/v1/hosts/{host_id}", get(operator::host))
@@ -573,5 +577,102 @@ mod tests {
         let (_, detail) = operator(&state, "GET", "/v1/hosts/h3").await;
         assert_eq!(detail["findings"][0]["finding"]["reason"], "unregistered");
         assert_eq!(detail["findings"][0]["subject"], "invented-3");
+    }
+
+    fn heartbeat_claiming(interval_secs: u64) -> EventBody {
+        EventBody::Heartbeat(Heartbeat {
+            agent_version: "test".into(),
+            findings: 0,
+            last_full_verification: None,
+            interval_secs,
+        })
+    }
+
+    #[tokio::test]
+    async fn silence_is_the_collectors_call_not_the_hosts() {
+        let state = state(
+            "[hosts]\nheartbeat_interval_secs = 60\n\
+             [[hosts.heartbeat]]\nimages = [\"batch-*\"]\ninterval_secs = 600\n",
+        );
+        // "Never silent", a longer interval, a shorter one; and an image of its own.
+        send(&state, "zero", vec![("hb", heartbeat_claiming(0))]).await;
+        send(&state, "long", vec![("hb", heartbeat_claiming(3600))]).await;
+        send(&state, "short", vec![("hb", heartbeat_claiming(10))]).await;
+        let batch = ImageClaim {
+            image_id: Some("batch-7".into()),
+            baseline_digest: None,
+        };
+        send_claiming(&state, "batch", batch, vec![("hb", heartbeat_claiming(0))]).await;
+        let store = state.fleet.store();
+        let interval = |host: &'static str| async move {
+            let host = store.host(host).await.unwrap().unwrap();
+            host.heartbeat_interval_secs
+        };
+        assert_eq!(interval("zero").await, 60);
+        assert_eq!(interval("long").await, 60);
+        assert_eq!(interval("short").await, 10);
+        assert_eq!(interval("batch").await, 600);
+        // Three missed minutes later the daemon host that claimed 0 is overdue.
+        let later = crate::store::now_ms() + 181_000;
+        let overdue = store.overdue_hosts(3, later).await.unwrap();
+        for host in ["zero", "long", "short"] {
+            assert!(overdue.contains(&host.to_string()), "{host}: {overdue:?}");
+        }
+        assert!(!overdue.contains(&"batch".to_string()));
+    }
+
+    #[test]
+    fn only_a_host_declared_without_a_daemon_is_never_silent() {
+        let hosts = crate::config::HostsConfig::default();
+        assert_eq!(hosts.expected_interval(None, 0, false), 0);
+        assert_eq!(hosts.expected_interval(None, 30, false), 0);
+        assert_eq!(hosts.expected_interval(None, 0, true), 300);
+        assert_eq!(hosts.expected_interval(Some("x"), 30, true), 30);
+    }
+
+    #[tokio::test]
+    async fn one_unknown_event_is_rejected_alone_and_unknown_fields_are_ignored() {
+        let state = state("");
+        let mut events: Vec<Value> = (1..=9)
+            .map(|i| {
+                serde_json::json!({
+                    "id": format!("e{i}"),
+                    "at": "2026-01-01T00:00:00Z",
+                    "from_a_newer_agent": true,
+                    "body": {"type": "heartbeat", "agent_version": "9", "findings": 0,
+                             "last_full_verification": null, "interval_secs": 30,
+                             "battery": "full"}
+                })
+            })
+            .collect();
+        events.insert(
+            4,
+            serde_json::json!({"id": "e-new", "at": "2026-01-01T00:00:00Z",
+                               "body": {"type": "quantum_drift", "qubits": 3}}),
+        );
+        let batch = serde_json::json!({
+            "schema": INGEST_SCHEMA, "host_id": "h1", "hostname": "h1",
+            "image": {"image_id": "img", "baseline_digest": null, "signed_by": "x"},
+            "region": "eu-1",
+            "events": events,
+        });
+        let request = Request::post("/v1/ingest")
+            .body(Body::from(batch.to_string()))
+            .unwrap();
+        let (status, ack) = call(&state, request, Some("h1")).await;
+        assert_eq!(status, StatusCode::OK, "{ack}");
+        let ack: BatchAck = serde_json::from_value(ack).unwrap();
+        assert_eq!(ack.accepted, 9);
+        assert_eq!(ack.rejected.len(), 1, "{:?}", ack.rejected);
+        assert_eq!(ack.rejected[0].id, "e-new");
+        assert!(
+            ack.rejected[0].error.contains("quantum_drift"),
+            "{:?}",
+            ack.rejected
+        );
+        assert_eq!(state.metrics.ingest_rejected_events.get(), 1);
+        // The collector still serves the host.
+        let ack = send(&state, "h1", vec![("e11", heartbeat())]).await;
+        assert_eq!((ack.accepted, ack.rejected.len()), (1, 0));
     }
 }

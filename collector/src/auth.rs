@@ -239,6 +239,25 @@ pub async fn authenticate_from(
         .map_err(|why| state.credentials.failed(state, "api", Some(source), why))
 }
 
+/// The stored token `token` (called `what` in the refusal), unless it is unknown,
+/// revoked, expired or used up (403).
+pub async fn stored_token(
+    state: &AppState,
+    token: &str,
+    what: &str,
+) -> Result<crate::store::TokenRecord, ApiError> {
+    let record = state
+        .fleet
+        .store()
+        .token(&token_hash(token))
+        .await?
+        .ok_or_else(|| ApiError::Forbidden(format!("the {what} is not valid")))?;
+    match record.unusable(now_ms()) {
+        Some(why) => Err(ApiError::Forbidden(format!("the {what} is {why}"))),
+        None => Ok(record),
+    }
+}
+
 async fn identify(state: &AppState, token: &str) -> Result<Principal, ApiError> {
     if let Some(principal) = state
         .credentials
@@ -247,15 +266,7 @@ async fn identify(state: &AppState, token: &str) -> Result<Principal, ApiError> 
         return Ok(principal);
     }
     let invalid = || ApiError::Forbidden("the token is not valid".into());
-    let record = state
-        .fleet
-        .store()
-        .token(&token_hash(token))
-        .await?
-        .ok_or_else(invalid)?;
-    if let Some(why) = record.unusable(now_ms()) {
-        return Err(ApiError::Forbidden(format!("the token is {why}")));
-    }
+    let record = stored_token(state, token, "token").await?;
     match Role::from_name(&record.role) {
         Some(Role::Enroll) | None => Err(invalid()),
         Some(role) => Ok(Principal {

@@ -243,6 +243,54 @@ pub struct HostsConfig {
     /// How often liveness and expiry are evaluated, in seconds (default 5).
     #[serde(default = "default_sweep_secs")]
     pub sweep_interval_secs: u64,
+    /// The heartbeat interval the collector expects of a host with a daemon, in
+    /// seconds (default 300). A host's own claim can only shorten it: a host cannot
+    /// switch off its own silence alarm.
+    #[serde(default = "default_heartbeat_interval_secs")]
+    pub heartbeat_interval_secs: u64,
+    /// Expected intervals per image (`[[hosts.heartbeat]]`, the first matching wins).
+    #[serde(default, rename = "heartbeat")]
+    pub heartbeats: Vec<HeartbeatRule>,
+}
+
+/// `[[hosts.heartbeat]]`: the expected heartbeat interval of some images' hosts.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HeartbeatRule {
+    /// Image id globs.
+    pub images: Vec<String>,
+    /// Seconds between heartbeats.
+    pub interval_secs: u64,
+}
+
+impl HostsConfig {
+    /// The heartbeat interval the collector expects of a host on `image` that claims
+    /// `claimed` (0: "never silent"): the configured one, shortened by a shorter
+    /// claim. Only hosts declared at the collector as having no daemon (`daemon`
+    /// false: one-shot `check --report`, CI scans) are never silent (0).
+    pub fn expected_interval(&self, image: Option<&str>, claimed: u64, daemon: bool) -> u64 {
+        if !daemon {
+            return 0;
+        }
+        let matches = |glob: &String, image: &str| {
+            globset::Glob::new(glob).is_ok_and(|g| g.compile_matcher().is_match(image))
+        };
+        let configured = image
+            .and_then(|image| {
+                self.heartbeats
+                    .iter()
+                    .find(|rule| rule.images.iter().any(|g| matches(g, image)))
+            })
+            .map_or(self.heartbeat_interval_secs, |rule| rule.interval_secs);
+        match claimed {
+            0 => configured,
+            claimed => claimed.min(configured),
+        }
+    }
+}
+
+fn default_heartbeat_interval_secs() -> u64 {
+    300
 }
 
 fn default_missed_heartbeats() -> u32 {
@@ -261,6 +309,8 @@ impl Default for HostsConfig {
             missed_heartbeats: default_missed_heartbeats(),
             retention_secs: default_retention_secs(),
             sweep_interval_secs: default_sweep_secs(),
+            heartbeat_interval_secs: default_heartbeat_interval_secs(),
+            heartbeats: Vec::new(),
         }
     }
 }
@@ -582,6 +632,21 @@ impl CollectorConfig {
             return Err(
                 "hosts.missed_heartbeats and hosts.sweep_interval_secs must be above 0".into(),
             );
+        }
+        let intervals = std::iter::once(self.hosts.heartbeat_interval_secs)
+            .chain(self.hosts.heartbeats.iter().map(|rule| rule.interval_secs));
+        if intervals
+            .into_iter()
+            .any(|secs| secs == 0 || secs > MAX_DURATION_SECS)
+        {
+            return Err(format!(
+                "hosts.heartbeat_interval_secs and [[hosts.heartbeat]] interval_secs must be \
+                 above 0 and {AT_MOST_A_YEAR}"
+            ));
+        }
+        for glob in self.hosts.heartbeats.iter().flat_map(|rule| &rule.images) {
+            globset::Glob::new(glob)
+                .map_err(|e| format!("[[hosts.heartbeat]] images: {glob:?}: {e}"))?;
         }
         let replacement = &self.replacement;
         if !(replacement.max_percent > 0.0 && replacement.max_percent <= 100.0) {

@@ -159,6 +159,7 @@ impl Fleet {
             accepted: outcome.accepted,
             duplicates: outcome.duplicates,
             host: directive(&outcome.host),
+            rejected: Vec::new(),
         })
     }
 

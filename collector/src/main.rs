@@ -93,6 +93,10 @@ enum Command {
         /// Where to write HOST_ID.pem and HOST_ID.key.
         #[arg(long, value_name = "DIR")]
         out_dir: PathBuf,
+        /// The host runs no daemon (only `check --report`, a CI scan): it is never
+        /// silent. Declared here, at the collector; a host cannot say it of itself.
+        #[arg(long)]
+        no_daemon: bool,
     },
     #[command(flatten)]
     Operator(OperatorCommand),
@@ -136,7 +140,8 @@ async fn run(command: Command) -> Result<(), Failure> {
             config,
             host_id,
             out_dir,
-        } => issue_host_cert(&config.config, &host_id, &out_dir).await,
+            no_daemon,
+        } => issue_host_cert(&config.config, &host_id, &out_dir, !no_daemon).await,
         Command::Operator(command) => command.run().await,
     }
 }
@@ -193,6 +198,7 @@ async fn serve(path: &Path) -> Result<(), Failure> {
         limiter: RateLimiter::new(config.ingest.rate_per_sec, config.ingest.burst),
     });
     fleet.spawn_sweeper();
+    spawn_reloader(Arc::clone(&state));
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| Failure::from(format!("cannot listen on {}: {e}", config.listen)))?;
@@ -200,6 +206,30 @@ async fn serve(path: &Path) -> Result<(), Failure> {
     tls::serve(listener, tls_config, app(state), shutdown_signal()).await;
     info!("Collector stopped.");
     Ok(())
+}
+
+/// On SIGHUP, re-reads the token files of `[auth]`: a token replaced in its file works
+/// at once, and the one it replaced stops. A file that cannot be read keeps the tokens
+/// in use (and says why).
+fn spawn_reloader(state: Arc<AppState>) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+        tracing::warn!("Cannot listen for SIGHUP; token files are read at start only.");
+        return;
+    };
+    tokio::spawn(async move {
+        while hangups.recv().await.is_some() {
+            match Credentials::read(&state.config.auth) {
+                Ok(files) => {
+                    state.credentials.replace(files);
+                    info!("SIGHUP: token files read again.");
+                }
+                Err(err) => {
+                    tracing::error!(error = %err, "SIGHUP: cannot read the token files; keeping the ones in use.");
+                }
+            }
+        }
+    });
 }
 
 async fn shutdown_signal() {
@@ -400,7 +430,12 @@ fn pipeline_key_pair() -> Result<(String, String), Failure> {
 
 /// Issues a certificate for `host_id` and binds the id to its key in the store: a
 /// provisioned id is never enrolled.
-async fn issue_host_cert(config: &Path, host_id: &str, out_dir: &Path) -> Result<(), Failure> {
+async fn issue_host_cert(
+    config: &Path,
+    host_id: &str,
+    out_dir: &Path,
+    daemon: bool,
+) -> Result<(), Failure> {
     let config = CollectorConfig::load(config)?;
     let key_file = config.tls.client_ca_key_file.as_ref().ok_or_else(|| {
         Failure::from("tls.client_ca_key_file is not set: this collector cannot issue certificates")
@@ -425,7 +460,7 @@ async fn issue_host_cert(config: &Path, host_id: &str, out_dir: &Path) -> Result
             source: Source::Provisioned,
             token: None,
             images: None,
-            daemon: true,
+            daemon,
             bound_ms: now_ms(),
         })
         .await

@@ -26,6 +26,8 @@ pub struct Metrics {
     pub ingest_events: Family<Label, Counter>,
     /// Duplicate events (retries).
     pub ingest_duplicates: Counter,
+    /// Events rejected one by one (unknown kinds, malformed), their batches stored.
+    pub ingest_rejected_events: Counter,
     /// Seconds from request to acknowledgement, store commit included.
     pub ingest_latency: Histogram,
     /// Alerts sent by kind.
@@ -61,6 +63,7 @@ impl Metrics {
             ingest_requests: Family::default(),
             ingest_events: Family::default(),
             ingest_duplicates: Counter::default(),
+            ingest_rejected_events: Counter::default(),
             // 1 ms to ~4 s.
             ingest_latency: Histogram::new(
                 prometheus_client::metrics::histogram::exponential_buckets(0.001, 2.0, 13),
@@ -89,6 +92,11 @@ impl Metrics {
             "ingest_duplicate_events",
             "Events received again and not stored twice",
             metrics.ingest_duplicates.clone(),
+        );
+        registry.register(
+            "ingest_rejected_events",
+            "Events rejected one by one (the rest of their batch stored)",
+            metrics.ingest_rejected_events.clone(),
         );
         registry.register(
             "ingest_latency_seconds",

@@ -10,6 +10,11 @@
 //! id it has already seen as a duplicate, not again. An agent that never got an
 //! acknowledgement simply sends the same events again.
 //!
+//! Versions skew: within `driftwatch.ingest/v1` a reader ignores fields it does not
+//! know, and a collector that cannot accept one event of a batch (a kind newer than
+//! it) stores the others and names that one in [`BatchAck::rejected`]. Upgrade the
+//! collector first, then the agents.
+//!
 //! A host without credentials sends an [`EnrollRequest`] to `POST /v1/enroll` with an
 //! enrollment token and a certificate signing request; the collector answers with a
 //! client certificate bound to the host id ([`EnrollResponse`]), and from then on the
@@ -27,6 +32,8 @@ pub const INGEST_PATH: &str = "/v1/ingest";
 
 /// The HTTP path of enrollment.
 pub const ENROLL_PATH: &str = "/v1/enroll";
+/// Where an enrolled host renews its certificate, over its current mutual-TLS identity.
+pub const RENEW_PATH: &str = "/v1/renew";
 
 /// The longest host id accepted: ids go into certificates, file names and URLs.
 pub const MAX_HOST_ID_LEN: usize = 128;
@@ -45,7 +52,6 @@ pub fn is_valid_host_id(id: &str) -> bool {
 
 /// One delivery from an agent.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Batch {
     /// Always [`INGEST_SCHEMA`].
     pub schema: String,
@@ -61,7 +67,6 @@ pub struct Batch {
 
 /// The image a host says it runs.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ImageClaim {
     /// The image id recorded in the baseline at bake time (`None` when the baseline has
     /// none or could not be read).
@@ -73,7 +78,6 @@ pub struct ImageClaim {
 
 /// One event, with an id unique for its host.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Event {
     /// Unique per host and stable across retries (the agent assigns it when it spools
     /// the event).
@@ -86,7 +90,7 @@ pub struct Event {
 
 /// What an event says.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum EventBody {
     /// The agent is alive.
     Heartbeat(Heartbeat),
@@ -105,7 +109,6 @@ pub enum EventBody {
 
 /// What provisioning changed at a host's first boot.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ProvisionDelta {
     /// When the window opened (RFC 3339).
     pub opened: Option<String>,
@@ -119,7 +122,6 @@ pub struct ProvisionDelta {
 
 /// A heartbeat's content.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Heartbeat {
     /// The agent's version.
     pub agent_version: String,
@@ -141,6 +143,20 @@ pub struct BatchAck {
     pub duplicates: u32,
     /// The collector's verdict on the host.
     pub host: HostDirective,
+    /// Events of the batch the collector cannot accept (an event kind it does not
+    /// know, a malformed event): the others are stored; these are not, and the agent
+    /// drops them (logged and counted) instead of resending them forever.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rejected: Vec<RejectedEvent>,
+}
+
+/// One event the collector refused, and why.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RejectedEvent {
+    /// Its id (empty when it had none the collector could read).
+    pub id: String,
+    /// One sentence.
+    pub error: String,
 }
 
 /// The collector's verdict on a host.
@@ -218,6 +234,14 @@ pub struct EnrollRequest {
     pub csr_pem: String,
 }
 
+/// A certificate renewal: a CSR for the same key or a new one, sent over the host's
+/// current certificate (which names the host); answered with an [`EnrollResponse`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenewRequest {
+    /// A PKCS#10 certificate signing request (PEM) for the key to use from now on.
+    pub csr_pem: String,
+}
+
 /// Credentials for an enrolled host.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct EnrollResponse {
@@ -256,7 +280,7 @@ mod tests {
     }
 
     #[test]
-    fn a_batch_round_trips_and_unknown_fields_are_refused() {
+    fn a_batch_round_trips_and_unknown_fields_are_ignored() {
         let batch = Batch {
             schema: INGEST_SCHEMA.into(),
             host_id: "h1".into(),
@@ -279,8 +303,13 @@ mod tests {
         let json = serde_json::to_string(&batch).unwrap();
         assert!(json.contains(r#""type":"heartbeat""#), "{json}");
         assert_eq!(serde_json::from_str::<Batch>(&json).unwrap(), batch);
-        let extra = json.replacen("{", r#"{"admin":true,"#, 1);
-        assert!(serde_json::from_str::<Batch>(&extra).is_err());
+        // A newer agent's fields are ignored by an older reader, not refused.
+        let extra = json.replacen("{", r#"{"admin":true,"#, 1).replace(
+            r#""interval_secs":30"#,
+            r#""interval_secs":30,"battery":"low""#,
+        );
+        assert_ne!(extra, json);
+        assert_eq!(serde_json::from_str::<Batch>(&extra).unwrap(), batch);
     }
 
     #[test]

@@ -233,6 +233,30 @@ pub fn missing_prerequisite(reason: &str) {
     eprintln!("skipping: {reason}");
 }
 
+/// A host's key and a certificate signing request for it, made with openssl in `dir`
+/// as a provisioning script would: (key file, CSR PEM); `None` (after
+/// [`missing_prerequisite`]) without openssl.
+pub fn key_and_csr(dir: &Path, name: &str) -> Option<(PathBuf, String)> {
+    let key = dir.join(format!("{name}.key"));
+    let csr = dir.join(format!("{name}.csr"));
+    let made = Command::new("openssl")
+        .args(["req", "-new", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:P-256", "-nodes", "-subj", "/CN=ignored"])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&csr)
+        .output();
+    match made {
+        Ok(output) => assert!(output.status.success(), "openssl req: {output:?}"),
+        Err(err) => {
+            missing_prerequisite(&format!("openssl: {err}"));
+            return None;
+        }
+    }
+    Some((key, std::fs::read_to_string(&csr).unwrap()))
+}
+
 /// One `driftwatch-collector serve` process of a [`Collector`].
 struct Replica {
     port: u16,
@@ -560,6 +584,13 @@ impl Collector {
             .collect::<Result<Vec<String>, _>>()
             .unwrap();
         Some(ids)
+    }
+
+    /// Sends `sig` to every running replica (SIGHUP: re-read the token files).
+    pub fn signal(&self, sig: i32) {
+        for child in self.replicas.iter().filter_map(|r| r.child.as_ref()) {
+            signal(child, sig);
+        }
     }
 
     /// Stops it (every replica) with SIGTERM.

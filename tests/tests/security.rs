@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use driftwatch_tests::{gzip, heartbeat_batch, ok, Collector, RawClient, Topology};
+use driftwatch_tests::{gzip, heartbeat_batch, key_and_csr, ok, Collector, RawClient, Topology};
 use serde_json::json;
 use std::process::Command;
 use std::time::Duration;
@@ -70,20 +70,28 @@ fn hostile_requests_are_refused_and_the_collector_keeps_serving(topology: Topolo
         .unwrap();
     assert_eq!(status, 413, "{body}");
 
-    // Malformed JSON, a wrong schema, unknown fields: 400.
+    // Malformed JSON, a wrong schema: 400.
     for bad in [
         b"{not json".to_vec(),
         serde_json::to_vec(&json!({"schema": "driftwatch.ingest/v9", "host_id": "host-a"}))
             .unwrap(),
-        {
-            let mut batch = heartbeat_batch("host-a", "e5");
-            batch["admin"] = json!(true);
-            serde_json::to_vec(&batch).unwrap()
-        },
     ] {
         let (status, body) = host_a.post("/v1/ingest", bad, &[]).unwrap();
         assert_eq!(status, 400, "{body}");
     }
+    // Unknown fields (a newer agent) are ignored; an event of an unknown kind is
+    // rejected alone, the rest of its batch stored.
+    let mut batch = heartbeat_batch("host-a", "e5");
+    batch["admin"] = json!(true);
+    let mut unknown = batch["events"][0].clone();
+    unknown["id"] = json!("e5-new");
+    unknown["body"] = json!({"type": "from_the_future"});
+    batch["events"].as_array_mut().unwrap().push(unknown);
+    let (status, body) = post_json(&host_a, "/v1/ingest", &batch).unwrap();
+    assert_eq!(status, 200, "{body}");
+    let ack: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(ack["accepted"], 1, "{ack}");
+    assert_eq!(ack["rejected"][0]["id"], "e5-new", "{ack}");
 
     // Too many events in one batch (default 1000): 413.
     let mut batch = heartbeat_batch("host-a", "e6");
@@ -127,66 +135,18 @@ fn hostile_requests_are_refused_and_the_collector_keeps_serving(topology: Topolo
     assert_eq!(collector.state("host-d").as_deref(), Some("clean"));
 }
 
-/// A key and a certificate signing request made with openssl in `dir`, as a
-/// provisioning script would: (key file, CSR PEM).
-fn key_and_csr(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, String) {
-    let key = dir.join(format!("{name}.key"));
-    let csr = dir.join(format!("{name}.csr"));
-    let made = Command::new("openssl")
-        .args([
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-        ])
-        .args(["-nodes", "-subj", "/CN=ignored", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&csr)
-        .status()
-        .unwrap();
-    assert!(made.success());
-    (key, std::fs::read_to_string(&csr).unwrap())
-}
-
 fn enrollment_issues_one_certificate_per_host_id(topology: Topology) {
     let collector = Collector::start_as(topology, "");
     let anonymous = RawClient::new(&collector, None);
     let token = std::fs::read_to_string(collector.enrollment_token()).unwrap();
-    // A real CSR, made with openssl as a provisioning script would.
     let dir = tempfile::tempdir().unwrap();
-    let key = dir.path().join("key.pem");
-    let csr = dir.path().join("csr.pem");
-    let made = Command::new("openssl")
-        .args([
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-subj",
-            "/CN=ignored",
-        ])
-        .arg("-keyout")
-        .arg(&key)
-        .arg("-out")
-        .arg(&csr)
-        .output();
-    let Ok(made) = made
-        .map(|o| o.status.success())
-        .map_err(|e| eprintln!("skipping: openssl: {e}"))
-    else {
+    let Some((key, csr_pem)) = key_and_csr(dir.path(), "first") else {
         return;
     };
-    assert!(made);
     let request = json!({
         "token": token.trim(),
         "host_id": "fresh-host",
-        "csr_pem": std::fs::read_to_string(&csr).unwrap(),
+        "csr_pem": csr_pem,
     });
     let (status, body) = post_json(&anonymous, "/v1/enroll", &request).unwrap();
     assert_eq!(status, 200, "{body}");
@@ -210,7 +170,7 @@ fn enrollment_issues_one_certificate_per_host_id(topology: Topology) {
     assert_eq!(status, 200, "{body}");
     // Another key for the same id is refused: the token admits new hosts, it does not
     // take over existing ones. Nor ids provisioned with a certificate.
-    let (_, other_csr) = key_and_csr(dir.path(), "other");
+    let (_, other_csr) = key_and_csr(dir.path(), "other").unwrap();
     let mut takeover = request.clone();
     takeover["csr_pem"] = json!(other_csr);
     let (status, body) = post_json(&anonymous, "/v1/enroll", &takeover).unwrap();
@@ -227,7 +187,7 @@ fn enrollment_issues_one_certificate_per_host_id(topology: Topology) {
         let (status, _) = post_json(&anonymous, "/v1/enroll", &guess).unwrap();
         assert!(status == 403 || status == 429, "{status}");
     }
-    let (_, third_csr) = key_and_csr(dir.path(), "third");
+    let (_, third_csr) = key_and_csr(dir.path(), "third").unwrap();
     let mut newcomer = request.clone();
     newcomer["host_id"] = json!("newcomer");
     newcomer["csr_pem"] = json!(third_csr);

@@ -4,7 +4,9 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use driftwatch_tests::{bin, heartbeat_batch, ok, run, wait_until, Collector, Image, RawClient};
+use driftwatch_tests::{
+    bin, heartbeat_batch, key_and_csr, ok, run, wait_until, Collector, Image, RawClient,
+};
 use serde_json::Value;
 use std::path::Path;
 use std::process::Command;
@@ -122,29 +124,6 @@ fn a_revoked_certificate_stays_refused_after_its_host_record_expired() {
     assert_eq!(other.post("/v1/ingest", batch, &[]).unwrap().0, 200);
 }
 
-/// A key and a CSR made with openssl in `dir`: (key file, CSR PEM).
-fn key_and_csr(dir: &Path, name: &str) -> (std::path::PathBuf, String) {
-    let key = dir.join(format!("{name}.key"));
-    let csr = dir.join(format!("{name}.csr"));
-    let made = std::process::Command::new("openssl")
-        .args([
-            "req",
-            "-new",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-        ])
-        .args(["-nodes", "-subj", "/CN=ignored", "-keyout"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&csr)
-        .status()
-        .expect("openssl makes the host's key, as a provisioning script would");
-    assert!(made.success());
-    (key, std::fs::read_to_string(&csr).unwrap())
-}
-
 #[test]
 fn a_scoped_enrollment_token_enrolls_only_its_hosts_and_images() {
     let collector = Collector::start("");
@@ -166,7 +145,9 @@ fn a_scoped_enrollment_token_enrolls_only_its_hosts_and_images() {
     let anonymous = RawClient::new(&collector, None);
     let dir = tempfile::tempdir().unwrap();
     let enroll = |host_id: &str, name: &str| {
-        let (key, csr) = key_and_csr(dir.path(), name);
+        let Some((key, csr)) = key_and_csr(dir.path(), name) else {
+            panic!("the host's key is made with openssl");
+        };
         let request = serde_json::json!({"token": secret, "host_id": host_id, "csr_pem": csr});
         let (status, body) = anonymous
             .post("/v1/enroll", serde_json::to_vec(&request).unwrap(), &[])
@@ -275,4 +256,113 @@ fn unsigned_and_untrusted_baselines_are_refused_and_init_writes_a_trusted_key() 
         .arg(&out)
         .arg("--pubkey")
         .arg(dir.path().join("pipeline.pub"))));
+}
+
+#[test]
+fn a_daemon_host_claiming_never_silent_still_goes_silent() {
+    let collector = Collector::start(
+        "\n[hosts]\nheartbeat_interval_secs = 1\nmissed_heartbeats = 2\nsweep_interval_secs = 1\n",
+    );
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = collector.issue_cert("daemon-1", certs.path());
+    ok(collector.cli(&[
+        "issue-host-cert",
+        "--host-id",
+        "ci-scan-1",
+        "--no-daemon",
+        "--out-dir",
+        certs.path().to_str().unwrap(),
+    ]));
+    let scan_cert = certs.path().join("ci-scan-1.pem");
+    let scan_key = certs.path().join("ci-scan-1.key");
+    // Both say "interval_secs: 0" (never silent); only the collector decides.
+    for (host, cert, key) in [
+        ("daemon-1", &cert, &key),
+        ("ci-scan-1", &scan_cert, &scan_key),
+    ] {
+        let client = RawClient::new(&collector, Some((cert, key)));
+        let batch = serde_json::to_vec(&heartbeat_batch(host, "e1")).unwrap();
+        let (status, body) = client.post("/v1/ingest", batch, &[]).unwrap();
+        assert_eq!(status, 200, "{body}");
+    }
+    wait_until(Duration::from_secs(30), "daemon-1 silent", || {
+        (collector.state("daemon-1").as_deref() == Some("silent")).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(collector.state("ci-scan-1").as_deref(), Some("clean"));
+}
+
+#[test]
+fn sighup_reads_the_token_files_again() {
+    let collector = Collector::start("");
+    let client = RawClient::new(&collector, None);
+    let file = collector.path("operator.token");
+    let old = collector.path("old.token");
+    std::fs::copy(&file, &old).unwrap();
+    assert_eq!(client.get_operator("/v1/hosts", &file).0, 200);
+    std::fs::write(&file, "a-new-operator-token\n").unwrap();
+    collector.signal(libc::SIGHUP);
+    wait_until(Duration::from_secs(10), "the new token", || {
+        (client.get_operator("/v1/hosts", &file).0 == 200).then_some(())
+    });
+    assert_eq!(client.get_operator("/v1/hosts", &old).0, 403);
+    // Still serving, and the log says so.
+    assert!(collector.log().contains("SIGHUP"), "{}", collector.log());
+}
+
+#[test]
+fn a_host_renews_its_certificate_for_its_key_or_a_new_one() {
+    let collector = Collector::start("");
+    let anonymous = RawClient::new(&collector, None);
+    let token = std::fs::read_to_string(collector.enrollment_token()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let csr = |name: &str| key_and_csr(dir.path(), name).expect("openssl makes the keys");
+    let certificate = |answer: &str, name: &str| {
+        let answer: Value = serde_json::from_str(answer).unwrap();
+        let path = dir.path().join(format!("{name}.pem"));
+        std::fs::write(&path, answer["certificate_pem"].as_str().unwrap()).unwrap();
+        path
+    };
+    let report = |cert: &Path, key: &Path, event: &str| {
+        let client = RawClient::new(&collector, Some((cert, key)));
+        let batch = serde_json::to_vec(&heartbeat_batch("web-1", event)).unwrap();
+        client.post("/v1/ingest", batch, &[]).unwrap()
+    };
+    let (key_a, csr_a) = csr("a");
+    let request = serde_json::json!({"token": token.trim(), "host_id": "web-1", "csr_pem": csr_a});
+    let (status, body) = anonymous
+        .post("/v1/enroll", serde_json::to_vec(&request).unwrap(), &[])
+        .unwrap();
+    assert_eq!(status, 200, "{body}");
+    let cert_a = certificate(&body, "a");
+    assert_eq!(report(&cert_a, &key_a, "e1").0, 200);
+    // Without a certificate: 401.
+    let renewal = |csr: &str| serde_json::to_vec(&serde_json::json!({ "csr_pem": csr })).unwrap();
+    assert_eq!(
+        anonymous.post("/v1/renew", renewal(&csr_a), &[]).unwrap().0,
+        401
+    );
+    // The same key: a new certificate that works.
+    let host = RawClient::new(&collector, Some((&cert_a, &key_a)));
+    let (status, body) = host.post("/v1/renew", renewal(&csr_a), &[]).unwrap();
+    assert_eq!(status, 200, "{body}");
+    let cert_a2 = certificate(&body, "a2");
+    assert_eq!(report(&cert_a2, &key_a, "e2").0, 200);
+    // A new key: bound from now on; the replaced key is refused.
+    let (key_b, csr_b) = csr("b");
+    let (status, body) = host.post("/v1/renew", renewal(&csr_b), &[]).unwrap();
+    assert_eq!(status, 200, "{body}");
+    let cert_b = certificate(&body, "b");
+    assert_eq!(report(&cert_b, &key_b, "e3").0, 200);
+    let (status, body) = report(&cert_a2, &key_a, "e4");
+    assert_eq!(status, 403, "{body}");
+    // A revoked host cannot renew.
+    ok(collector.cli(&["revoke", "web-1"]));
+    let renewed_b = RawClient::new(&collector, Some((&cert_b, &key_b)));
+    let (status, body) = renewed_b.post("/v1/renew", renewal(&csr_b), &[]).unwrap();
+    assert_eq!(status, 403, "{body}");
+    assert!(collector
+        .actions()
+        .iter()
+        .any(|a| a["action"] == "renew" && a["detail"].as_str().unwrap().contains("new key")));
 }

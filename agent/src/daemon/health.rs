@@ -180,6 +180,12 @@ fn render_metrics(status: &Status) -> String {
         );
         counter(
             &mut registry,
+            "collector_events_rejected",
+            "Events the collector rejected one by one, dropped",
+            collector.events_rejected,
+        );
+        counter(
+            &mut registry,
             "collector_requests_failed",
             "Requests to the collector that failed",
             collector.requests_failed,
@@ -264,6 +270,7 @@ mod tests {
             events_sent: 12,
             requests_failed: 2,
             events_spooled: 15,
+            events_rejected: 1,
         });
         let (_, body) = get(&shared, "/metrics").await;
         for line in [
@@ -271,6 +278,7 @@ mod tests {
             "driftwatch_collector_spooled_events 3",
             "driftwatch_collector_events_sent_total 12",
             "driftwatch_collector_requests_failed_total 2",
+            "driftwatch_collector_events_rejected_total 1",
             "driftwatch_collector_events_spooled_total 15",
             "driftwatch_hashed_bytes_total ",
             "driftwatch_hash_refusals_total ",

@@ -89,6 +89,8 @@ pub struct CollectorStatus {
     pub requests_failed: u64,
     /// Events written to the spool since start.
     pub events_spooled: u64,
+    /// Events the collector rejected one by one (a kind it does not know), dropped.
+    pub events_rejected: u64,
 }
 
 impl CollectorStatus {
@@ -302,6 +304,15 @@ impl Client {
     }
 }
 
+/// Logs the events the collector rejected one by one: they are dropped (the rest of
+/// their batch was stored), not sent again — a collector older than this agent will
+/// not learn to read them by being asked twice.
+fn log_rejected(rejected: &[driftwatch_protocol::wire::RejectedEvent]) {
+    for event in rejected {
+        warn!(event_id = %event.id, error = %event.error, "The collector rejected an event; dropped (upgrade the collector first).");
+    }
+}
+
 /// Why a batch was not acknowledged.
 #[derive(Debug, Error)]
 pub enum SendError {
@@ -511,6 +522,7 @@ impl Reporter {
                         state = ack.host.state.name(),
                         "Batch acknowledged."
                     );
+                    log_rejected(&ack.rejected);
                     let (spooled, bytes) = {
                         let spool = self.spool();
                         (spool.len() as u64, spool.bytes())
@@ -522,6 +534,7 @@ impl Reporter {
                         c.last_ack = Some(now_rfc3339());
                         c.host_state = Some(ack.host.state);
                         c.events_sent += batch.events.len() as u64;
+                        c.events_rejected += ack.rejected.len() as u64;
                         c.spooled_events = spooled;
                         c.spool_bytes = bytes;
                     });
@@ -671,6 +684,7 @@ async fn deliver(
         match client.send(&batch).await {
             Ok(ack) => {
                 backoff.reset();
+                log_rejected(&ack.rejected);
                 queue.drain(..take);
                 if last {
                     return Ok(Delivered {

@@ -299,6 +299,7 @@ async fn ingest(
             },
             mark,
         },
+        rejected: Vec::new(),
     })
     .into_response()
 }

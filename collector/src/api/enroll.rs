@@ -10,10 +10,10 @@
 //! succeeds nor slows the fleet's enrollments.
 
 use crate::app::AppState;
-use crate::auth::Role;
+use crate::auth::{stored_token, Role};
 use crate::error::ApiError;
-use crate::pki::{cert_info, first_certificate};
-use crate::store::trust::{allowed, token_hash, Source};
+use crate::pki::{cert_info, first_certificate, CertInfo};
+use crate::store::trust::{allowed, Source};
 use crate::store::{now_ms, ActionRecord, Binding, Enrolled};
 use crate::tls::Peer;
 use axum::body::Bytes;
@@ -54,19 +54,9 @@ async fn scope(state: &AppState, token: &str) -> Result<Scope, ApiError> {
             images: None,
         });
     }
-    let record = state
-        .fleet
-        .store()
-        .token(&token_hash(token))
-        .await?
-        .ok_or_else(invalid)?;
+    let record = stored_token(state, token, "enrollment token").await?;
     if Role::from_name(&record.role) != Some(Role::Enroll) {
         return Err(invalid());
-    }
-    if let Some(why) = record.unusable(now_ms()) {
-        return Err(ApiError::Forbidden(format!(
-            "the enrollment token is {why}"
-        )));
     }
     Ok(Scope {
         name: record.name,
@@ -74,6 +64,29 @@ async fn scope(state: &AppState, token: &str) -> Result<Scope, ApiError> {
         host_ids: record.host_ids,
         images: record.images,
     })
+}
+
+/// Signs `csr_pem` for `host_id` with the collector's CA (enrollment and renewal):
+/// the certificate PEM and what the store keeps of it.
+pub fn issue(
+    state: &AppState,
+    csr_pem: &str,
+    host_id: &str,
+) -> Result<(String, CertInfo), ApiError> {
+    let enrollment = state
+        .enrollment
+        .as_ref()
+        .ok_or_else(|| ApiError::NotFound("this collector issues no certificates".into()))?;
+    let certificate_pem = enrollment
+        .ca
+        .sign_request(csr_pem, host_id, state.config.tls.host_cert_days)
+        .map_err(|e| ApiError::BadRequest(format!("cannot issue a certificate: {e}")))?;
+    let info = first_certificate(&certificate_pem, "issued certificate")
+        .ok()
+        .as_ref()
+        .and_then(cert_info)
+        .ok_or_else(|| ApiError::BadRequest("cannot read the issued certificate".into()))?;
+    Ok((certificate_pem, info))
 }
 
 /// Issues a host certificate.
@@ -108,23 +121,7 @@ pub async fn enroll(
             scope.name, request.host_id
         )));
     }
-    let enrollment = state
-        .enrollment
-        .as_ref()
-        .ok_or_else(|| ApiError::NotFound("enrollment is not enabled on this collector".into()))?;
-    let certificate_pem = enrollment
-        .ca
-        .sign_request(
-            &request.csr_pem,
-            &request.host_id,
-            state.config.tls.host_cert_days,
-        )
-        .map_err(|e| ApiError::BadRequest(format!("cannot issue a certificate: {e}")))?;
-    let info = first_certificate(&certificate_pem, "issued certificate")
-        .ok()
-        .as_ref()
-        .and_then(cert_info)
-        .ok_or_else(|| ApiError::BadRequest("cannot read the issued certificate".into()))?;
+    let (certificate_pem, info) = issue(&state, &request.csr_pem, &request.host_id)?;
     let store = state.fleet.store();
     let outcome = store
         .bind(Binding {

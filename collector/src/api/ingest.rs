@@ -14,7 +14,10 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::{Extension, Json};
-use driftwatch_protocol::wire::{Batch, BatchAck, EventBody, INGEST_SCHEMA};
+use driftwatch_protocol::wire::{
+    Batch, BatchAck, Event, EventBody, ImageClaim, RejectedEvent, INGEST_SCHEMA,
+};
+use serde::Deserialize;
 use std::sync::Arc;
 use std::time::Instant;
 use tracing::{debug, instrument, Instrument};
@@ -97,8 +100,19 @@ async fn accept(
         .as_ref()
         .ok_or_else(|| ApiError::Unauthorized("the client certificate cannot be read".into()))?;
     let binding = crate::identity::admit(state.fleet.store(), host_id, certificate).await?;
-    let batch = decode_batch(headers, body, &state.config.ingest, host_id)?;
+    let (mut batch, rejected) = decode_batch(headers, body, &state.config.ingest, host_id)?;
     crate::identity::check_image(&binding, batch.image.image_id.as_deref())?;
+    // Silence is the collector's call: the host's claim can only shorten it.
+    let image = batch.image.image_id.clone();
+    for event in &mut batch.events {
+        if let EventBody::Heartbeat(heartbeat) = &mut event.body {
+            heartbeat.interval_secs = state.config.hosts.expected_interval(
+                image.as_deref(),
+                heartbeat.interval_secs,
+                binding.daemon,
+            );
+        }
+    }
     let (mut heartbeats, mut findings) = (0u64, 0u64);
     for event in &batch.events {
         match event.body {
@@ -108,7 +122,15 @@ async fn accept(
             EventBody::Provisioned(_) => {}
         }
     }
-    let ack = state.fleet.ingest(batch).await?;
+    let mut ack = state.fleet.ingest(batch).await?;
+    if !rejected.is_empty() {
+        state
+            .metrics
+            .ingest_rejected_events
+            .inc_by(rejected.len() as u64);
+        debug!(rejected = rejected.len(), "Events rejected one by one.");
+    }
+    ack.rejected = rejected;
     let metrics = &state.metrics;
     metrics
         .ingest_events
@@ -130,10 +152,11 @@ pub fn decode_batch(
     body: &[u8],
     limits: &IngestConfig,
     host_id: &str,
-) -> Result<Batch, ApiError> {
+) -> Result<(Batch, Vec<RejectedEvent>), ApiError> {
     let json = decode_body(headers, body, limits.max_decoded_bytes)?;
-    let batch: Batch = serde_json::from_slice(&json)
+    let raw: RawBatch = serde_json::from_slice(&json)
         .map_err(|e| ApiError::BadRequest(format!("the batch is not valid: {e}")))?;
+    let (batch, rejected) = raw.split();
     if batch.schema != INGEST_SCHEMA {
         return Err(ApiError::BadRequest(format!(
             "unknown schema {:?}; this collector reads {INGEST_SCHEMA}",
@@ -172,5 +195,52 @@ pub fn decode_batch(
             event.id.len()
         )));
     }
-    Ok(batch)
+    Ok((batch, rejected))
+}
+
+/// A batch whose events are read one by one: one event this collector cannot read
+/// (a kind from a newer agent) is rejected alone, not with its batch.
+#[derive(Deserialize)]
+struct RawBatch {
+    schema: String,
+    host_id: String,
+    hostname: String,
+    image: ImageClaim,
+    events: Vec<serde_json::Value>,
+}
+
+impl RawBatch {
+    /// The batch of the events that read, and the ones that did not.
+    fn split(self) -> (Batch, Vec<RejectedEvent>) {
+        let mut rejected = Vec::new();
+        let events = self
+            .events
+            .into_iter()
+            .filter_map(|value| {
+                let id = value
+                    .get("id")
+                    .and_then(serde_json::Value::as_str)
+                    .unwrap_or("")
+                    .chars()
+                    .take(MAX_EVENT_ID)
+                    .collect::<String>();
+                serde_json::from_value::<Event>(value)
+                    .map_err(|e| {
+                        rejected.push(RejectedEvent {
+                            id,
+                            error: format!("this collector cannot read the event: {e}"),
+                        })
+                    })
+                    .ok()
+            })
+            .collect();
+        let batch = Batch {
+            schema: self.schema,
+            host_id: self.host_id,
+            hostname: self.hostname,
+            image: self.image,
+            events,
+        };
+        (batch, rejected)
+    }
 }

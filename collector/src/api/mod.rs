@@ -9,6 +9,7 @@ pub mod enroll;
 pub mod ingest;
 pub mod openapi;
 pub mod operator;
+pub mod renew;
 pub mod tokens;
 
 pub use crate::limiter::RateLimiter;

@@ -58,12 +58,15 @@ pub enum Source {
     Provisioned,
     /// A certificate from before bindings, pinned at its first report.
     FirstContact,
+    /// Renewed over the host's current certificate (same key or a new one).
+    Renewed,
 }
 
 super::named!(Source {
     Enrolled = "enrolled",
     Provisioned = "provisioned",
     FirstContact = "first_contact",
+    Renewed = "renewed",
 });
 
 /// The key a host id is bound to, and what its enrollment allowed.
@@ -119,12 +122,13 @@ pub(crate) const BINDING_COLUMNS: &str =
     "host_id, key_fingerprint, serial, not_after, source, token, images, daemon, bound_at";
 
 /// Whether `new` may replace `known` (the id's current binding): the same key again
-/// is [`Enrolled::Again`]; provisioning rebinds; enrollment never takes an id
-/// provisioned or bound to another key.
+/// is [`Enrolled::Again`]; provisioning and renewal rebind; enrollment never takes an
+/// id provisioned or bound to another key.
 pub(crate) fn judge(known: Option<&Binding>, new: &Binding) -> StoreResult<Enrolled> {
     match known {
         None => Ok(Enrolled::New),
-        Some(_) if new.source == Source::Provisioned => Ok(Enrolled::New),
+        // Provisioning is the operator's; a renewal was made over the bound key.
+        Some(_) if matches!(new.source, Source::Provisioned | Source::Renewed) => Ok(Enrolled::New),
         Some(known) if known.source == Source::Provisioned => Err(StoreError::Conflict(format!(
             "host {} was provisioned with a certificate; it cannot be enrolled",
             new.host_id
