@@ -16,7 +16,7 @@ use super::config::ContainersConfig;
 use super::discover::{self, discover, Container, NotContainers};
 use super::metadata::{self, RuntimeState};
 use super::process::Judged;
-use super::walk::ImageHashes;
+use super::walk::ImageEntries;
 use super::{check, overlay, process, recheck, Host, Skip};
 use driftwatch_protocol::report::{ContainerRef, Finding};
 use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
@@ -249,7 +249,7 @@ impl Watching {
         }
         // Every process is placed again below.
         self.pids.clear();
-        let images = ImageHashes::default();
+        let images = ImageEntries::default();
         for container in running {
             let id = container.meta.reference.id.clone();
             for pid in &container.pids {
@@ -345,7 +345,7 @@ impl Watching {
 
     /// Watches a container's upper layer first, then checks it whole: nothing written
     /// in between is missed.
-    fn start_watching(&mut self, container: Container, images: &ImageHashes) -> bool {
+    fn start_watching(&mut self, container: Container, images: &ImageEntries) -> bool {
         let id = container.meta.reference.id.clone();
         let mut wds = Vec::new();
         let upper = container.layers.upper.clone();
@@ -478,7 +478,7 @@ impl Watching {
             paths.sort();
             paths.dedup();
             if paths.iter().any(|p| p.as_slice() == b"/") {
-                let images = ImageHashes::default();
+                let images = ImageEntries::default();
                 let (all, errors) = check(&self.host, &self.config, &watched.container, &images);
                 findings.extend(all);
                 for error in errors {
