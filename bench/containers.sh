@@ -4,12 +4,12 @@
 # them is copied up into the upper layer (opened for appending and closed: no change,
 # so each must be compared with the image — lstat of both layers and a hash of both,
 # sizes being equal — and none is drift), and 10 new files are written (drift).
-# Needs root, podman, runc, a static busybox, jq, curl and a release build.
+# Needs root, podman, runc, a static busybox, jq, curl, GNU time and a release build.
 #
 # Usage: bench/containers.sh      (N, FILES, RUNS=5, IDLE_SECS=60, LATENCY=40)
 #   check    `driftwatch containers --format json`, a full check of every container,
-#            RUNS times: median, against `find` over the same upper layers (one lstat
-#            per entry, the floor of any walk).
+#            RUNS times: median wall time and CPU time, against `find` over the same
+#            upper layers (one lstat per entry, the floor of any walk).
 #   idle     the daemon for IDLE_SECS with the containers running, side by side with
 #            the same daemon with `[containers] enabled = false`: CPU share of one core
 #            and RSS of each.
@@ -81,15 +81,19 @@ sed 's/^\[packages\]/[containers]\nenabled = false\n[packages]/' "$TMP/policy.to
 "$DW" baseline create --root / --policy "$TMP/policy.toml" --out "$TMP/baseline" >/dev/null
 
 echo "## check"
-ours=() floor=()
+ours=() floor=() cpu=()
 for _ in $(seq 1 "$RUNS"); do
-  t0=$(now_ms); "$DW" containers --format json --policy "$TMP/policy.toml" >"$TMP/containers.json" || true; t1=$(now_ms)
+  t0=$(now_ms)
+  /usr/bin/time -o "$TMP/time" -f '%U %S' "$DW" containers --format json --policy "$TMP/policy.toml" >"$TMP/containers.json" || true
+  t1=$(now_ms)
   find "${UPPERS[@]}" -printf '' ; t2=$(now_ms)
   ours+=($((t1 - t0))); floor+=($((t2 - t1)))
+  cpu+=("$(awk 'END {printf "%d", ($1 + $2) * 1000}' "$TMP/time")")
 done
 drift=$(jq '[.containers[] | select(.name | startswith("'"$PREFIX"'")) | .drift] | add' "$TMP/containers.json")
 m_ours=$(printf '%s\n' "${ours[@]}" | median); m_floor=$(printf '%s\n' "${floor[@]}" | median)
-echo "| full check of $N containers × $FILES copied-up files | ${m_ours} ms | find over the upper layers ${m_floor} ms | ratio $(awk -v a="$m_ours" -v b="$m_floor" 'BEGIN{printf "%.1f", a/(b>0?b:1)}') | drift found $drift (expected $((N * 10))) |"
+m_cpu=$(printf '%s\n' "${cpu[@]}" | median)
+echo "| full check of $N containers × $FILES copied-up files | ${m_ours} ms (CPU ${m_cpu} ms, user + system, all threads) | find over the upper layers ${m_floor} ms | ratio $(awk -v a="$m_ours" -v b="$m_floor" 'BEGIN{printf "%.1f", a/(b>0?b:1)}') | drift found $drift (expected $((N * 10))) |"
 
 start_daemon() { # policy file, name → pid, port
   local port

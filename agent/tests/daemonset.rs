@@ -13,7 +13,10 @@
 //!   propagation (containers started later appear), never the host's root; the only
 //!   writable host path is the agent's own state directory;
 //! - `agent.toml` and `policy.toml` of the ConfigMap load, the policy checks
-//!   containers, and every file the agent writes lies on a writable volume.
+//!   containers, and every file the agent writes lies on a writable volume;
+//! - its baseline is recorded at pod start by an init container of the same image
+//!   (no capability at all) onto a volume the agent reads only: a node needs nothing
+//!   of driftwatch installed.
 //!
 //! Parsed with a YAML parser, not grepped: a key moved to the wrong level fails here.
 
@@ -206,10 +209,57 @@ fn the_daemonset_sees_the_hosts_containers_with_the_least_it_needs() {
         policy.config().containers.enabled,
         "the policy checks containers"
     );
-    assert!(
-        mount_of(&mounts, &config.baseline).is_some()
-            || config.baseline.starts_with("/usr/lib/driftwatch"),
-        "the baseline {} is neither mounted nor in the image",
-        config.baseline.display()
+    baseline_is_recorded_at_start(pod, agent, &config, policy_path);
+}
+
+/// The agent's baseline comes from its init container: the same image, the same
+/// restrictions (and no capability at all), writing `baseline create` of the image's
+/// own root with the ConfigMap's policy to a volume the agent mounts read-only.
+fn baseline_is_recorded_at_start(pod: &Yaml, agent: &Yaml, config: &AgentConfig, policy: &Path) {
+    let inits = pod["initContainers"].as_vec().expect("an init container");
+    assert_eq!(inits.len(), 1);
+    let init = &inits[0];
+    assert_eq!(init["image"], agent["image"], "the agent's own image");
+    let security = &init["securityContext"];
+    assert!(!is_true(&security["privileged"]));
+    assert!(is_true(&security["readOnlyRootFilesystem"]));
+    assert_eq!(security["allowPrivilegeEscalation"].as_bool(), Some(false));
+    assert_eq!(
+        strings(&security["capabilities"]["drop"]),
+        BTreeSet::from(["ALL".to_string()])
     );
+    assert!(strings(&security["capabilities"]["add"]).is_empty());
+    let args: Vec<&str> = init["args"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .filter_map(Yaml::as_str)
+        .collect();
+    let value = |flag: &str| {
+        let at = args
+            .iter()
+            .position(|a| *a == flag)
+            .unwrap_or_else(|| panic!("no {flag}"));
+        args[at + 1]
+    };
+    assert_eq!(args[..2], ["baseline", "create"]);
+    assert_eq!(value("--root"), "/");
+    assert_eq!(
+        Path::new(value("--policy")),
+        policy,
+        "the policy the agent checks with"
+    );
+    assert_eq!(Path::new(value("--out")), config.baseline);
+    let (init_mounts, agent_mounts) = (mounts(pod, init), mounts(pod, agent));
+    let written =
+        mount_of(&init_mounts, &config.baseline).expect("the baseline is written to a volume");
+    assert!(!written.read_only);
+    assert!(
+        written.volume["emptyDir"].as_hash().is_some(),
+        "a volume of the pod's own"
+    );
+    let read = mount_of(&agent_mounts, &config.baseline).expect("the agent mounts the baseline");
+    assert!(read.read_only, "the agent cannot change its baseline");
+    assert_eq!(read.volume["name"], written.volume["name"]);
+    assert!(mount_of(&init_mounts, policy).is_some());
 }

@@ -1246,15 +1246,13 @@ impl Default for LayerInspector {
 impl LayerInspector {
     /// Examines `name` in the open directory `dir` (`.` for `dir` itself), which
     /// findings call `path`, never following a symlink; a regular file's content
-    /// (BLAKE3) is read only when `hash`, and not at all when `known` has it for the
-    /// file's identity. `None` when it does not exist.
+    /// (BLAKE3) is read only when `hash`. `None` when it does not exist.
     pub fn inspect(
         &mut self,
         dir: &Arc<OwnedFd>,
         name: &std::ffi::CStr,
         path: Vec<u8>,
         hash: bool,
-        known: Option<&dyn KnownHashes>,
     ) -> Option<ScanItem> {
         if hash && self.buffer.is_empty() {
             // Below the allocator's mmap threshold.
@@ -1269,7 +1267,7 @@ impl LayerInspector {
             buffer: std::mem::take(&mut self.buffer),
             bytes_hashed: &self.shared.bytes_hashed,
             links: &self.shared.links,
-            known,
+            known: None,
             limits: Limits {
                 max_bytes: crate::policy::DEFAULT_MAX_FILE_BYTES,
                 pacer: &self.shared.pacer,
@@ -1292,7 +1290,7 @@ pub fn inspect_path(root: &Path, path: &[u8], hash: bool) -> Option<ScanItem> {
         Ok(None) => return None,
         Err(unreadable) => return Some(*unreadable),
     };
-    LayerInspector::default().inspect(&at.dir, &at.name, path.to_vec(), hash, None)
+    LayerInspector::default().inspect(&at.dir, &at.name, path.to_vec(), hash)
 }
 
 #[cfg(test)]

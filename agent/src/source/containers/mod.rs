@@ -33,7 +33,7 @@ use driftwatch_protocol::report::{ContainerRef, Finding, Severity};
 use overlay::Change;
 use std::collections::BTreeMap;
 use std::path::Path;
-use walk::ImageHashes;
+use walk::ImageEntries;
 
 /// Who a container is, as its runtime recorded it.
 #[derive(Clone, Debug, Default)]
@@ -102,7 +102,7 @@ pub fn running(host: &Host) -> (Vec<Container>, Vec<String>) {
 /// Checks every running container on `host`.
 pub fn observe(host: &Host, config: &ContainersConfig) -> ContainerObservation {
     let (containers, mut errors) = running(host);
-    let checked = check_all(host, config, &containers, &ImageHashes::default());
+    let checked = check_all(host, config, &containers, &ImageEntries::default());
     let mut observation = ContainerObservation::default();
     for (container, (findings, container_errors)) in containers.iter().zip(checked) {
         observation.containers.push(ContainerSummary {
@@ -124,7 +124,7 @@ pub fn check_all(
     host: &Host,
     config: &ContainersConfig,
     containers: &[Container],
-    images: &ImageHashes,
+    images: &ImageEntries,
 ) -> Vec<(Vec<Finding>, Vec<String>)> {
     let threads = std::thread::available_parallelism()
         .map_or(1, |cores| cores.get() * 2)
@@ -240,12 +240,12 @@ pub fn finding(
 }
 
 /// Checks one container: its upper layer, then its processes; `images` holds the
-/// hashes of image files already read in this check.
+/// image files already examined in this check.
 pub fn check(
     host: &Host,
     config: &ContainersConfig,
     container: &Container,
-    images: &ImageHashes,
+    images: &ImageEntries,
 ) -> (Vec<Finding>, Vec<String>) {
     let reference = &container.meta.reference;
     let (skip, annotation_error) = Skip::new(config, container);

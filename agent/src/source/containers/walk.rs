@@ -8,11 +8,11 @@
 //! symlink or a whiteout hides them, an opaque directory is the last), and each entry
 //! is one `fstatat` per side before anything is read. Contents are read only when
 //! both sides are regular files of equal size, and the image's files, which the
-//! containers of one image share, are hashed once per check ([`ImageHashes`]). No
+//! containers of one image share, are examined once per check ([`ImageEntries`]). No
 //! lookup ever follows a symlink.
 
 use super::overlay::{entry_of, modified, Change, Layers, Walked};
-use crate::source::files::{ContentHashes, FileIdentity, KnownHashes, LayerInspector, ScanItem};
+use crate::source::files::{FileIdentity, LayerInspector};
 use driftwatch_protocol::entry::Entry;
 use driftwatch_protocol::report::FileChange;
 use rustix::fs::{AtFlags, FileType, Mode, OFlags, Stat};
@@ -28,35 +28,43 @@ use std::sync::{Arc, Mutex};
 /// holds a descriptor per layer, and a hostile depth must not exhaust them.
 const MAX_OPEN_DEPTH: usize = 48;
 
-/// Content hashes of the images' files, shared by the containers of one check: the
-/// containers of one image share its lower layers. Keyed by identity (device, inode,
-/// size, times), so a layer file changed on the host is read again.
+/// The images' entries as examined, shared by the containers of one check: the
+/// containers of one image share its lower layers, so each image file is examined
+/// (and hashed) once, not once per container. Keyed by identity (device, inode, size,
+/// modification and change times): a layer file changed on the host since — content,
+/// mode, owner or attributes — is examined again.
 #[derive(Default)]
-pub struct ImageHashes(Mutex<HashMap<FileIdentity, ContentHashes>>);
+pub struct ImageEntries(Mutex<HashMap<FileIdentity, Entry>>);
 
-impl KnownHashes for ImageHashes {
-    fn get(&self, _path: &[u8], identity: &FileIdentity) -> Option<ContentHashes> {
-        self.0.lock().ok()?.get(identity).copied()
+/// The identity in a `stat` result.
+// The field types of `struct stat` differ between architectures.
+#[allow(clippy::unnecessary_cast, clippy::cast_sign_loss)]
+fn identity(stat: &Stat) -> FileIdentity {
+    FileIdentity {
+        dev: stat.st_dev as u64,
+        ino: stat.st_ino as u64,
+        size: stat.st_size.max(0) as u64,
+        mtime: (stat.st_mtime as i64, stat.st_mtime_nsec as i64),
+        ctime: (stat.st_ctime as i64, stat.st_ctime_nsec as i64),
     }
 }
 
-impl ImageHashes {
-    fn remember(&self, item: &Option<ScanItem>) {
-        let Some(ScanItem::Observed {
-            entry,
-            identity: Some(identity),
-            error: None,
-            ..
-        }) = item
-        else {
-            return;
-        };
-        if let (Some(blake3), Ok(mut known)) = (entry.blake3, self.0.lock()) {
-            let hashes = ContentHashes {
-                blake3,
-                sha256: entry.sha256,
-            };
-            known.insert(*identity, hashes);
+impl ImageEntries {
+    /// The entry examined before at `identity`, with its content's hash when `hash`.
+    fn get(&self, identity: &FileIdentity, path: &[u8], hash: bool) -> Option<Entry> {
+        let known = self.0.lock().ok()?;
+        let entry = known.get(identity)?;
+        if hash && entry.blake3.is_none() {
+            return None;
+        }
+        let mut entry = entry.clone();
+        entry.path = path.to_vec();
+        Some(entry)
+    }
+
+    fn remember(&self, identity: FileIdentity, entry: &Entry) {
+        if let Ok(mut known) = self.0.lock() {
+            known.insert(identity, entry.clone());
         }
     }
 }
@@ -136,7 +144,7 @@ fn message(err: Errno) -> String {
 
 /// Walks `layers`' upper layer and compares each entry with the image, skipping (and
 /// not descending into) paths for which `skip` holds.
-pub fn walk(layers: &Layers, skip: &dyn Fn(&[u8]) -> bool, images: &ImageHashes) -> Walked {
+pub fn walk(layers: &Layers, skip: &dyn Fn(&[u8]) -> bool, images: &ImageEntries) -> Walked {
     let mut walker = Walker {
         layers,
         device: 0,
@@ -187,7 +195,7 @@ struct Walker<'a> {
     /// The upper layer's device: a file system mounted inside it is not its content.
     device: u64,
     skip: &'a dyn Fn(&[u8]) -> bool,
-    images: &'a ImageHashes,
+    images: &'a ImageEntries,
     inspector: LayerInspector,
     walked: Walked,
 }
@@ -231,22 +239,36 @@ impl Walker<'_> {
         Ok(None)
     }
 
-    fn inspect(
+    /// The container's entry `name` of `dir`.
+    fn upper(
         &mut self,
         dir: &Arc<OwnedFd>,
         name: &CStr,
         path: &[u8],
         hash: bool,
-        image: bool,
     ) -> Result<Option<Entry>, String> {
-        let known: Option<&dyn KnownHashes> = image.then_some(self.images);
-        let item = self
-            .inspector
-            .inspect(dir, name, path.to_vec(), hash, known);
-        if image && hash {
-            self.images.remember(&item);
+        entry_of(self.inspector.inspect(dir, name, path.to_vec(), hash), hash)
+    }
+
+    /// The image's entry `name` of `dir`, whose `stat` was just taken: examined once
+    /// per check for all the containers of the image.
+    fn image(
+        &mut self,
+        dir: &Arc<OwnedFd>,
+        name: &CStr,
+        path: &[u8],
+        stat: &Stat,
+        hash: bool,
+    ) -> Result<Option<Entry>, String> {
+        let identity = identity(stat);
+        if let Some(entry) = self.images.get(&identity, path, hash) {
+            return Ok(Some(entry));
         }
-        entry_of(item, hash)
+        let entry = entry_of(self.inspector.inspect(dir, name, path.to_vec(), hash), hash)?;
+        if let Some(entry) = &entry {
+            self.images.remember(identity, entry);
+        }
+        Ok(entry)
     }
 
     /// How the entry differs from the image's, as [`Layers::compare`] judges it.
@@ -259,10 +281,10 @@ impl Walker<'_> {
     ) -> Result<Option<Change>, String> {
         let lower = self.lower(parent, name)?;
         if is_whiteout(upper) {
-            let Some((index, _)) = lower else {
+            let Some((index, lower)) = lower else {
                 return Ok(None);
             };
-            let before = self.inspect(&parent.lowers[index], name, path, false, true)?;
+            let before = self.image(&parent.lowers[index], name, path, &lower, false)?;
             return Ok(before.map(|before| Change {
                 change: FileChange::Removed,
                 before: Some(before),
@@ -272,7 +294,7 @@ impl Walker<'_> {
         }
         let file = kind(upper) == FileType::RegularFile;
         let Some((index, lower)) = lower else {
-            let after = self.inspect(&parent.upper, name, path, file, false)?;
+            let after = self.upper(&parent.upper, name, path, file)?;
             return Ok(after.map(|after| Change {
                 change: FileChange::Added,
                 before: None,
@@ -289,8 +311,8 @@ impl Walker<'_> {
             && !(upper.st_blocks == 0
                 && upper.st_size > 0
                 && entry_has_xattr(&parent.upper, name, "metacopy"));
-        let before = self.inspect(&parent.lowers[index], name, path, hash, true)?;
-        let after = self.inspect(&parent.upper, name, path, hash, false)?;
+        let before = self.image(&parent.lowers[index], name, path, &lower, hash)?;
+        let after = self.upper(&parent.upper, name, path, hash)?;
         Ok(match (before, after) {
             (Some(before), Some(after)) => modified(before, after),
             _ => None,
@@ -379,5 +401,53 @@ impl Walker<'_> {
                 Err(error) => self.error(&path, error),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use driftwatch_protocol::report::Attribute;
+    use std::fs;
+
+    /// Two containers of one image, checked with one [`ImageEntries`]: the image's file
+    /// is examined once, and each container is still judged by its own copy.
+    #[test]
+    fn containers_of_one_image_share_its_entries_not_their_verdicts() {
+        let dir = tempfile::tempdir().unwrap();
+        let lower = dir.path().join("lower");
+        fs::create_dir_all(lower.join("etc")).unwrap();
+        fs::write(lower.join("etc/conf"), b"aaaa").unwrap();
+        let layers = |name: &str, content: &[u8]| {
+            let upper = dir.path().join(name);
+            fs::create_dir_all(upper.join("etc")).unwrap();
+            fs::write(upper.join("etc/conf"), content).unwrap();
+            for d in [&upper, &upper.join("etc"), &lower, &lower.join("etc")] {
+                let mode = std::os::unix::fs::PermissionsExt::from_mode(0o755);
+                fs::set_permissions(d, mode).unwrap();
+            }
+            Layers {
+                upper,
+                lowers: vec![lower.clone()],
+            }
+        };
+        let (same, edited) = (layers("same", b"aaaa"), layers("edited", b"bbbb"));
+        let images = ImageEntries::default();
+        let changes = |layers: &Layers| -> Vec<(Vec<u8>, Vec<Attribute>)> {
+            let walked = walk(layers, &|_| false, &images);
+            assert!(walked.errors.is_empty(), "{:?}", walked.errors);
+            walked
+                .changes
+                .into_iter()
+                .map(|c| (c.after.unwrap().path, c.attributes))
+                .collect()
+        };
+        assert_eq!(changes(&same), []);
+        assert_eq!(images.0.lock().unwrap().len(), 3, "/, /etc and /etc/conf");
+        assert_eq!(
+            changes(&edited),
+            [(b"/etc/conf".to_vec(), vec![Attribute::Content])]
+        );
+        assert_eq!(changes(&same), []);
     }
 }

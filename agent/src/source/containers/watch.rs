@@ -5,10 +5,10 @@
 //!
 //! All of it runs on one thread of its own that sends [`ContainerEvent`]s to the
 //! daemon. Idle, it waits on events rather than looking again: the kernel wakes it
-//! when the host's mount table changes (`poll` on PID 1's `mountinfo`: a container
-//! started or stopped) or a container's own does (a volume mounted inside it), and
-//! only then are the mount tables and the runtimes' metadata read again and new
-//! containers walked in full. Once a second it lists `/proc`: a process it has not
+//! when the host's mount table changes (`poll` on PID 1's `mountinfo`; when its
+//! overlay mounts changed, a container started or stopped) or a container's own does
+//! (a volume mounted inside it), and only then are the mount tables and the runtimes'
+//! metadata read again and new containers walked in full. Once a second it lists `/proc`: a process it has not
 //! seen before costs one `stat` of its root, and each container process one
 //! `readlink` of its executable (an `exec` keeps the pid); an executable is judged
 //! against the image once, and again only after its container's upper layer changed.
@@ -16,13 +16,14 @@ use super::config::ContainersConfig;
 use super::discover::{self, discover, Container, NotContainers};
 use super::metadata::{self, RuntimeState};
 use super::process::Judged;
-use super::walk::ImageHashes;
+use super::walk::ImageEntries;
 use super::{check, overlay, process, recheck, Host, Skip};
 use driftwatch_protocol::report::{ContainerRef, Finding};
 use inotify::{EventMask, Inotify, WatchDescriptor, WatchMask};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -170,7 +171,13 @@ impl Watching {
             if unsafe { libc::poll(fds.as_mut_ptr(), count, wait_ms) } <= 0 {
                 continue;
             }
-            rediscover = fds[1..].iter().any(|fd| fd.revents != 0);
+            // The host's table changes for many reasons (any mount on the host); only
+            // a change of its overlay mounts is about containers. A container's own
+            // table changes for its mounts alone.
+            let host_changed = self.host_mounts.is_some() && fds[1].revents != 0;
+            let first_container = if self.host_mounts.is_some() { 2 } else { 1 };
+            rediscover = (host_changed && self.overlay_roots() != self.overlay_roots)
+                || fds[first_container..].iter().any(|fd| fd.revents != 0);
             if fds[0].revents & libc::POLLIN != 0 {
                 std::thread::sleep(SETTLE);
                 let changed = self.read_events(&mut buffer);
@@ -249,7 +256,7 @@ impl Watching {
         }
         // Every process is placed again below.
         self.pids.clear();
-        let images = ImageHashes::default();
+        let images = ImageEntries::default();
         for container in running {
             let id = container.meta.reference.id.clone();
             for pid in &container.pids {
@@ -317,6 +324,12 @@ impl Watching {
             now.sort_unstable();
             watched.container.pids = now;
         }
+        // A container whose root was mounted only in its own namespace is gone with
+        // its last process: no table of the host's says so.
+        unknown |= self.containers.values().any(|w| {
+            let root = w.container.root.as_os_str().as_bytes();
+            w.container.pids.is_empty() && !self.overlay_roots.iter().any(|r| r == root)
+        });
         self.judge_processes().then_some(unknown)
     }
 
@@ -345,7 +358,7 @@ impl Watching {
 
     /// Watches a container's upper layer first, then checks it whole: nothing written
     /// in between is missed.
-    fn start_watching(&mut self, container: Container, images: &ImageHashes) -> bool {
+    fn start_watching(&mut self, container: Container, images: &ImageEntries) -> bool {
         let id = container.meta.reference.id.clone();
         let mut wds = Vec::new();
         let upper = container.layers.upper.clone();
@@ -478,7 +491,7 @@ impl Watching {
             paths.sort();
             paths.dedup();
             if paths.iter().any(|p| p.as_slice() == b"/") {
-                let images = ImageHashes::default();
+                let images = ImageEntries::default();
                 let (all, errors) = check(&self.host, &self.config, &watched.container, &images);
                 findings.extend(all);
                 for error in errors {
