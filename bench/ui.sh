@@ -33,6 +33,7 @@ Environment
   INGEST_RATE=200 INGEST_SECS=60 LOADGEN_HOSTS=2000 SESSIONS=10
   SKIP_INGEST=1              only the page timings
   SKIP_BUILD=1               use target/release as it is
+  PROFILE=debug              smoke-test the script with the debug binaries (figures meaningless)
   OUT=FILE                   the report (default bench/results/ui-DATE.txt)
 EOF_USAGE
 }
@@ -54,12 +55,13 @@ fi
 log() { echo "ui.sh: $*" >&2; }
 die() { log "$*"; exit 2; }
 for t in cargo curl awk python3; do command -v "$t" >/dev/null || die "'$t' not found"; done
-if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
+PROFILE=${PROFILE:-release}
+if [[ "${SKIP_BUILD:-0}" != 1 && $PROFILE == release ]]; then
   log "building release binaries…"
   cargo build --release --locked -p driftwatch-collector -p driftwatch-loadgen >&2
 fi
-COLLECTOR=$REPO_ROOT/target/release/driftwatch-collector
-LOADGEN=$REPO_ROOT/target/release/driftwatch-loadgen
+COLLECTOR=$REPO_ROOT/target/$PROFILE/driftwatch-collector
+LOADGEN=$REPO_ROOT/target/$PROFILE/driftwatch-loadgen
 [[ -x $COLLECTOR && -x $LOADGEN ]] || die "build first (cargo build --release)"
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/driftwatch-ui-bench.XXXXXX")
@@ -120,7 +122,7 @@ mkdir -p "$(dirname "$OUT")"
 {
   echo "# bench/ui.sh, $(date -u +%FT%TZ)"
   echo "# HOSTS=$HOSTS FINDINGS=$FINDINGS BIG=$BIG REQUESTS=$REQUESTS DATABASE=$DATABASE"
-  echo "# $(nproc) cores, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo); release build"
+  echo "# $(nproc) cores, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo); $PROFILE build"
   echo "# $fill"
   echo "# load before: $(cat /proc/loadavg)"
   echo
@@ -151,7 +153,7 @@ if [[ "${SKIP_INGEST:-0}" != 1 ]]; then
     for s in $(seq "$SESSIONS"); do
       (sleep "$(awk -v s="$s" -v n="$SESSIONS" 'BEGIN{print 5 * s / n}')"
        while :; do
-         curl -s --cacert "$DIR/ca.pem" -b "$JAR" -o /dev/null "$BASE/ui/" "$BASE/ui/hosts/fill-big" || true
+         curl -s --cacert "$DIR/ca.pem" -b "$JAR" -o /dev/null -o /dev/null "$BASE/ui/" "$BASE/ui/hosts/fill-big" || true
          sleep 5
        done) &
       BG+=($!)

@@ -120,6 +120,16 @@ impl Browser {
         url.to_string()
     }
 
+    /// Waits until the page shown is at a URL ending with `suffix` (a click that
+    /// submits a form or follows a link returns before the next page has loaded).
+    pub fn wait_url(&self, suffix: &str) {
+        wait_until(
+            Duration::from_secs(30),
+            &format!("a page at …{suffix}"),
+            || self.url().ends_with(suffix).then_some(()),
+        );
+    }
+
     /// Types `text` into the field `css`.
     pub fn fill(&self, css: &str, text: &str) {
         self.runtime.block_on(async {

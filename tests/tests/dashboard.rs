@@ -72,15 +72,14 @@ fn an_operator_sees_drift_approves_a_held_host_and_the_log_names_them() {
     assert!(browser.url().ends_with("/ui/login"), "{}", browser.url());
     browser.fill("#token", "not-the-token");
     browser.click("#sign-in");
-    assert_eq!(
-        browser.text("#login-error").as_deref(),
-        Some("That token is not valid.")
-    );
+    wait_text(&browser, "#login-error", "the refusal", |t| {
+        t == "That token is not valid."
+    });
     browser.screenshot("dashboard-login");
     let token = std::fs::read_to_string(collector.path("operator.token")).unwrap();
     browser.fill("#token", token.trim());
     browser.click("#sign-in");
-    assert!(browser.url().ends_with("/ui/"), "{}", browser.url());
+    browser.wait_url("/ui/");
     assert_eq!(browser.text("#principal").as_deref(), Some("operator"));
     assert_eq!(browser.text("#count-clean .n").as_deref(), Some("3"));
 
@@ -113,6 +112,7 @@ fn an_operator_sees_drift_approves_a_held_host_and_the_log_names_them() {
 
     // One row for the one change on three hosts.
     browser.click("nav a[href='/ui/drift']");
+    browser.wait_url("/ui/drift");
     let rows = browser.texts("#drift tbody tr");
     let tool: Vec<&String> = rows
         .iter()
@@ -144,7 +144,12 @@ fn an_operator_sees_drift_approves_a_held_host_and_the_log_names_them() {
     browser.screenshot("dashboard-host");
     browser.click(".act details:first-of-type summary");
     browser.click("#confirm-approve");
-    assert_eq!(browser.text("#host-state").as_deref(), Some("marked"));
+    wait_text(
+        &browser,
+        "#host-state",
+        "the host page to say marked",
+        |t| t == "marked",
+    );
     let host = hosts.iter().find(|h| &h.id == target).unwrap();
     wait_until(SOON, "the approved host's health check to fail", || {
         (host.health() == Some(503)).then_some(())

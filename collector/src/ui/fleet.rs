@@ -11,6 +11,7 @@ use axum::extract::State;
 use axum::response::Html;
 use driftwatch_protocol::wire::HostState;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Images shown with their budget (the newest).
 const IMAGES_SHOWN: u32 = 20;
@@ -37,10 +38,23 @@ pub struct Held {
     pub hosts: Vec<String>,
 }
 
+/// How long one computation of the fleet's summary serves every session: its counts
+/// scan the whole fleet, and the page refreshes itself every 5 s in each browser, so
+/// without it the store's cost would grow with the number of viewers.
+const SUMMARY_TTL: Duration = Duration::from_secs(5);
+
+/// A fleet summary and when it was computed.
+pub type CachedSummary = tokio::sync::Mutex<Option<(Instant, Arc<Summary>)>>;
+
 #[derive(Template)]
 #[template(path = "ui/fleet.html")]
 struct FleetPage {
     chrome: Chrome,
+    s: Arc<Summary>,
+}
+
+/// What the fleet page shows, the same for every session.
+pub struct Summary {
     states: Vec<(&'static str, u64)>,
     findings: [u64; 4],
     budgets: Vec<Budget>,
@@ -56,6 +70,28 @@ struct FleetPage {
 
 /// `GET /ui/`
 pub async fn page(State(ui): State<Arc<Ui>>, who: SignedIn) -> UiResult<Html<String>> {
+    let page = FleetPage {
+        chrome: Chrome::of(&who, "fleet"),
+        s: cached_summary(&ui).await?,
+    };
+    Ok(Html(page.render()?))
+}
+
+/// The summary, computed at most once per [`SUMMARY_TTL`] (concurrent requests wait
+/// for the one computing it).
+async fn cached_summary(ui: &Ui) -> UiResult<Arc<Summary>> {
+    let mut cached = ui.fleet_summary.lock().await;
+    if let Some((at, summary)) = cached.as_ref() {
+        if at.elapsed() < SUMMARY_TTL {
+            return Ok(Arc::clone(summary));
+        }
+    }
+    let summary = Arc::new(summary(ui).await?);
+    *cached = Some((Instant::now(), Arc::clone(&summary)));
+    Ok(summary)
+}
+
+async fn summary(ui: &Ui) -> UiResult<Summary> {
     let store = ui.app.fleet.store();
     let counts = store.counts().await?;
     let silent = store
@@ -77,21 +113,20 @@ pub async fn page(State(ui): State<Arc<Ui>>, who: SignedIn) -> UiResult<Html<Str
             },
         })
         .await?;
-    let page = FleetPage {
-        chrome: Chrome::of(&who, "fleet"),
+    Ok(Summary {
         states: HostState::ALL
             .iter()
             .zip(counts.hosts_by_state)
             .map(|(s, n)| (s.name(), n))
             .collect(),
         findings: counts.findings_by_severity,
-        budgets: budgets(&ui).await?,
+        budgets: budgets(ui).await?,
         window: humantime::format_duration(std::time::Duration::from_millis(
             u64::try_from(ui.policy.window_ms).unwrap_or(0),
         ))
         .to_string(),
-        mode: mode_name(&ui),
-        held: held(&ui).await?,
+        mode: mode_name(ui),
+        held: held(ui).await?,
         silent_more: silent.next_cursor.is_some(),
         silent: silent.items.iter().map(HostRow::of).collect(),
         alerts: recent
@@ -103,8 +138,7 @@ pub async fn page(State(ui): State<Arc<Ui>>, who: SignedIn) -> UiResult<Html<Str
             .collect(),
         pending_alerts: counts.pending_alerts,
         pending_commands: counts.pending_commands,
-    };
-    Ok(Html(page.render()?))
+    })
 }
 
 fn mode_name(ui: &Ui) -> &'static str {

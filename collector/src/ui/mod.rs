@@ -42,6 +42,8 @@ pub struct Ui {
     pub sessions: session::Sessions,
     /// The replacement policy, for the budgets the fleet page shows.
     pub policy: Policy,
+    /// The fleet page's summary, shared by every session for a few seconds.
+    pub fleet_summary: fleet::CachedSummary,
 }
 
 impl Ui {
@@ -52,6 +54,7 @@ impl Ui {
             app,
             sessions: session::Sessions::default(),
             policy,
+            fleet_summary: Default::default(),
         })
     }
 }
