@@ -7,6 +7,10 @@
 //! defaults that depend on other keys or on the host (the local marking threshold, the
 //! collector host id), so the rest of the agent reads one settled value.
 
+pub mod provisioning;
+
+pub use provisioning::ProvisioningConfig;
+
 use driftwatch_protocol::report::Severity;
 use driftwatch_protocol::wire::is_valid_host_id;
 use serde::Deserialize;
@@ -69,7 +73,7 @@ pub struct AgentConfig {
     /// The first-boot provisioning window (default: until `cloud-final.service` has
     /// finished, on the paths cloud-init writes).
     #[serde(default)]
-    pub provisioning: crate::daemon::provision::ProvisioningConfig,
+    pub provisioning: ProvisioningConfig,
 }
 
 fn default_baseline() -> PathBuf {

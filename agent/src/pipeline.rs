@@ -117,6 +117,32 @@ pub fn inside_root(root: &Path, file: &Path) -> Option<Vec<u8>> {
     Some(inside)
 }
 
+/// The mount points inside `root` where the image itself goes on: file systems
+/// mounted on a directory the baseline records content below (a separate `/usr` or
+/// `/var` partition). `[scan] one_filesystem` keeps the walk off other file systems
+/// (pseudo file systems, removable and network mounts); these it must cross, or every
+/// file the image ships there would read as removed.
+fn image_mount_points(root: &Path, baseline: &BaselineReader<File>) -> Vec<Vec<u8>> {
+    use std::os::unix::ffi::{OsStrExt, OsStringExt};
+    let table = fs::read("/proc/self/mountinfo").unwrap_or_default();
+    let (mounts, _) = crate::source::mountinfo::parse(&table);
+    mounts
+        .into_iter()
+        .filter_map(|mount| {
+            let at = Path::new(std::ffi::OsStr::from_bytes(&mount.mount_point));
+            let relative = at.strip_prefix(root).ok()?;
+            let mut inside = b"/".to_vec();
+            inside.extend(relative.as_os_str().to_os_string().into_vec());
+            let below = [inside.as_slice(), b"/"].concat();
+            let ships = baseline
+                .entries_within(&inside)
+                .filter_map(std::result::Result::ok)
+                .any(|entry| entry.path.starts_with(&below));
+            (inside != b"/" && ships).then_some(inside)
+        })
+        .collect()
+}
+
 /// Where each hashed file's path, identity and hashes go as the scan finds them (the
 /// daemon's hash cache).
 pub type HashedSink<'a> = &'a mut dyn FnMut(&[u8], &FileIdentity, &ContentHashes);
@@ -143,51 +169,69 @@ pub fn check(
     let mut bytes_seen = 0u64;
     let options = ScanOptions {
         skip: own_files.clone(),
+        cross: image_mount_points(root, reader),
         ..plan.scan.clone()
     };
-    let stats = scan(root, policy, &options, plan.cancel, |item| {
-        match item {
-            ScanItem::Observed {
-                entry,
-                state,
-                error,
-                identity,
-                unsettled,
-            } => {
-                if entry.blake3.is_some() {
-                    bytes_seen += entry.size;
+    let baked = reader
+        .meta()
+        .packages
+        .as_ref()
+        .filter(|_| policy.config().packages.enabled);
+    let (scanned, packaged) = std::thread::scope(|scope| {
+        // The package sources read the package database and the packaged files the
+        // scan does not cover: beside the scan, so that on a cold page cache (a boot
+        // check) their reads overlap the scan's instead of following them.
+        let packaged = baked.map(|baked| scope.spawn(move || check_packages(root, baked, policy)));
+        let scanned = scan(root, policy, &options, plan.cancel, |item| {
+            match item {
+                ScanItem::Observed {
+                    entry,
+                    state,
+                    error,
+                    identity,
+                    unsettled,
+                } => {
+                    if entry.blake3.is_some() {
+                        bytes_seen += entry.size;
+                    }
+                    if let (Some(identity), Some(blake3)) = (identity, entry.blake3) {
+                        let hashes = ContentHashes {
+                            blake3,
+                            sha256: entry.sha256,
+                        };
+                        hashed(&entry.path, &identity, &hashes);
+                    }
+                    progress.entry(bytes_seen);
+                    let before = cursor.seek(&entry.path, |b| differ.unmatched_baseline(b))?;
+                    let before = before.map(|b| hide_unreadable_xattrs(b, &mut errors));
+                    differ.observed(before.as_ref(), &entry, &state, unsettled);
+                    if let Some(error) = error {
+                        errors.push(scan_error(&entry.path, error));
+                    }
                 }
-                if let (Some(identity), Some(blake3)) = (identity, entry.blake3) {
-                    let hashes = ContentHashes {
-                        blake3,
-                        sha256: entry.sha256,
-                    };
-                    hashed(&entry.path, &identity, &hashes);
-                }
-                progress.entry(bytes_seen);
-                let before = cursor.seek(&entry.path, |b| differ.unmatched_baseline(b))?;
-                let before = before.map(|b| hide_unreadable_xattrs(b, &mut errors));
-                differ.observed(before.as_ref(), &entry, &state, unsettled);
-                if let Some(error) = error {
-                    errors.push(scan_error(&entry.path, error));
+                ScanItem::Unreadable {
+                    path,
+                    error,
+                    subtree_unknown,
+                } => {
+                    // What is below an unreadable path is unknown, not removed.
+                    cursor.seek(&path, |b| differ.unmatched_baseline(b))?;
+                    if subtree_unknown {
+                        differ.subtree_unknown(path.clone());
+                    }
+                    errors.push(scan_error(&path, error));
                 }
             }
-            ScanItem::Unreadable {
-                path,
-                error,
-                subtree_unknown,
-            } => {
-                // What is below an unreadable path is unknown, not removed.
-                cursor.seek(&path, |b| differ.unmatched_baseline(b))?;
-                if subtree_unknown {
-                    differ.subtree_unknown(path.clone());
-                }
-                errors.push(scan_error(&path, error));
-            }
-        }
-        Ok(())
-    })
-    .map_err(|abort| match abort {
+            Ok(())
+        });
+        let packaged = packaged.map(|thread| {
+            thread
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        });
+        (scanned, packaged)
+    });
+    let stats = scanned.map_err(|abort| match abort {
         ScanAbort::Root { path, source } => Error::Root { path, source },
         ScanAbort::Visitor(source) => baseline_error(source),
     })?;
@@ -197,40 +241,9 @@ pub fn check(
     progress.finish();
 
     let mut findings = differ.finish();
-    if let Some(baked) = reader
-        .meta()
-        .packages
-        .as_ref()
-        .filter(|_| policy.config().packages.enabled)
-    {
-        // A database that cannot be read is one error; verification would only repeat it.
-        let verified = compare_packages(root, baked, policy).and_then(|changes| {
-            findings.extend(changes);
-            packages::verify_for_policy(root, policy, baked.db)
-        });
-        match verified {
-            Ok(outcome) => {
-                let accepted = |f: &PackageFileFinding| {
-                    baked.accepted_mismatches.iter().any(|a| {
-                        a.path == f.path && a.package == f.package && a.observed == f.observed
-                    })
-                };
-                findings.extend(
-                    outcome
-                        .findings
-                        .into_iter()
-                        .filter(|f| !accepted(f))
-                        .map(Finding::PackageFile),
-                );
-                errors.extend(
-                    outcome
-                        .errors
-                        .iter()
-                        .map(|(path, e)| scan_error(path, e.clone())),
-                );
-            }
-            Err(err) => errors.push(source_error("package database", err.to_string())),
-        }
+    if let (Some(baked), Some((package_findings, package_errors))) = (baked, packaged) {
+        findings.extend(package_findings);
+        errors.extend(package_errors);
         attribute_packages(root, baked.db, &mut findings, &mut errors);
     }
     // Runtime state belongs to the running system, so only a check of / reads it.
@@ -285,6 +298,47 @@ pub fn check(
         errors,
     };
     Ok(CheckOutcome { report, skipped })
+}
+
+/// The package set compared with the baseline's, then the packaged files verified
+/// against the package database: findings and errors.
+fn check_packages(
+    root: &Path,
+    baked: &PackageSet,
+    policy: &Policy,
+) -> (Vec<Finding>, Vec<ScanError>) {
+    let mut findings = Vec::new();
+    let mut errors = Vec::new();
+    // A database that cannot be read is one error; verification would only repeat it.
+    let verified = compare_packages(root, baked, policy).and_then(|changes| {
+        findings.extend(changes);
+        packages::verify_for_policy(root, policy, baked.db)
+    });
+    match verified {
+        Ok(outcome) => {
+            let accepted = |f: &PackageFileFinding| {
+                baked
+                    .accepted_mismatches
+                    .iter()
+                    .any(|a| a.path == f.path && a.package == f.package && a.observed == f.observed)
+            };
+            findings.extend(
+                outcome
+                    .findings
+                    .into_iter()
+                    .filter(|f| !accepted(f))
+                    .map(Finding::PackageFile),
+            );
+            errors.extend(
+                outcome
+                    .errors
+                    .iter()
+                    .map(|(path, e)| scan_error(path, e.clone())),
+            );
+        }
+        Err(err) => errors.push(source_error("package database", err.to_string())),
+    }
+    (findings, errors)
 }
 
 /// Ties the file findings on paths of installed or upgraded packages to their package.

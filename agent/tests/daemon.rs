@@ -1046,9 +1046,17 @@ fn a_corrupt_or_unwritable_state_is_reported_and_the_boot_check_restores_it() {
     let problems = status["state_problems"].to_string();
     assert!(problems.contains("corrupt"), "{status:#}");
     assert!(problems.contains("cannot save state"), "{status:#}");
+    assert!(problems.contains("hash cache"), "{status:#}");
     assert!(state.join("state.json.corrupt").exists());
     let (_, metrics) = http_get(port, "/metrics").unwrap();
-    assert!(metrics.contains("driftwatch_state_problems 2"), "{metrics}");
+    assert!(metrics.contains("driftwatch_state_problems 3"), "{metrics}");
+    assert!(
+        metrics.contains("driftwatch_hash_caches_discarded_total 1"),
+        "{metrics}"
+    );
+    // The boot check rebuilt the cache it found damaged.
+    let cache = std::fs::read(state.join("hash-cache")).unwrap();
+    assert!(cache.starts_with(b"DWHCACH1"), "{cache:?}");
     // Space (or write access) comes back: the next save clears the problem.
     std::fs::remove_dir(state.join(".state.json.tmp")).unwrap();
     t.file("/usr/bin/other", b"other v2\n");
@@ -1062,4 +1070,51 @@ fn a_corrupt_or_unwritable_state_is_reported_and_the_boot_check_restores_it() {
     let log = std::fs::read_to_string(t.outside("daemon.log")).unwrap();
     assert!(log.contains("The state file was corrupt"), "{log}");
     assert!(log.contains("Cannot save state"), "{log}");
+    assert!(log.contains("The hash cache was damaged"), "{log}");
+}
+
+#[test]
+fn a_damaged_hash_cache_is_reported_not_trusted_and_rebuilt() {
+    let t = baked_tree();
+    let port = free_port();
+    let config = write_config(&t, port, "");
+    with_fast_schedule(&config);
+    let _daemon = start(&t, &config, None);
+    // Every file of the tree (tool, other, app.conf) read again: 8 + 6 + 4 bytes.
+    let tree_bytes = 18;
+    let trusted = wait_for(port, Duration::from_secs(20), "a fast check", |s| {
+        s["fast_checks"].as_u64() >= Some(1) && s["last_check_bytes_hashed"] == 0
+    });
+    assert_eq!(trusted["hash_caches_discarded"], 0, "{trusted:#}");
+    let cache = t.outside("state").join("hash-cache");
+    let mut bytes = std::fs::read(&cache).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x20;
+    std::fs::write(&cache, &bytes).unwrap();
+    let found = wait_for(port, Duration::from_secs(20), "the damage found", |s| {
+        s["hash_caches_discarded"] == 1
+    });
+    assert_eq!(found["last_check_bytes_hashed"], tree_bytes, "{found:#}");
+    let problems = found["state_problems"].to_string();
+    assert!(
+        problems.contains("hash cache") && problems.contains("seal"),
+        "{found:#}"
+    );
+    let (_, metrics) = http_get(port, "/metrics").unwrap();
+    assert!(
+        metrics.contains("driftwatch_hash_caches_discarded_total 1"),
+        "{metrics}"
+    );
+    assert!(metrics.contains("driftwatch_state_problems 1"), "{metrics}");
+    // Rebuilt by that check: the next one trusts it again and reads nothing.
+    let after = found["fast_checks"].as_u64().unwrap();
+    let rebuilt = wait_for(
+        port,
+        Duration::from_secs(20),
+        "the rebuilt cache used",
+        |s| s["fast_checks"].as_u64() > Some(after) && s["last_check_bytes_hashed"] == 0,
+    );
+    assert_eq!(rebuilt["hash_caches_discarded"], 1, "{rebuilt:#}");
+    assert_eq!(rebuilt["state"], "clean", "{rebuilt:#}");
+    assert!(daemon_log(&t).contains("The hash cache was damaged"));
 }

@@ -441,3 +441,109 @@ fn r10_file_findings_carry_the_package_that_changed_them() {
         "{stdout}"
     );
 }
+
+/// Issue 10 §6 on the other package databases: a package installed since the bake
+/// (recorded by rpm itself in `fixtures/rpm`, by apk on Alpine in `fixtures/apk`)
+/// explains the files it brought; a file it does not own stands apart.
+#[test]
+fn r10_rpm_and_apk_file_findings_carry_the_package_installed_since_the_bake() {
+    let apk_db = fs::read_to_string(Path::new(FIXTURES).join("apk/installed")).unwrap();
+    let apk_without = apk_db
+        .split("\n\n")
+        .filter(|stanza| !stanza.contains("\nP:alpine-release\n"))
+        .collect::<Vec<_>>()
+        .join("\n\n");
+    assert_ne!(
+        apk_without, apk_db,
+        "alpine-release is not in the apk fixture"
+    );
+    let rpm_dir = Path::new(FIXTURES).join("rpm");
+    type Install<'a> = &'a dyn Fn(&Tree, bool);
+    let rpm: Install = &|t, installed| {
+        let db = if installed {
+            "rpmdb.sqlite"
+        } else {
+            "rpmdb-removed.sqlite"
+        };
+        install_file(t, "/var/lib/rpm/rpmdb.sqlite", &rpm_dir.join(db));
+    };
+    let apk: Install = &|t, installed| {
+        let db = if installed { &apk_db } else { &apk_without };
+        t.file("/lib/apk/db/installed", db.as_bytes());
+    };
+    for (db, install, package, arch, files) in [
+        (
+            "rpm",
+            rpm,
+            "dw-extra",
+            "noarch",
+            &["/usr/share/dw-extra/readme"][..],
+        ),
+        (
+            "apk",
+            apk,
+            "alpine-release",
+            "x86_64",
+            &["/etc/alpine-release", "/etc/issue", "/usr/lib/os-release"][..],
+        ),
+    ] {
+        let t = Tree::new();
+        t.write_policy(&format!(
+            "exclude = [\"/var/lib/rpm\", \"/lib/apk\"]\n{TEST_POLICY}"
+        ));
+        install(&t, false);
+        t.dir("/usr/share")
+            .dir("/usr/lib")
+            .file("/etc/motd", b"baked\n");
+        t.create();
+        t.assert_clean();
+
+        install(&t, true);
+        for file in files {
+            t.file(file, b"from the package\n");
+        }
+        t.file("/usr/local-evil", b"no package\n");
+        let out = t.check();
+        out.assert_code(1);
+        let report = out.json();
+        let findings = report["findings"].as_array().unwrap();
+        let changed = findings
+            .iter()
+            .find(|f| f["kind"] == "package")
+            .unwrap_or_else(|| panic!("{db}: no package finding: {out}"));
+        assert_eq!(
+            (&changed["db"], &changed["name"], &changed["change"]),
+            (
+                &Value::from(db),
+                &Value::from(package),
+                &Value::from("installed")
+            ),
+            "{out}"
+        );
+        let package_of = |path: &str| {
+            findings
+                .iter()
+                .find(|f| f["kind"] == "file" && f["path"] == path)
+                .unwrap_or_else(|| panic!("{db}: no finding about {path}: {out}"))["package"]
+                .clone()
+        };
+        for file in files {
+            let attributed = package_of(file);
+            assert_eq!(
+                (
+                    &attributed["name"],
+                    &attributed["arch"],
+                    &attributed["change"]
+                ),
+                (
+                    &Value::from(package),
+                    &Value::from(arch),
+                    &Value::from("installed")
+                ),
+                "{db}: {file}: {out}"
+            );
+            assert_eq!(attributed["observed_version"], changed["observed_version"]);
+        }
+        assert_eq!(package_of("/usr/local-evil"), Value::Null, "{db}: {out}");
+    }
+}

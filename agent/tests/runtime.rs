@@ -1,6 +1,7 @@
 //! Runtime sources read the host as the host is (issue 10 §3): `driftwatch check` run
 //! in a mount namespace of its own — as the daemon runs under its unit — judges the
-//! mounts of the host's init, not its own.
+//! mounts of the host's init, not its own; and the file scan follows the image onto
+//! the file systems it is split across (a separate `/usr`), not onto others.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -107,4 +108,59 @@ fn r10_mounts_are_judged_as_the_hosts_init_sees_them() {
     );
     // Read-only on the host, whatever the checker's namespace says: no finding.
     assert_eq!(mount_findings(&t, &dir, "ro", "rw"), Vec::<Value>::new());
+}
+
+/// A host whose `/usr` is a file system of its own (as a hardened image lays it out)
+/// is still compared with the image below `/usr`, although the policy keeps the scan on
+/// one file system; a file system mounted where the image ships nothing is not walked.
+#[test]
+fn r10_the_images_own_file_systems_are_crossed_and_others_are_not() {
+    if !util::is_root() {
+        return skip("mounts need root");
+    }
+    if !util::have_tool("unshare") {
+        return skip("unshare (util-linux) is not installed");
+    }
+    let t = Tree::new();
+    t.write_policy(&format!(
+        "[packages]\nenabled = false\nverify = \"off\"\n[runtime]\nenabled = false\n{}",
+        util::TEST_POLICY
+    ));
+    t.file("/usr/bin/tool", b"the image's tool\n")
+        .file("/usr/lib/lib.so", b"a library\n")
+        .dir("/media")
+        .file("/etc/config", b"setting\n");
+    t.create();
+    t.assert_clean();
+    let (root, copy) = (t.root(), t.outside("usr-copy"));
+    let check = |changes: &str| {
+        let script = format!(
+            "set -e; cp -a {root}/usr/. {copy}/; mount -t tmpfs -o mode=0755 dwusr {root}/usr; \
+             cp -a {copy}/. {root}/usr/; mount -t tmpfs -o mode=0755 dwmedia {root}/media; \
+             echo removable > {root}/media/file; {changes} \
+             exec {BIN} check --format json --root {root} --baseline {}",
+            t.baseline().display(),
+            root = root.display(),
+            copy = copy.display(),
+        );
+        std::fs::create_dir_all(&copy).unwrap();
+        let out = Command::new("unshare")
+            .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let report: Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+            panic!(
+                "no report ({e}): {stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+        report["findings"].as_array().unwrap().clone()
+    };
+    assert_eq!(check(""), Vec::<Value>::new());
+    let root = t.root().display().to_string();
+    let found = check(&format!("echo trojan > {root}/usr/bin/tool;"));
+    let paths: Vec<&Value> = found.iter().map(|f| &f["path"]).collect();
+    assert_eq!(paths, ["/usr/bin/tool"], "{found:#?}");
+    assert_eq!(found[0]["change"], "modified");
 }

@@ -1,7 +1,7 @@
 //! The router: a plain function of the collector's state, so tests can drive it with
 //! `oneshot` requests and `serve` can put it behind TLS.
 
-use crate::api::{self, enroll, ingest, operator};
+use crate::api::{self, enroll, ingest, operator, tokens};
 use crate::config::CollectorConfig;
 use crate::fleet::Fleet;
 use crate::metrics::Metrics;
@@ -36,8 +36,8 @@ pub struct AppState {
     pub fleet: Arc<Fleet>,
     /// Metrics.
     pub metrics: Arc<Metrics>,
-    /// BLAKE3 of the operator token.
-    pub operator_token: blake3::Hash,
+    /// The token files' credentials and the bound on failed attempts.
+    pub credentials: crate::auth::Credentials,
     /// Enrollment, if on.
     pub enrollment: Option<Enrollment>,
     /// Per-host request rate.
@@ -67,9 +67,12 @@ pub fn app(state: Arc<AppState>) -> Router {
                 .layer(DefaultBodyLimit::max(baseline_limit)),
         )
         .route("/v1/actions", get(operator::actions))
+        .route("/v1/tokens", get(tokens::list).post(tokens::create))
+        .route("/v1/tokens/{name}/revoke", post(tokens::revoke))
         .route("/metrics", get(operator::metrics))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/v1/openapi.json", get(api::openapi::document))
+        .merge(crate::ui::mount(Arc::clone(&state)))
         .layer(TimeoutLayer::with_status_code(
             axum::http::StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,
@@ -130,7 +133,11 @@ mod tests {
             config,
             fleet: Arc::new(fleet),
             metrics,
-            operator_token: blake3::hash(TOKEN.as_bytes()),
+            credentials: crate::auth::Credentials::new(vec![crate::auth::FileToken::new(
+                TOKEN,
+                "operator",
+                crate::auth::Role::Admin,
+            )]),
             enrollment: None,
         })
     }
@@ -164,6 +171,11 @@ mod tests {
     ) -> (StatusCode, Value) {
         let peer = Peer {
             host_id: host.map(str::to_string),
+            certificate: host.map(|host| crate::pki::CertInfo {
+                key_fingerprint: format!("test-key-of-{host}"),
+                serial: "01".into(),
+                not_after_ms: i64::MAX,
+            }),
             address: "127.0.0.1:1".parse().unwrap(),
         };
         let response = app(Arc::clone(state))
@@ -179,15 +191,25 @@ mod tests {
     }
 
     async fn send(state: &Arc<AppState>, host: &str, events: Vec<(&str, EventBody)>) -> BatchAck {
+        // No digest: the registry check stays out of these tests.
+        let image = ImageClaim {
+            image_id: Some("img".into()),
+            baseline_digest: None,
+        };
+        send_claiming(state, host, image, events).await
+    }
+
+    async fn send_claiming(
+        state: &Arc<AppState>,
+        host: &str,
+        image: ImageClaim,
+        events: Vec<(&str, EventBody)>,
+    ) -> BatchAck {
         let batch = Batch {
             schema: INGEST_SCHEMA.into(),
             host_id: host.into(),
             hostname: host.into(),
-            // No digest: the registry check stays out of these tests.
-            image: ImageClaim {
-                image_id: Some("img".into()),
-                baseline_digest: None,
-            },
+            image,
             events: events
                 .into_iter()
                 .map(|(id, body)| Event {
@@ -206,13 +228,33 @@ mod tests {
     }
 
     async fn operator(state: &Arc<AppState>, method: &str, uri: &str) -> (StatusCode, Value) {
+        with_token(state, TOKEN, method, uri, "").await
+    }
+
+    /// A call with bearer `token` and `body` (JSON or empty).
+    async fn with_token(
+        state: &Arc<AppState>,
+        token: &str,
+        method: &str,
+        uri: &str,
+        body: &str,
+    ) -> (StatusCode, Value) {
         let request = Request::builder()
             .method(method)
             .uri(uri)
-            .header("authorization", format!("Bearer {TOKEN}"))
-            .body(Body::empty())
+            .header("authorization", format!("Bearer {token}"))
+            .body(Body::from(body.to_string()))
             .unwrap();
         call(state, request, None).await
+    }
+
+    /// Makes a token of `role` named `name` with the admin token; returns its secret.
+    async fn token(state: &Arc<AppState>, name: &str, role: &str) -> String {
+        let body = serde_json::json!({ "name": name, "role": role }).to_string();
+        let (status, created) = with_token(state, TOKEN, "POST", "/v1/tokens", &body).await;
+        assert_eq!(status, StatusCode::OK, "{created}");
+        assert_eq!(created["role"], role);
+        created["token"].as_str().unwrap().to_string()
     }
 
     #[tokio::test]
@@ -367,5 +409,169 @@ mod tests {
         assert_eq!(status, StatusCode::BAD_REQUEST);
         let (status, metrics) = operator(&state, "GET", "/metrics").await;
         assert_eq!(status, StatusCode::OK, "{metrics}");
+    }
+
+    #[tokio::test]
+    async fn each_role_does_its_part_only_and_the_log_names_the_token() {
+        let state = state("");
+        send(&state, "h1", vec![("e1", heartbeat())]).await;
+        let mut secrets = std::collections::HashMap::new();
+        for role in ["viewer", "operator", "pipeline", "metrics", "enroll"] {
+            secrets.insert(role, token(&state, &format!("t-{role}"), role).await);
+        }
+        let mark = "/v1/hosts/h1/mark";
+        for (role, method, uri, expected) in [
+            ("viewer", "GET", "/v1/hosts", StatusCode::OK),
+            ("viewer", "POST", mark, StatusCode::FORBIDDEN),
+            ("pipeline", "GET", "/v1/hosts", StatusCode::FORBIDDEN),
+            ("pipeline", "GET", "/v1/actions", StatusCode::FORBIDDEN),
+            ("metrics", "GET", "/metrics", StatusCode::OK),
+            ("metrics", "GET", "/v1/hosts/h1", StatusCode::FORBIDDEN),
+            ("metrics", "POST", mark, StatusCode::FORBIDDEN),
+            ("metrics", "POST", "/v1/images", StatusCode::FORBIDDEN),
+            ("metrics", "GET", "/v1/tokens", StatusCode::FORBIDDEN),
+            ("operator", "GET", "/v1/tokens", StatusCode::FORBIDDEN),
+            ("operator", "POST", "/v1/images", StatusCode::FORBIDDEN),
+            ("enroll", "GET", "/v1/hosts", StatusCode::FORBIDDEN),
+            ("operator", "POST", mark, StatusCode::OK),
+        ] {
+            let (status, body) = with_token(&state, &secrets[role], method, uri, "").await;
+            assert_eq!(status, expected, "{role} {method} {uri}: {body}");
+        }
+        // The host itself did not change for any refused call, and the log names the
+        // token that marked it.
+        let (_, actions) = operator(&state, "GET", "/v1/actions?host=h1").await;
+        let marks: Vec<&Value> = actions
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|a| a["action"] == "mark")
+            .collect();
+        assert_eq!(marks.len(), 1, "{actions:#}");
+        assert_eq!(marks[0]["target"], "t-operator");
+        // Listing shows no secret; a revoked token stops at once.
+        let (_, list) = operator(&state, "GET", "/v1/tokens").await;
+        assert_eq!(list.as_array().unwrap().len(), 5);
+        assert!(!list.to_string().contains(&secrets["viewer"]));
+        let (status, _) = operator(&state, "POST", "/v1/tokens/t-viewer/revoke").await;
+        assert_eq!(status, StatusCode::OK);
+        let (status, body) = with_token(&state, &secrets["viewer"], "GET", "/v1/hosts", "").await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+        let (_, log) = operator(&state, "GET", "/v1/actions").await;
+        assert!(log
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|a| a["action"] == "token_revoke" && a["target"] == "operator"));
+    }
+
+    #[tokio::test]
+    async fn tokens_are_checked_when_made_and_expire() {
+        let state = state("");
+        for body in [
+            r#"{"name":"operator","role":"viewer"}"#,
+            r#"{"name":"a b","role":"viewer"}"#,
+            r#"{"name":"x","role":"root"}"#,
+            r#"{"name":"x","role":"viewer","uses":3}"#,
+            r#"{"name":"x","role":"enroll","host_ids":"web-[*"}"#,
+        ] {
+            let (status, answer) = with_token(&state, TOKEN, "POST", "/v1/tokens", body).await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {answer}");
+        }
+        token(&state, "once", "viewer").await;
+        let (status, _) = with_token(
+            &state,
+            TOKEN,
+            "POST",
+            "/v1/tokens",
+            r#"{"name":"once","role":"viewer"}"#,
+        )
+        .await;
+        assert_eq!(status, StatusCode::CONFLICT);
+        let body = r#"{"name":"brief","role":"viewer","expires_secs":1}"#;
+        let (_, created) = with_token(&state, TOKEN, "POST", "/v1/tokens", body).await;
+        let secret = created["token"].as_str().unwrap().to_string();
+        let (status, _) = with_token(&state, &secret, "GET", "/v1/hosts", "").await;
+        assert_eq!(status, StatusCode::OK);
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        let (status, body) = with_token(&state, &secret, "GET", "/v1/hosts", "").await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    }
+
+    #[tokio::test]
+    async fn failed_authentications_are_bounded_per_address_and_counted() {
+        let state = state("");
+        let mut statuses = Vec::new();
+        for _ in 0..12 {
+            let (status, _) = with_token(&state, "guess", "GET", "/v1/hosts", "").await;
+            statuses.push(status);
+        }
+        assert!(statuses[..10].iter().all(|s| *s == StatusCode::FORBIDDEN));
+        assert_eq!(statuses[11], StatusCode::TOO_MANY_REQUESTS);
+        // The valid token from the same address is not held back by the guesses.
+        let (status, _) = operator(&state, "GET", "/metrics").await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(
+            state
+                .metrics
+                .auth_failures
+                .get_or_create(&Metrics::label("at", "api"))
+                .get(),
+            12
+        );
+    }
+
+    #[tokio::test]
+    async fn a_retired_host_is_gone_without_a_silence_alert_and_not_revoked() {
+        let state = state("");
+        send(&state, "h1", vec![("e1", heartbeat())]).await;
+        let viewer = token(&state, "v", "viewer").await;
+        let retire = "/v1/hosts/h1/retire";
+        let (status, _) = with_token(&state, &viewer, "POST", retire, "").await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        let (status, host) = operator(&state, "POST", retire).await;
+        assert_eq!(status, StatusCode::OK, "{host}");
+        assert_eq!(
+            (host["state"].as_str(), host["revoked"].as_bool()),
+            (Some("gone"), Some(false))
+        );
+        let store = state.fleet.store();
+        let far = crate::store::now_ms() + 86_400_000;
+        assert!(store.overdue_hosts(1, far).await.unwrap().is_empty());
+        let (_, actions) = operator(&state, "GET", "/v1/actions?host=h1").await;
+        let actions = actions.as_array().unwrap();
+        assert!(actions
+            .iter()
+            .any(|a| a["action"] == "retire" && a["target"] == "operator"));
+        assert!(actions.iter().all(|a| a["action"] != "silence"));
+        let (status, _) = operator(&state, "POST", "/v1/hosts/nobody/retire").await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+    }
+
+    #[tokio::test]
+    async fn invented_image_ids_share_one_unregistered_budget() {
+        let state = state("[replacement]\nmax_hosts = 2\nmax_percent = 100.0\n");
+        let mut marked = 0;
+        for i in 0..10 {
+            let image = ImageClaim {
+                image_id: Some(format!("invented-{i}")),
+                baseline_digest: Some("blake3:00".into()),
+            };
+            let ack =
+                send_claiming(&state, &format!("h{i}"), image, vec![("hb", heartbeat())]).await;
+            marked += usize::from(ack.host.state == HostState::Marked);
+        }
+        // Each host is critical (its image is not registered), but ten invented ids
+        // are one budget, not ten.
+        assert_eq!(marked, 2);
+        let (_, held) = operator(&state, "GET", "/v1/hosts?state=drifted").await;
+        let held = held.as_array().unwrap();
+        assert_eq!(held.len(), 8);
+        assert!(held
+            .iter()
+            .all(|h| h["hold"] == "budget" && h["image_id"].is_null()));
+        let (_, detail) = operator(&state, "GET", "/v1/hosts/h3").await;
+        assert_eq!(detail["findings"][0]["finding"]["reason"], "unregistered");
+        assert_eq!(detail["findings"][0]["subject"], "invented-3");
     }
 }

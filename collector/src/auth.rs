@@ -6,7 +6,15 @@
 //! names the principal that took it ([`Principal::name`]).
 
 use crate::app::AppState;
+use crate::config::AuthConfig;
 use crate::error::ApiError;
+use crate::limiter::RateLimiter;
+use crate::metrics::Metrics;
+use crate::pki::{read_text, PkiError};
+use crate::store::now_ms;
+use crate::store::trust::token_hash;
+use std::net::IpAddr;
+use std::sync::RwLock;
 
 /// What a credential may do. Ordered from least to most only where the order means
 /// something: each role's rights are listed in [`Role::allows`].
@@ -105,19 +113,155 @@ impl Principal {
     }
 }
 
-/// The principal a bearer token stands for, or 403.
-///
-/// Today one credential exists: the operator token of `[auth] operator_token_file`, which
-/// holds every right and is named "operator".
+/// The credentials of the configuration's token files (re-read on SIGHUP), and the
+/// per-address bound on failed attempts.
+pub struct Credentials {
+    files: RwLock<Vec<FileToken>>,
+    failures: RateLimiter,
+}
+
+/// A token from a file named in `[auth]`.
+#[derive(Clone)]
+pub struct FileToken {
+    /// BLAKE3 of the token (compared in constant time).
+    pub hash: blake3::Hash,
+    /// Who it stands for.
+    pub principal: Principal,
+}
+
+/// Names the configuration's token files take; a stored token cannot take them.
+pub const RESERVED_NAMES: [&str; 3] = ["admin", "operator", "pipeline"];
+
+/// Failed authentications one source address may make at once, then one per second.
+const FAILURE_BURST: f64 = 10.0;
+const FAILURES_PER_SEC: f64 = 1.0;
+
+impl FileToken {
+    /// The token `text` standing for `name` with `role`.
+    pub fn new(text: &str, name: &str, role: Role) -> FileToken {
+        FileToken {
+            hash: blake3::hash(text.trim().as_bytes()),
+            principal: Principal {
+                name: name.into(),
+                role,
+            },
+        }
+    }
+}
+
+impl Credentials {
+    /// These file tokens; failures bounded per address.
+    pub fn new(files: Vec<FileToken>) -> Credentials {
+        Credentials {
+            files: RwLock::new(files),
+            failures: RateLimiter::new(FAILURES_PER_SEC, FAILURE_BURST),
+        }
+    }
+
+    /// Reads the token files `[auth]` names: the admin's, the operator's (the admin's
+    /// when there is no admin token) and the pipeline's.
+    pub fn read(auth: &AuthConfig) -> Result<Vec<FileToken>, PkiError> {
+        let operator_role = match auth.admin_token_file {
+            Some(_) => Role::Operator,
+            None => Role::Admin,
+        };
+        let mut files = vec![FileToken::new(
+            &read_text(&auth.operator_token_file)?,
+            "operator",
+            operator_role,
+        )];
+        for (file, name, role) in [
+            (&auth.admin_token_file, "admin", Role::Admin),
+            (&auth.pipeline_token_file, "pipeline", Role::Pipeline),
+        ] {
+            if let Some(path) = file {
+                files.push(FileToken::new(&read_text(path)?, name, role));
+            }
+        }
+        Ok(files)
+    }
+
+    /// Replaces the file tokens (SIGHUP).
+    pub fn replace(&self, files: Vec<FileToken>) {
+        if let Ok(mut current) = self.files.write() {
+            *current = files;
+        }
+    }
+
+    fn file_token(&self, hash: &blake3::Hash) -> Option<Principal> {
+        let files = self.files.read().ok()?;
+        // blake3::Hash compares in constant time.
+        files
+            .iter()
+            .find(|file| file.hash == *hash)
+            .map(|file| file.principal.clone())
+    }
+
+    /// Counts a failed attempt from `source`: 403, or 429 once the address has failed
+    /// too often.
+    pub fn failed(
+        &self,
+        state: &AppState,
+        at: &str,
+        source: Option<IpAddr>,
+        why: ApiError,
+    ) -> ApiError {
+        state
+            .metrics
+            .auth_failures
+            .get_or_create(&Metrics::label("at", at))
+            .inc();
+        match source.map(|ip| self.failures.check(&ip.to_string())) {
+            Some(Err(limited)) => limited,
+            _ => why,
+        }
+    }
+}
+
+/// The principal a bearer token stands for, or 403: a token of the configuration's
+/// files, or a stored token ([`crate::store::TokenRecord`]) that is not revoked,
+/// expired or an enrollment token.
 pub async fn authenticate(state: &AppState, token: &str) -> Result<Principal, ApiError> {
-    // blake3::Hash compares in constant time.
-    if blake3::hash(token.trim().as_bytes()) == state.operator_token {
-        Ok(Principal {
-            name: "operator".into(),
-            role: Role::Admin,
-        })
-    } else {
-        Err(ApiError::Forbidden("the token is not valid".into()))
+    identify(state, token)
+        .await
+        .map_err(|why| state.credentials.failed(state, "api", None, why))
+}
+
+/// [`authenticate`] for a request from `source`, whose failures are bounded per
+/// address (429 once it failed too often).
+pub async fn authenticate_from(
+    state: &AppState,
+    token: &str,
+    source: IpAddr,
+) -> Result<Principal, ApiError> {
+    identify(state, token)
+        .await
+        .map_err(|why| state.credentials.failed(state, "api", Some(source), why))
+}
+
+async fn identify(state: &AppState, token: &str) -> Result<Principal, ApiError> {
+    if let Some(principal) = state
+        .credentials
+        .file_token(&blake3::hash(token.trim().as_bytes()))
+    {
+        return Ok(principal);
+    }
+    let invalid = || ApiError::Forbidden("the token is not valid".into());
+    let record = state
+        .fleet
+        .store()
+        .token(&token_hash(token))
+        .await?
+        .ok_or_else(invalid)?;
+    if let Some(why) = record.unusable(now_ms()) {
+        return Err(ApiError::Forbidden(format!("the token is {why}")));
+    }
+    match Role::from_name(&record.role) {
+        Some(Role::Enroll) | None => Err(invalid()),
+        Some(role) => Ok(Principal {
+            name: record.name,
+            role,
+        }),
     }
 }
 

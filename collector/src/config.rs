@@ -133,17 +133,32 @@ fn default_host_cert_days() -> u32 {
 #[derive(Clone, Debug, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct AuthConfig {
-    /// A file holding the bearer token of the operator API (and of the CLI). Required.
+    /// A file holding the token of the `admin` role: every right, tokens included
+    /// (`driftwatch-collector token …` uses it). Default: none, and then the operator
+    /// token is the admin's (as before roles existed).
+    #[serde(default)]
+    pub admin_token_file: Option<PathBuf>,
+    /// A file holding the bearer token of the operator API (and of the CLI): the
+    /// `operator` role (read, mark, unmark, approve, revoke, retire, scrape), or
+    /// `admin` when no `admin_token_file` is set. Required.
     pub operator_token_file: PathBuf,
+    /// A file holding the token of the `pipeline` role, which registers images and
+    /// nothing else (`image register` uses it). Default: none.
+    #[serde(default)]
+    pub pipeline_token_file: Option<PathBuf>,
     /// A file holding the token agents exchange for a certificate on first contact
     /// (default: none, enrollment off).
     #[serde(default)]
     pub enrollment_token_file: Option<PathBuf>,
     /// Public keys (PEM) of the bake pipelines: an image is registered only with a
-    /// baseline signed by one of them. Empty means unsigned baselines are registered
-    /// too (default: empty — set it for production).
+    /// baseline signed by one of them (default: empty; `init` writes a pipeline key
+    /// pair and names its public key here).
     #[serde(default)]
     pub trusted_keys: Vec<PathBuf>,
+    /// Registers unsigned baselines too (default false: refused); with no
+    /// `trusted_keys`, any signature is accepted as well. For trying things out only.
+    #[serde(default)]
+    pub allow_unsigned_baselines: bool,
 }
 
 /// `[ingest]`: bounds on agents' requests.
@@ -515,6 +530,8 @@ impl CollectorConfig {
         resolve(&mut self.tls.client_ca_file);
         self.tls.client_ca_key_file.as_mut().map(resolve);
         resolve(&mut self.auth.operator_token_file);
+        self.auth.admin_token_file.as_mut().map(resolve);
+        self.auth.pipeline_token_file.as_mut().map(resolve);
         self.auth.enrollment_token_file.as_mut().map(resolve);
         self.auth.trusted_keys.iter_mut().for_each(resolve);
         for webhook in &mut self.webhooks {

@@ -21,7 +21,7 @@ use crate::leases::{self, Periodic};
 use crate::metrics::Metrics;
 use crate::store::{
     now_ms, ActionRecord, CollectorFinding, Decided, DynStore, Hold, HostRecord, ImageRecord,
-    IngestBody, IngestEvent, IngestRecord, Outcome, Policy, Request, StoreError,
+    IngestBody, IngestEvent, IngestRecord, Outcome, Policy, Request, StoreError, Transition,
 };
 use driftwatch_protocol::baseline::{digest_string, BaselineReader};
 use driftwatch_protocol::report::Severity;
@@ -113,7 +113,7 @@ impl Fleet {
     /// Stores an authenticated batch, with the decision it causes, and answers with the
     /// host's verdict.
     pub async fn ingest(&self, batch: Batch) -> Result<BatchAck, ApiError> {
-        let collector_findings = self
+        let (collector_findings, image_id) = self
             .image_findings(
                 batch.image.image_id.as_deref(),
                 batch.image.baseline_digest.as_deref(),
@@ -137,7 +137,7 @@ impl Fleet {
         let record = IngestRecord {
             host_id: batch.host_id,
             hostname: batch.hostname,
-            image_id: batch.image.image_id,
+            image_id,
             baseline_digest: batch.image.baseline_digest,
             events,
             collector_findings,
@@ -162,16 +162,27 @@ impl Fleet {
         })
     }
 
-    /// The registry's opinion of what a host claims, as collector findings.
+    /// The registry's opinion of what a host claims, as collector findings, and the
+    /// image the host is counted under: the one it claims when that is registered,
+    /// else none — images are the collector's, so hosts claiming unregistered ids
+    /// share one budget (and one pool for its percentage) instead of inventing a
+    /// fresh budget per id.
     async fn image_findings(
         &self,
         image_id: Option<&str>,
         digest: Option<&str>,
-    ) -> Result<Vec<CollectorFinding>, ApiError> {
+    ) -> Result<(Vec<CollectorFinding>, Option<String>), ApiError> {
         let Some(digest) = digest else {
             // No trusted baseline on the host: its agent reports that itself, as a
             // critical `baseline` finding.
-            return Ok(Vec::new());
+            let registered = match image_id {
+                Some(id) => self.registered_image(id, "").await?.is_some(),
+                None => false,
+            };
+            return Ok((
+                Vec::new(),
+                image_id.filter(|_| registered).map(str::to_string),
+            ));
         };
         let subject = image_id.unwrap_or("(none)").to_string();
         let registered = match image_id {
@@ -193,7 +204,8 @@ impl Fleet {
                 "severity": "critical",
             }),
         };
-        Ok(match &registered {
+        let counted = registered.as_ref().map(|image| image.image_id.clone());
+        let findings = match &registered {
             None => vec![finding(
                 "unregistered",
                 format!("image {subject} is not registered with the collector"),
@@ -206,7 +218,8 @@ impl Fleet {
                 ),
             )],
             Some(_) => Vec::new(),
-        })
+        };
+        Ok((findings, counted))
     }
 
     /// The registered image, from the cache only when it agrees with what the host
@@ -242,6 +255,7 @@ impl Fleet {
         &self,
         baseline: &[u8],
         expected_id: Option<&str>,
+        by: &str,
     ) -> Result<ImageRecord, ApiError> {
         let reader = BaselineReader::open(baseline, None)
             .map_err(|e| ApiError::BadRequest(format!("the baseline does not verify: {e}")))?;
@@ -266,18 +280,7 @@ impl Fleet {
             )));
         }
         let signer = reader.signer().cloned();
-        if !self.trusted_keys.is_empty() {
-            let trusted = signer.as_ref().is_some_and(|s| {
-                self.trusted_keys
-                    .iter()
-                    .any(|k| k.to_bytes() == s.to_bytes())
-            });
-            if !trusted {
-                return Err(ApiError::Forbidden(
-                    "the baseline is not signed by a trusted pipeline key".into(),
-                ));
-            }
-        }
+        self.check_signer(signer.as_ref())?;
         let image = ImageRecord {
             image_id: image_id.clone(),
             baseline_digest: digest_string(reader.digest()),
@@ -290,19 +293,43 @@ impl Fleet {
         if let Ok(mut cache) = self.images.lock() {
             cache.remove(&image_id);
         }
-        self.log_image(&image).await;
+        self.log_image(&image, by).await;
         info!(image_id = %image.image_id, digest = %image.baseline_digest, "Image registered.");
         Ok(image)
     }
 
-    async fn log_image(&self, image: &ImageRecord) {
+    /// 403 unless the baseline is signed by a trusted pipeline key, or unsigned (or,
+    /// with no trusted keys, signed by anyone) and `allow_unsigned_baselines` is set.
+    fn check_signer(&self, signer: Option<&PublicKey>) -> Result<(), ApiError> {
+        let trusted = signer.is_some_and(|s| {
+            self.trusted_keys
+                .iter()
+                .any(|k| k.to_bytes() == s.to_bytes())
+        });
+        let unsigned_allowed = self.config.auth.allow_unsigned_baselines;
+        match signer {
+            _ if trusted => Ok(()),
+            None if unsigned_allowed => Ok(()),
+            Some(_) if unsigned_allowed && self.trusted_keys.is_empty() => Ok(()),
+            None => Err(ApiError::Forbidden(
+                "the baseline is not signed; sign it with a pipeline key in [auth] \
+                 trusted_keys (or set allow_unsigned_baselines = true to try things out)"
+                    .into(),
+            )),
+            Some(_) => Err(ApiError::Forbidden(
+                "the baseline is not signed by a trusted pipeline key".into(),
+            )),
+        }
+    }
+
+    async fn log_image(&self, image: &ImageRecord, by: &str) {
         let action = ActionRecord {
             id: 0,
             at_ms: now_ms(),
             host_id: None,
             image_id: Some(image.image_id.clone()),
             action: "register_image".into(),
-            target: None,
+            target: Some(by.into()),
             outcome: Outcome::Ok,
             detail: format!(
                 "Registered with baseline {} ({} entries, {}).",
@@ -377,6 +404,27 @@ impl Fleet {
             warn!(error = %err, "Cannot log an action.");
         }
         self.require_host(host_id).await
+    }
+
+    /// An operator (or the scale-in hook) retires a host: `gone` now, without a
+    /// silence alert, and not revoked — scale-in is not a compromise.
+    pub async fn retire(&self, host_id: &str, operator: &str) -> Result<HostRecord, ApiError> {
+        self.require_host(host_id).await?;
+        let host = self
+            .store
+            .transition(host_id, Transition::Retire, now_ms())
+            .await?;
+        let action = ActionRecord::about(
+            &host,
+            "retire",
+            Some(operator),
+            Outcome::Ok,
+            "Retired (scale-in): gone without a silence alert.",
+        );
+        if let Err(err) = self.store.record_action(action).await {
+            warn!(error = %err, "Cannot log an action.");
+        }
+        Ok(host)
     }
 
     async fn require_host(&self, host_id: &str) -> Result<HostRecord, ApiError> {

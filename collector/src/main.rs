@@ -10,11 +10,14 @@ use driftwatch_collector::actions::Actions;
 use driftwatch_collector::alerts::Alerter;
 use driftwatch_collector::api::RateLimiter;
 use driftwatch_collector::app::{app, AppState, Enrollment};
+use driftwatch_collector::auth::Credentials;
 use driftwatch_collector::cli::{emit, ConfigArg, Failure, OperatorCommand};
 use driftwatch_collector::config::CollectorConfig;
 use driftwatch_collector::fleet::Fleet;
 use driftwatch_collector::metrics::Metrics;
-use driftwatch_collector::pki::{read_text, CertificateAuthority};
+use driftwatch_collector::pki::{cert_info, first_certificate, read_text, CertificateAuthority};
+use driftwatch_collector::store::trust::Source;
+use driftwatch_collector::store::{now_ms, Binding};
 use driftwatch_collector::tls;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -54,8 +57,11 @@ enum Command {
     /// for a first try on one machine.
     ///
     /// DIR gets collector.toml, ca.pem and ca.key (the CA that signs agents' and the
-    /// server's certificates), server.pem and server.key, operator.token (the API's
-    /// bearer token) and enrollment.token (what agents exchange for a certificate).
+    /// server's certificates), server.pem and server.key, the API's bearer tokens
+    /// admin.token (every right, tokens included), operator.token (read and act on
+    /// hosts) and pipeline.token (register images), enrollment.token (what agents
+    /// exchange for a certificate), and pipeline.key and pipeline.pub, the key pair
+    /// that signs baselines (the configuration trusts pipeline.pub).
     /// Existing files are never overwritten.
     Init {
         /// The directory to write into (created if missing).
@@ -130,7 +136,7 @@ async fn run(command: Command) -> Result<(), Failure> {
             config,
             host_id,
             out_dir,
-        } => issue_host_cert(&config.config, &host_id, &out_dir),
+        } => issue_host_cert(&config.config, &host_id, &out_dir).await,
         Command::Operator(command) => command.run().await,
     }
 }
@@ -154,11 +160,7 @@ async fn serve(path: &Path) -> Result<(), Failure> {
         actions,
         Arc::clone(&metrics),
     )?);
-    let operator_token = blake3::hash(
-        read_text(&config.auth.operator_token_file)?
-            .trim()
-            .as_bytes(),
-    );
+    let credentials = Credentials::new(Credentials::read(&config.auth)?);
     let enrollment = match (
         &config.auth.enrollment_token_file,
         &config.tls.client_ca_key_file,
@@ -186,7 +188,7 @@ async fn serve(path: &Path) -> Result<(), Failure> {
         config: Arc::clone(&config),
         fleet: Arc::clone(&fleet),
         metrics,
-        operator_token,
+        credentials,
         enrollment,
         limiter: RateLimiter::new(config.ingest.rate_per_sec, config.ingest.burst),
     });
@@ -298,8 +300,12 @@ fn init(
         "ca.key",
         "server.pem",
         "server.key",
+        "admin.token",
         "operator.token",
+        "pipeline.token",
         "enrollment.token",
+        "pipeline.key",
+        "pipeline.pub",
     ] {
         if dir.join(name).exists() {
             return Err(Failure::from(format!(
@@ -321,16 +327,17 @@ fn init(
     write_new(&dir.join("ca.key"), &ca.key_pem(), secret)?;
     write_new(&dir.join("server.pem"), &server_pem, Access::Public)?;
     write_new(&dir.join("server.key"), &server_key, secret)?;
-    write_new(
-        &dir.join("operator.token"),
-        &(random_token()? + "\n"),
-        secret,
-    )?;
-    write_new(
-        &dir.join("enrollment.token"),
-        &(random_token()? + "\n"),
-        secret,
-    )?;
+    for token in [
+        "admin.token",
+        "operator.token",
+        "pipeline.token",
+        "enrollment.token",
+    ] {
+        write_new(&dir.join(token), &(random_token()? + "\n"), secret)?;
+    }
+    let (pipeline_key, pipeline_pub) = pipeline_key_pair()?;
+    write_new(&dir.join("pipeline.key"), &pipeline_key, secret)?;
+    write_new(&dir.join("pipeline.pub"), &pipeline_pub, Access::Public)?;
     let database = database
         .display()
         .to_string()
@@ -348,10 +355,17 @@ client_ca_file = "ca.pem"
 client_ca_key_file = "ca.key"
 
 [auth]
+# Roles: admin (everything, tokens too), operator (read, mark, unmark, approve, revoke,
+# retire, scrape), pipeline (register images). More, scoped and named, with
+# `driftwatch-collector token create`.
+admin_token_file = "admin.token"
 operator_token_file = "operator.token"
+pipeline_token_file = "pipeline.token"
 enrollment_token_file = "enrollment.token"
-# Public keys of the bake pipelines; images are registered only with baselines they signed.
-trusted_keys = []
+# Public keys of the bake pipelines; images are registered only with baselines they
+# signed (`driftwatch baseline create --sign-key pipeline.key`). Unsigned baselines are
+# refused unless allow_unsigned_baselines = true.
+trusted_keys = ["pipeline.pub"]
 
 [replacement]
 mode = "auto"          # auto | dry_run | manual_approve
@@ -375,7 +389,18 @@ min_severity = "critical"
     ))
 }
 
-fn issue_host_cert(config: &Path, host_id: &str, out_dir: &Path) -> Result<(), Failure> {
+/// A new pipeline signing key: (private PEM, public PEM).
+fn pipeline_key_pair() -> Result<(String, String), Failure> {
+    let mut seed = [0u8; 32];
+    driftwatch_protocol::random::fill(&mut seed)
+        .map_err(|e| Failure::from(format!("no randomness: {e}")))?;
+    let key = driftwatch_protocol::sign::PrivateKey::from_seed(seed);
+    Ok((key.to_pem()?, key.public_key().to_pem()?))
+}
+
+/// Issues a certificate for `host_id` and binds the id to its key in the store: a
+/// provisioned id is never enrolled.
+async fn issue_host_cert(config: &Path, host_id: &str, out_dir: &Path) -> Result<(), Failure> {
     let config = CollectorConfig::load(config)?;
     let key_file = config.tls.client_ca_key_file.as_ref().ok_or_else(|| {
         Failure::from("tls.client_ca_key_file is not set: this collector cannot issue certificates")
@@ -385,6 +410,29 @@ fn issue_host_cert(config: &Path, host_id: &str, out_dir: &Path) -> Result<(), F
         &read_text(key_file)?,
     )?;
     let (cert, key) = ca.host_certificate(host_id, config.tls.host_cert_days)?;
+    let info = first_certificate(&cert, "issued certificate")
+        .ok()
+        .as_ref()
+        .and_then(cert_info)
+        .ok_or_else(|| Failure::from("cannot read the issued certificate"))?;
+    let store = driftwatch_collector::store::open(&config).await?;
+    store
+        .bind(Binding {
+            host_id: host_id.to_string(),
+            key_fingerprint: info.key_fingerprint,
+            serial: info.serial,
+            not_after_ms: info.not_after_ms,
+            source: Source::Provisioned,
+            token: None,
+            images: None,
+            daemon: true,
+            bound_ms: now_ms(),
+        })
+        .await
+        .map_err(|e| Failure {
+            code: 1,
+            message: format!("cannot provision host {host_id}: {e}"),
+        })?;
     std::fs::create_dir_all(out_dir)
         .map_err(|e| Failure::from(format!("cannot create {}: {e}", out_dir.display())))?;
     write_new(

@@ -36,6 +36,9 @@ pub struct Metrics {
     pub queue_depth: Family<Label, Gauge<i64, std::sync::atomic::AtomicI64>>,
     /// Replacement decisions the budget held back.
     pub budget_stops: Counter,
+    /// Failed authentications (bad, revoked or expired tokens), by where (`api`,
+    /// `enroll`).
+    pub auth_failures: Family<Label, Counter>,
     /// Hosts by state (set at scrape).
     hosts: Family<Label, Gauge<f64, AtomicU64>>,
     /// Findings by severity (set at scrape).
@@ -66,6 +69,7 @@ impl Metrics {
             webhook_deliveries: Family::default(),
             queue_depth: Family::default(),
             budget_stops: Counter::default(),
+            auth_failures: Family::default(),
             hosts: Family::default(),
             findings: Family::default(),
             images: Gauge::default(),
@@ -105,6 +109,11 @@ impl Metrics {
             "queue_depth",
             "Items waiting in the outbox, by queue",
             metrics.queue_depth.clone(),
+        );
+        registry.register(
+            "auth_failures",
+            "Failed authentications, by where",
+            metrics.auth_failures.clone(),
         );
         registry.register(
             "budget_stops",

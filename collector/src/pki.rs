@@ -191,6 +191,33 @@ pub fn host_id_of(cert: &CertificateDer<'_>) -> Option<String> {
     is_valid_host_id(cn).then(|| cn.to_string())
 }
 
+/// What the collector remembers of a host certificate: the key it binds the host id
+/// to, its serial and when it expires.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CertInfo {
+    /// `blake3:` and the hex BLAKE3 of its SubjectPublicKeyInfo (the same for every
+    /// certificate of one key).
+    pub key_fingerprint: String,
+    /// Its serial number, hex.
+    pub serial: String,
+    /// When it expires, ms since the epoch.
+    pub not_after_ms: i64,
+}
+
+/// The key, serial and expiry of a certificate, if it parses.
+pub fn cert_info(cert: &CertificateDer<'_>) -> Option<CertInfo> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
+    let spki = parsed.tbs_certificate.subject_pki.raw;
+    Some(CertInfo {
+        key_fingerprint: format!("blake3:{}", blake3::hash(spki).to_hex()),
+        serial: parsed
+            .tbs_certificate
+            .raw_serial_as_string()
+            .replace(':', ""),
+        not_after_ms: parsed.validity().not_after.timestamp().saturating_mul(1000),
+    })
+}
+
 /// A certificate's fingerprint: `blake3:` and the hex BLAKE3 of its DER.
 pub fn fingerprint(cert: &CertificateDer<'_>) -> String {
     format!("blake3:{}", blake3::hash(cert).to_hex())

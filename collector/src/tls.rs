@@ -11,7 +11,7 @@
 //! for its next report), and the number of connections is bounded as a whole, so that
 //! slow, idle or numerous clients cannot starve the collector.
 
-use crate::pki::{host_id_of, PkiError};
+use crate::pki::{cert_info, host_id_of, CertInfo, PkiError};
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
@@ -50,6 +50,8 @@ const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct Peer {
     /// The host id of a verified client certificate.
     pub host_id: Option<String>,
+    /// That certificate's key, serial and expiry.
+    pub certificate: Option<CertInfo>,
     /// The remote address.
     pub address: SocketAddr,
 }
@@ -185,15 +187,18 @@ pub async fn serve(
                     return;
                 }
             };
-            let host_id = tls
+            let leaf = tls
                 .get_ref()
                 .1
                 .peer_certificates()
-                .and_then(|certs| certs.first())
-                .and_then(host_id_of);
+                .and_then(|certs| certs.first());
             // The peer rides in each request's extensions. (A `Router::layer` per
             // connection would rebuild every route's service stack per connection.)
-            let peer = Peer { host_id, address };
+            let peer = Peer {
+                host_id: leaf.and_then(host_id_of),
+                certificate: leaf.and_then(cert_info),
+                address,
+            };
             let service = TowerToHyperService::new(tower::service_fn(
                 move |mut request: axum::http::Request<hyper::body::Incoming>| {
                     request.extensions_mut().insert(peer.clone());

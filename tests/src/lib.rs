@@ -21,8 +21,11 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+pub mod bake;
+pub mod browser;
 pub mod container;
 pub mod haproxy;
+pub mod mount;
 pub mod openapi;
 pub mod postgres;
 pub mod sockets;
@@ -301,7 +304,8 @@ impl Collector {
 
     /// Like [`Collector::start`], listening on `ip` (a free port) with a server
     /// certificate for `names` (none: `init`'s defaults, localhost and 127.0.0.1), and
-    /// registering only images signed by one of `trusted_keys` (none: any).
+    /// registering only images signed by one of `trusted_keys` (none: any, and unsigned
+    /// ones too).
     pub fn start_on(ip: &str, names: &[&str], trusted_keys: &[&Path], extra: &str) -> Collector {
         Collector::start_full(Topology::Single, ip, names, trusted_keys, extra)
     }
@@ -372,6 +376,9 @@ impl Collector {
             &format!("database = {:?}", database.url),
         );
         self.database = Some(database);
+        // The CLI's configuration names the shared database too (issue-host-cert
+        // binds the ids it provisions there).
+        std::fs::write(self.config(), &text).unwrap();
         for i in 0..n {
             let port = free_port_on(&self.ip);
             let config = self.path(&format!("replica-{i}.toml"));
@@ -529,6 +536,32 @@ impl Collector {
             .sum()
     }
 
+    /// The ids of every event the collector stored from `host_id` but heartbeats (whose
+    /// ids are random), read from its SQLite file: what "each event once" is judged
+    /// on. `None` with replicas (their store is PostgreSQL).
+    pub fn stored_event_ids(&self, host_id: &str) -> Option<Vec<String>> {
+        if self.database.is_some() {
+            return None;
+        }
+        let db = rusqlite::Connection::open_with_flags(
+            self.path("collector.db"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        let mut query = db
+            .prepare(
+                "SELECT event_id FROM events WHERE host_id = ?1 AND event_id NOT LIKE '%:hb:%' \
+                 ORDER BY event_id",
+            )
+            .unwrap();
+        let ids = query
+            .query_map([host_id], |row| row.get(0))
+            .unwrap()
+            .collect::<Result<Vec<String>, _>>()
+            .unwrap();
+        Some(ids)
+    }
+
     /// Stops it (every replica) with SIGTERM.
     pub fn stop(&mut self) {
         for replica in &mut self.replicas {
@@ -599,14 +632,16 @@ fn free_port_on(ip: &str) -> u16 {
 
 /// `init`'s configuration made quick for tests, with `extra` appended.
 fn test_config(init: &str, trusted_keys: &[&Path], extra: &str) -> String {
-    let mut text = init.to_string();
-    if !trusted_keys.is_empty() {
-        let keys: Vec<String> = trusted_keys.iter().map(|k| format!("{k:?}")).collect();
-        text = text.replace(
-            "trusted_keys = []",
-            &format!("trusted_keys = [{}]", keys.join(", ")),
-        );
-    }
+    let keys: Vec<String> = trusted_keys.iter().map(|k| format!("{k:?}")).collect();
+    let trust = if keys.is_empty() {
+        // The tests' images are signed with keys of their own.
+        "trusted_keys = []\nallow_unsigned_baselines = true".to_string()
+    } else {
+        format!("trusted_keys = [{}]", keys.join(", "))
+    };
+    let written = "trusted_keys = [\"pipeline.pub\"]";
+    assert!(init.contains(written), "init writes {written}");
+    let mut text = init.replace(written, &trust);
     if extra.contains("[replacement]") {
         // The test's replacement policy replaces the one `init` wrote (its rule
         // and the commented webhook example come last).
@@ -818,6 +853,11 @@ impl Host {
             .path()
             .join("tree")
             .join(rel.trim_start_matches('/'))
+    }
+
+    /// Its `state_dir` (the state, the hash cache and the spool), made on first start.
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
     }
 
     /// The daemon's log so far.

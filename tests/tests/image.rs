@@ -26,40 +26,20 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use driftwatch_tests::bake::{agent_deb, install_package, CLOUD_IMAGE, SPARE, UNIT};
 use driftwatch_tests::container::{
-    self, last_lines, run_for, Bridge, Cache, Container, DebianSource, Network, Root, Rootfs,
-    RootfsSpec,
+    self, last_lines, Bridge, Cache, Container, DebianSource, Network, Root, Rootfs, RootfsSpec,
 };
 use driftwatch_tests::{bin, ok, run, Collector, WebhookReceiver};
 use serde_json::Value;
 use std::collections::HashSet;
 use std::fmt::Display;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// The image's id, recorded in the baseline and registered with the collector.
 const IMAGE_ID: &str = "debian-e2e-1";
-/// The packages the image gets on top of `minbase`: what a stock cloud image carries
-/// (a kernel with its modules and initramfs, cloud-init, sshd, time sync, automatic
-/// upgrades, sudo), so that the test judges the image users bake.
-const INCLUDE: &[&str] = &[
-    "systemd",
-    "systemd-sysv",
-    "dbus",
-    "linux-image-cloud-amd64",
-    "initramfs-tools",
-    "cloud-init",
-    "openssh-server",
-    "systemd-timesyncd",
-    "unattended-upgrades",
-    "sudo",
-];
-/// A small package (no dependencies beyond libc) kept as a `.deb` in the image's apt
-/// cache, not installed: the drift step installs it offline.
-const SPARE: &str = "hello";
-/// The agent's unit.
-const UNIT: &str = "driftwatch.service";
 /// The agent's health endpoint inside every container (its own network namespace).
 const HEALTH_PORT: u16 = 9847;
 /// A file the drift step adds under a critical, watched path.
@@ -93,7 +73,7 @@ fn a_baked_image_boots_clean_reports_drift_and_detects_a_tampered_baseline() {
         let deb = scope.spawn(|| agent_deb(&cache));
         let rootfs = cache.rootfs(&RootfsSpec {
             source: &source,
-            include: INCLUDE,
+            include: CLOUD_IMAGE,
             download: &[SPARE],
         });
         (rootfs, deb.join().unwrap())
@@ -160,7 +140,7 @@ fn a_baked_image_boots_clean_reports_drift_and_detects_a_tampered_baseline() {
     timings.add("dpkg -i", installing.elapsed());
     configure_image(&image, &collector, &rootfs);
     let bake_step = Instant::now();
-    bake(&image, &sign_key, &pubkey);
+    driftwatch_tests::bake::bake(&image, IMAGE_ID, &sign_key, &pubkey, &[]);
     timings.add("bake", bake_step.elapsed());
     let baseline = work.path().join("baseline");
     std::fs::copy(image.join("/usr/lib/driftwatch/baseline"), &baseline).unwrap();
@@ -612,81 +592,6 @@ fn a_baked_image_boots_clean_reports_drift_and_detects_a_tampered_baseline() {
 // ---------------------------------------------------------------------------------------
 // The image.
 
-/// The agent's `.deb`: `DRIFTWATCH_TEST_DEB`, or built by `packaging/build.sh
-/// agent-deb`. `Err` (the test skips) when the script cannot run here.
-fn agent_deb(cache: &Cache) -> Result<(PathBuf, String), String> {
-    if let Some(deb) = std::env::var_os("DRIFTWATCH_TEST_DEB") {
-        return Ok((PathBuf::from(deb), "given (DRIFTWATCH_TEST_DEB)".into()));
-    }
-    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    let script = workspace.join("packaging/build.sh");
-    if !script.is_file() {
-        return Err(format!("{} is missing", script.display()));
-    }
-    let building = Instant::now();
-    let mut build = Command::new("bash");
-    build.arg(&script).arg("agent-deb").current_dir(workspace);
-    // What cargo set for this test (CARGO_PKG_NAME, CARGO_MANIFEST_DIR…) must not reach
-    // the inner cargo: build scripts that watch those variables (ring's) would run again
-    // and rebuild half the tree, here and again in the next build.sh run from a shell.
-    for (name, _) in std::env::vars_os() {
-        let name = name.to_string_lossy();
-        if [
-            "CARGO_PKG_",
-            "CARGO_MANIFEST_",
-            "CARGO_CRATE_",
-            "CARGO_BIN_",
-            "CARGO_PRIMARY_",
-        ]
-        .iter()
-        .any(|prefix| name.starts_with(prefix))
-            || ["CARGO_TARGET_TMPDIR", "OUT_DIR"].contains(&name.as_ref())
-        {
-            build.env_remove(name.as_ref());
-        }
-    }
-    let out = run_for(&mut build, Duration::from_secs(3600));
-    let log = cache.dir().join("agent-deb.build.log");
-    std::fs::write(&log, out.to_string()).unwrap();
-    if !out.success() && out.stderr.contains("cannot install them") {
-        return Err(format!(
-            "packaging/build.sh lacks its tools here: {}",
-            last_lines(&out.stderr, 1)
-        ));
-    }
-    if !out.success() {
-        panic!(
-            "packaging/build.sh agent-deb failed; log: {}\n{}",
-            log.display(),
-            last_lines(&format!("{}{}", out.stdout, out.stderr), 30)
-        );
-    }
-    let deb = workspace.join(format!(
-        "target/packages/driftwatch_{}_amd64.deb",
-        env!("CARGO_PKG_VERSION")
-    ));
-    assert!(deb.is_file(), "build.sh did not make {}", deb.display());
-    Ok((deb, format!("build.sh in {:.1?}", building.elapsed())))
-}
-
-/// Installs the agent's package as an image build does: `dpkg -i` in a chroot.
-fn install_package(image: &Root, deb: &Path) {
-    let inside = "/tmp/driftwatch.deb";
-    std::fs::copy(deb, image.join(inside)).unwrap();
-    image.chroot(&["dpkg", "-i", inside]).ok();
-    std::fs::remove_file(image.join(inside)).unwrap();
-    let enabled = image.chroot(&["systemctl", "is-enabled", UNIT]);
-    assert_eq!(
-        enabled.stdout.trim(),
-        "enabled",
-        "the package should enable {UNIT}:{enabled}"
-    );
-    assert!(
-        !image.join("/usr/lib/driftwatch/baseline").exists(),
-        "installing the package must not make a baseline"
-    );
-}
-
 /// What the image build adds for its fleet before the bake: the agent's collector (URL,
 /// CA, enrollment token), systemd-networkd for the network, the spare package's `.deb`
 /// in apt's cache, and stand-ins for the host kernel's modules.
@@ -772,38 +677,6 @@ fn seed_cloud_init(root: &Root, name: &str, outside: bool) {
             }
         ),
         0o600,
-    );
-}
-
-/// The bake step, in a chroot: `driftwatch-bake` with the pipeline's key (copied into
-/// the image's /tmp for the step, removed after).
-fn bake(image: &Root, sign_key: &Path, pubkey: &Path) {
-    std::fs::copy(sign_key, image.join("/tmp/pipeline.key")).unwrap();
-    std::fs::copy(pubkey, image.join("/tmp/pipeline.pub")).unwrap();
-    // /proc in the chroot, as an image build's chroot has it: the scan reads extended
-    // attributes through /proc/self/fd.
-    let proc_dir = image.join("/proc");
-    ok(run(Command::new("mount")
-        .args(["-t", "proc", "proc"])
-        .arg(&proc_dir)));
-    let baked = image.chroot(&[
-        "/usr/sbin/driftwatch-bake",
-        "--image-id",
-        IMAGE_ID,
-        "--sign-key",
-        "/tmp/pipeline.key",
-        "--pubkey",
-        "/tmp/pipeline.pub",
-    ]);
-    ok(run(Command::new("umount").arg(&proc_dir)));
-    std::fs::remove_file(image.join("/tmp/pipeline.key")).unwrap();
-    std::fs::remove_file(image.join("/tmp/pipeline.pub")).unwrap();
-    let baked = baked.ok();
-    eprintln!("{}", baked.stdout.trim_end());
-    let machine_id = std::fs::read(image.join("/etc/machine-id")).unwrap();
-    assert!(
-        machine_id.is_empty(),
-        "the bake should empty /etc/machine-id"
     );
 }
 

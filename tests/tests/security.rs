@@ -127,6 +127,30 @@ fn hostile_requests_are_refused_and_the_collector_keeps_serving(topology: Topolo
     assert_eq!(collector.state("host-d").as_deref(), Some("clean"));
 }
 
+/// A key and a certificate signing request made with openssl in `dir`, as a
+/// provisioning script would: (key file, CSR PEM).
+fn key_and_csr(dir: &std::path::Path, name: &str) -> (std::path::PathBuf, String) {
+    let key = dir.join(format!("{name}.key"));
+    let csr = dir.join(format!("{name}.csr"));
+    let made = Command::new("openssl")
+        .args([
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+        ])
+        .args(["-nodes", "-subj", "/CN=ignored", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&csr)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    (key, std::fs::read_to_string(&csr).unwrap())
+}
+
 fn enrollment_issues_one_certificate_per_host_id(topology: Topology) {
     let collector = Collector::start_as(topology, "");
     let anonymous = RawClient::new(&collector, None);
@@ -174,10 +198,41 @@ fn enrollment_issues_one_certificate_per_host_id(topology: Topology) {
     let (status, body) =
         post_json(&host, "/v1/ingest", &heartbeat_batch("fresh-host", "e1")).unwrap();
     assert_eq!(status, 200, "{body}");
-    // The same id again is refused: the token admits new hosts, it does not take over
-    // existing ones.
+    // The same request again (its answer was lost) is answered again: the id is bound
+    // to this key, and a certificate for the same key changes nothing.
     let (status, body) = post_json(&anonymous, "/v1/enroll", &request).unwrap();
+    assert_eq!(status, 200, "{body}");
+    let again: serde_json::Value = serde_json::from_str(&body).unwrap();
+    std::fs::write(&cert, again["certificate_pem"].as_str().unwrap()).unwrap();
+    let host = RawClient::new(&collector, Some((&cert, &key)));
+    let (status, body) =
+        post_json(&host, "/v1/ingest", &heartbeat_batch("fresh-host", "e2")).unwrap();
+    assert_eq!(status, 200, "{body}");
+    // Another key for the same id is refused: the token admits new hosts, it does not
+    // take over existing ones. Nor ids provisioned with a certificate.
+    let (_, other_csr) = key_and_csr(dir.path(), "other");
+    let mut takeover = request.clone();
+    takeover["csr_pem"] = json!(other_csr);
+    let (status, body) = post_json(&anonymous, "/v1/enroll", &takeover).unwrap();
     assert_eq!(status, 409, "{body}");
+    let certs = tempfile::tempdir().unwrap();
+    collector.issue_cert("provisioned-host", certs.path());
+    takeover["host_id"] = json!("provisioned-host");
+    let (status, body) = post_json(&anonymous, "/v1/enroll", &takeover).unwrap();
+    assert_eq!(status, 409, "{body}");
+    assert!(body.contains("provisioned"), "{body}");
+    // Guessed tokens do not spend the valid token's rate: after many, it still works.
+    for _ in 0..30 {
+        let guess = json!({"token": "guess", "host_id": "x", "csr_pem": "x"});
+        let (status, _) = post_json(&anonymous, "/v1/enroll", &guess).unwrap();
+        assert!(status == 403 || status == 429, "{status}");
+    }
+    let (_, third_csr) = key_and_csr(dir.path(), "third");
+    let mut newcomer = request.clone();
+    newcomer["host_id"] = json!("newcomer");
+    newcomer["csr_pem"] = json!(third_csr);
+    let (status, body) = post_json(&anonymous, "/v1/enroll", &newcomer).unwrap();
+    assert_eq!(status, 200, "{body}");
     // An invalid host id is refused before anything is issued.
     let mut bad = request.clone();
     bad["host_id"] = json!("../../etc");

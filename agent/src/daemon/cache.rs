@@ -5,8 +5,11 @@
 //! verification reads only files whose identity moved. The cache is an optimisation,
 //! never a source of truth: it is sealed with a BLAKE3 digest, replaced atomically, and
 //! anything wrong with it (missing, torn, corrupt, another format) means an empty cache
-//! — every file is read again. The periodic full re-hash ignores it altogether, so a
-//! forged cache can hide a change only until then.
+//! — every file is read again. A cache that is there but damaged ([`CacheProblem`]) is
+//! also reported: the daemon logs it, lists it in the status's `state_problems` and
+//! counts it in the metrics, since a broken seal on a file only the daemon writes is
+//! either a failing disk or someone at work. The periodic full re-hash ignores the
+//! cache altogether, so a forged cache can hide a change only until then.
 
 use crate::source::files::{ContentHashes, FileIdentity, KnownHashes};
 use driftwatch_protocol::codec::{put_bytes, put_varint, DecodeError, Reader, MAX_PATH_BYTES};
@@ -66,33 +69,74 @@ fn decode(bytes: &[u8]) -> Result<HashCache, DecodeError> {
     Ok(HashCache { entries })
 }
 
+/// Why a cache file found on disk was not used (a missing file is no problem: the
+/// first check writes it).
+#[derive(Debug, thiserror::Error)]
+pub enum CacheProblem {
+    /// It cannot be read.
+    #[error("cannot be read: {0}")]
+    Unreadable(io::Error),
+    /// Magic or seal wrong: torn, damaged or tampered with.
+    #[error("its seal does not match (torn, damaged or tampered with)")]
+    BadSeal,
+    /// Sealed, but the records do not decode.
+    #[error("its records do not decode: {0}")]
+    Undecodable(DecodeError),
+}
+
+/// The records of a sealed cache file: [`MAGIC`], records, then the BLAKE3 of the
+/// records.
+fn unseal(bytes: &[u8]) -> Result<&[u8], CacheProblem> {
+    bytes
+        .strip_prefix(MAGIC)
+        .and_then(|rest| rest.len().checked_sub(32).map(|at| rest.split_at(at)))
+        .filter(|(body, digest)| blake3::hash(body).as_bytes() == *digest)
+        .map(|(body, _)| body)
+        .ok_or(CacheProblem::BadSeal)
+}
+
+/// The cache file's bytes; `None` when there is none.
+fn read(state_dir: &Path) -> Result<Option<Vec<u8>>, CacheProblem> {
+    match fs::read(state_dir.join(CACHE_FILE)) {
+        Ok(bytes) => Ok(Some(bytes)),
+        Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(err) => Err(CacheProblem::Unreadable(err)),
+    }
+}
+
 impl HashCache {
-    /// Loads the cache; any problem gives an empty cache (and everything is re-read).
-    pub fn load(state_dir: &Path) -> HashCache {
-        match fs::read(state_dir.join(CACHE_FILE)) {
-            Ok(bytes) => HashCache::from_bytes(&bytes),
-            Err(_) => HashCache::default(),
+    /// Loads the cache for fast verification. Anything wrong with it gives an empty
+    /// cache (every file is read again, and the check rewrites it) and the problem,
+    /// for the log and the status.
+    pub fn load(state_dir: &Path) -> (HashCache, Option<CacheProblem>) {
+        let parsed = read(state_dir).and_then(|bytes| match bytes {
+            Some(bytes) => HashCache::parse(&bytes),
+            None => Ok(HashCache::default()),
+        });
+        match parsed {
+            Ok(cache) => (cache, None),
+            Err(problem) => (HashCache::default(), Some(problem)),
         }
     }
 
-    /// The cache a file's bytes hold: [`MAGIC`], records, then the BLAKE3 of the
-    /// records; anything else is an empty cache.
+    /// Checks the cache's seal without building it (the checks that do not use it
+    /// still say when it was found corrupt; they rewrite it anyway).
+    pub fn inspect(state_dir: &Path) -> Option<CacheProblem> {
+        match read(state_dir) {
+            Ok(Some(bytes)) => unseal(&bytes).err(),
+            Ok(None) => None,
+            Err(problem) => Some(problem),
+        }
+    }
+
+    /// The cache a file's bytes hold.
+    pub fn parse(bytes: &[u8]) -> Result<HashCache, CacheProblem> {
+        decode(unseal(bytes)?).map_err(CacheProblem::Undecodable)
+    }
+
+    /// Like [`HashCache::parse`], anything wrong giving an empty cache.
     pub fn from_bytes(bytes: &[u8]) -> HashCache {
-        let Some(body) = bytes
-            .strip_prefix(MAGIC)
-            .and_then(|rest| rest.len().checked_sub(32).map(|at| rest.split_at(at)))
-            .filter(|(body, digest)| blake3::hash(body).as_bytes() == *digest)
-            .map(|(body, _)| body)
-        else {
-            tracing::warn!("The hash cache is corrupt; fast verification re-reads every file.");
-            return HashCache::default();
-        };
-        decode(body).unwrap_or_else(|_| {
-            tracing::warn!(
-                "The hash cache does not decode; fast verification re-reads every file."
-            );
-            HashCache::default()
-        })
+        HashCache::parse(bytes).unwrap_or_default()
     }
 
     /// The number of files known.
@@ -216,7 +260,9 @@ mod tests {
         writer.push(b"/a", &identity(10), &hashes).unwrap();
         writer.push(b"/b\xff", &identity(11), &plain).unwrap();
         writer.finish().unwrap();
-        let cache = HashCache::load(dir.path());
+        let (cache, problem) = HashCache::load(dir.path());
+        assert!(problem.is_none(), "{problem:?}");
+        assert!(HashCache::inspect(dir.path()).is_none());
         assert_eq!(cache.len(), 2);
         assert_eq!(cache.get(b"/a", &identity(10)), Some(hashes));
         assert_eq!(cache.get(b"/b\xff", &identity(11)), Some(plain));
@@ -227,7 +273,11 @@ mod tests {
     #[test]
     fn anything_wrong_means_an_empty_cache() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(HashCache::load(dir.path()).len(), 0);
+        let (empty, problem) = HashCache::load(dir.path());
+        assert!(
+            empty.is_empty() && problem.is_none(),
+            "a missing cache is no problem"
+        );
         let hashes = ContentHashes {
             blake3: [7; 32],
             sha256: None,
@@ -239,13 +289,34 @@ mod tests {
         let mut abandoned = CacheWriter::create(dir.path()).unwrap();
         abandoned.push(b"/b", &identity(2), &hashes).unwrap();
         drop(abandoned);
-        assert_eq!(HashCache::load(dir.path()).len(), 1);
+        assert_eq!(HashCache::load(dir.path()).0.len(), 1);
         let path = dir.path().join(CACHE_FILE);
         let mut bytes = fs::read(&path).unwrap();
         bytes[10] ^= 1;
         fs::write(&path, &bytes).unwrap();
-        assert_eq!(HashCache::load(dir.path()).len(), 0);
+        let (cache, problem) = HashCache::load(dir.path());
+        assert!(cache.is_empty());
+        assert!(
+            matches!(problem, Some(CacheProblem::BadSeal)),
+            "{problem:?}"
+        );
+        assert!(matches!(
+            HashCache::inspect(dir.path()),
+            Some(CacheProblem::BadSeal)
+        ));
         fs::write(&path, &bytes[..5]).unwrap();
-        assert_eq!(HashCache::load(dir.path()).len(), 0);
+        assert!(matches!(
+            HashCache::load(dir.path()),
+            (_, Some(CacheProblem::BadSeal))
+        ));
+        // Sealed but not records: refused as well.
+        let mut forged = MAGIC.to_vec();
+        forged.extend_from_slice(b"\x05/a");
+        forged.extend_from_slice(blake3::hash(b"\x05/a").as_bytes());
+        fs::write(&path, &forged).unwrap();
+        assert!(matches!(
+            HashCache::load(dir.path()),
+            (_, Some(CacheProblem::Undecodable(_)))
+        ));
     }
 }

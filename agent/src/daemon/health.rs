@@ -100,6 +100,12 @@ fn render_metrics(status: &Status) -> String {
     );
     counter(
         &mut registry,
+        "hash_caches_discarded",
+        "Hash caches found damaged and discarded (every file re-read, the cache rebuilt)",
+        status.hash_caches_discarded,
+    );
+    counter(
+        &mut registry,
         "full_checks",
         "Full checks finished",
         status.full_checks,

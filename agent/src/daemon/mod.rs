@@ -95,9 +95,12 @@ pub struct Status {
     /// them).
     pub degradations: Vec<String>,
     /// What is wrong with the daemon's own state directory: a state file found corrupt
-    /// at start, or the last save failing (read-only, full). Watching goes on; empty
-    /// once a save succeeds again.
+    /// at start or a hash cache found damaged (both stay listed until restart), the last
+    /// save failing (read-only, full: gone once a save succeeds again). Watching goes
+    /// on.
     pub state_problems: Vec<String>,
+    /// Hash caches found damaged and discarded since start.
+    pub hash_caches_discarded: u64,
     /// When the last full check finished (RFC 3339).
     pub last_full_check: Option<String>,
     /// How long it took.
@@ -126,6 +129,13 @@ pub struct Status {
 
 /// How a failed state save starts in [`Status::state_problems`].
 const SAVE_FAILED: &str = "cannot save state in";
+/// How a damaged hash cache starts in [`Status::state_problems`].
+const CACHE_DAMAGED: &str = "hash cache";
+/// How a failing spool starts in [`Status::state_problems`].
+const SPOOL_FAILED: &str = "cannot spool findings:";
+/// How often failed writes of the daemon's own state (a full or read-only state
+/// directory) are tried again.
+const WRITE_RETRY: Duration = Duration::from_secs(5);
 
 /// State shared between the daemon loop and the HTTP endpoint.
 #[derive(Default)]
@@ -190,8 +200,8 @@ struct Daemon {
     image: ImageClaim,
     /// Events for the collector (with a `[collector]` section).
     spool: Option<Arc<Mutex<Spool>>>,
-    /// A spool append failed: the next one re-spools every current finding.
-    spool_behind: bool,
+    /// The last state save failed: it is retried.
+    save_failed: bool,
     /// Tells the reporter there is something to send.
     wake: Arc<Notify>,
     /// What heartbeats say about the host.
@@ -212,7 +222,7 @@ struct Daemon {
     /// The first-boot provisioning window, once the baseline is verified.
     provisioning: Option<provision::Provisioning>,
     /// Its declared paths.
-    declared: Option<provision::Declared>,
+    declared: Option<config::provisioning::Declared>,
 }
 
 impl Daemon {
@@ -232,7 +242,7 @@ impl Daemon {
             state: State::default(),
             image: no_image(),
             spool: None,
-            spool_behind: false,
+            save_failed: false,
             wake: Arc::new(Notify::new()),
             summary,
             directives_tx,
@@ -283,7 +293,7 @@ impl Daemon {
                 // the host itself is what is in doubt. Mark it and keep serving.
                 error!(baseline = %path.display(), error = %source, "Baseline failed verification.");
                 self.state = State::load(&self.config.state_dir, "untrusted").unwrap_or_default();
-                self.open_spool()?;
+                self.open_spool_or_retry();
                 let finding = Finding::Baseline(BaselineFinding {
                     path: path.display().to_string(),
                     error: source.to_string(),
@@ -314,7 +324,7 @@ impl Daemon {
                 image_id: context.reader.meta().image_id.clone(),
                 baseline_digest: Some(digest.clone()),
             };
-            self.open_spool()?;
+            self.open_spool_or_retry();
             self.start_provisioning(&digest);
             let mut status = self.shared.status();
             status.baseline_digest = Some(digest);
@@ -367,6 +377,7 @@ impl Daemon {
         let mut package_poll = tokio::time::interval(PACKAGE_POLL);
         let mut packages = PackageWatch::new(&self.config.root);
         let mut provision_poll = tokio::time::interval(provision::POLL);
+        let mut write_retry = tokio::time::interval(WRITE_RETRY);
         loop {
             if let (Some(reason), Some(context)) = (self.rescan_pending.take(), &context) {
                 // Paced and at background priority like any scheduled check: an event
@@ -435,6 +446,7 @@ impl Daemon {
                         self.poll_provisioning(Arc::clone(context)).await;
                     }
                 }
+                _ = write_retry.tick(), if self.writes_behind() => self.retry_writes(),
                 () = tick(&mut self.watchdog) => notify_systemd(&[sd_notify::NotifyState::Watchdog]),
             }
         }
@@ -480,11 +492,15 @@ impl Daemon {
             // Scheduled checks yield to the host's own work, also outside systemd; the
             // scan's threads inherit this thread's priorities.
             let _priority = (depth != Depth::Immediate).then(BackgroundPriority::enter);
-            let known = (depth == Depth::Fast).then(|| {
-                let cache = HashCache::load(&state_dir);
+            // Only fast verification trusts the cache; every check says when it is
+            // found damaged (and rewrites it).
+            let (known, cache_problem) = if depth == Depth::Fast {
+                let (cache, problem) = HashCache::load(&state_dir);
                 debug!(files = cache.len(), "Hash cache loaded.");
-                Arc::new(cache) as Arc<dyn KnownHashes>
-            });
+                (Some(Arc::new(cache) as Arc<dyn KnownHashes>), problem)
+            } else {
+                (None, HashCache::inspect(&state_dir))
+            };
             let plan = CheckPlan {
                 root: &root,
                 baseline: &context.reader,
@@ -507,15 +523,21 @@ impl Daemon {
                     }
                 }
             };
-            let outcome = pipeline::check(&plan, &Progress::hidden(), &mut record)?;
+            let outcome = pipeline::check(&plan, &Progress::hidden(), &mut record);
             // A cancelled scan saw only part of the tree: keep the old cache.
-            let complete = !cancel.load(Ordering::Relaxed);
+            let complete = outcome.is_ok() && !cancel.load(Ordering::Relaxed);
             if let Some(Err(err)) = cache.filter(|_| complete).map(CacheWriter::finish) {
                 warn!(error = %err, "Cannot write the hash cache.");
             }
-            Ok::<_, Error>(outcome)
+            (cache_problem, outcome)
         });
         let result = self.wait_serving(task, Some(&live)).await;
+        let result = result.map(|(cache_problem, outcome)| {
+            if let Some(problem) = cache_problem {
+                self.cache_problem(&problem);
+            }
+            outcome
+        });
         if self.cancel.load(Ordering::Relaxed) {
             // A walk cut short looks like deleted files: never apply it.
             info!(why, "Check cancelled.");
@@ -557,6 +579,22 @@ impl Daemon {
             Ok(Err(err)) => error!(why, error = %err, "Check failed."),
             Err(err) => error!(why, error = %err, "Check panicked."),
         }
+    }
+
+    /// Reports a damaged hash cache: a log line, a state problem (the latest one stays
+    /// until restart, like a corrupt state file) and a count in the metrics.
+    fn cache_problem(&self, problem: &cache::CacheProblem) {
+        let path = self.config.state_dir.join(cache::CACHE_FILE);
+        error!(path = %path.display(), problem = %problem, "The hash cache was damaged; it is not trusted: every file is read again and the cache rebuilt.");
+        self.shared.status().hash_caches_discarded += 1;
+        self.set_problem(
+            CACHE_DAMAGED,
+            &format!(
+                "{} {problem}; discarded at {}, every file read again and the cache rebuilt",
+                path.display(),
+                now_rfc3339()
+            ),
+        );
     }
 
     /// Re-checks the paths named by a burst of watch events; lost events schedule a
@@ -706,7 +744,11 @@ impl Daemon {
         // Durable for the collector before anything else: a crash from here on
         // re-finds them at worst (the state is saved below), never loses them. A
         // changed finding travels as a new event under its old key.
-        self.spool_findings(&recorded.to_report(), &time);
+        if self.config.collector.is_some() {
+            // Also while the spool cannot be opened: it takes them once it can.
+            self.state.set_unspooled(Some(&recorded.to_report()));
+        }
+        self.spool_findings();
         // Drift is output, but an operator reading the journal must see it too.
         for (findings, what) in [(&recorded.new, "found"), (&recorded.changed, "changed")] {
             for finding in findings {
@@ -759,55 +801,105 @@ impl Daemon {
             lock(spool).set_max_bytes(collector.spool_max_bytes);
             return Ok(());
         }
-        let mut spool = Spool::open(
+        let spool = Spool::open(
             &self.config.state_dir.join(SPOOL_DIR),
             collector.spool_max_bytes,
         )
         .map_err(Error::Spool)?;
-        let seeded = if spool.created() && !self.state.findings.is_empty() {
-            let current = current_findings(&self.state);
-            spool
-                .append(current.clone(), || current)
-                .map_err(Error::Spool)?
+        if spool.created() {
+            self.state.set_unspooled(None);
         } else {
-            Appended::Added(0)
-        };
+            let unacked = spool.peek(usize::MAX).map(|u| u.events).unwrap_or_default();
+            self.state
+                .absorb_spooled(unacked.iter().filter_map(|event| match &event.body {
+                    EventBody::Finding { finding } => Some((finding, event.at.as_str())),
+                    _ => None,
+                }));
+        }
         self.spool = Some(Arc::new(Mutex::new(spool)));
         self.shared.status().collector = Some(CollectorStatus::new(collector));
-        self.spooled(seeded);
+        self.forget_problem(SPOOL_FAILED);
+        self.spool_findings();
         Ok(())
     }
 
-    /// Writes new findings to the spool and wakes the reporter.
-    fn spool_findings(&mut self, new: &[Finding], time: &str) {
+    /// [`Daemon::open_spool`] at start: a spool that cannot be opened (a full or
+    /// read-only state directory) is a state problem, retried with the other writes;
+    /// watching goes on meanwhile.
+    fn open_spool_or_retry(&mut self) {
+        if let Err(err) = self.open_spool() {
+            error!(error = %err, "Cannot open the spool; retrying.");
+            self.set_problem(SPOOL_FAILED, &err.to_string());
+        }
+    }
+
+    /// Whether a write of the daemon's own state failed and is due again.
+    fn writes_behind(&self) -> bool {
+        self.save_failed
+            || (self.config.collector.is_some() && self.spool.is_none())
+            || self.state.findings.values().any(|r| r.unspooled)
+    }
+
+    /// Retries what failed to be written: the spool's opening, the findings not
+    /// spooled, the state.
+    fn retry_writes(&mut self) {
+        if self.config.collector.is_some() && self.spool.is_none() {
+            self.open_spool_or_retry();
+            self.start_reporter();
+        }
+        self.spool_findings();
+        if self.save_failed {
+            self.save_state();
+        }
+    }
+
+    /// Lists a state problem under `prefix`, replacing an older one.
+    fn set_problem(&self, prefix: &str, text: &str) {
+        let mut status = self.shared.status();
+        status.state_problems.retain(|p| !p.starts_with(prefix));
+        status.state_problems.push(format!("{prefix} {text}"));
+    }
+
+    fn forget_problem(&self, prefix: &str) {
+        self.shared
+            .status()
+            .state_problems
+            .retain(|p| !p.starts_with(prefix));
+    }
+
+    /// Writes the findings not spooled yet (new and changed ones, and any whose
+    /// spooling failed before) to the spool and wakes the reporter.
+    fn spool_findings(&mut self) {
         let Some(spool) = self.spool.clone() else {
             return;
         };
-        if new.is_empty() && !self.spool_behind {
+        let events: Vec<(String, EventBody)> = self
+            .state
+            .findings
+            .values()
+            .filter(|r| r.unspooled)
+            .map(|r| {
+                let finding = r.finding.clone();
+                (r.reported_at().to_string(), EventBody::Finding { finding })
+            })
+            .collect();
+        if events.is_empty() {
             return;
         }
         let state = &self.state;
-        let result = if self.spool_behind {
-            let current = current_findings(state);
-            lock(&spool).append(current.clone(), || current)
-        } else {
-            let events = new
-                .iter()
-                .map(|f| (time.to_string(), EventBody::Finding { finding: f.clone() }))
-                .collect();
-            lock(&spool).append(events, || current_findings(state))
-        };
+        let result = lock(&spool).append(events, || current_findings(state));
         match result {
             Ok(appended) => {
-                self.spool_behind = false;
+                self.state.clear_unspooled();
+                self.forget_problem(SPOOL_FAILED);
                 self.spooled(appended);
                 self.wake.notify_one();
             }
             Err(err) => {
-                // The findings are in the state; once the spool works again all of
-                // them are spooled anew.
-                error!(error = %err, "Cannot spool findings for the collector.");
-                self.spool_behind = true;
+                // They stay marked in the state (saved, when it can be) and are
+                // spooled when the spool works again; nothing else waits for it.
+                error!(error = %err, "Cannot spool findings for the collector; retrying.");
+                self.set_problem(SPOOL_FAILED, &err.to_string());
             }
         }
     }
@@ -891,16 +983,14 @@ impl Daemon {
     /// in memory stays right, and the spool keeps what the collector has not taken.
     fn save_state(&mut self) {
         let result = self.state.save(&self.config.state_dir);
-        let mut status = self.shared.status();
-        status
-            .state_problems
-            .retain(|p| !p.starts_with(SAVE_FAILED));
-        if let Err(err) = result {
-            error!(error = %err, dir = %self.config.state_dir.display(), "Cannot save state.");
-            status.state_problems.push(format!(
-                "{SAVE_FAILED} {}: {err}",
-                self.config.state_dir.display()
-            ));
+        self.save_failed = result.is_err();
+        match result {
+            Ok(()) => self.forget_problem(SAVE_FAILED),
+            Err(err) => {
+                error!(error = %err, dir = %self.config.state_dir.display(), "Cannot save state; retrying.");
+                let dir = self.config.state_dir.display().to_string();
+                self.set_problem(SAVE_FAILED, &format!("{dir}: {err}"));
+            }
         }
     }
 

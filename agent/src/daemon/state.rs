@@ -71,6 +71,17 @@ pub struct Remembered {
     pub last_changed: Option<String>,
     /// The finding as last seen.
     pub finding: Finding,
+    /// Not in the spool yet: spooling it failed (a full or read-only state directory)
+    /// and is retried. Saved, so that a restart still sends it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unspooled: bool,
+}
+
+impl Remembered {
+    /// When what it says was last found new or changed: the time of its event.
+    pub fn reported_at(&self) -> &str {
+        self.last_changed.as_deref().unwrap_or(&self.first_seen)
+    }
 }
 
 /// `finding`, with the package `known` was attributed to when `finding` names none: a
@@ -243,12 +254,53 @@ impl State {
                             last_seen: now.to_string(),
                             last_changed: None,
                             finding: finding.clone(),
+                            unspooled: false,
                         },
                     );
                 }
             }
         }
         recorded
+    }
+
+    /// Marks `findings` (by key; all of them with `None`) as not spooled yet.
+    pub fn set_unspooled(&mut self, findings: Option<&[Finding]>) {
+        match findings {
+            Some(findings) => {
+                for finding in findings {
+                    if let Some(known) = self.findings.get_mut(&finding.key()) {
+                        known.unspooled = true;
+                    }
+                }
+            }
+            None => self.findings.values_mut().for_each(|r| r.unspooled = true),
+        }
+    }
+
+    /// Every finding is in the spool.
+    pub fn clear_unspooled(&mut self) {
+        self.findings.values_mut().for_each(|r| r.unspooled = false);
+    }
+
+    /// Takes in findings the spool holds for the collector but this state may not (a
+    /// kill between the spool's append and the state's save): without them the boot
+    /// check would find them new again and spool them a second time, under new ids the
+    /// collector cannot tell from new drift. `spooled` is oldest first, with each
+    /// event's time; a finding not spooled yet since is newer than any of them.
+    pub fn absorb_spooled<'a>(
+        &mut self,
+        spooled: impl IntoIterator<Item = (&'a Finding, &'a str)>,
+    ) {
+        for (finding, at) in spooled {
+            if self
+                .findings
+                .get(&finding.key())
+                .is_some_and(|known| known.unspooled)
+            {
+                continue;
+            }
+            self.record(std::slice::from_ref(finding), at);
+        }
     }
 
     /// Marks the host when a remembered finding is at or above `threshold` and it is

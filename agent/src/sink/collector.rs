@@ -492,11 +492,14 @@ impl Reporter {
                 Ok(ack) => {
                     backoff.reset();
                     failures = 0;
+                    let mut unrecorded = false;
                     if let Some(through) = through {
                         if let Err(err) = self.spool().ack(through) {
                             // The collector has them; they will be sent again and
-                            // counted as duplicates.
+                            // counted as duplicates. Not at once: the state directory
+                            // is full or read-only, and resending in a loop helps no one.
                             error!(error = %err, "Cannot record the acknowledgement in the spool.");
+                            unrecorded = true;
                         }
                     }
                     batch_size = batch_size.saturating_mul(2).min(max_batch);
@@ -528,6 +531,9 @@ impl Reporter {
                         *current = Some(host);
                         changed
                     });
+                    if unrecorded {
+                        pause(backoff.next_delay(), &mut stop).await;
+                    }
                 }
                 Err(err) => {
                     failures = failures.saturating_add(1);

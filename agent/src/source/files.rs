@@ -225,6 +225,9 @@ pub struct ScanOptions {
     /// cost about a quarter more CPU (measured in `bench/scan.sh cold`), so they are
     /// not on by default elsewhere.
     pub readers: Option<usize>,
+    /// Mount points inside the root that the walk crosses into although the policy
+    /// says `one_filesystem`: the image's own file systems (default: none).
+    pub cross: Vec<Vec<u8>>,
 }
 
 /// Read-ahead threads for a boot check. A cold page cache (a boot check) is bound by
@@ -629,7 +632,8 @@ struct Walk<'a> {
     policy: &'a Policy,
     options: &'a ScanOptions,
     cancel: &'a AtomicBool,
-    /// With `one_filesystem`, the devices of the scan paths.
+    /// With `one_filesystem`, the devices of the scan paths and of the mount points to
+    /// cross.
     allowed_devices: Option<Vec<u64>>,
 }
 
@@ -644,6 +648,7 @@ fn walk(
         policy
             .scan_paths()
             .iter()
+            .chain(&options.cross)
             .filter_map(|p| locate(root, p).ok())
             .filter_map(|at| {
                 rustix::fs::statat(at.dir.as_fd(), &at.name, AtFlags::SYMLINK_NOFOLLOW).ok()
@@ -1219,32 +1224,75 @@ pub fn observe_one(root: &Path, policy: &Policy, path: &[u8]) -> Option<ScanItem
     inspector.inspect(path.to_vec(), &at, state, hash)
 }
 
+/// Examines entries of trees that no policy describes (a container's overlay layers)
+/// the way the scan does, named by an open directory and a name in it: one per thread,
+/// reused for every entry, so that a walk of a layer costs what the scan's does.
+pub struct LayerInspector {
+    shared: Shared,
+    buffer: Vec<u8>,
+    never: AtomicBool,
+}
+
+impl Default for LayerInspector {
+    fn default() -> Self {
+        LayerInspector {
+            shared: Shared::new(0),
+            buffer: Vec::new(),
+            never: AtomicBool::new(false),
+        }
+    }
+}
+
+impl LayerInspector {
+    /// Examines `name` in the open directory `dir` (`.` for `dir` itself), which
+    /// findings call `path`, never following a symlink; a regular file's content
+    /// (BLAKE3) is read only when `hash`, and not at all when `known` has it for the
+    /// file's identity. `None` when it does not exist.
+    pub fn inspect(
+        &mut self,
+        dir: &Arc<OwnedFd>,
+        name: &std::ffi::CStr,
+        path: Vec<u8>,
+        hash: bool,
+        known: Option<&dyn KnownHashes>,
+    ) -> Option<ScanItem> {
+        if hash && self.buffer.is_empty() {
+            // Below the allocator's mmap threshold.
+            self.buffer = vec![0; READ_BUFFER_BYTES / 2];
+        }
+        let at = Located {
+            dir: Arc::clone(dir),
+            name: name.to_owned(),
+        };
+        let mut inspector = Inspector {
+            sha256: false,
+            buffer: std::mem::take(&mut self.buffer),
+            bytes_hashed: &self.shared.bytes_hashed,
+            links: &self.shared.links,
+            known,
+            limits: Limits {
+                max_bytes: crate::policy::DEFAULT_MAX_FILE_BYTES,
+                pacer: &self.shared.pacer,
+                cancel: &self.never,
+            },
+        };
+        let item = inspector.inspect(path, &at, PathState::default(), hash);
+        self.buffer = inspector.buffer;
+        item
+    }
+}
+
 /// Examines one path of a tree that no policy describes (an overlay layer of a
 /// container) the way the scan does, reached from the root down without following a
-/// symlink, reading a regular file's content (BLAKE3) only when `hash`; `None` when it
-/// does not exist.
+/// symlink, reading a regular file's content (BLAKE3) only when `hash`; `None` when
+/// it does not exist.
 pub fn inspect_path(root: &Path, path: &[u8], hash: bool) -> Option<ScanItem> {
     let at = match locate_from_root(root, path, &[libc::ENOENT, libc::ENOTDIR]) {
         Ok(Some(at)) => at,
         Ok(None) => return None,
         Err(unreadable) => return Some(*unreadable),
     };
-    let shared = Shared::new(0);
-    let never = AtomicBool::new(false);
-    let mut inspector = Inspector {
-        sha256: false,
-        // Below the allocator's mmap threshold: this runs once per path.
-        buffer: vec![0; if hash { READ_BUFFER_BYTES / 2 } else { 0 }],
-        bytes_hashed: &shared.bytes_hashed,
-        links: &shared.links,
-        known: None,
-        limits: Limits {
-            max_bytes: crate::policy::DEFAULT_MAX_FILE_BYTES,
-            pacer: &shared.pacer,
-            cancel: &never,
-        },
-    };
-    inspector.inspect(path.to_vec(), &at, PathState::default(), hash)
+    LayerInspector::default().inspect(&at.dir, &at.name, path.to_vec(), hash, None)
 }
 
 #[cfg(test)]

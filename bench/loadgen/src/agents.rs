@@ -66,7 +66,14 @@ impl CollectorFiles {
     /// again is harmless.
     pub async fn register_image(&self, base_url: &str) -> Result<ImageClaim> {
         let (image_id, baseline, digest) = crate::body::image_baseline()?;
-        let token = read(&self.config.auth.operator_token_file)?;
+        let auth = &self.config.auth;
+        // Registering is the pipeline's right (the operator's in a configuration
+        // from before roles).
+        let token = read(
+            auth.pipeline_token_file
+                .as_ref()
+                .unwrap_or(&auth.operator_token_file),
+        )?;
         let client = OperatorClient::new(
             base_url,
             &self.config.tls.client_ca_file,

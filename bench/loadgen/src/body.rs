@@ -133,7 +133,7 @@ const TEMPLATES: [(&str, &str, &str, Severity, &str); 8] = [
 
 /// The `k`-th finding of a host in run `tag`: the same on every host, a new path for
 /// every `k`.
-fn file_finding(tag: &str, k: u64) -> Finding {
+pub(crate) fn file_finding(tag: &str, k: u64) -> Finding {
     let (dir, stem, extension, severity, rule) = TEMPLATES[(k % TEMPLATES.len() as u64) as usize];
     let path = format!("{dir}/{stem}-{tag}-{k}{extension}");
     let state = |salt: u64, size: u64, mode: &str, mtime: &str| EntryState {

@@ -34,6 +34,7 @@ mod agents;
 mod body;
 mod certs;
 mod error;
+mod fill;
 mod procfs;
 mod run;
 mod stats;
@@ -99,6 +100,22 @@ enum Command {
         /// Seconds to wait before reading the collector's memory.
         #[arg(long, default_value_t = 2.0)]
         settle_secs: f64,
+    },
+    /// Fill the collector's store directly (no TLS): N hosts with their findings and
+    /// one host with many, for benchmarks that read a large fleet.
+    Fill {
+        /// The collector's collector.toml (its `database` is filled).
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+        /// Hosts to make.
+        #[arg(long, default_value_t = 100_000)]
+        hosts: u64,
+        /// File findings of each host.
+        #[arg(long, default_value_t = 10)]
+        findings: u64,
+        /// File findings of the host `fill-big`.
+        #[arg(long, default_value_t = 1000)]
+        big_host_findings: u64,
     },
     /// Send a scenario's load for a while and report throughput and latency.
     ///
@@ -278,6 +295,19 @@ fn dispatch(command: Command) -> Result<()> {
             };
             runtime(connection.threads)?.block_on(run::register(identity, connection, options))
         }
+        Command::Fill {
+            config,
+            hosts,
+            findings,
+            big_host_findings,
+        } => runtime(2)?.block_on(fill::fill(
+            &config,
+            fill::FillOptions {
+                hosts,
+                findings,
+                big_host_findings,
+            },
+        )),
         Command::Run {
             identity,
             connection,

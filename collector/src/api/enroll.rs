@@ -1,50 +1,117 @@
-//! `POST /v1/enroll`: a host without credentials trades the enrollment token and a
+//! `POST /v1/enroll`: a host without credentials trades an enrollment token and a
 //! certificate signing request for a client certificate naming its host id.
 //!
-//! An id is enrolled once: a second request for it is refused (409), so the token lets
-//! a new host in but never lets anyone take over an existing host's identity. A host
-//! that lost its key is revoked and re-provisioned by an operator.
+//! An id is bound once, to the key of its first enrollment: the same key again gets a
+//! certificate again (a lost answer is retried safely), another key is refused (409),
+//! and an id provisioned with `issue-host-cert` is never enrolled. Tokens are the
+//! configuration's `enrollment_token_file` or stored `enroll` tokens, which may expire,
+//! count uses and allow only some host ids and images. A bad token counts against its
+//! source address only; each valid token has a rate of its own, so guessing neither
+//! succeeds nor slows the fleet's enrollments.
 
 use crate::app::AppState;
+use crate::auth::Role;
 use crate::error::ApiError;
-use crate::pki::{fingerprint, first_certificate};
-use crate::store::now_ms;
-use crate::store::ActionRecord;
+use crate::pki::{cert_info, first_certificate};
+use crate::store::trust::{allowed, token_hash, Source};
+use crate::store::{now_ms, ActionRecord, Binding, Enrolled};
+use crate::tls::Peer;
 use axum::body::Bytes;
 use axum::extract::State;
-use axum::Json;
+use axum::{Extension, Json};
 use driftwatch_protocol::wire::{is_valid_host_id, EnrollRequest, EnrollResponse};
 use std::sync::Arc;
 use tracing::{info, warn};
 
-/// Rate-limiter key shared by all enrollment requests: enrollment is rare, and guessing
-/// the token must be slow.
-const ENROLL_BUCKET: &str = "\0enroll";
+/// The name the configuration's enrollment token goes by.
+const FILE_TOKEN: &str = "enrollment";
 
-/// Issues a host certificate.
-pub async fn enroll(
-    State(state): State<Arc<AppState>>,
-    body: Bytes,
-) -> Result<Json<EnrollResponse>, ApiError> {
-    let request: EnrollRequest = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::BadRequest(format!("the enrollment request is not valid: {e}")))?;
+/// What an enrollment token allows.
+struct Scope {
+    /// Its name (the log's, and its rate's key).
+    name: String,
+    /// A stored token (which counts uses), not the configuration's.
+    stored: bool,
+    /// Host ids it may enroll.
+    host_ids: Option<String>,
+    /// Images its hosts may claim.
+    images: Option<String>,
+}
+
+/// The scope of `token`, or 403.
+async fn scope(state: &AppState, token: &str) -> Result<Scope, ApiError> {
+    let invalid = || ApiError::Forbidden("the enrollment token is not valid".into());
     let enrollment = state
         .enrollment
         .as_ref()
         .ok_or_else(|| ApiError::NotFound("enrollment is not enabled on this collector".into()))?;
-    state.limiter.check(ENROLL_BUCKET)?;
-    if blake3::hash(request.token.trim().as_bytes()) != enrollment.token {
-        warn!(host_id = %request.host_id, "Enrollment with a bad token refused.");
-        return Err(ApiError::Forbidden(
-            "the enrollment token is not valid".into(),
-        ));
+    // blake3::Hash compares in constant time.
+    if blake3::hash(token.trim().as_bytes()) == enrollment.token {
+        return Ok(Scope {
+            name: FILE_TOKEN.into(),
+            stored: false,
+            host_ids: None,
+            images: None,
+        });
     }
+    let record = state
+        .fleet
+        .store()
+        .token(&token_hash(token))
+        .await?
+        .ok_or_else(invalid)?;
+    if Role::from_name(&record.role) != Some(Role::Enroll) {
+        return Err(invalid());
+    }
+    if let Some(why) = record.unusable(now_ms()) {
+        return Err(ApiError::Forbidden(format!(
+            "the enrollment token is {why}"
+        )));
+    }
+    Ok(Scope {
+        name: record.name,
+        stored: true,
+        host_ids: record.host_ids,
+        images: record.images,
+    })
+}
+
+/// Issues a host certificate.
+pub async fn enroll(
+    State(state): State<Arc<AppState>>,
+    Extension(peer): Extension<Peer>,
+    body: Bytes,
+) -> Result<Json<EnrollResponse>, ApiError> {
+    let request: EnrollRequest = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::BadRequest(format!("the enrollment request is not valid: {e}")))?;
+    let scope = scope(&state, &request.token).await.map_err(|why| {
+        warn!(host_id = %request.host_id, "Enrollment with a bad token refused.");
+        match why {
+            ApiError::Forbidden(_) => {
+                state
+                    .credentials
+                    .failed(&state, "enroll", Some(peer.address.ip()), why)
+            }
+            other => other,
+        }
+    })?;
+    state.limiter.check(&format!("\0enroll:{}", scope.name))?;
     if !is_valid_host_id(&request.host_id) {
         return Err(ApiError::BadRequest(format!(
             "{:?} is not a valid host id (letters, digits, '.', '-', '_', ':'; at most 128)",
             request.host_id
         )));
     }
+    if !allowed(scope.host_ids.as_deref(), &request.host_id) {
+        return Err(ApiError::Forbidden(format!(
+            "token {:?} does not enroll host {}",
+            scope.name, request.host_id
+        )));
+    }
+    let enrollment = state
+        .enrollment
+        .as_ref()
+        .ok_or_else(|| ApiError::NotFound("enrollment is not enabled on this collector".into()))?;
     let certificate_pem = enrollment
         .ca
         .sign_request(
@@ -53,26 +120,46 @@ pub async fn enroll(
             state.config.tls.host_cert_days,
         )
         .map_err(|e| ApiError::BadRequest(format!("cannot issue a certificate: {e}")))?;
-    let cert = first_certificate(&certificate_pem, "issued certificate")
-        .map_err(|e| ApiError::BadRequest(e.to_string()))?;
+    let info = first_certificate(&certificate_pem, "issued certificate")
+        .ok()
+        .as_ref()
+        .and_then(cert_info)
+        .ok_or_else(|| ApiError::BadRequest("cannot read the issued certificate".into()))?;
     let store = state.fleet.store();
-    store
-        .enroll(&request.host_id, &fingerprint(&cert), now_ms())
+    let outcome = store
+        .bind(Binding {
+            host_id: request.host_id.clone(),
+            key_fingerprint: info.key_fingerprint.clone(),
+            serial: info.serial.clone(),
+            not_after_ms: info.not_after_ms,
+            source: Source::Enrolled,
+            token: scope.stored.then(|| scope.name.clone()),
+            images: scope.images.clone(),
+            daemon: true,
+            bound_ms: now_ms(),
+        })
         .await?;
+    let again = match outcome {
+        Enrolled::New => "",
+        Enrolled::Again => " again (same key)",
+    };
     let action = ActionRecord {
         id: 0,
         at_ms: now_ms(),
         host_id: Some(request.host_id.clone()),
         image_id: None,
         action: "enroll".into(),
-        target: None,
+        target: Some(scope.name.clone()),
         outcome: crate::store::Outcome::Ok,
-        detail: format!("Issued certificate {}.", fingerprint(&cert)),
+        detail: format!(
+            "Issued certificate {} for key {}{again}.",
+            info.serial, info.key_fingerprint
+        ),
     };
     if let Err(err) = store.record_action(action).await {
         warn!(error = %err, "Cannot log an action.");
     }
-    info!(host_id = %request.host_id, "Host enrolled.");
+    info!(host_id = %request.host_id, token = %scope.name, "Host enrolled{again}.");
     Ok(Json(EnrollResponse {
         host_id: request.host_id,
         certificate_pem,

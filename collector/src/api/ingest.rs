@@ -74,7 +74,13 @@ async fn accept(
         )
     })?;
     state.limiter.check(host_id)?;
+    let certificate = peer
+        .certificate
+        .as_ref()
+        .ok_or_else(|| ApiError::Unauthorized("the client certificate cannot be read".into()))?;
+    let binding = crate::identity::admit(state.fleet.store(), host_id, certificate).await?;
     let batch = decode_batch(headers, body, &state.config.ingest, host_id)?;
+    crate::identity::check_image(&binding, batch.image.image_id.as_deref())?;
     let (mut heartbeats, mut findings) = (0u64, 0u64);
     for event in &batch.events {
         match event.body {

@@ -9,6 +9,7 @@ pub mod enroll;
 pub mod ingest;
 pub mod openapi;
 pub mod operator;
+pub mod tokens;
 
 pub use crate::limiter::RateLimiter;
 
@@ -74,7 +75,10 @@ impl FromRequestParts<Arc<AppState>> for Principal {
             .ok()
             .and_then(|v| v.strip_prefix("Bearer "))
             .ok_or_else(|| ApiError::Unauthorized("use Authorization: Bearer <token>".into()))?;
-        crate::auth::authenticate(state, token).await
+        match parts.extensions.get::<crate::tls::Peer>() {
+            Some(peer) => crate::auth::authenticate_from(state, token, peer.address.ip()).await,
+            None => crate::auth::authenticate(state, token).await,
+        }
     }
 }
 

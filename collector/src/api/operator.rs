@@ -150,7 +150,7 @@ pub struct MarkRequest {
     pub reason: Option<String>,
 }
 
-/// `POST /v1/hosts/{id}/{approve|mark|unmark|revoke}`
+/// `POST /v1/hosts/{id}/{approve|mark|unmark|revoke|retire}`
 pub async fn host_action(
     who: Principal,
     State(state): State<Arc<AppState>>,
@@ -177,9 +177,10 @@ pub async fn host_action(
         }
         "unmark" => fleet.unmark(&host_id, by).await?,
         "revoke" => fleet.revoke(&host_id, by).await?,
+        "retire" => fleet.retire(&host_id, by).await?,
         other => {
             return Err(ApiError::NotFound(format!(
-                "no host action {other:?} (approve, mark, unmark, revoke)"
+                "no host action {other:?} (approve, mark, unmark, revoke, retire)"
             )))
         }
     };
@@ -223,7 +224,7 @@ pub async fn register_image(
     who.require(Right::Register)?;
     let image = state
         .fleet
-        .register_image(&body, query.image_id.as_deref())
+        .register_image(&body, query.image_id.as_deref(), &who.name)
         .await?;
     Ok(Json(image))
 }

@@ -1,5 +1,5 @@
 //! The operator's subcommands of `driftwatch-collector` (hosts, host, image, actions,
-//! approve, mark, unmark, revoke): clients of a running collector's operator API,
+//! approve, mark, unmark, revoke, retire, token): clients of a running collector's operator API,
 //! so that nobody needs curl. Each call goes through [`crate::client::OperatorClient`];
 //! what it prints is JSON (`--format json`) or the tables of [`tables`].
 //!
@@ -10,10 +10,11 @@
 pub mod tables;
 
 use crate::api::operator::HostDetail;
+use crate::api::tokens::{CreateToken, CreatedToken};
 use crate::client::{ClientError, OperatorClient};
 use crate::config::CollectorConfig;
 use crate::pki::read_text;
-use crate::store::{ActionRecord, HostRecord, ImageRecord};
+use crate::store::{ActionRecord, HostRecord, ImageRecord, TokenRecord};
 use clap::{Args, Subcommand, ValueEnum};
 use serde::Serialize;
 use std::fmt::Write as _;
@@ -89,6 +90,53 @@ pub enum OperatorCommand {
     Unmark(HostCall),
     /// Refuse a host's reports from now on (lost or compromised credentials).
     Revoke(HostCall),
+    /// End a host that was scaled in: gone now, without a silence alert (not revoked).
+    Retire(HostCall),
+    /// Named, scoped tokens: create, list, revoke (with the admin token).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
+}
+
+/// `token create`, `token list` and `token revoke`.
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// Make a token and print it, once (only its hash is kept).
+    Create {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// Its unique name, as the action log records what it does.
+        #[arg(long)]
+        name: String,
+        /// viewer, operator, pipeline, metrics, enroll or admin.
+        #[arg(long)]
+        role: String,
+        /// How long it works (e.g. 30d, 12h; default: until revoked).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expires: Option<std::time::Duration>,
+        /// Enrollments it may make (enroll tokens; default: any number).
+        #[arg(long)]
+        uses: Option<u64>,
+        /// Host ids it may enroll, a glob such as 'web-*' (enroll tokens).
+        #[arg(long, value_name = "GLOB")]
+        host_ids: Option<String>,
+        /// Images its hosts may claim, a glob (enroll tokens).
+        #[arg(long, value_name = "GLOB")]
+        images: Option<String>,
+    },
+    /// List tokens (names, roles, scopes; never secrets).
+    List {
+        #[command(flatten)]
+        server: ServerArgs,
+    },
+    /// Revoke a token: it stops working at once.
+    Revoke {
+        #[command(flatten)]
+        server: ServerArgs,
+        /// The token's name.
+        name: String,
+    },
 }
 
 /// `image list` and `image register`.
@@ -141,7 +189,8 @@ pub struct ServerArgs {
     /// client CA, which `init` uses for both).
     #[arg(long, value_name = "FILE", env = "DRIFTWATCH_COLLECTOR_CA")]
     ca: Option<PathBuf>,
-    /// A file holding the operator token (default: the configuration's).
+    /// A file holding the bearer token (default: the configuration's: the admin's for
+    /// `token`, the pipeline's for `image register`, the operator's for the rest).
     #[arg(long, value_name = "FILE", env = "DRIFTWATCH_COLLECTOR_TOKEN_FILE")]
     token_file: Option<PathBuf>,
     /// Output format.
@@ -182,11 +231,14 @@ impl OperatorCommand {
                         let _ = write!(path, "{key}={}&", encode(&value));
                     }
                 }
-                let hosts: Vec<HostRecord> = connect(&server)?.get(&path).await.map_err(refused)?;
+                let hosts: Vec<HostRecord> = connect(&server, Credential::Operator)?
+                    .get(&path)
+                    .await
+                    .map_err(refused)?;
                 print(server.format, &hosts, |out| tables::hosts(out, &hosts))
             }
             OperatorCommand::Host { server, host_id } => {
-                let detail: HostDetail = connect(&server)?
+                let detail: HostDetail = connect(&server, Credential::Operator)?
                     .get(&format!("/v1/hosts/{}", encode(&host_id)))
                     .await
                     .map_err(refused)?;
@@ -204,8 +256,10 @@ impl OperatorCommand {
                 if let Some(host) = host {
                     let _ = write!(path, "&host={}", encode(&host));
                 }
-                let actions: Vec<ActionRecord> =
-                    connect(&server)?.get(&path).await.map_err(refused)?;
+                let actions: Vec<ActionRecord> = connect(&server, Credential::Operator)?
+                    .get(&path)
+                    .await
+                    .map_err(refused)?;
                 print(server.format, &actions, |out| {
                     tables::actions(out, &actions)
                 })
@@ -214,6 +268,8 @@ impl OperatorCommand {
             OperatorCommand::Mark { call, reason } => host_call(call, "mark", Some(reason)).await,
             OperatorCommand::Unmark(call) => host_call(call, "unmark", None).await,
             OperatorCommand::Revoke(call) => host_call(call, "revoke", None).await,
+            OperatorCommand::Retire(call) => host_call(call, "retire", None).await,
+            OperatorCommand::Token { command } => command.run().await,
         }
     }
 }
@@ -222,8 +278,10 @@ impl ImageCommand {
     async fn run(self) -> Result<(), Failure> {
         match self {
             ImageCommand::List { server } => {
-                let images: Vec<ImageRecord> =
-                    connect(&server)?.get("/v1/images").await.map_err(refused)?;
+                let images: Vec<ImageRecord> = connect(&server, Credential::Operator)?
+                    .get("/v1/images")
+                    .await
+                    .map_err(refused)?;
                 print(server.format, &images, |out| tables::images(out, &images))
             }
             ImageCommand::Register {
@@ -239,7 +297,7 @@ impl ImageCommand {
                     Some(id) => format!("/v1/images?image_id={}", encode(id)),
                     None => "/v1/images".to_string(),
                 };
-                let image: ImageRecord = connect(&server)?
+                let image: ImageRecord = connect(&server, Credential::Pipeline)?
                     .post_bytes(&path, bytes)
                     .await
                     .map_err(refused)?;
@@ -249,8 +307,66 @@ impl ImageCommand {
     }
 }
 
+impl TokenCommand {
+    async fn run(self) -> Result<(), Failure> {
+        match self {
+            TokenCommand::Create {
+                server,
+                name,
+                role,
+                expires,
+                uses,
+                host_ids,
+                images,
+            } => {
+                let request = CreateToken {
+                    name,
+                    role,
+                    expires_secs: expires.map(|d| d.as_secs().max(1)),
+                    uses,
+                    host_ids,
+                    images,
+                };
+                let created: CreatedToken = connect(&server, Credential::Admin)?
+                    .post_json("/v1/tokens", &serde_json::to_value(&request)?)
+                    .await
+                    .map_err(refused)?;
+                if server.format == Format::Text {
+                    eprintln!(
+                        "Token {:?} ({}) made; it is shown once and not stored: keep it now.",
+                        created.record.name, created.record.role
+                    );
+                }
+                print(server.format, &created, |out| {
+                    out.push_str(&created.token);
+                    out.push('\n');
+                })
+            }
+            TokenCommand::List { server } => {
+                let tokens: Vec<TokenRecord> = connect(&server, Credential::Admin)?
+                    .get("/v1/tokens")
+                    .await
+                    .map_err(refused)?;
+                print(server.format, &tokens, |out| tables::tokens(out, &tokens))
+            }
+            TokenCommand::Revoke { server, name } => {
+                let token: TokenRecord = connect(&server, Credential::Admin)?
+                    .post_json(
+                        &format!("/v1/tokens/{}/revoke", encode(&name)),
+                        &serde_json::json!({}),
+                    )
+                    .await
+                    .map_err(refused)?;
+                print(server.format, &token, |out| {
+                    tables::tokens(out, std::slice::from_ref(&token))
+                })
+            }
+        }
+    }
+}
+
 async fn host_call(call: HostCall, action: &str, reason: Option<String>) -> Result<(), Failure> {
-    let client = connect(&call.server)?;
+    let client = connect(&call.server, Credential::Operator)?;
     let body = serde_json::json!({ "reason": reason });
     let host: HostRecord = client
         .post_json(
@@ -320,7 +436,18 @@ pub fn emit(out: &str) -> Result<(), Failure> {
     }
 }
 
-fn connect(server: &ServerArgs) -> Result<OperatorClient, Failure> {
+/// Which of the configuration's token files a call uses by default.
+#[derive(Clone, Copy)]
+enum Credential {
+    /// `operator_token_file`.
+    Operator,
+    /// `admin_token_file`, else the operator's.
+    Admin,
+    /// `pipeline_token_file`, else the operator's.
+    Pipeline,
+}
+
+fn connect(server: &ServerArgs, credential: Credential) -> Result<OperatorClient, Failure> {
     let config = CollectorConfig::load(&server.config.config);
     let from_config = |what: &str| {
         Failure::from(format!(
@@ -347,7 +474,15 @@ fn connect(server: &ServerArgs) -> Result<OperatorClient, Failure> {
     };
     let token_file = match (&server.token_file, &config) {
         (Some(file), _) => file.clone(),
-        (None, Ok(config)) => config.auth.operator_token_file.clone(),
+        (None, Ok(config)) => {
+            let auth = &config.auth;
+            let chosen = match credential {
+                Credential::Operator => None,
+                Credential::Admin => auth.admin_token_file.as_ref(),
+                Credential::Pipeline => auth.pipeline_token_file.as_ref(),
+            };
+            chosen.unwrap_or(&auth.operator_token_file).clone()
+        }
         (None, Err(_)) => return Err(from_config("token-file")),
     };
     let token = read_text(&token_file)?.trim().to_string();

@@ -4,7 +4,7 @@
 
 use crate::api::operator::HostDetail;
 use crate::api::rfc3339;
-use crate::store::{ActionRecord, HostRecord, ImageRecord};
+use crate::store::{ActionRecord, FindingRecord, HostRecord, ImageRecord, TokenRecord};
 use driftwatch_protocol::wire::HostState;
 use std::fmt::Write as _;
 
@@ -52,19 +52,73 @@ pub fn host_detail(out: &mut String, detail: &HostDetail) {
         }
     }
     let _ = writeln!(out, "\n{} findings", detail.findings.len());
-    for f in &detail.findings {
-        let _ = writeln!(
-            out,
-            "  {:<8} {:<13} {}  (first {})",
-            f.severity.name(),
-            f.kind,
-            f.subject,
-            rfc3339(f.first_seen_ms)
-        );
+    let (own, containers) = by_container(&detail.findings);
+    for f in own {
+        finding_line(out, f, "  ");
+    }
+    for (line, findings) in containers {
+        let _ = writeln!(out, "  {line}");
+        for f in findings {
+            finding_line(out, f, "    ");
+        }
     }
     if let Some(delta) = &detail.provisioning {
         provisioning(out, delta);
     }
+}
+
+/// A host's findings: its own, then each container's under the container's line, in
+/// the order (most severe first) they come.
+type ByContainer<'a> = (
+    Vec<&'a FindingRecord>,
+    Vec<(String, Vec<&'a FindingRecord>)>,
+);
+
+fn by_container(findings: &[FindingRecord]) -> ByContainer<'_> {
+    let (mut own, mut containers): ByContainer<'_> = (Vec::new(), Vec::new());
+    for f in findings {
+        match container_line(&f.finding) {
+            None => own.push(f),
+            Some(line) => match containers.iter_mut().find(|(l, _)| *l == line) {
+                Some((_, of_container)) => of_container.push(f),
+                None => containers.push((line, vec![f])),
+            },
+        }
+    }
+    (own, containers)
+}
+
+fn finding_line(out: &mut String, f: &FindingRecord, indent: &str) {
+    let _ = writeln!(
+        out,
+        "{indent}{:<8} {:<13} {}  (first {})",
+        f.severity.name(),
+        f.kind,
+        f.subject,
+        rfc3339(f.first_seen_ms)
+    );
+}
+
+/// How a finding's container heads its group: `container web (3f2a…) image shop/api:1.4
+/// pod shop/api-7d9 in shop`; `None` for the host's own findings.
+fn container_line(finding: &serde_json::Value) -> Option<String> {
+    let container = finding.get("container")?;
+    let text = |key: &str| container.get(key).and_then(|v| v.as_str());
+    let id: String = text("id").unwrap_or("?").chars().take(12).collect();
+    let mut line = match text("name") {
+        Some(name) => format!("container {name} ({id})"),
+        None => format!("container {id}"),
+    };
+    if let Some(image) = text("image").or(text("image_digest")) {
+        let _ = write!(line, " image {image}");
+    }
+    if let Some(pod) = text("pod") {
+        let _ = write!(line, " pod {pod}");
+        if let Some(namespace) = text("namespace") {
+            let _ = write!(line, " in {namespace}");
+        }
+    }
+    Some(line)
 }
 
 /// A host's provisioning delta: what first boot wrote on declared paths (not drift).
@@ -138,4 +192,88 @@ pub fn actions(out: &mut String, actions: &[ActionRecord]) {
 /// The answer to approve, mark, unmark and revoke.
 pub fn host_now(out: &mut String, host: &HostRecord) {
     let _ = writeln!(out, "Host {} is now {}.", host.host_id, host.state.name());
+}
+
+/// The tokens table: one line per token, no secrets.
+pub fn tokens(out: &mut String, tokens: &[TokenRecord]) {
+    let _ = writeln!(
+        out,
+        "{:<24} {:<9} {:<21} {:>5}  SCOPE",
+        "NAME", "ROLE", "EXPIRES", "USES"
+    );
+    for t in tokens {
+        let expires = t.expires_ms.map_or("never".into(), rfc3339);
+        let uses = t.uses_left.map_or("-".into(), |n| n.to_string());
+        let scope = [("hosts", &t.host_ids), ("images", &t.images)]
+            .iter()
+            .filter_map(|(what, glob)| glob.as_ref().map(|g| format!("{what}={g}")))
+            .collect::<Vec<_>>()
+            .join(" ");
+        let revoked = t
+            .revoked_ms
+            .map_or(String::new(), |at| format!("  (revoked {})", rfc3339(at)));
+        let _ = writeln!(
+            out,
+            "{:<24} {:<9} {expires:<21} {uses:>5}  {scope}{revoked}",
+            t.name, t.role
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use driftwatch_protocol::report::Severity;
+
+    fn finding(subject: &str, container: Option<serde_json::Value>) -> FindingRecord {
+        let mut finding = serde_json::json!({"change": "added"});
+        if let Some(container) = container {
+            finding["container"] = container;
+        }
+        FindingRecord {
+            host_id: "h".into(),
+            key: format!("file:{subject}"),
+            kind: "file".into(),
+            severity: Severity::High,
+            subject: subject.into(),
+            finding,
+            first_seen_ms: 0,
+            last_seen_ms: 0,
+        }
+    }
+
+    #[test]
+    fn container_findings_are_shown_under_their_container() {
+        let web = serde_json::json!({"id": "0123456789abcdef", "name": "web", "runtime": "containerd",
+            "image": "shop/api:1.4", "pod": "api-7d9", "namespace": "shop"});
+        let db = serde_json::json!({"id": "fedcba9876543210", "runtime": "podman"});
+        let findings = [
+            finding("/usr/local/bin/x", Some(web.clone())),
+            finding("/etc/ssh/sshd_config", None),
+            finding("/tmp/y", Some(db)),
+            finding("/etc/passwd", Some(web)),
+        ];
+        let (own, containers) = by_container(&findings);
+        assert_eq!(own.len(), 1);
+        assert_eq!(own[0].subject, "/etc/ssh/sshd_config");
+        let lines: Vec<(&str, Vec<&str>)> = containers
+            .iter()
+            .map(|(line, fs)| {
+                (
+                    line.as_str(),
+                    fs.iter().map(|f| f.subject.as_str()).collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            lines,
+            [
+                (
+                    "container web (0123456789ab) image shop/api:1.4 pod api-7d9 in shop",
+                    vec!["/usr/local/bin/x", "/etc/passwd"]
+                ),
+                ("container fedcba987654", vec!["/tmp/y"]),
+            ]
+        );
+    }
 }

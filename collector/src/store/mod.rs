@@ -29,9 +29,11 @@ pub mod postgres;
 pub mod sqlite;
 #[cfg(test)]
 mod tests;
+pub mod trust;
 
 pub use outbox::{AlertKind, Occurrence};
 pub use policy::Policy;
+pub use trust::{Admission, Binding, Enrolled, TokenRecord};
 
 use async_trait::async_trait;
 use base64::Engine;
@@ -200,6 +202,8 @@ macro_rules! named {
         }
     };
 }
+
+pub(crate) use named;
 
 named!(Hold {
     Budget = "budget",
@@ -861,12 +865,32 @@ pub trait Store: Send + Sync + 'static {
     /// and events; returns how many.
     async fn expire_hosts(&self, before_ms: i64) -> StoreResult<u64>;
 
-    /// Records a credential issued to `host_id`; refuses an id that already has one or
-    /// that was revoked ([`StoreError::Conflict`]).
-    async fn enroll(&self, host_id: &str, fingerprint: &str, at_ms: i64) -> StoreResult<()>;
+    /// Binds `binding.host_id` to its key, creating the host (as `clean`) when it is
+    /// new; a binding with `source` [`trust::Source::Enrolled`] spends one use of its
+    /// token. The same key again is [`Enrolled::Again`] (nothing spent); refused
+    /// ([`StoreError::Conflict`]) are a revoked host or key, an id bound to another key,
+    /// an id provisioned with a certificate (for enrollment), and a used-up token.
+    async fn bind(&self, binding: Binding) -> StoreResult<Enrolled>;
 
-    /// Refuses the host from now on; returns false when it is unknown.
+    /// What the store knows of a certificate for `host_id` with this key.
+    async fn admission(&self, host_id: &str, key_fingerprint: &str) -> StoreResult<Admission>;
+
+    /// Refuses the host from now on, and its key until its certificate expires, even
+    /// when the host's record is gone; returns false when the host is unknown.
     async fn revoke(&self, host_id: &str, at_ms: i64) -> StoreResult<bool>;
+
+    /// Stores a new token under its hash ([`trust::token_hash`]); refuses a name in use
+    /// ([`StoreError::Conflict`]).
+    async fn create_token(&self, token: TokenRecord, hash: String) -> StoreResult<()>;
+
+    /// The token with this hash, revoked or not.
+    async fn token(&self, hash: &str) -> StoreResult<Option<TokenRecord>>;
+
+    /// Every token, by name.
+    async fn tokens(&self) -> StoreResult<Vec<TokenRecord>>;
+
+    /// Revokes the token `name` at `at_ms`; false when there is no such token.
+    async fn revoke_token(&self, name: &str, at_ms: i64) -> StoreResult<bool>;
 
     /// Registers (or re-registers) an image.
     async fn register_image(&self, image: ImageRecord) -> StoreResult<()>;

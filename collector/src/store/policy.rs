@@ -189,14 +189,37 @@ fn package(finding: &serde_json::Value) -> Option<(String, String)> {
     ))
 }
 
+/// The image of the container a finding is about, as alerts name it
+/// (`shop/api:1.4@sha256:…`); `None` for the host's own findings and for a container
+/// whose runtime recorded no image.
+fn container_image(finding: &serde_json::Value) -> Option<String> {
+    let container = finding.get("container")?;
+    let text = |key: &str| container.get(key).and_then(|v| v.as_str());
+    match (text("image"), text("image_digest")) {
+        (Some(image), Some(digest)) if !image.contains(digest) => Some(format!("{image}@{digest}")),
+        (Some(image), _) => Some(image.to_string()),
+        (None, digest) => digest.map(str::to_string),
+    }
+}
+
 /// What is the same about one change across hosts, and how to say it. Files a package
 /// explains group by the package: one upgrade touching 300 files on 40 hosts is one
-/// alert.
+/// alert. A change inside containers groups by the containers' image, not by the
+/// container: the same file dropped into every replica of `shop/api` is one alert,
+/// "added file /usr/local/bin/x in containers of image shop/api@sha256:…".
 pub fn describe(finding: &FindingRecord) -> (String, String) {
     let value = &finding.finding;
     if let Some((group, package)) = package(value) {
         return (group, format!("{package}: files changed"));
     }
+    let image = container_image(value);
+    let key = match &image {
+        Some(image) => format!(
+            "{}:container-image={image}:{}",
+            finding.kind, finding.subject
+        ),
+        None => finding.key.clone(),
+    };
     let change = value
         .get("change")
         .or_else(|| value.get("reason"))
@@ -207,7 +230,7 @@ pub fn describe(finding: &FindingRecord) -> (String, String) {
         .and_then(|v| v.as_array())
         .map(|a| a.iter().filter_map(|v| v.as_str()).collect())
         .unwrap_or_default();
-    let group = format!("{}:{change}:{}", finding.key, attributes.join(","));
+    let group = format!("{key}:{change}:{}", attributes.join(","));
     let mut title = format!(
         "{} {} {}",
         change.replace('_', " "),
@@ -216,6 +239,9 @@ pub fn describe(finding: &FindingRecord) -> (String, String) {
     );
     if !attributes.is_empty() {
         title.push_str(&format!(" ({})", attributes.join(", ")));
+    }
+    if let Some(image) = image {
+        title.push_str(&format!(" in containers of image {image}"));
     }
     (group, title.trim().to_string())
 }
@@ -277,6 +303,37 @@ mod tests {
             describe(&finding("file", Severity::Critical, "/usr/bin/scp")).0,
             group_a
         );
+    }
+
+    #[test]
+    fn container_changes_group_by_the_containers_image() {
+        let in_container = |id: &str, host: &str| {
+            let mut f = finding("file", Severity::Critical, "/usr/local/bin/x");
+            f.host_id = host.into();
+            f.key = format!("file:container={id}:/usr/local/bin/x");
+            f.finding = serde_json::json!({
+                "change": "added",
+                "container": {"id": id, "name": "web", "runtime": "containerd",
+                    "image": "shop/api:1.4", "image_digest": "sha256:ab12"},
+            });
+            f
+        };
+        let (group, title) = describe(&in_container("c1", "h1"));
+        assert_eq!(describe(&in_container("c2", "h2")).0, group);
+        assert_eq!(
+            title,
+            "added file /usr/local/bin/x in containers of image shop/api:1.4@sha256:ab12"
+        );
+        // Not the host's own /usr/local/bin/x, nor another image's.
+        let host_own = finding("file", Severity::Critical, "/usr/local/bin/x");
+        assert_ne!(describe(&host_own).0, group);
+        let mut other = in_container("c3", "h1");
+        other.finding["container"]["image_digest"] = "sha256:cd34".into();
+        assert_ne!(describe(&other).0, group);
+        // A container whose runtime recorded no image groups by itself.
+        let mut unnamed = in_container("c4", "h1");
+        unnamed.finding["container"] = serde_json::json!({"id": "c4", "runtime": "unknown"});
+        assert!(describe(&unnamed).0.starts_with("file:container=c4:"));
     }
 
     #[test]

@@ -82,6 +82,7 @@ both_stores!(
     a_host_cannot_store_more_findings_than_its_bound,
     lists_page_with_cursors,
     an_unknown_state_in_the_database_is_an_error,
+    tokens_are_kept_by_hash_and_revoked,
 );
 
 pub(crate) fn config(extra: &str) -> CollectorConfig {
@@ -198,19 +199,108 @@ async fn budgets_count_marks_per_image_and_window(db: TestDb) {
     assert_eq!(counts.hosts_by_state, [0, 0, 2, 0, 1]);
 }
 
+fn binding(host: &str, key: &str, source: trust::Source) -> Binding {
+    Binding {
+        host_id: host.into(),
+        key_fingerprint: key.into(),
+        serial: format!("serial-{key}"),
+        not_after_ms: 10_000_000,
+        source,
+        token: (source == trust::Source::Enrolled).then(|| "enroll-2".into()),
+        images: None,
+        daemon: true,
+        bound_ms: 1,
+    }
+}
+
+async fn uses_left(store: &DynStore) -> Option<u64> {
+    store.tokens().await.unwrap()[0].uses_left
+}
+
 async fn enrollment_is_once_per_host_and_revocation_sticks(db: TestDb) {
+    use trust::Source::{Enrolled as E, FirstContact, Provisioned as P};
     let store = db.open().await;
-    store.enroll("h1", "fp1", 1).await.unwrap();
+    let token = TokenRecord {
+        name: "enroll-2".into(),
+        role: "enroll".into(),
+        created_ms: 0,
+        expires_ms: None,
+        uses_left: Some(2),
+        host_ids: None,
+        images: None,
+        revoked_ms: None,
+    };
+    store
+        .create_token(token, trust::token_hash("s"))
+        .await
+        .unwrap();
+    let conflict = |result: StoreResult<Enrolled>| matches!(result, Err(StoreError::Conflict(_)));
+    // Bound once to a key; the same key again spends nothing; another key is refused.
+    assert_eq!(
+        store.bind(binding("h1", "k1", E)).await.unwrap(),
+        Enrolled::New
+    );
+    assert_eq!(
+        store.host("h1").await.unwrap().unwrap().state,
+        HostState::Clean
+    );
+    assert_eq!(uses_left(&store).await, Some(1));
+    assert_eq!(
+        store.bind(binding("h1", "k1", E)).await.unwrap(),
+        Enrolled::Again
+    );
+    assert_eq!(uses_left(&store).await, Some(1));
+    assert!(conflict(store.bind(binding("h1", "k2", E)).await));
+    // A provisioned id is never enrolled, even with its own key; provisioning rebinds.
+    store.bind(binding("p1", "kp", P)).await.unwrap();
+    assert!(conflict(store.bind(binding("p1", "kp", E)).await));
+    assert!(conflict(store.bind(binding("p1", "kx", E)).await));
+    store.bind(binding("p1", "kq", P)).await.unwrap();
+    assert_eq!(
+        store.admission("p1", "kp").await.unwrap(),
+        Admission::OtherKey
+    );
     assert!(matches!(
-        store.enroll("h1", "fp2", 2).await,
-        Err(StoreError::Conflict(_))
+        store.admission("p1", "kq").await.unwrap(),
+        Admission::Bound(b) if b.source == P
     ));
+    assert_eq!(
+        store.admission("h9", "k9").await.unwrap(),
+        Admission::Unbound
+    );
+    // The token's last use, then it is used up.
+    store.bind(binding("h2", "k3", E)).await.unwrap();
+    assert_eq!(uses_left(&store).await, Some(0));
+    assert!(conflict(store.bind(binding("h3", "k4", E)).await));
+    assert!(store.host("h3").await.unwrap().is_none());
+
+    // Revoked: the host and its key, and the key outlives the host's record.
     assert!(store.revoke("h1", 3).await.unwrap());
     assert!(store.host("h1").await.unwrap().unwrap().revoked);
     assert!(matches!(
         store.ingest(batch("h1", vec![]), policy("")).await,
         Err(StoreError::Conflict(_))
     ));
+    assert_eq!(
+        store.admission("h1", "k1").await.unwrap(),
+        Admission::Revoked
+    );
+    assert_eq!(store.expire_hosts(1_000).await.unwrap(), 1);
+    assert!(store.host("h1").await.unwrap().is_none());
+    let reopened = db.open().await;
+    assert_eq!(
+        reopened.admission("h1", "k1").await.unwrap(),
+        Admission::Revoked
+    );
+    assert!(conflict(
+        reopened.bind(binding("h1", "k1", FirstContact)).await
+    ));
+    // Until the certificate expires.
+    reopened.expire_hosts(20_000_000).await.unwrap();
+    assert_eq!(
+        reopened.admission("h1", "k1").await.unwrap(),
+        Admission::Unbound
+    );
     assert!(!store.revoke("nobody", 3).await.unwrap());
 }
 
@@ -667,4 +757,53 @@ async fn an_unknown_state_in_the_database_is_an_error(db: TestDb) {
     let read = store.host("h1").await;
     assert!(matches!(read, Err(StoreError::Corrupt(_))), "{read:?}");
     assert!(store.counts().await.is_err());
+}
+
+async fn tokens_are_kept_by_hash_and_revoked(db: TestDb) {
+    let store = db.open().await;
+    let token = TokenRecord {
+        name: "enroll-web".into(),
+        role: "enroll".into(),
+        created_ms: 1,
+        expires_ms: Some(1_000),
+        uses_left: Some(3),
+        host_ids: Some("web-*".into()),
+        images: Some("img-*".into()),
+        revoked_ms: None,
+    };
+    let hash = trust::token_hash("secret-1");
+    store
+        .create_token(token.clone(), hash.clone())
+        .await
+        .unwrap();
+    // A name, or a secret, is taken once.
+    let again = TokenRecord {
+        name: "other".into(),
+        ..token.clone()
+    };
+    for (record, hash) in [
+        (token.clone(), trust::token_hash("secret-2")),
+        (again, hash.clone()),
+    ] {
+        assert!(matches!(
+            store.create_token(record, hash).await,
+            Err(StoreError::Conflict(_))
+        ));
+    }
+    assert_eq!(store.token(&hash).await.unwrap(), Some(token.clone()));
+    assert_eq!(
+        store.token(&trust::token_hash("secret-2")).await.unwrap(),
+        None
+    );
+    assert_eq!(store.tokens().await.unwrap(), std::slice::from_ref(&token));
+    // Revoked once: a second revocation keeps the first time.
+    assert!(store.revoke_token("enroll-web", 5).await.unwrap());
+    assert!(store.revoke_token("enroll-web", 9).await.unwrap());
+    assert!(!store.revoke_token("nobody", 9).await.unwrap());
+    let revoked = store.token(&hash).await.unwrap().unwrap();
+    assert_eq!(revoked.revoked_ms, Some(5));
+    assert_eq!(revoked.unusable(2), Some("revoked"));
+    // Another handle (replica, restart) sees the same.
+    let reopened = db.open().await;
+    assert_eq!(reopened.tokens().await.unwrap(), [revoked]);
 }

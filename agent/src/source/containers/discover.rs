@@ -33,6 +33,8 @@ pub struct Container {
     pub pids: Vec<i32>,
     /// Paths inside it where something else is mounted (never judged).
     pub mounts: Vec<Vec<u8>>,
+    /// Its root's device: a process whose root is on it is one of its processes.
+    pub device: (u32, u32),
 }
 
 /// An overlay root found in a mount table.
@@ -40,10 +42,18 @@ struct Overlay {
     layers: Layers,
     root: PathBuf,
     pids: Vec<i32>,
+    device: (u32, u32),
 }
 
 fn dev_pair(dev: u64) -> (u32, u32) {
     (libc::major(dev), libc::minor(dev))
+}
+
+/// The device of a process's root directory; `None` once it exited.
+pub fn root_device(proc: &Path, pid: i32) -> Option<(u32, u32)> {
+    fs::metadata(proc.join(format!("{pid}/root")))
+        .ok()
+        .map(|m| dev_pair(m.dev()))
 }
 
 /// The overlay root in a mount table line, when it has a writable layer.
@@ -63,6 +73,7 @@ fn overlay_of(line: &MountLine, root: PathBuf) -> Option<Overlay> {
         layers: layers_of(&options, &home)?,
         root,
         pids: Vec::new(),
+        device: line.device,
     })
 }
 
@@ -70,7 +81,8 @@ fn read_table(path: &Path) -> Option<Vec<MountLine>> {
     fs::read(path).ok().map(|text| mountinfo::parse(&text).0)
 }
 
-fn numeric_dirs(proc: &Path) -> Vec<i32> {
+/// The processes in `proc`, in order.
+pub fn numeric_dirs(proc: &Path) -> Vec<i32> {
     let mut pids: Vec<i32> = fs::read_dir(proc)
         .into_iter()
         .flatten()
@@ -103,15 +115,14 @@ pub fn discover(
             overlays.insert(line.device, overlay);
         }
     }
-    let host_root = fs::metadata(proc.join("1/root")).ok().map(|m| m.dev());
+    let host_root = root_device(proc, 1);
     for pid in numeric_dirs(proc) {
-        let Ok(meta) = fs::metadata(proc.join(format!("{pid}/root"))) else {
+        let Some(device) = root_device(proc, pid) else {
             continue;
         };
-        if Some(meta.dev()) == host_root {
+        if Some(device) == host_root {
             continue;
         }
-        let device = dev_pair(meta.dev());
         if let Some(overlay) = overlays.get_mut(&device) {
             overlay.pids.push(pid);
             continue;
@@ -171,6 +182,7 @@ fn container(proc: &Path, state: &RuntimeState, overlay: Overlay) -> Option<Cont
         root: overlay.root,
         pids: overlay.pids,
         mounts,
+        device: overlay.device,
     })
 }
 

@@ -8,7 +8,8 @@
 //!
 //! Read in this order: [`discover`] (which containers run, from `/proc/*/mountinfo`),
 //! [`metadata`] (their names, from the runtimes' state on disk), [`overlay`] (file
-//! drift: the upper layer against the lower ones), [`process`] (processes running
+//! drift: the upper layer against the lower ones), [`walk`] (the full check of an
+//! upper layer), [`process`] (processes running
 //! what the image does not hold), [`config`] (the `[containers]` policy section), then
 //! [`observe`], which puts them together for `check`, and [`watch`], which the daemon
 //! uses to follow containers as they start, write and stop.
@@ -19,6 +20,7 @@ pub mod discover;
 pub mod metadata;
 pub mod overlay;
 pub mod process;
+pub mod walk;
 pub mod watch;
 
 use crate::diff::file_finding;
@@ -31,6 +33,7 @@ use driftwatch_protocol::report::{ContainerRef, Finding, Severity};
 use overlay::Change;
 use std::collections::BTreeMap;
 use std::path::Path;
+use walk::ImageHashes;
 
 /// Who a container is, as its runtime recorded it.
 #[derive(Clone, Debug, Default)]
@@ -99,7 +102,7 @@ pub fn running(host: &Host) -> (Vec<Container>, Vec<String>) {
 /// Checks every running container on `host`.
 pub fn observe(host: &Host, config: &ContainersConfig) -> ContainerObservation {
     let (containers, mut errors) = running(host);
-    let checked = check_all(host, config, &containers);
+    let checked = check_all(host, config, &containers, &ImageHashes::default());
     let mut observation = ContainerObservation::default();
     for (container, (findings, container_errors)) in containers.iter().zip(checked) {
         observation.containers.push(ContainerSummary {
@@ -117,10 +120,11 @@ pub fn observe(host: &Host, config: &ContainersConfig) -> ContainerObservation {
 
 /// Checks the containers on a few threads (two per core, at most eight): each walk
 /// mostly waits on its own small files, so they overlap well.
-fn check_all(
+pub fn check_all(
     host: &Host,
     config: &ContainersConfig,
     containers: &[Container],
+    images: &ImageHashes,
 ) -> Vec<(Vec<Finding>, Vec<String>)> {
     let threads = std::thread::available_parallelism()
         .map_or(1, |cores| cores.get() * 2)
@@ -132,7 +136,7 @@ fn check_all(
             .map(|part| {
                 scope.spawn(move || {
                     part.iter()
-                        .map(|c| check(host, config, c))
+                        .map(|c| check(host, config, c, images))
                         .collect::<Vec<_>>()
                 })
             })
@@ -235,11 +239,13 @@ pub fn finding(
     Some(finding)
 }
 
-/// Checks one container: its upper layer, then its processes.
+/// Checks one container: its upper layer, then its processes; `images` holds the
+/// hashes of image files already read in this check.
 pub fn check(
     host: &Host,
     config: &ContainersConfig,
     container: &Container,
+    images: &ImageHashes,
 ) -> (Vec<Finding>, Vec<String>) {
     let reference = &container.meta.reference;
     let (skip, annotation_error) = Skip::new(config, container);
@@ -247,7 +253,7 @@ pub fn check(
         .into_iter()
         .map(|e| format!("container {}: {e}", label(reference)))
         .collect();
-    let walked = container.layers.walk(&|path| skip.skips(path));
+    let walked = walk::walk(&container.layers, &|path| skip.skips(path), images);
     let mut findings: Vec<Finding> = walked
         .changes
         .iter()
@@ -266,6 +272,7 @@ pub fn check(
             container,
             &skip.expected,
             config.executable_severity,
+            &mut process::Judged::default(),
         )
         .into_iter()
         .map(Finding::Process),

@@ -90,7 +90,13 @@ fn has_xattr(layer: &Path, path: &[u8], suffix: &str) -> bool {
 }
 
 fn observe(layer: &Path, path: &[u8], hash: bool) -> Result<Option<Entry>, String> {
-    match inspect_path(layer, path, hash) {
+    entry_of(inspect_path(layer, path, hash), hash)
+}
+
+/// The entry an inspection found, without overlayfs's own attributes; a content that
+/// was to be read and could not be is an error.
+pub(super) fn entry_of(item: Option<ScanItem>, hash: bool) -> Result<Option<Entry>, String> {
+    match item {
         None => Ok(None),
         Some(ScanItem::Observed {
             mut entry, error, ..
@@ -118,31 +124,42 @@ thread_local! {
     static REAL_DIR: std::cell::RefCell<Option<PathBuf>> = const { std::cell::RefCell::new(None) };
 }
 
-/// Whether every parent of `path` in `layer` is a directory and none a symlink. A
-/// hostile image's `/etc -> /` must not make the lookup read the host's files; and
-/// overlayfs itself never looks below a lower entry that is not a directory.
-fn parents_are_dirs(layer: &Path, path: &[u8]) -> bool {
+/// What the parents of a path are in one layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Parents {
+    /// Every one a directory (none a symlink): the layer may hold the path.
+    Dirs,
+    /// One is missing: the layer holds nothing there, the layers below may.
+    Missing,
+    /// One is something else (a file, a symlink, a whiteout): it hides the layers
+    /// below, as overlayfs never looks below a lower entry that is not a directory.
+    Hidden,
+}
+
+/// What the parents of `path` are in `layer`. A hostile image's `/etc -> /` must not
+/// make the lookup read the host's files.
+fn parents_in(layer: &Path, path: &[u8]) -> Parents {
     let Some(parent) = parents(path).next() else {
-        return true;
+        return Parents::Dirs;
     };
     let parent = host(layer, parent);
     if REAL_DIR.with(|known| known.borrow().as_deref() == Some(parent.as_path())) {
-        return true;
+        return Parents::Dirs;
     }
-    let real = parent
-        .strip_prefix(layer)
-        .map(|relative| {
-            let mut current = layer.to_path_buf();
-            relative.components().all(|component| {
-                current.push(component);
-                current.symlink_metadata().is_ok_and(|m| m.is_dir())
-            })
-        })
-        .unwrap_or(false);
-    if real {
-        REAL_DIR.with(|known| *known.borrow_mut() = Some(parent));
+    let Ok(relative) = parent.strip_prefix(layer) else {
+        return Parents::Hidden;
+    };
+    let mut current = layer.to_path_buf();
+    for component in relative.components() {
+        current.push(component);
+        match current.symlink_metadata() {
+            Ok(meta) if meta.is_dir() => {}
+            Err(err) if err.kind() == std::io::ErrorKind::NotFound => return Parents::Missing,
+            _ => return Parents::Hidden,
+        }
     }
-    real
+    REAL_DIR.with(|known| *known.borrow_mut() = Some(parent));
+    Parents::Dirs
 }
 
 impl Layers {
@@ -150,8 +167,10 @@ impl Layers {
     /// whiteout or an opaque directory on the way hides the layers below.
     pub fn lower(&self, path: &[u8], hash: bool) -> Result<Option<Entry>, String> {
         for (index, lower) in self.lowers.iter().enumerate() {
-            if !parents_are_dirs(lower, path) {
-                return Ok(None);
+            match parents_in(lower, path) {
+                Parents::Dirs => {}
+                Parents::Missing => continue,
+                Parents::Hidden => return Ok(None),
             }
             if let Some(entry) = observe(lower, path, hash)? {
                 return Ok((!is_whiteout(&entry)).then_some(entry));
@@ -193,20 +212,7 @@ impl Layers {
             }));
         };
         let (before, after) = self.with_content(path, before, after)?;
-        let mut attributes = changed_attributes(&before, &after, checked());
-        let content_differs = before.file_type == FileType::File
-            && after.file_type == FileType::File
-            && before.size != after.size;
-        if content_differs && !attributes.contains(&Attribute::Content) {
-            attributes.push(Attribute::Content);
-            attributes.sort();
-        }
-        Ok((!attributes.is_empty()).then_some(Change {
-            change: FileChange::Modified,
-            before: Some(before),
-            after: Some(after),
-            attributes,
-        }))
+        Ok(modified(before, after))
     }
 
     /// Both sides hashed when their content can only be told apart by reading it:
@@ -229,12 +235,17 @@ impl Layers {
 
     /// Entries of the image below the opaque directory `dir` that the upper layer does
     /// not hold again: removed.
-    fn hidden_by_opaque(&self, dir: &[u8], skip: &dyn Fn(&[u8]) -> bool, walked: &mut Walked) {
+    pub(super) fn hidden_by_opaque(
+        &self,
+        dir: &[u8],
+        skip: &dyn Fn(&[u8]) -> bool,
+        walked: &mut Walked,
+    ) {
         let mut below = BTreeSet::new();
         for lower in &self.lowers {
             let top = host(lower, dir);
             let real_dir = top.symlink_metadata().is_ok_and(|m| m.is_dir());
-            if !real_dir || !parents_are_dirs(lower, dir) {
+            if !real_dir || parents_in(lower, dir) != Parents::Dirs {
                 continue;
             }
             for entry in walkdir::WalkDir::new(&top)
@@ -267,44 +278,25 @@ impl Layers {
             }
         }
     }
+}
 
-    /// Walks the upper layer and compares each entry with the image, skipping (and not
-    /// descending into) paths for which `skip` holds.
-    pub fn walk(&self, skip: &dyn Fn(&[u8]) -> bool) -> Walked {
-        let mut walked = Walked::default();
-        let walker = walkdir::WalkDir::new(&self.upper)
-            .follow_links(false)
-            .same_file_system(true)
-            .sort_by_file_name()
-            .into_iter()
-            .filter_entry(|entry| {
-                let path = container_path(&self.upper, entry.path());
-                !skip(&path)
-            });
-        for entry in walker {
-            let entry = match entry {
-                Ok(entry) => entry,
-                Err(err) => {
-                    let path = err
-                        .path()
-                        .map(|p| container_path(&self.upper, p))
-                        .unwrap_or_else(|| b"/".to_vec());
-                    walked.errors.push((path, err.to_string()));
-                    continue;
-                }
-            };
-            let path = container_path(&self.upper, entry.path());
-            match self.compare(&path) {
-                Ok(Some(change)) => walked.changes.push(change),
-                Ok(None) => {}
-                Err(error) => walked.errors.push((path.clone(), error)),
-            }
-            if entry.file_type().is_dir() && xattr_is(&self.upper, &path, "opaque") {
-                self.hidden_by_opaque(&path, skip, &mut walked);
-            }
-        }
-        walked
+/// How the image's entry and the container's at one path differ (contents compared by
+/// hash when both were read, by size otherwise); `None` when they do not.
+pub(super) fn modified(before: Entry, after: Entry) -> Option<Change> {
+    let mut attributes = changed_attributes(&before, &after, checked());
+    let content_differs = before.file_type == FileType::File
+        && after.file_type == FileType::File
+        && before.size != after.size;
+    if content_differs && !attributes.contains(&Attribute::Content) {
+        attributes.push(Attribute::Content);
+        attributes.sort();
     }
+    (!attributes.is_empty()).then_some(Change {
+        change: FileChange::Modified,
+        before: Some(before),
+        after: Some(after),
+        attributes,
+    })
 }
 
 /// The path inside the container of a host path in a layer.
@@ -376,6 +368,28 @@ mod tests {
     use std::fs;
     use std::os::unix::fs::PermissionsExt;
 
+    /// The full check's walk, each change it finds held against the path-by-path
+    /// comparison of the daemon's re-checks.
+    fn walk(layers: &Layers, skip: &dyn Fn(&[u8]) -> bool) -> Walked {
+        let walked = super::super::walk::walk(layers, skip, &Default::default());
+        for change in &walked.changes {
+            let path = &change
+                .after
+                .as_ref()
+                .or(change.before.as_ref())
+                .unwrap()
+                .path;
+            if change.change != FileChange::Removed {
+                assert_eq!(
+                    layers.compare(path).unwrap().as_ref(),
+                    Some(change),
+                    "{path:?}"
+                );
+            }
+        }
+        walked
+    }
+
     #[test]
     fn lowerdir_options_are_split_and_resolved() {
         let options = vec![
@@ -423,7 +437,7 @@ mod tests {
             upper: upper.clone(),
             lowers: vec![lower.clone()],
         };
-        let walked = layers.walk(&|_| false);
+        let walked = walk(&layers, &|_| false);
         assert!(walked.errors.is_empty(), "{:?}", walked.errors);
         let summary: Vec<(String, FileChange, Vec<Attribute>)> = walked
             .changes
@@ -453,7 +467,7 @@ mod tests {
                 ),
             ]
         );
-        let skipped = layers.walk(&|p| p.starts_with(b"/bin"));
+        let skipped = walk(&layers, &|p| p.starts_with(b"/bin"));
         assert_eq!(skipped.changes.len(), 1);
     }
 
@@ -498,7 +512,7 @@ mod tests {
             upper,
             lowers: vec![lower],
         };
-        let walked = layers.walk(&|_| false);
+        let walked = walk(&layers, &|_| false);
         let removed: Vec<String> = walked
             .changes
             .iter()
@@ -526,5 +540,65 @@ mod tests {
         assert_eq!(layers.lower(b"/etc/secret", false), Ok(None));
         let change = layers.compare(b"/etc/secret").unwrap().unwrap();
         assert_eq!(change.change, FileChange::Added);
+    }
+
+    /// An image of several layers: a directory missing from an upper image layer
+    /// passes the lookup on to the layers below; a file there hides them.
+    #[test]
+    fn lower_layers_are_looked_up_as_overlayfs_does() {
+        let dir = tempfile::tempdir().unwrap();
+        let (top, base, upper) = (
+            dir.path().join("top"),
+            dir.path().join("base"),
+            dir.path().join("upper"),
+        );
+        fs::create_dir_all(top.join("app")).unwrap();
+        fs::write(top.join("app/main"), b"app").unwrap();
+        fs::write(top.join("opt"), b"a file hiding the base's /opt").unwrap();
+        fs::create_dir_all(base.join("usr/bin")).unwrap();
+        fs::create_dir_all(base.join("opt")).unwrap();
+        fs::write(base.join("usr/bin/tool"), b"elf").unwrap();
+        fs::write(base.join("opt/old"), b"old").unwrap();
+        // Copied up without change from the base layer, and a file where the top
+        // layer has a file (so the base's /opt/old is not the image's).
+        fs::create_dir_all(upper.join("usr/bin")).unwrap();
+        fs::copy(base.join("usr/bin/tool"), upper.join("usr/bin/tool")).unwrap();
+        fs::create_dir_all(upper.join("opt")).unwrap();
+        fs::write(upper.join("opt/old"), b"old").unwrap();
+        for d in [&top, &base, &upper] {
+            for sub in ["", "/usr", "/usr/bin", "/opt", "/app"] {
+                let p = format!("{}{sub}", d.display());
+                if Path::new(&p).is_dir() {
+                    fs::set_permissions(&p, fs::Permissions::from_mode(0o755)).unwrap();
+                }
+            }
+        }
+        let layers = Layers {
+            upper,
+            lowers: vec![top, base],
+        };
+        let walked = walk(&layers, &|_| false);
+        assert!(walked.errors.is_empty(), "{:?}", walked.errors);
+        let summary: Vec<(String, FileChange)> = walked
+            .changes
+            .iter()
+            .map(|c| {
+                let path = &c.after.as_ref().or(c.before.as_ref()).unwrap().path;
+                (String::from_utf8_lossy(path).into_owned(), c.change)
+            })
+            .collect();
+        assert_eq!(
+            summary,
+            [
+                ("/opt".into(), FileChange::Modified),
+                ("/opt/old".into(), FileChange::Added),
+            ],
+            "{walked:?}"
+        );
+        assert_eq!(
+            layers.lower(b"/usr/bin/tool", false).unwrap().unwrap().size,
+            3
+        );
+        assert_eq!(layers.lower(b"/opt/old", false), Ok(None));
     }
 }

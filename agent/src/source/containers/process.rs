@@ -54,14 +54,19 @@ fn judge(container: &Container, exe: &[u8], expected: &Expected<'_>) -> Option<P
     }
 }
 
-/// The container's processes that run something the image does not hold.
+/// Verdicts on a container's executables, by path as `/proc/PID/exe` names them: valid
+/// while its upper layer does not change.
+pub type Judged = HashMap<Vec<u8>, Option<ProcessReason>>;
+
+/// The container's processes that run something the image does not hold; `judged`
+/// keeps the verdicts on executables seen before.
 pub fn findings(
     proc: &Path,
     container: &Container,
     expected: &Expected<'_>,
     severity: Severity,
+    judged: &mut Judged,
 ) -> Vec<ProcessFinding> {
-    let mut judged: HashMap<Vec<u8>, Option<ProcessReason>> = HashMap::new();
     let mut found = Vec::new();
     for &pid in &container.pids {
         // Exited, or a kernel thread: nothing to judge.

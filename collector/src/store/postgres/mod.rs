@@ -18,6 +18,7 @@
 //! this collector never sends its password to a server it has not authenticated.
 
 mod schema;
+mod trust;
 
 use super::decide::{flush_alerts, Decider, DecisionTx, DueGroup};
 use super::outbox::{random_token, AlertKind, Claim, Occurrence, OutboxItem};
@@ -26,8 +27,9 @@ use super::{
     too_many_findings, ActionFilter, ActionRecord, BatchFindings, Cursor, Decided, FindingInput,
     FindingRecord, Finish, FleetCounts, Hold, HostFilter, HostRecord, ImageRecord, IngestOutcome,
     IngestRecord, Outcome, Page, PageRequest, Policy, Request, Store, StoreError, StoreResult,
-    Transition, TOO_MANY_FINDINGS_KEY,
+    TokenRecord, Transition, TOO_MANY_FINDINGS_KEY,
 };
+use super::{Admission, Binding, Enrolled};
 use async_trait::async_trait;
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod};
 use driftwatch_protocol::wire::HostState;
@@ -1019,6 +1021,7 @@ impl Store for PostgresStore {
                     let sql = format!("DELETE FROM {table} WHERE host_id IN ({doomed})");
                     exec(tx, &sql, &[&before_ms]).await?;
                 }
+                trust::expire(tx, before_ms).await?;
                 exec(
                     tx,
                     "DELETE FROM hosts WHERE state IN ('silent', 'gone') AND state_since < $1",
@@ -1030,66 +1033,41 @@ impl Store for PostgresStore {
         .await
     }
 
-    async fn enroll(&self, host_id: &str, fingerprint: &str, at_ms: i64) -> StoreResult<()> {
-        let (host_id, fingerprint) = (host_id.to_string(), fingerprint.to_string());
+    async fn bind(&self, binding: Binding) -> StoreResult<Enrolled> {
         self.in_tx(move |tx| {
-            let (host_id, fingerprint) = (host_id.clone(), fingerprint.clone());
-            Box::pin(async move {
-                let known = rows(
-                    tx,
-                    "SELECT credential, revoked FROM hosts WHERE host_id = $1 FOR UPDATE",
-                    &[&host_id],
-                )
-                .await?;
-                let known: Option<(Option<String>, bool)> = known
-                    .first()
-                    .map(|r| Ok::<_, tokio_postgres::Error>((r.try_get(0)?, r.try_get(1)?)))
-                    .transpose()
-                    .map_err(pg_error)?;
-                match known {
-                    Some((_, true)) => {
-                        Err(StoreError::Conflict(format!("host {host_id} is revoked")))
-                    }
-                    Some((Some(_), _)) => Err(StoreError::Conflict(format!(
-                        "host {host_id} is already enrolled"
-                    ))),
-                    Some((None, _)) => exec(
-                        tx,
-                        "UPDATE hosts SET credential = $2, enrolled_at = $3 WHERE host_id = $1",
-                        &[&host_id, &fingerprint, &at_ms],
-                    )
-                    .await
-                    .map(|_| ()),
-                    None => {
-                        let inserted = exec(
-                            tx,
-                            "INSERT INTO hosts (host_id, hostname, state, state_since, first_seen,
-                                 last_seen, credential, enrolled_at)
-                             VALUES ($1, $1, 'clean', $3, $3, $3, $2, $3) ON CONFLICT DO NOTHING",
-                            &[&host_id, &fingerprint, &at_ms],
-                        )
-                        .await?;
-                        if inserted == 0 {
-                            return Err(StoreError::Conflict(format!(
-                                "host {host_id} is already enrolled"
-                            )));
-                        }
-                        Ok(())
-                    }
-                }
-            })
+            let binding = binding.clone();
+            Box::pin(async move { trust::bind(tx, &binding).await })
         })
         .await
     }
 
+    async fn admission(&self, host_id: &str, key_fingerprint: &str) -> StoreResult<Admission> {
+        trust::admission(&self.client().await?, host_id, key_fingerprint).await
+    }
+
     async fn revoke(&self, host_id: &str, at_ms: i64) -> StoreResult<bool> {
-        exec(
-            &self.client().await?,
-            "UPDATE hosts SET revoked = TRUE, state = 'gone', state_since = $2 WHERE host_id = $1",
-            &[&host_id, &at_ms],
-        )
+        let host_id = host_id.to_string();
+        self.in_tx(move |tx| {
+            let host_id = host_id.clone();
+            Box::pin(async move { trust::revoke(tx, &host_id, at_ms).await })
+        })
         .await
-        .map(|n| n > 0)
+    }
+
+    async fn create_token(&self, token: TokenRecord, hash: String) -> StoreResult<()> {
+        trust::create_token(&self.client().await?, &token, &hash).await
+    }
+
+    async fn token(&self, hash: &str) -> StoreResult<Option<TokenRecord>> {
+        trust::token(&self.client().await?, hash).await
+    }
+
+    async fn tokens(&self) -> StoreResult<Vec<TokenRecord>> {
+        trust::tokens(&self.client().await?).await
+    }
+
+    async fn revoke_token(&self, name: &str, at_ms: i64) -> StoreResult<bool> {
+        trust::revoke_token(&self.client().await?, name, at_ms).await
     }
 
     async fn register_image(&self, image: ImageRecord) -> StoreResult<()> {

@@ -7,7 +7,9 @@ use super::pg_error;
 use crate::store::{StoreError, StoreResult};
 
 /// Numbered migrations; never edit one that has shipped, add the next.
-const MIGRATIONS: &[&str] = &[r#"
+const MIGRATIONS: &[&str] = &[
+    // 1: the first release.
+    r#"
 CREATE TABLE hosts (
     host_id TEXT PRIMARY KEY,
     hostname TEXT NOT NULL,
@@ -132,7 +134,41 @@ CREATE TABLE provisioning (
     received BIGINT NOT NULL,
     delta TEXT NOT NULL
 );
-"#];
+"#,
+    // 2: trust: named tokens (hashes only), key bindings, lasting revocations.
+    r#"
+CREATE TABLE tokens (
+    name TEXT PRIMARY KEY,
+    hash TEXT NOT NULL UNIQUE,
+    role TEXT NOT NULL,
+    created_at BIGINT NOT NULL,
+    expires_at BIGINT,
+    uses_left BIGINT,
+    host_ids TEXT,
+    images TEXT,
+    revoked_at BIGINT
+);
+CREATE TABLE credentials (
+    host_id TEXT PRIMARY KEY,
+    key_fingerprint TEXT NOT NULL,
+    serial TEXT NOT NULL,
+    not_after BIGINT NOT NULL,
+    source TEXT NOT NULL,
+    token TEXT,
+    images TEXT,
+    daemon BOOLEAN NOT NULL DEFAULT TRUE,
+    bound_at BIGINT NOT NULL
+);
+CREATE TABLE revocations (
+    key_fingerprint TEXT PRIMARY KEY,
+    serial TEXT NOT NULL,
+    host_id TEXT NOT NULL,
+    revoked_at BIGINT NOT NULL,
+    expires_at BIGINT NOT NULL
+);
+CREATE INDEX revocations_by_serial ON revocations (serial);
+"#,
+];
 
 /// The advisory lock key the migrating replica holds ("driftwatch" in ASCII, cut).
 const MIGRATION_LOCK: i64 = 0x6472_6966_7477_6174;

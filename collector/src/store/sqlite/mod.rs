@@ -13,6 +13,7 @@
 //! database (tests) has no second connection: its reads go through the writer.
 
 mod schema;
+mod trust;
 mod tx;
 
 use super::decide::{flush_alerts, Decider};
@@ -21,8 +22,9 @@ use super::{
     cursor_params, fetch_limit, severity_of, ActionFilter, ActionRecord, Cursor, Decided,
     FindingRecord, Finish, FleetCounts, HostFilter, HostRecord, ImageRecord, IngestOutcome,
     IngestRecord, Outcome, Page, PageRequest, Policy, Request, Store, StoreError, StoreResult,
-    Transition,
+    TokenRecord, Transition,
 };
+use super::{Admission, Binding, Enrolled};
 use async_trait::async_trait;
 use driftwatch_protocol::wire::HostState;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, Row};
@@ -556,6 +558,7 @@ impl Store for SqliteStore {
                 )
                 .map_err(db_error)?;
             }
+            trust::expire(c, before_ms)?;
             c.execute(
                 "DELETE FROM hosts WHERE state IN ('silent', 'gone') AND state_since < ?1",
                 [before_ms],
@@ -566,57 +569,39 @@ impl Store for SqliteStore {
         .await
     }
 
-    async fn enroll(&self, host_id: &str, fingerprint: &str, at_ms: i64) -> StoreResult<()> {
-        let (host_id, fingerprint) = (host_id.to_string(), fingerprint.to_string());
-        self.run(move |c| {
-            let known: Option<(Option<String>, i64)> = c
-                .query_row(
-                    "SELECT credential, revoked FROM hosts WHERE host_id = ?1",
-                    [&host_id],
-                    |row| Ok((row.get(0)?, row.get(1)?)),
-                )
-                .optional()
-                .map_err(db_error)?;
-            match known {
-                Some((_, revoked)) if revoked != 0 => {
-                    Err(StoreError::Conflict(format!("host {host_id} is revoked")))
-                }
-                Some((Some(_), _)) => Err(StoreError::Conflict(format!(
-                    "host {host_id} is already enrolled"
-                ))),
-                Some((None, _)) => c
-                    .execute(
-                        "UPDATE hosts SET credential = ?2, enrolled_at = ?3 WHERE host_id = ?1",
-                        params![host_id, fingerprint, at_ms],
-                    )
-                    .map(|_| ())
-                    .map_err(db_error),
-                None => c
-                    .execute(
-                        "INSERT INTO hosts (host_id, hostname, state, state_since, first_seen,
-                             last_seen, credential, enrolled_at)
-                         VALUES (?1, ?1, 'clean', ?3, ?3, ?3, ?2, ?3)",
-                        params![host_id, fingerprint, at_ms],
-                    )
-                    .map(|_| ())
-                    .map_err(db_error),
-            }
-        })
-        .await
+    async fn bind(&self, binding: Binding) -> StoreResult<Enrolled> {
+        self.run(move |c| trust::bind(c, &binding)).await
+    }
+
+    async fn admission(&self, host_id: &str, key_fingerprint: &str) -> StoreResult<Admission> {
+        let (host_id, key) = (host_id.to_string(), key_fingerprint.to_string());
+        self.read(move |c| trust::admission(c, &host_id, &key))
+            .await
     }
 
     async fn revoke(&self, host_id: &str, at_ms: i64) -> StoreResult<bool> {
         let host_id = host_id.to_string();
-        self.run(move |c| {
-            c.execute(
-                "UPDATE hosts SET revoked = 1, state = 'gone', state_since = ?2
-                 WHERE host_id = ?1",
-                params![host_id, at_ms],
-            )
-            .map(|n| n > 0)
-            .map_err(db_error)
-        })
-        .await
+        self.run(move |c| trust::revoke(c, &host_id, at_ms)).await
+    }
+
+    async fn create_token(&self, token: TokenRecord, hash: String) -> StoreResult<()> {
+        self.run(move |c| trust::create_token(c, &token, &hash))
+            .await
+    }
+
+    async fn token(&self, hash: &str) -> StoreResult<Option<TokenRecord>> {
+        let hash = hash.to_string();
+        self.read(move |c| trust::token(c, &hash)).await
+    }
+
+    async fn tokens(&self) -> StoreResult<Vec<TokenRecord>> {
+        self.read(trust::tokens).await
+    }
+
+    async fn revoke_token(&self, name: &str, at_ms: i64) -> StoreResult<bool> {
+        let name = name.to_string();
+        self.run(move |c| trust::revoke_token(c, &name, at_ms))
+            .await
     }
 
     async fn register_image(&self, image: ImageRecord) -> StoreResult<()> {

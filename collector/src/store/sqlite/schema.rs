@@ -142,29 +142,70 @@ CREATE TABLE leases (
     expires_at INTEGER NOT NULL
 );
 "#,
+    // 4: trust: named tokens (hashes only), key bindings, lasting revocations.
+    r#"
+CREATE TABLE tokens (
+    name TEXT PRIMARY KEY,
+    hash TEXT NOT NULL UNIQUE,
+    role TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    expires_at INTEGER,
+    uses_left INTEGER,
+    host_ids TEXT,
+    images TEXT,
+    revoked_at INTEGER
+);
+CREATE TABLE credentials (
+    host_id TEXT PRIMARY KEY,
+    key_fingerprint TEXT NOT NULL,
+    serial TEXT NOT NULL,
+    not_after INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    token TEXT,
+    images TEXT,
+    daemon INTEGER NOT NULL DEFAULT 1,
+    bound_at INTEGER NOT NULL
+);
+CREATE TABLE revocations (
+    key_fingerprint TEXT PRIMARY KEY,
+    serial TEXT NOT NULL,
+    host_id TEXT NOT NULL,
+    revoked_at INTEGER NOT NULL,
+    expires_at INTEGER NOT NULL
+);
+CREATE INDEX revocations_by_serial ON revocations (serial);
+"#,
 ];
 
 /// Brings the database up to [`MIGRATIONS`]; refuses one from a newer collector.
+///
+/// Each step reads the version inside a write transaction (`BEGIN IMMEDIATE`), so
+/// processes opening one file at once (the collector and `issue-host-cert`, say) take
+/// turns and never apply a step twice.
 pub(super) fn migrate(connection: &mut Connection) -> StoreResult<()> {
-    let version: i64 = connection
-        .query_row("PRAGMA user_version", [], |row| row.get(0))
-        .map_err(db_error)?;
-    let version = usize::try_from(version).unwrap_or(usize::MAX);
-    if version > MIGRATIONS.len() {
-        return Err(StoreError::Database(format!(
-            "the database is at schema version {version}, newer than this collector knows ({})",
-            MIGRATIONS.len()
-        )));
-    }
-    for (index, script) in MIGRATIONS.iter().enumerate().skip(version) {
-        let transaction = connection.transaction().map_err(db_error)?;
+    loop {
+        let transaction = connection
+            .transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)
+            .map_err(db_error)?;
+        let version: i64 = transaction
+            .query_row("PRAGMA user_version", [], |row| row.get(0))
+            .map_err(db_error)?;
+        let version = usize::try_from(version).unwrap_or(usize::MAX);
+        if version > MIGRATIONS.len() {
+            return Err(StoreError::Database(format!(
+                "the database is at schema version {version}, newer than this collector knows ({})",
+                MIGRATIONS.len()
+            )));
+        }
+        let Some(script) = MIGRATIONS.get(version) else {
+            return Ok(());
+        };
         transaction.execute_batch(script).map_err(db_error)?;
         transaction
-            .execute_batch(&format!("PRAGMA user_version = {}", index + 1))
+            .execute_batch(&format!("PRAGMA user_version = {}", version + 1))
             .map_err(db_error)?;
         transaction.commit().map_err(db_error)?;
     }
-    Ok(())
 }
 
 #[cfg(test)]

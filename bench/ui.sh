@@ -1,0 +1,165 @@
+#!/usr/bin/env bash
+# bench/ui.sh - the dashboard on a large fleet: how long its pages take on the server
+# with 100,000 hosts and 1,000,000 findings in the store, and what ten browser sessions
+# refreshing it cost the agents' ingest. Run `bench/ui.sh --help`; results go to
+# docs/performance.md.
+set -euo pipefail
+
+usage() {
+  cat <<'EOF_USAGE'
+Usage: bench/ui.sh [--help]
+
+  1. A fresh collector (`init`) on SQLite, or on a new PostgreSQL database with
+     DATABASE=postgres, is filled through its store (driftwatch-loadgen fill):
+     HOSTS hosts with FINDINGS file findings each (the same paths on every host),
+     and the host fill-big with BIG findings.
+  2. The collector serves; a session signs in at /ui/login (curl, cookie jar).
+  3. Each page is requested REQUESTS+1 times over one kept-alive connection
+     (curl, one process); the first answer (connection set-up) is dropped, and the
+     p50 / p95 of the others are reported: the fleet page (target <= 100 ms p95),
+     a hosts page of 100 rows, unfiltered and by state (<= 100 ms), the host page
+     of fill-big (<= 150 ms; it shows the first 200 of its findings, most severe
+     first, and pages the rest), and the drift page (no target).
+  4. Ingest under load: driftwatch-loadgen sends the mixed scenario at INGEST_RATE
+     requests/s over LOADGEN_HOSTS hosts (mutual TLS) for INGEST_SECS, once alone
+     and once while SESSIONS sessions each load the fleet page and fill-big's page
+     every 5 s (a new TLS connection each, as a cold browser would); the ingest
+     p50 / p99 of both runs side by side (target: p99 rises <= 10 %).
+
+Environment
+  HOSTS=100000 FINDINGS=10 BIG=1000 REQUESTS=50
+  DATABASE=sqlite|postgres   postgres needs DRIFTWATCH_TEST_POSTGRES (an admin URL);
+                             a database of its own is made and dropped
+  INGEST_RATE=200 INGEST_SECS=60 LOADGEN_HOSTS=2000 SESSIONS=10
+  SKIP_INGEST=1              only the page timings
+  SKIP_BUILD=1               use target/release as it is
+  OUT=FILE                   the report (default bench/results/ui-DATE.txt)
+EOF_USAGE
+}
+[[ "${1:-}" == "--help" || "${1:-}" == "-h" ]] && { usage; exit 0; }
+
+REPO_ROOT=$(cd "$(dirname "$0")/.." && pwd)
+HOSTS=${HOSTS:-100000}
+FINDINGS=${FINDINGS:-10}
+BIG=${BIG:-1000}
+REQUESTS=${REQUESTS:-50}
+DATABASE=${DATABASE:-sqlite}
+INGEST_RATE=${INGEST_RATE:-200}
+INGEST_SECS=${INGEST_SECS:-60}
+LOADGEN_HOSTS=${LOADGEN_HOSTS:-2000}
+SESSIONS=${SESSIONS:-10}
+if [[ -z "${OUT:-}" ]]; then
+  OUT=$REPO_ROOT/bench/results/ui-$DATABASE-$(date +%F-%H%M).txt
+fi
+log() { echo "ui.sh: $*" >&2; }
+die() { log "$*"; exit 2; }
+for t in cargo curl awk python3; do command -v "$t" >/dev/null || die "'$t' not found"; done
+if [[ "${SKIP_BUILD:-0}" != 1 ]]; then
+  log "building release binaries…"
+  cargo build --release --locked -p driftwatch-collector -p driftwatch-loadgen >&2
+fi
+COLLECTOR=$REPO_ROOT/target/release/driftwatch-collector
+LOADGEN=$REPO_ROOT/target/release/driftwatch-loadgen
+[[ -x $COLLECTOR && -x $LOADGEN ]] || die "build first (cargo build --release)"
+
+TMP=$(mktemp -d "${TMPDIR:-/tmp}/driftwatch-ui-bench.XXXXXX")
+DIR=$TMP/collector
+PID=
+BG=()
+DB_NAME=
+cleanup() {
+  for p in "${BG[@]}"; do kill "$p" 2>/dev/null || true; done
+  if [[ -n $PID ]]; then kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; fi
+  if [[ -n $DB_NAME ]]; then psql -q "$DRIFTWATCH_TEST_POSTGRES" -c "DROP DATABASE IF EXISTS $DB_NAME" || true; fi
+  rm -rf "$TMP"
+}
+trap cleanup EXIT
+
+PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+"$COLLECTOR" init "$DIR" --listen "127.0.0.1:$PORT" >/dev/null
+# Filled hosts announce a day-long heartbeat interval: none turns silent during the run.
+if [[ $DATABASE == postgres ]]; then
+  [[ -n ${DRIFTWATCH_TEST_POSTGRES:-} ]] || die "DATABASE=postgres needs DRIFTWATCH_TEST_POSTGRES"
+  DB_NAME=driftwatch_ui_bench_$$
+  psql -q "$DRIFTWATCH_TEST_POSTGRES" -c "CREATE DATABASE $DB_NAME"
+  url=$(python3 -c 'import sys, urllib.parse as u; p = u.urlsplit(sys.argv[1]); print(u.urlunsplit(p._replace(path="/" + sys.argv[2])))' \
+    "$DRIFTWATCH_TEST_POSTGRES" "$DB_NAME")
+  sed -i "s|^database = .*|database = \"$url\"|" "$DIR/collector.toml"
+fi
+log "filling the store: $HOSTS hosts x $FINDINGS findings, fill-big with $BIG…"
+fill=$("$LOADGEN" fill --config "$DIR/collector.toml" --hosts "$HOSTS" --findings "$FINDINGS" --big-host-findings "$BIG")
+log "$fill"
+
+"$COLLECTOR" serve --config "$DIR/collector.toml" >>"$TMP/collector.log" 2>&1 &
+PID=$!
+for _ in $(seq 300); do
+  curl -sf --cacert "$DIR/ca.pem" "https://127.0.0.1:$PORT/healthz" >/dev/null && break
+  kill -0 "$PID" 2>/dev/null || { tail "$TMP/collector.log" >&2; die "the collector did not start"; }
+  sleep 0.1
+done
+BASE=https://127.0.0.1:$PORT
+JAR=$TMP/cookies
+curl -sf --cacert "$DIR/ca.pem" -c "$JAR" -o /dev/null --data-urlencode "token@$DIR/operator.token" "$BASE/ui/login" \
+  || die "cannot sign in"
+
+# page LABEL PATH TARGET_MS: REQUESTS+1 requests over one connection; the first dropped.
+page() {
+  local label=$1 path=$2 target=$3 args=()
+  for _ in $(seq $((REQUESTS + 1))); do args+=(-o /dev/null "$BASE$path"); done
+  curl -s --cacert "$DIR/ca.pem" -b "$JAR" -w '%{http_code} %{time_total} %{size_download}\n' "${args[@]}" >"$TMP/page.txt"
+  awk 'NR > 1 && $1 != 200 {bad++} END {if (bad) {print "non-200 answers: " bad; exit 1}}' "$TMP/page.txt" \
+    || die "$label: $(head -c 300 "$TMP/page.txt")"
+  tail -n +2 "$TMP/page.txt" | sort -k2 -n | awk -v l="$label" -v t="$target" -v p="$path" '
+    {v[NR] = $2; size = $3}
+    END {m = int(NR * 0.5); if (m < 1) m = 1; q = int(NR * 0.95 + 0.999); if (q > NR) q = NR
+         printf "  %-22s p50 %6.1f ms  p95 %6.1f ms  (%d requests, %d KiB; target %s)  %s\n",
+                l, v[m] * 1000, v[q] * 1000, NR, size / 1024, t, p}'
+}
+
+mkdir -p "$(dirname "$OUT")"
+{
+  echo "# bench/ui.sh, $(date -u +%FT%TZ)"
+  echo "# HOSTS=$HOSTS FINDINGS=$FINDINGS BIG=$BIG REQUESTS=$REQUESTS DATABASE=$DATABASE"
+  echo "# $(nproc) cores, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo); release build"
+  echo "# $fill"
+  echo "# load before: $(cat /proc/loadavg)"
+  echo
+  echo "## pages (server-side, one kept-alive connection)"
+  page "fleet" "/ui/" "<= 100 ms"
+  page "hosts, 100 rows" "/ui/hosts" "<= 100 ms"
+  page "hosts, drifted" "/ui/hosts?state=drifted" "<= 100 ms"
+  page "host, 1000 findings" "/ui/hosts/fill-big" "<= 150 ms"
+  page "drift" "/ui/drift" "none"
+  echo "# load after pages: $(cat /proc/loadavg)"
+} >"$OUT.tmp"
+
+# ingest LABEL: one open-loop run; prints its latency line.
+ingest() {
+  "$LOADGEN" run --collector "$DIR" --hosts "$LOADGEN_HOSTS" --scenario mixed --rate "$INGEST_RATE" \
+    --duration-secs "$INGEST_SECS" --collector-pid "$PID" --threads 1 >"$TMP/$1.txt" 2>>"$TMP/loadgen.err" \
+    || echo "(loadgen failed: exit $?)" >>"$TMP/$1.txt"
+  echo "  $1:"
+  grep -E '^  (requests|latency|errors)' "$TMP/$1.txt" | sed 's/^/  /' || true
+}
+if [[ "${SKIP_INGEST:-0}" != 1 ]]; then
+  log "issuing $LOADGEN_HOSTS host certificates…"
+  "$LOADGEN" certs --collector "$DIR" --hosts "$LOADGEN_HOSTS" >&2
+  {
+    echo
+    echo "## ingest, mixed scenario at $INGEST_RATE requests/s for $INGEST_SECS s over $LOADGEN_HOSTS hosts"
+    ingest alone
+    for s in $(seq "$SESSIONS"); do
+      (sleep "$(awk -v s="$s" -v n="$SESSIONS" 'BEGIN{print 5 * s / n}')"
+       while :; do
+         curl -s --cacert "$DIR/ca.pem" -b "$JAR" -o /dev/null "$BASE/ui/" "$BASE/ui/hosts/fill-big" || true
+         sleep 5
+       done) &
+      BG+=($!)
+    done
+    ingest "with $SESSIONS sessions refreshing every 5 s"
+    echo "# load after ingest: $(cat /proc/loadavg)"
+  } >>"$OUT.tmp"
+fi
+mv "$OUT.tmp" "$OUT"
+cat "$OUT"
+log "report: $OUT"

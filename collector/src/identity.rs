@@ -1,0 +1,65 @@
+//! Who a client certificate is: the host id it names, held to the key that id is bound
+//! to, and refused when its key was revoked.
+//!
+//! A certificate the CA signed is not enough: the id must be bound to the
+//! certificate's key (by enrollment or provisioning), and a revoked key stays refused
+//! until its certificate expires, whatever became of the host's record. A certificate
+//! from before bindings existed is bound at its first report.
+
+use crate::error::ApiError;
+use crate::pki::CertInfo;
+use crate::store::trust::{allowed, Source};
+use crate::store::{now_ms, Admission, Binding, DynStore, StoreError};
+
+/// The binding `certificate` of `host_id` reports under, or 403.
+pub async fn admit(
+    store: &DynStore,
+    host_id: &str,
+    certificate: &CertInfo,
+) -> Result<Binding, ApiError> {
+    match store
+        .admission(host_id, &certificate.key_fingerprint)
+        .await?
+    {
+        Admission::Bound(binding) => Ok(binding),
+        Admission::Revoked => Err(ApiError::Forbidden(format!(
+            "the key of this certificate for host {host_id} is revoked"
+        ))),
+        Admission::OtherKey => Err(ApiError::Forbidden(format!(
+            "host {host_id} is bound to another key than this certificate's"
+        ))),
+        Admission::Unbound => {
+            let binding = Binding {
+                host_id: host_id.to_string(),
+                key_fingerprint: certificate.key_fingerprint.clone(),
+                serial: certificate.serial.clone(),
+                not_after_ms: certificate.not_after_ms,
+                source: Source::FirstContact,
+                token: None,
+                images: None,
+                daemon: true,
+                bound_ms: now_ms(),
+            };
+            match store.bind(binding.clone()).await {
+                Ok(_) => Ok(binding),
+                Err(StoreError::Conflict(message)) => Err(ApiError::Forbidden(message)),
+                Err(other) => Err(other.into()),
+            }
+        }
+    }
+}
+
+/// 403 when the binding's enrollment scope does not allow claiming `image_id`.
+pub fn check_image(binding: &Binding, image_id: Option<&str>) -> Result<(), ApiError> {
+    let Some(glob) = binding.images.as_deref() else {
+        return Ok(());
+    };
+    match image_id {
+        Some(image) if allowed(Some(glob), image) => Ok(()),
+        other => Err(ApiError::Forbidden(format!(
+            "host {} was enrolled for images {glob:?}; it cannot claim {}",
+            binding.host_id,
+            other.unwrap_or("no image")
+        ))),
+    }
+}

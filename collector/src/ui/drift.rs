@@ -1,0 +1,134 @@
+//! Drift across the fleet (`/ui/drift`): the same change on many hosts as one row —
+//! "modified /usr/bin/ssh (content) on 40 of 40 hosts of image web-2026.11.27" — the
+//! view that tells a bad image or policy (every host of an image) from an intrusion
+//! (one host).
+//!
+//! The store has no cross-host index of findings, so the page reads the findings of the
+//! drifted and marked hosts most recently seen, at most [`MAX_HOSTS`] of them, and
+//! says so when there were more.
+
+use super::error::UiResult;
+use super::signin::SignedIn;
+use super::view::{summary, Chrome};
+use super::Ui;
+use crate::store::{HostFilter, PageRequest};
+use askama::Template;
+use axum::extract::State;
+use axum::response::Html;
+use driftwatch_protocol::wire::HostState;
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+
+/// Most hosts whose findings are grouped.
+pub const MAX_HOSTS: u32 = 1_000;
+/// Most findings read per host.
+const FINDINGS_PER_HOST: u32 = 500;
+/// Host ids listed per row (the rest are counted).
+const HOSTS_PER_ROW: usize = 10;
+
+/// One change and the hosts it was seen on.
+pub struct DriftRow {
+    pub image: String,
+    pub change: String,
+    pub severity: &'static str,
+    severity_rank: usize,
+    pub hosts: BTreeSet<String>,
+    pub of: u64,
+}
+
+impl DriftRow {
+    /// The first host ids, for links.
+    pub fn shown(&self) -> Vec<&String> {
+        self.hosts.iter().take(HOSTS_PER_ROW).collect()
+    }
+}
+
+#[derive(Template)]
+#[template(path = "ui/drift.html")]
+struct DriftPage {
+    chrome: Chrome,
+    rows: Vec<DriftRow>,
+    scanned: usize,
+    truncated: bool,
+}
+
+/// `GET /ui/drift`
+pub async fn page(State(ui): State<Arc<Ui>>, who: SignedIn) -> UiResult<Html<String>> {
+    let store = ui.app.fleet.store();
+    let mut hosts = Vec::new();
+    let mut truncated = false;
+    for state in [HostState::Marked, HostState::Drifted] {
+        let left = MAX_HOSTS.saturating_sub(hosts.len() as u32);
+        if left == 0 {
+            truncated = true;
+            break;
+        }
+        let page = store
+            .hosts(HostFilter {
+                state: Some(state),
+                image_id: None,
+                page: PageRequest {
+                    after: None,
+                    limit: Some(left),
+                },
+            })
+            .await?;
+        truncated |= page.next_cursor.is_some();
+        hosts.extend(page.items);
+    }
+    let mut rows: HashMap<(String, String), DriftRow> = HashMap::new();
+    for host in &hosts {
+        let findings = store
+            .findings(
+                &host.host_id,
+                PageRequest {
+                    after: None,
+                    limit: Some(FINDINGS_PER_HOST),
+                },
+            )
+            .await?;
+        let image = host.image_id.clone().unwrap_or_default();
+        for finding in findings.items {
+            let change = summary(&finding.finding, &finding.kind, &finding.subject);
+            let rank = crate::store::severity_index(finding.severity);
+            let row = rows
+                .entry((image.clone(), change.clone()))
+                .or_insert_with(|| DriftRow {
+                    image: image.clone(),
+                    change,
+                    severity: finding.severity.name(),
+                    severity_rank: rank,
+                    hosts: BTreeSet::new(),
+                    of: 0,
+                });
+            if rank < row.severity_rank {
+                (row.severity, row.severity_rank) = (finding.severity.name(), rank);
+            }
+            row.hosts.insert(host.host_id.clone());
+        }
+    }
+    let mut live: HashMap<String, u64> = HashMap::new();
+    for row in rows.values_mut() {
+        if !live.contains_key(&row.image) {
+            let image = Some(row.image.as_str()).filter(|i| !i.is_empty());
+            live.insert(row.image.clone(), store.live_hosts_on_image(image).await?);
+        }
+        row.of = live.get(&row.image).copied().unwrap_or(0);
+    }
+    let mut rows: Vec<DriftRow> = rows.into_values().collect();
+    rows.sort_by(|a, b| {
+        (b.hosts.len(), a.severity_rank, &a.image, &a.change).cmp(&(
+            a.hosts.len(),
+            b.severity_rank,
+            &b.image,
+            &b.change,
+        ))
+    });
+    let page = DriftPage {
+        chrome: Chrome::of(&who, "drift"),
+        rows,
+        scanned: hosts.len(),
+        truncated,
+    };
+    Ok(Html(page.render()?))
+}

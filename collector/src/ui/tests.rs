@@ -1,0 +1,311 @@
+//! The dashboard driven with `oneshot` requests against an in-memory store: sign-in and
+//! its cookie, role and CSRF refusals, and an operator's action reaching the log.
+//! The same flows in a real browser against real binaries: `tests/tests/dashboard.rs`.
+
+use super::*;
+use crate::actions::Actions;
+use crate::alerts::Alerter;
+use crate::auth::{Principal, Role};
+use crate::config::CollectorConfig;
+use crate::fleet::Fleet;
+use crate::metrics::Metrics;
+use crate::store::sqlite::SqliteStore;
+use crate::store::{ActionFilter, DynStore};
+use axum::body::Body;
+use axum::http::{header, Request, StatusCode};
+use driftwatch_protocol::report::{Finding, KernelModuleFinding, KernelModuleReason, Severity};
+use driftwatch_protocol::wire::{Batch, Event, EventBody, ImageClaim, INGEST_SCHEMA};
+use tower::ServiceExt;
+
+const TOKEN: &str = "ui-operator-secret";
+
+/// A collector on an in-memory store, and its dashboard.
+fn dashboard() -> (Arc<Ui>, Router) {
+    let config: CollectorConfig = toml::from_str(
+        "[tls]\ncert_file = \"/x\"\nkey_file = \"/x\"\nclient_ca_file = \"/x\"\n\
+         [auth]\noperator_token_file = \"/x\"\n",
+    )
+    .unwrap();
+    let config = Arc::new(config);
+    let store: DynStore = Arc::new(SqliteStore::open_memory().unwrap());
+    let metrics = Arc::new(Metrics::new());
+    let alerter = Alerter::start(&config, Arc::clone(&store), Arc::clone(&metrics)).unwrap();
+    let actions = Actions::start(
+        &config,
+        Arc::clone(&store),
+        alerter.clone(),
+        metrics.clone(),
+    );
+    let fleet = Fleet::new(config.clone(), store, alerter, actions, metrics.clone()).unwrap();
+    let app = Arc::new(AppState {
+        limiter: crate::api::RateLimiter::new(1000.0, 1000.0),
+        config,
+        fleet: Arc::new(fleet),
+        metrics,
+        credentials: crate::auth::Credentials::new(vec![crate::auth::FileToken::new(
+            TOKEN,
+            "operator",
+            crate::auth::Role::Admin,
+        )]),
+        enrollment: None,
+    });
+    let ui = Arc::new(Ui::new(app).unwrap());
+    let router = router(Arc::clone(&ui));
+    (ui, router)
+}
+
+/// A host that reported a critical kernel module.
+async fn drifted_host(ui: &Ui, host: &str) {
+    let finding = Finding::KernelModule(KernelModuleFinding {
+        reason: KernelModuleReason::NotInImage,
+        name: "rootkit".into(),
+        taint: None,
+        severity: Severity::High,
+    });
+    let batch = Batch {
+        schema: INGEST_SCHEMA.into(),
+        host_id: host.into(),
+        hostname: host.into(),
+        image: ImageClaim {
+            image_id: Some("img".into()),
+            baseline_digest: None,
+        },
+        events: vec![Event {
+            id: "e1".into(),
+            at: "2026-01-01T00:00:00Z".into(),
+            body: EventBody::Finding { finding },
+        }],
+    };
+    ui.app.fleet.ingest(batch).await.unwrap();
+}
+
+/// The stored state of `host`.
+async fn state_of(ui: &Ui, host: &str) -> &'static str {
+    let host = ui.app.fleet.store().host(host).await.unwrap().unwrap();
+    host.state.name()
+}
+
+/// (status, Location or Set-Cookie headers, body).
+async fn send(router: &Router, request: Request<Body>) -> (StatusCode, Vec<String>, String) {
+    let response = router.clone().oneshot(request).await.unwrap();
+    let status = response.status();
+    let headers = response
+        .headers()
+        .iter()
+        .filter(|(name, _)| [header::LOCATION, header::SET_COOKIE].contains(name))
+        .map(|(_, v)| v.to_str().unwrap().to_string())
+        .collect();
+    let body = axum::body::to_bytes(response.into_body(), 1 << 22)
+        .await
+        .unwrap();
+    (status, headers, String::from_utf8_lossy(&body).into_owned())
+}
+
+fn get(uri: &str, session: Option<&str>) -> Request<Body> {
+    let mut request = Request::get(uri);
+    if let Some(id) = session {
+        request = request.header(header::COOKIE, format!("{}={id}", session::COOKIE));
+    }
+    request.body(Body::empty()).unwrap()
+}
+
+fn post(uri: &str, session: Option<&str>, form: &str) -> Request<Body> {
+    let mut request =
+        Request::post(uri).header(header::CONTENT_TYPE, "application/x-www-form-urlencoded");
+    if let Some(id) = session {
+        request = request.header(header::COOKIE, format!("{}={id}", session::COOKIE));
+    }
+    request.body(Body::from(form.to_string())).unwrap()
+}
+
+fn principal(name: &str, role: Role) -> Principal {
+    Principal {
+        name: name.into(),
+        role,
+    }
+}
+
+#[tokio::test]
+async fn signing_in_sets_a_strict_cookie_and_a_bad_token_is_refused() {
+    let (_, router) = dashboard();
+    let (status, headers, _) = send(&router, get("/ui/", None)).await;
+    assert_eq!(
+        (status, headers),
+        (StatusCode::SEE_OTHER, vec!["/ui/login".to_string()])
+    );
+    let (status, _, body) = send(&router, post("/ui/login", None, "token=wrong")).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(body.contains("That token is not valid."), "{body}");
+    let (status, headers, _) =
+        send(&router, post("/ui/login", None, &format!("token={TOKEN}"))).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let cookie = headers
+        .iter()
+        .find(|h| h.starts_with(session::COOKIE))
+        .unwrap();
+    for attribute in [
+        "HttpOnly",
+        "Secure",
+        "SameSite=Strict",
+        "Max-Age=",
+        "Path=/ui",
+    ] {
+        assert!(cookie.contains(attribute), "{cookie}");
+    }
+    let id = cookie.split(';').next().unwrap().split_once('=').unwrap().1;
+    let (status, _, body) = send(&router, get("/ui/", Some(id))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        body.contains("Signed in as <strong id=\"principal\">operator</strong>"),
+        "{body}"
+    );
+    // Signing out ends the session.
+    let csrf = body
+        .split("name=\"csrf\" value=\"")
+        .nth(1)
+        .unwrap()
+        .split('"')
+        .next()
+        .unwrap();
+    let (status, _, _) = send(
+        &router,
+        post("/ui/logout", Some(id), &format!("csrf={csrf}")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let (status, _, _) = send(&router, get("/ui/", Some(id))).await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+}
+
+#[tokio::test]
+async fn an_operator_acts_with_the_csrf_token_only_and_the_log_names_them() {
+    let (ui, router) = dashboard();
+    drifted_host(&ui, "h1").await;
+    let id = ui.sessions.open(principal("alice", Role::Operator));
+    let csrf = ui.sessions.get(&id).unwrap().csrf;
+    let (status, _, body) = send(&router, get("/ui/hosts/h1", Some(&id))).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(body.contains("id=\"confirm-mark\""), "{body}");
+    assert!(
+        body.contains("kernel module rootkit (not in image)"),
+        "{body}"
+    );
+    for form in ["reason=x".to_string(), "csrf=forged&reason=x".to_string()] {
+        let (status, _, _) = send(&router, post("/ui/hosts/h1/mark", Some(&id), &form)).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{form}");
+    }
+    assert_eq!(state_of(&ui, "h1").await, "drifted");
+    let form = format!("csrf={csrf}&reason=seen+from+the+dashboard");
+    let (status, headers, _) = send(&router, post("/ui/hosts/h1/mark", Some(&id), &form)).await;
+    assert_eq!(
+        (status, headers),
+        (StatusCode::SEE_OTHER, vec!["/ui/hosts/h1".to_string()])
+    );
+    assert_eq!(state_of(&ui, "h1").await, "marked");
+    let log = ui
+        .app
+        .fleet
+        .store()
+        .actions(ActionFilter::default())
+        .await
+        .unwrap();
+    let mark = log.items.iter().find(|a| a.action == "mark").unwrap();
+    assert_eq!(mark.target.as_deref(), Some("alice"));
+    assert!(
+        mark.detail.contains("seen from the dashboard"),
+        "{}",
+        mark.detail
+    );
+    let (_, _, body) = send(&router, get("/ui/actions?host=h1", Some(&id))).await;
+    assert!(body.contains("<td>alice</td>"), "{body}");
+}
+
+#[tokio::test]
+async fn a_viewer_reads_every_page_sees_no_button_and_cannot_act() {
+    let (ui, router) = dashboard();
+    drifted_host(&ui, "h1").await;
+    let id = ui.sessions.open(principal("bob", Role::Viewer));
+    let csrf = ui.sessions.get(&id).unwrap().csrf;
+    for page in [
+        "/ui/",
+        "/ui/hosts",
+        "/ui/hosts?state=drifted",
+        "/ui/hosts/h1",
+        "/ui/drift",
+        "/ui/images",
+        "/ui/actions",
+    ] {
+        let (status, _, body) = send(&router, get(page, Some(&id))).await;
+        assert_eq!(status, StatusCode::OK, "{page}: {body}");
+        assert!(!body.contains("confirm-"), "{page} shows an action: {body}");
+    }
+    let (status, _, body) = send(
+        &router,
+        post("/ui/hosts/h1/mark", Some(&id), &format!("csrf={csrf}")),
+    )
+    .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(
+        body.contains("the viewer credential &#34;bob&#34; may not do this"),
+        "{body}"
+    );
+    assert_eq!(state_of(&ui, "h1").await, "drifted");
+    // A credential that may not read is not signed in at all.
+    let id = ui.sessions.open(principal("ci", Role::Pipeline));
+    let (status, _, _) = send(&router, get("/ui/", Some(&id))).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn the_drift_page_groups_one_change_across_hosts() {
+    let (ui, router) = dashboard();
+    for host in ["h1", "h2", "h3"] {
+        drifted_host(&ui, host).await;
+    }
+    let id = ui.sessions.open(principal("bob", Role::Viewer));
+    let (_, _, body) = send(&router, get("/ui/drift", Some(&id))).await;
+    assert_eq!(
+        body.matches("kernel module rootkit (not in image)").count(),
+        1,
+        "{body}"
+    );
+    assert!(body.contains("on 3 of 3 hosts"), "{body}");
+}
+
+#[tokio::test]
+async fn assets_are_served_and_pages_carry_security_headers() {
+    let (_, router) = dashboard();
+    let response = router
+        .clone()
+        .oneshot(get("/ui/static/app.js", None))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let csp = response.headers()[header::CONTENT_SECURITY_POLICY]
+        .to_str()
+        .unwrap();
+    assert!(
+        csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
+    let (status, _, _) = send(&router, get("/ui/static/../../etc/passwd", None)).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _, _) = send(&router, get("/ui/login", None)).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn the_mount_serves_ui_with_and_without_the_slash() {
+    let (ui, _) = dashboard();
+    let router: Router = mount(Arc::clone(&ui.app));
+    let (status, headers, _) = send(&router, get("/ui", None)).await;
+    assert_eq!(
+        (status, headers),
+        (StatusCode::SEE_OTHER, vec!["/ui/".to_string()])
+    );
+    let (status, headers, _) = send(&router, get("/ui/", None)).await;
+    assert_eq!(
+        (status, headers),
+        (StatusCode::SEE_OTHER, vec!["/ui/login".to_string()])
+    );
+}
