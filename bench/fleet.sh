@@ -238,15 +238,20 @@ measure() {
     awk '/^ +[0-9]+: /{n++; c[n]=$2} END{
            if (n < 120) {print "  minutes     run too short for first/last minute"; exit}
            for (i=1;i<=60;i++) f+=c[i]; for (i=n-59;i<=n;i++) l+=c[i];
-           printf "  minutes     first %d, last %d requests acknowledged: last/first %.1f %% (target >= 90 %%)\n", f, l, l/f*100}' "$text"
+           printf "  minutes     first %d, last %d requests started: last/first %.1f %% (target >= 90 %%)\n", f, l, l/f*100}' "$text"
     sort -n "$pages" | awk '{v[NR]=$1} END{if (NR==0) {print "  hosts page  no answers"; exit}
            i=int(NR*0.99); if (i<1) i=1; m=int(NR*0.5); if (m<1) m=1
            printf "  hosts page  %d requests of 100 rows: p50 %.1f ms, p99 %.1f ms (target <= 50 ms; includes the TLS handshake)\n", NR, v[m]*1000, v[i]*1000}'
     sort -n "$rss" | awk -v n="${#PIDS[@]}" '{m=$1} END{printf "  rss         peak %.0f MiB of the largest of %d collector processes (target <= 300 MB)\n", m/1024, n}'
-    awk -v a="$t0" -v b="$t1" -v p0="$pg0" -v p1="$pg1" -v hz="$HZ" -v d="$DURATION" -v h="$HOSTS" -v s="$share" 'BEGIN{
-           cores=(b-a)/hz/d; pg=(p1-p0)/hz/d; per=0; all=0
-           if (cores>0) per=h*s/cores; if (cores+pg>0) all=h*s/(cores+pg)
-           printf "  cpu         collectors %.2f cores: %.0f hosts per core at this load\n", cores, per
+    # Hosts per core from the load served: the acknowledged share of the offered
+    # requests, as hosts of this load, over the CPU it took.
+    local served
+    served=$(awk '/^  requests/{gsub(/,/,"",$2); print $2; exit}' "$text")
+    awk -v a="$t0" -v b="$t1" -v p0="$pg0" -v p1="$pg1" -v hz="$HZ" -v d="$DURATION" -v h="$HOSTS" \
+        -v s="$share" -v ok="${served:-0}" -v r="$rate" 'BEGIN{
+           cores=(b-a)/hz/d; pg=(p1-p0)/hz/d; hosts=h*s*(ok/d)/r; if (hosts>h*s) hosts=h*s
+           per=0; all=0; if (cores>0) per=hosts/cores; if (cores+pg>0) all=hosts/(cores+pg)
+           printf "  cpu         collectors %.2f cores for the load of %.0f hosts served: %.0f hosts per core\n", cores, hosts, per
            if (pg>0) printf "  cpu         + PostgreSQL %.2f cores: %.0f hosts per core, database included\n", pg, all}'
     [[ -s $TMP/loadgen.err ]] && sed 's/[0-9][0-9.]*/N/g' "$TMP/loadgen.err" | sort | uniq -c | sort -rn | head -5 | sed 's/^/  loadgen err /'
     : >"$TMP/loadgen.err"

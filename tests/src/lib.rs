@@ -964,6 +964,28 @@ impl Host {
     }
 }
 
+/// Runs every host's one-shot report at the same moment (threads released together),
+/// each expected to deliver the drift it found (exit 1).
+pub fn report_drift_at_once(hosts: &[Host]) {
+    let start = std::sync::Barrier::new(hosts.len());
+    std::thread::scope(|scope| {
+        for host in hosts {
+            let start = &start;
+            scope.spawn(move || {
+                start.wait();
+                let output = host.check_report();
+                assert_eq!(
+                    output.status.code(),
+                    Some(1),
+                    "{}: {}",
+                    host.id,
+                    String::from_utf8_lossy(&output.stderr)
+                );
+            });
+        }
+    });
+}
+
 impl Drop for Host {
     fn drop(&mut self) {
         self.kill();

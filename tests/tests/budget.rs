@@ -6,7 +6,6 @@
 
 use driftwatch_tests::{wait_until, Collector, Credentials, Host, Image, Topology};
 use serde_json::Value;
-use std::sync::Barrier;
 use std::time::Duration;
 
 const HOSTS: usize = 50;
@@ -46,23 +45,7 @@ fn fifty_hosts_drifting_at_once_mark_exactly_the_budget(topology: Topology) {
             workers.into_iter().map(|w| w.join().unwrap()).collect()
         });
         // All of them report their drift at the same moment (one-shot reports).
-        let start = Barrier::new(HOSTS);
-        std::thread::scope(|scope| {
-            for host in &hosts {
-                let start = &start;
-                scope.spawn(move || {
-                    start.wait();
-                    let output = host.check_report();
-                    assert_eq!(
-                        output.status.code(),
-                        Some(1),
-                        "{}: {}",
-                        host.id,
-                        String::from_utf8_lossy(&output.stderr)
-                    );
-                });
-            }
-        });
+        driftwatch_tests::report_drift_at_once(&hosts);
         let prefix = format!("burst-{round}-");
         let decided: Vec<Value> = wait_until(Duration::from_secs(60), "every host decided", || {
             let mine: Vec<Value> = collector

@@ -173,22 +173,7 @@ fn the_budget_holds_back_replacements_beyond_its_share(topology: Topology) {
     // All at once, so that the eight held hosts fall in one alert group: reported one
     // after the other they may span more than the group's wait, and a first alert
     // then rightly names only those held so far.
-    let start = std::sync::Barrier::new(hosts.len());
-    std::thread::scope(|scope| {
-        for host in &hosts {
-            let start = &start;
-            scope.spawn(move || {
-                start.wait();
-                let output = host.check_report();
-                assert_eq!(
-                    output.status.code(),
-                    Some(1),
-                    "{}",
-                    String::from_utf8_lossy(&output.stderr)
-                );
-            });
-        }
-    });
+    driftwatch_tests::report_drift_at_once(&hosts);
     let states: Vec<Value> = wait_until(SOON, "every host to be decided", || {
         let hosts = collector.hosts();
         (hosts.len() == 10
