@@ -26,6 +26,7 @@ pub mod container;
 pub mod haproxy;
 pub mod openapi;
 pub mod postgres;
+pub mod vm;
 
 /// A workspace binary, next to this test's own executable's directory.
 pub fn bin(name: &str) -> PathBuf {
