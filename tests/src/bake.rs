@@ -3,7 +3,7 @@
 //! packages of a stock cloud image, the agent's `.deb` (built by `packaging/build.sh`),
 //! installed with `dpkg -i` in a chroot, and the bake step (`driftwatch-bake`) last.
 
-use crate::container::{last_lines, run_for, Cache, Root};
+use crate::container::{self, last_lines, run_for, Cache, DebianSource, Root, Rootfs, RootfsSpec};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -30,9 +30,47 @@ pub const CLOUD_IMAGE: &[&str] = &[
 /// cache, not installed: the drift step installs it offline.
 pub const SPARE: &str = "hello";
 
+/// What a boot test starts from.
+pub struct Ingredients {
+    /// `target/boot-cache/`.
+    pub cache: Cache,
+    /// The cached root file system of the cloud image ([`CLOUD_IMAGE`], with [`SPARE`]
+    /// downloaded).
+    pub rootfs: Rootfs,
+    /// The agent's `.deb`.
+    pub deb: PathBuf,
+    /// How the `.deb` came to be, for the timings line.
+    pub deb_how: String,
+}
+
+/// The prerequisites checked (root, the harness's tools and `tools`), the cache opened,
+/// then the root file system and the agent's `.deb`, made side by side. `Err` says why
+/// a boot test cannot run here (it skips, or fails under CI).
+pub fn ingredients(tools: &[&str]) -> Result<Ingredients, String> {
+    container::prerequisites(tools)?;
+    let source = DebianSource::of_host()?;
+    let cache = Cache::open();
+    let (rootfs, deb) = std::thread::scope(|scope| {
+        let deb = scope.spawn(|| agent_deb(&cache));
+        let rootfs = cache.rootfs(&RootfsSpec {
+            source: &source,
+            include: CLOUD_IMAGE,
+            download: &[SPARE],
+        });
+        (rootfs, deb.join().unwrap())
+    });
+    let (deb, deb_how) = deb?;
+    Ok(Ingredients {
+        rootfs: rootfs?,
+        cache,
+        deb,
+        deb_how,
+    })
+}
+
 /// The agent's `.deb`: `DRIFTWATCH_TEST_DEB`, or built by `packaging/build.sh
 /// agent-deb`. `Err` (the test skips) when the script cannot run here.
-pub fn agent_deb(cache: &Cache) -> Result<(PathBuf, String), String> {
+fn agent_deb(cache: &Cache) -> Result<(PathBuf, String), String> {
     if let Some(deb) = std::env::var_os("DRIFTWATCH_TEST_DEB") {
         return Ok((PathBuf::from(deb), "given (DRIFTWATCH_TEST_DEB)".into()));
     }
@@ -138,5 +176,39 @@ pub fn bake(image: &Root, image_id: &str, sign_key: &Path, pubkey: &Path, option
     assert!(
         machine_id.is_empty(),
         "the bake should empty /etc/machine-id"
+    );
+}
+
+/// The user cloud-init creates on Debian (`default_user` of its `cloud.cfg`).
+pub const DEFAULT_USER: &str = "debian";
+/// Where the seed's `write_files` and `runcmd` write (declare them as provisioning
+/// paths: `/etc/driftwatch-e2e` and below).
+pub const WRITTEN: &str = "/etc/driftwatch-e2e/written";
+pub const RAN: &str = "/etc/driftwatch-e2e/ran";
+
+/// The NoCloud seed a cloud would hand machine `name` at first boot: the default user
+/// with the SSH public key `key`, a file ([`WRITTEN`]), the hostname, a command
+/// ([`RAN`]) and `more` commands. Written after the bake, into
+/// `/var/lib/cloud/seed/nocloud` (cloud-init's own state, excluded by the policy).
+pub fn seed_cloud_init(root: &Root, name: &str, key: &str, more: &[&str]) {
+    let seed = "/var/lib/cloud/seed/nocloud";
+    root.write(
+        &format!("{seed}/meta-data"),
+        format!("instance-id: iid-{name}\nlocal-hostname: {name}\n"),
+        0o600,
+    );
+    let more: String = more
+        .iter()
+        .map(|command| format!("  - [sh, -c, \"{command}\"]\n"))
+        .collect();
+    root.write(
+        &format!("{seed}/user-data"),
+        format!(
+            "#cloud-config\nhostname: {name}\nusers: [default]\n\
+             ssh_authorized_keys: [\"{key}\"]\n\
+             write_files:\n  - path: {WRITTEN}\n    content: \"provisioned\\n\"\n\
+             runcmd:\n  - [sh, -c, \"echo ran > {RAN}\"]\n{more}"
+        ),
+        0o600,
     );
 }

@@ -29,6 +29,7 @@ pub mod mount;
 pub mod openapi;
 pub mod postgres;
 pub mod sockets;
+pub mod vm;
 pub mod webhook;
 
 pub use webhook::{Answer, WebhookReceiver};

@@ -26,10 +26,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use driftwatch_tests::bake::{agent_deb, install_package, CLOUD_IMAGE, SPARE, UNIT};
-use driftwatch_tests::container::{
-    self, last_lines, Bridge, Cache, Container, DebianSource, Network, Root, Rootfs, RootfsSpec,
-};
+use driftwatch_tests::bake::{install_package, DEFAULT_USER, RAN, SPARE, UNIT, WRITTEN};
+use driftwatch_tests::container::{self, last_lines, Bridge, Container, Network, Root, Rootfs};
 use driftwatch_tests::{bin, ok, run, Collector, WebhookReceiver};
 use serde_json::Value;
 use std::collections::HashSet;
@@ -55,43 +53,21 @@ const SOON: Duration = Duration::from_secs(15);
 fn a_baked_image_boots_clean_reports_drift_and_detects_a_tampered_baseline() {
     let started = Instant::now();
     let mut timings = Timings::default();
-    if let Err(reason) = container::prerequisites(&["bash"]) {
-        container::skip(reason);
-        return;
-    }
-    let source = match DebianSource::of_host() {
-        Ok(source) => source,
-        Err(reason) => {
-            container::skip(reason);
-            return;
-        }
-    };
-    let cache = Cache::open();
-
     // The root file system (cached) and the agent's package (built), side by side.
-    let (rootfs, deb) = std::thread::scope(|scope| {
-        let deb = scope.spawn(|| agent_deb(&cache));
-        let rootfs = cache.rootfs(&RootfsSpec {
-            source: &source,
-            include: CLOUD_IMAGE,
-            download: &[SPARE],
-        });
-        (rootfs, deb.join().unwrap())
-    });
-    let rootfs = match rootfs {
-        Ok(rootfs) => rootfs,
+    let driftwatch_tests::bake::Ingredients {
+        cache,
+        rootfs,
+        deb,
+        deb_how,
+    } = match driftwatch_tests::bake::ingredients(&["bash"]) {
+        Ok(ingredients) => ingredients,
         Err(reason) => {
             container::skip(reason);
             return;
         }
     };
-    let (deb, deb_how) = match deb {
-        Ok(found) => found,
-        Err(reason) => {
-            container::skip(reason);
-            return;
-        }
-    };
+    eprintln!("boots: nspawn (systemd-nspawn --boot, the outer machine's kernel)");
+    timings.note("boots", "nspawn");
     timings.note("rootfs", &rootfs.how);
     timings.note(".deb", &deb_how);
 
@@ -642,42 +618,17 @@ fn configure_image(image: &Root, collector: &Collector, rootfs: &Rootfs) {
     );
 }
 
-/// The user cloud-init creates on Debian (`default_user` of its `cloud.cfg`).
-const DEFAULT_USER: &str = "debian";
 /// What A's provisioning writes outside the declared paths: drift, even in the window.
 const OUTSIDE: &str = "/etc/driftwatch-outside";
 
 /// The public key the default user gets (any well-formed key: nobody logs in).
 const USER_KEY: &str = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIHQYxR9QyZbRj3fDUeMXSLYs5yLvKZqDV8kCq0AbS1fC e2e@driftwatch";
-/// What cloud-init's `write_files` writes, and what its `runcmd` writes.
-const WRITTEN: &str = "/etc/driftwatch-e2e/written";
-const RAN: &str = "/etc/driftwatch-e2e/ran";
 
-/// The NoCloud seed a cloud would hand machine `name` at first boot: a default user
-/// with an SSH key, a file, the hostname, a command. Written after the bake, into
-/// `/var/lib/cloud/seed/nocloud` (cloud-init's own state, excluded by the policy).
+/// Machine `name`'s seed; A's provisioning also writes outside the declared paths.
 fn seed_cloud_init(root: &Root, name: &str, outside: bool) {
-    let seed = "/var/lib/cloud/seed/nocloud";
-    root.write(
-        &format!("{seed}/meta-data"),
-        format!("instance-id: iid-{name}\nlocal-hostname: {name}\n"),
-        0o600,
-    );
-    root.write(
-        &format!("{seed}/user-data"),
-        format!(
-            "#cloud-config\nhostname: {name}\nusers: [default]\n\
-             ssh_authorized_keys: [\"{USER_KEY}\"]\n\
-             write_files:\n  - path: {WRITTEN}\n    content: \"provisioned\\n\"\n\
-             runcmd:\n  - [sh, -c, \"echo ran > {RAN}\"]\n{}",
-            if outside {
-                format!("  - [sh, -c, \"echo outside > {OUTSIDE}\"]\n")
-            } else {
-                String::new()
-            }
-        ),
-        0o600,
-    );
+    let more = format!("echo outside > {OUTSIDE}");
+    let more: &[&str] = if outside { &[&more] } else { &[] };
+    driftwatch_tests::bake::seed_cloud_init(root, name, USER_KEY, more);
 }
 
 /// Flips one byte in the middle of `file`.
