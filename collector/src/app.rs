@@ -85,15 +85,53 @@ pub fn app(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
+/// A collector's state on an in-memory SQLite store, for the unit tests of the router
+/// and of the dashboard: `extra` is appended to a minimal configuration, and `token`
+/// is the admin's (named "operator").
+#[cfg(test)]
+pub(crate) fn test_state(extra: &str, token: &str) -> Arc<AppState> {
+    let config: CollectorConfig = toml::from_str(&format!(
+        "[tls]\ncert_file = \"/x\"\nkey_file = \"/x\"\nclient_ca_file = \"/x\"\n\
+         [auth]\noperator_token_file = \"/x\"\n{extra}"
+    ))
+    .unwrap();
+    config.validate().unwrap();
+    let config = Arc::new(config);
+    let store: crate::store::DynStore =
+        Arc::new(crate::store::sqlite::SqliteStore::open_memory().unwrap());
+    let metrics = Arc::new(Metrics::new());
+    let alerter =
+        crate::alerts::Alerter::start(&config, Arc::clone(&store), Arc::clone(&metrics)).unwrap();
+    let actions = crate::actions::Actions::start(
+        &config,
+        Arc::clone(&store),
+        alerter.clone(),
+        Arc::clone(&metrics),
+    );
+    let fleet = Fleet::new(
+        Arc::clone(&config),
+        store,
+        alerter,
+        actions,
+        Arc::clone(&metrics),
+    )
+    .unwrap();
+    let admin = crate::auth::FileToken::new(token, "operator", crate::auth::Role::Admin);
+    Arc::new(AppState {
+        limiter: api::RateLimiter::new(1000.0, 1000.0),
+        config,
+        fleet: Arc::new(fleet),
+        metrics,
+        credentials: crate::auth::Credentials::new(vec![admin]),
+        enrollment: None,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     //! The router driven with `oneshot` requests against an in-memory store: the
     //! fleet's decisions as an agent and an operator see them.
     use super::*;
-    use crate::actions::Actions;
-    use crate::alerts::Alerter;
-    use crate::store::sqlite::SqliteStore;
-    use crate::store::DynStore;
     use crate::tls::Peer;
     use axum::body::Body;
     use axum::http::{Request, StatusCode};
@@ -108,42 +146,7 @@ mod tests {
     const TOKEN: &str = "operator-secret";
 
     fn state(extra: &str) -> Arc<AppState> {
-        let config: CollectorConfig = toml::from_str(&format!(
-            "[tls]\ncert_file = \"/x\"\nkey_file = \"/x\"\nclient_ca_file = \"/x\"\n\
-             [auth]\noperator_token_file = \"/x\"\n{extra}"
-        ))
-        .unwrap();
-        config.validate().unwrap();
-        let config = Arc::new(config);
-        let store: DynStore = Arc::new(SqliteStore::open_memory().unwrap());
-        let metrics = Arc::new(Metrics::new());
-        let alerter = Alerter::start(&config, Arc::clone(&store), Arc::clone(&metrics)).unwrap();
-        let actions = Actions::start(
-            &config,
-            Arc::clone(&store),
-            alerter.clone(),
-            Arc::clone(&metrics),
-        );
-        let fleet = Fleet::new(
-            Arc::clone(&config),
-            store,
-            alerter,
-            actions,
-            Arc::clone(&metrics),
-        )
-        .unwrap();
-        Arc::new(AppState {
-            limiter: api::RateLimiter::new(1000.0, 1000.0),
-            config,
-            fleet: Arc::new(fleet),
-            metrics,
-            credentials: crate::auth::Credentials::new(vec![crate::auth::FileToken::new(
-                TOKEN,
-                "operator",
-                crate::auth::Role::Admin,
-            )]),
-            enrollment: None,
-        })
+        test_state(extra, TOKEN)
     }
 
     fn module(name: &str, severity: Severity) -> EventBody {

@@ -3,14 +3,8 @@
 //! The same flows in a real browser against real binaries: `tests/tests/dashboard.rs`.
 
 use super::*;
-use crate::actions::Actions;
-use crate::alerts::Alerter;
 use crate::auth::{Principal, Role};
-use crate::config::CollectorConfig;
-use crate::fleet::Fleet;
-use crate::metrics::Metrics;
-use crate::store::sqlite::SqliteStore;
-use crate::store::{ActionFilter, DynStore};
+use crate::store::ActionFilter;
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
 use driftwatch_protocol::report::{Finding, KernelModuleFinding, KernelModuleReason, Severity};
@@ -21,34 +15,7 @@ const TOKEN: &str = "ui-operator-secret";
 
 /// A collector on an in-memory store, and its dashboard.
 fn dashboard() -> (Arc<Ui>, Router) {
-    let config: CollectorConfig = toml::from_str(
-        "[tls]\ncert_file = \"/x\"\nkey_file = \"/x\"\nclient_ca_file = \"/x\"\n\
-         [auth]\noperator_token_file = \"/x\"\n",
-    )
-    .unwrap();
-    let config = Arc::new(config);
-    let store: DynStore = Arc::new(SqliteStore::open_memory().unwrap());
-    let metrics = Arc::new(Metrics::new());
-    let alerter = Alerter::start(&config, Arc::clone(&store), Arc::clone(&metrics)).unwrap();
-    let actions = Actions::start(
-        &config,
-        Arc::clone(&store),
-        alerter.clone(),
-        metrics.clone(),
-    );
-    let fleet = Fleet::new(config.clone(), store, alerter, actions, metrics.clone()).unwrap();
-    let app = Arc::new(AppState {
-        limiter: crate::api::RateLimiter::new(1000.0, 1000.0),
-        config,
-        fleet: Arc::new(fleet),
-        metrics,
-        credentials: crate::auth::Credentials::new(vec![crate::auth::FileToken::new(
-            TOKEN,
-            "operator",
-            crate::auth::Role::Admin,
-        )]),
-        enrollment: None,
-    });
+    let app = crate::app::test_state("", TOKEN);
     let ui = Arc::new(Ui::new(app).unwrap());
     let router = router(Arc::clone(&ui));
     (ui, router)
