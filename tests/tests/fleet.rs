@@ -19,10 +19,23 @@ fn webhook(receiver: &WebhookReceiver) -> String {
     )
 }
 
+/// Waits for `host` to reach `state`; on timeout, says what it was and what the
+/// collector logged.
 fn wait_state(collector: &Collector, host: &str, state: &str) -> Value {
-    wait_until(SOON, &format!("{host} to be {state}"), || {
-        collector.host(host).filter(|h| h["host"]["state"] == state)
-    })
+    let start = std::time::Instant::now();
+    loop {
+        let seen = collector.host(host);
+        if let Some(reached) = seen.as_ref().filter(|h| h["host"]["state"] == state) {
+            return reached.clone();
+        }
+        assert!(
+            start.elapsed() < SOON,
+            "timed out after {SOON:?} waiting for {host} to be {state}; last seen: {seen:#?}\n\
+             collector log:\n{}",
+            collector.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 /// The drift alerts received for one change (by its title).

@@ -690,8 +690,11 @@ impl DecisionTx for PgTx<'_> {
     /// decision committed (READ COMMITTED gives each statement a fresh snapshot). A
     /// row lock rather than an advisory lock: it needs no session state (poolers),
     /// cannot leak past the transaction, and shows in `pg_locks` as what it is.
+    ///
+    /// Hosts with no registered image share the row keyed by the empty string, which no
+    /// image id can be (PostgreSQL text cannot hold the NUL an earlier key used).
     async fn lock_budget(&mut self, image_id: Option<&str>) -> StoreResult<()> {
-        let key = image_id.map_or_else(|| "\u{0}none".to_string(), str::to_string);
+        let key = image_id.unwrap_or("");
         exec(
             self.0,
             "INSERT INTO budgets (image_key) VALUES ($1)
