@@ -177,6 +177,29 @@ fn an_operator_sees_drift_approves_a_held_host_and_the_log_names_them() {
     assert_eq!(status, serde_json::json!(403));
     assert_eq!(collector.state(other).as_deref(), Some("drifted"));
 
+    // A viewer's token: it reads the same host page with no action on it, and its POST
+    // is refused even with its own session's CSRF token.
+    let viewer = collector.json(&["token", "create", "--name", "vera", "--role", "viewer"]);
+    let viewer = viewer["token"].as_str().unwrap().to_string();
+    browser.click("form.who button");
+    browser.wait_url("/ui/login");
+    browser.fill("#token", &viewer);
+    browser.click("#sign-in");
+    browser.wait_url("/ui/");
+    assert_eq!(browser.text("#principal").as_deref(), Some("vera"));
+    browser.goto(&format!("{ui}hosts/{other}"));
+    assert_eq!(browser.text("#host-state").as_deref(), Some("drifted"));
+    assert!(!browser.shown(".act"), "a viewer is offered actions");
+    let status = browser.run_async(&format!(
+        "const done = arguments[arguments.length - 1];\
+         const csrf = document.querySelector('form.who input[name=csrf]').value;\
+         fetch('/ui/hosts/{other}/mark', {{method: 'POST', body: new URLSearchParams({{reason: 'viewer', csrf}})}})\
+           .then(r => done(r.status), e => done(String(e)));"
+    ));
+    assert_eq!(status, serde_json::json!(403));
+    assert_eq!(collector.state(other).as_deref(), Some("drifted"));
+    browser.screenshot("dashboard-viewer");
+
     // The images page shows the registered image and its hosts.
     browser.goto(&format!("{ui}images"));
     let images = browser.texts("#images tbody tr");
