@@ -20,6 +20,20 @@ fn skip(why: &str) {
     eprintln!("skipping: {why}");
 }
 
+/// Root and unshare(1), which every test here needs to make mount namespaces; says why
+/// not (a failure under CI) and returns false when either is missing.
+fn can_unshare() -> bool {
+    if !util::is_root() {
+        skip("mount namespaces need root");
+        return false;
+    }
+    if !util::have_tool("unshare") {
+        skip("unshare (util-linux) is not installed");
+        return false;
+    }
+    true
+}
+
 /// In a new PID and mount namespace (its PID 1 plays the host's init), `dir` is a
 /// tmpfs mounted with `host_options`; the check runs in a further mount namespace
 /// where the same mount is remounted `own_options` (as `ProtectSystem=` does for the
@@ -68,11 +82,8 @@ fn mount_findings(
 
 #[test]
 fn r10_mounts_are_judged_as_the_hosts_init_sees_them() {
-    if !util::is_root() {
-        return skip("mount namespaces need root");
-    }
-    if !util::have_tool("unshare") {
-        return skip("unshare (util-linux) is not installed");
+    if !can_unshare() {
+        return;
     }
     let t = Tree::new();
     let dir = t.outside("usr-like");
@@ -115,11 +126,8 @@ fn r10_mounts_are_judged_as_the_hosts_init_sees_them() {
 /// one file system; a file system mounted where the image ships nothing is not walked.
 #[test]
 fn r10_the_images_own_file_systems_are_crossed_and_others_are_not() {
-    if !util::is_root() {
-        return skip("mounts need root");
-    }
-    if !util::have_tool("unshare") {
-        return skip("unshare (util-linux) is not installed");
+    if !can_unshare() {
+        return;
     }
     let t = Tree::new();
     t.write_policy(&format!(

@@ -213,7 +213,7 @@ fn an_idle_connection_is_closed_and_a_slow_handshake_too(topology: Topology) {
         .stderr(std::process::Stdio::null())
         .spawn()
     else {
-        eprintln!("skipping: openssl is not installed");
+        driftwatch_tests::missing_prerequisite("openssl is not installed");
         return;
     };
     let _stdin = idle.stdin.take();
