@@ -396,6 +396,26 @@ pub struct MarkRule {
     /// Globs on the host's image id; empty means any (default: empty).
     #[serde(default)]
     pub images: Vec<String>,
+    /// Whose findings the rule weighs: `host` (the host's own, default),
+    /// `containers` (changes inside its running containers) or `any`. A drifted
+    /// container is replaced by recreating the container from its image (the agent's
+    /// `[containers.actions]`, or its orchestrator), not by replacing its node: only a
+    /// rule that says so marks a node for what its containers did.
+    #[serde(default)]
+    pub scope: RuleScope,
+}
+
+/// Whose findings a replacement rule weighs.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum RuleScope {
+    /// The host's own findings, not its containers' (default).
+    #[default]
+    Host,
+    /// Only findings inside the host's containers.
+    Containers,
+    /// Both.
+    Any,
 }
 
 fn default_min_severity() -> Severity {
@@ -409,6 +429,7 @@ impl Default for MarkRule {
             min_severity: default_min_severity(),
             paths: Vec::new(),
             images: Vec::new(),
+            scope: RuleScope::default(),
         }
     }
 }
@@ -753,6 +774,10 @@ mod tests {
             (
                 "[[replacement.rule]]\nkinds = [\"files\"]",
                 "replacement.rule[0].kinds",
+            ),
+            (
+                "[[replacement.rule]]\nscope = \"pods\"",
+                "unknown variant `pods`, expected one of `host`, `containers`, `any`",
             ),
             ("[[webhook]]\nurl = \"ftp://x\"", "webhook[0].url"),
             (

@@ -375,6 +375,7 @@ pub(crate) mod tests {
         Occurrence {
             kind: AlertKind::Drift,
             image_id: Some(IMAGE.to_string()),
+            container: None,
             group: "file:/usr/bin/ssh:modified:content".into(),
             title: "modified /usr/bin/ssh (content)".into(),
             severity: Severity::Critical,
@@ -387,6 +388,7 @@ pub(crate) mod tests {
         Occurrence {
             kind: AlertKind::Silence,
             image_id: Some(IMAGE.to_string()),
+            container: None,
             group: String::new(),
             title: "went silent".into(),
             severity: Severity::High,

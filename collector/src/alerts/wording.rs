@@ -1,6 +1,7 @@
 //! How an alert reads: one sentence for people ("modified /usr/bin/ssh on 40 of 40
-//! hosts of image ami-123"), and the two payloads webhooks receive (JSON with every
-//! field, or chat's one line of text).
+//! hosts of image ami-123", or for a change inside containers "added file
+//! /usr/local/bin/x in 12 containers of image shop/api@sha256:… on 5 hosts"), and the
+//! two payloads webhooks receive (JSON with every field, or chat's one line of text).
 
 use crate::config::WebhookFormat;
 use crate::store::outbox::{Alert, AlertKind};
@@ -10,13 +11,17 @@ use driftwatch_protocol::Timestamp;
 /// The `schema` of the JSON payload.
 pub const ALERT_SCHEMA: &str = "driftwatch.alert/v1";
 
-/// Host ids listed in one alert; `host_count` has the full number. A hundred ids are
-/// enough to act on, and chat services refuse long messages.
+/// Host ids (and containers) listed in one alert; `host_count` (`container_count`)
+/// has the full number. A hundred ids are enough to act on, and chat services refuse
+/// long messages.
 const MAX_HOSTS_LISTED: usize = 100;
 
 impl Alert {
     /// One sentence: "modified /usr/bin/ssh on 40 of 40 hosts of image ami-123".
     pub fn summary(&self) -> String {
+        if let Some(image) = &self.container_image {
+            return self.containers_summary(image);
+        }
         let count = self.hosts.len();
         let total = self.earlier + count;
         let fleet = match &self.image_id {
@@ -66,6 +71,37 @@ impl Alert {
         }
     }
 
+    /// A change inside containers: "added file /usr/local/bin/x in 12 containers of
+    /// image shop/api@sha256:… on 5 hosts" — counted by container, the hosts whatever
+    /// their own image.
+    fn containers_summary(&self, image: &str) -> String {
+        let count = self.containers.len();
+        let hosts = self.hosts.len();
+        let sentence = if self.earlier == 0 {
+            format!(
+                "{} in {count} {} of image {image} on {hosts} {}",
+                self.title,
+                containers_noun(count),
+                hosts_noun(hosts as u64)
+            )
+        } else {
+            let total = self.earlier + count;
+            format!(
+                "{} in {count} more {} of image {image}, {total} {} on {} {} in all",
+                self.title,
+                containers_noun(count),
+                containers_noun(total),
+                self.all_hosts,
+                hosts_noun(self.all_hosts as u64)
+            )
+        };
+        if count == 1 && !self.detail.is_empty() {
+            format!("{sentence}: {}", self.detail)
+        } else {
+            sentence
+        }
+    }
+
     /// The readable line both payloads carry.
     pub fn text(&self) -> String {
         format!(
@@ -89,8 +125,13 @@ impl Alert {
                 "group": self.group,
                 "hosts": self.hosts.iter().take(MAX_HOSTS_LISTED).collect::<Vec<_>>(),
                 "host_count": self.hosts.len(),
-                "earlier_hosts": self.earlier,
+                "earlier_hosts": self.container_image.is_none().then_some(self.earlier),
                 "image_hosts": self.image_hosts,
+                "container_image": self.container_image,
+                "containers": self.containers.iter().take(MAX_HOSTS_LISTED).collect::<Vec<_>>(),
+                "container_count": self.containers.len(),
+                "earlier_containers": self.container_image.is_some().then_some(self.earlier),
+                "all_hosts": self.container_image.is_some().then_some(self.all_hosts),
                 "text": self.text(),
                 "first_at": rfc3339(self.first_at_ms),
                 "sent_at": rfc3339(self.sent_at_ms),
@@ -107,6 +148,14 @@ fn hosts_noun(n: u64) -> &'static str {
     }
 }
 
+fn containers_noun(n: usize) -> &'static str {
+    if n == 1 {
+        "container"
+    } else {
+        "containers"
+    }
+}
+
 fn rfc3339(ms: i64) -> String {
     format_timestamp(Timestamp {
         secs: ms.div_euclid(1000),
@@ -117,6 +166,7 @@ fn rfc3339(ms: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::outbox::AlertContainer;
     use driftwatch_protocol::report::Severity;
 
     const IMAGE: &str = "img-1";
@@ -134,6 +184,9 @@ mod tests {
             detail: "detail of the first host".into(),
             first_at_ms: 0,
             sent_at_ms: 0,
+            container_image: None,
+            containers: Vec::new(),
+            all_hosts: 0,
         }
     }
 
@@ -185,5 +238,65 @@ mod tests {
         for (alert, expected) in cases {
             assert_eq!(alert.summary(), expected);
         }
+    }
+
+    /// `n` containers, spread over `hosts`.
+    fn in_containers(n: usize, hosts: &[&str], earlier: usize, all_hosts: usize) -> Alert {
+        let containers: Vec<AlertContainer> = (0..n)
+            .map(|i| AlertContainer {
+                host_id: hosts[i % hosts.len()].to_string(),
+                id: format!("c{i}"),
+            })
+            .collect();
+        Alert {
+            image_id: None,
+            image_hosts: None,
+            title: "added file /usr/local/bin/x".into(),
+            detail: "first seen in container web (c0) on h1 (h1.example)".into(),
+            container_image: Some("shop/api:1.4@sha256:ab12".into()),
+            containers,
+            all_hosts,
+            ..alert(AlertKind::Drift, hosts, earlier)
+        }
+    }
+
+    #[test]
+    fn a_change_inside_containers_counts_containers_and_hosts() {
+        let cases = [
+            (
+                in_containers(12, &["h1", "h2", "h3", "h4", "h5"], 0, 5),
+                "added file /usr/local/bin/x in 12 containers of image shop/api:1.4@sha256:ab12 on 5 hosts",
+            ),
+            (
+                in_containers(1, &["h1"], 0, 1),
+                "added file /usr/local/bin/x in 1 container of image shop/api:1.4@sha256:ab12 on 1 host: \
+                 first seen in container web (c0) on h1 (h1.example)",
+            ),
+            (
+                in_containers(3, &["h6", "h7"], 12, 7),
+                "added file /usr/local/bin/x in 3 more containers of image shop/api:1.4@sha256:ab12, \
+                 15 containers on 7 hosts in all",
+            ),
+        ];
+        for (alert, expected) in cases {
+            assert_eq!(alert.summary(), expected);
+        }
+        let body = in_containers(12, &["h1", "h2"], 0, 2).payload(WebhookFormat::Json);
+        assert_eq!(body["image_id"], serde_json::Value::Null);
+        assert_eq!(body["image_hosts"], serde_json::Value::Null);
+        assert_eq!(body["container_image"], "shop/api:1.4@sha256:ab12");
+        assert_eq!(body["container_count"], 12);
+        assert_eq!(body["host_count"], 2);
+        assert_eq!(body["earlier_containers"], 0);
+        assert_eq!(body["earlier_hosts"], serde_json::Value::Null);
+        assert_eq!(
+            body["containers"][1],
+            serde_json::json!({"host_id": "h2", "id": "c1"})
+        );
+        // A host's alert says nothing of containers.
+        let host = alert(AlertKind::Drift, &["h1"], 0).payload(WebhookFormat::Json);
+        assert_eq!(host["container_image"], serde_json::Value::Null);
+        assert_eq!(host["containers"], serde_json::json!([]));
+        assert_eq!(host["earlier_hosts"], 0);
     }
 }

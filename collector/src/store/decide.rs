@@ -14,8 +14,8 @@
 //! queries; SQLite's transaction never suspends, and its worker thread polls the flow
 //! to completion.
 
-use super::outbox::{Alert, AlertKind, CommandJob, Occurrence, OutboxItem};
-use super::policy::{describe, Policy};
+use super::outbox::{Alert, AlertContainer, AlertKind, CommandJob, Occurrence, OutboxItem};
+use super::policy::{container_phrase, describe, Policy};
 use super::{
     ActionRecord, Decided, FindingRecord, Hold, HostRecord, Outcome, Request, StoreError,
     StoreResult, Transition,
@@ -59,9 +59,21 @@ pub(crate) trait DecisionTx {
     async fn set_told(&mut self, host_id: &str) -> StoreResult<bool>;
     /// Alert groups whose wait is over (at most `limit`), locked.
     async fn due_groups(&mut self, now: i64, limit: u32) -> StoreResult<Vec<DueGroup>>;
-    /// Takes a group's pending hosts (sorted; they count as alerted from now on) and
-    /// deletes the group; returns them with the number alerted for it before.
-    async fn take_group(&mut self, group: &DueGroup) -> StoreResult<(Vec<String>, u64)>;
+    /// Takes a group's pending members (they count as alerted from now on) and deletes
+    /// the group.
+    async fn take_group(&mut self, group: &DueGroup) -> StoreResult<Taken>;
+}
+
+/// What [`DecisionTx::take_group`] took.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub(crate) struct Taken {
+    /// The pending members, sorted: hosts (with an empty container id), or the
+    /// containers of a change inside containers.
+    pub members: Vec<AlertContainer>,
+    /// Members alerted for the group's change before.
+    pub earlier: u64,
+    /// The distinct hosts of every member alerted for it, these included.
+    pub all_hosts: u64,
 }
 
 /// A pending alert group whose wait is over.
@@ -74,6 +86,8 @@ pub(crate) struct DueGroup {
     pub severity: Severity,
     pub detail: String,
     pub first_at_ms: i64,
+    /// For a change inside containers: their image.
+    pub container_image: Option<String>,
 }
 
 /// Most groups flushed in one transaction.
@@ -88,7 +102,10 @@ pub(crate) async fn flush_alerts<T: DecisionTx>(
 ) -> StoreResult<Vec<AlertKind>> {
     let mut queued = Vec::new();
     for due in tx.due_groups(now, FLUSH_BATCH).await? {
-        let (hosts, earlier) = tx.take_group(&due).await?;
+        let taken = tx.take_group(&due).await?;
+        let mut hosts: Vec<String> = taken.members.iter().map(|m| m.host_id.clone()).collect();
+        hosts.sort();
+        hosts.dedup();
         let subscribers: Vec<String> = policy
             .subscribers(due.kind.name())
             .map(|s| s.url.clone())
@@ -101,15 +118,26 @@ pub(crate) async fn flush_alerts<T: DecisionTx>(
             );
             continue;
         }
+        let (image_hosts, containers) = match due.container_image {
+            // The containers' hosts may be of any image: no image's fleet to count.
+            Some(_) => (None, taken.members),
+            None => (
+                Some(tx.live_hosts(due.image_id.as_deref()).await?),
+                Vec::new(),
+            ),
+        };
         let alert = Alert {
             kind: due.kind,
-            image_hosts: Some(tx.live_hosts(due.image_id.as_deref()).await?),
+            image_hosts,
+            container_image: due.container_image,
+            containers,
+            all_hosts: usize::try_from(taken.all_hosts).unwrap_or(usize::MAX),
             image_id: due.image_id,
             group: due.group,
             title: due.title,
             severity: due.severity,
             hosts,
-            earlier: usize::try_from(earlier).unwrap_or(usize::MAX),
+            earlier: usize::try_from(taken.earlier).unwrap_or(usize::MAX),
             detail: due.detail,
             first_at_ms: due.first_at_ms,
             sent_at_ms: now,
@@ -161,24 +189,37 @@ impl<'a, T: DecisionTx> Decider<'a, T> {
     ) -> StoreResult<Decided> {
         // Sorted by group: concurrent transactions take their alert groups' locks in
         // one order, so that they can wait for each other but never deadlock.
-        let mut described: Vec<(&FindingRecord, (String, String))> =
-            new.iter().map(|f| (f, describe(f))).collect();
-        described
-            .sort_by(|a, b| (a.0.kind == "image", &a.1 .0).cmp(&(b.0.kind == "image", &b.1 .0)));
-        for (finding, (group, title)) in described {
+        let mut described: Vec<_> = new.iter().map(|f| (f, describe(f))).collect();
+        described.sort_by(|a, b| {
+            (a.0.kind == "image", &a.1.group).cmp(&(b.0.kind == "image", &b.1.group))
+        });
+        for (finding, described) in described {
             let kind = if finding.kind == "image" {
                 AlertKind::Image
             } else {
                 AlertKind::Drift
             };
+            let on_host = format!("on {} ({})", host.host_id, host.hostname);
+            let detail = match finding.finding.get("container") {
+                Some(container) => {
+                    format!("first seen in {} {on_host}", container_phrase(container))
+                }
+                None => format!("first seen {on_host}"),
+            };
             self.raise(Occurrence {
                 kind,
-                image_id: host.image_id.clone(),
-                group,
-                title,
+                // A change inside containers groups by their image, whatever the
+                // image of the hosts they run on.
+                image_id: match described.container {
+                    Some(_) => None,
+                    None => host.image_id.clone(),
+                },
+                container: described.container,
+                group: described.group,
+                title: described.title,
                 severity: finding.severity,
                 host_id: host.host_id.clone(),
-                detail: format!("first seen on {} ({})", host.host_id, host.hostname),
+                detail,
             })
             .await?;
         }
@@ -308,7 +349,7 @@ impl<'a, T: DecisionTx> Decider<'a, T> {
                 Ok(host)
             };
         };
-        let (_, title) = describe(finding);
+        let title = describe(finding).on_host(finding);
         let reason = format!("{} finding: {title}", finding.severity.name());
         match mode_hold {
             Some(Hold::DryRun) => {
@@ -363,6 +404,7 @@ impl<'a, T: DecisionTx> Decider<'a, T> {
         self.raise(Occurrence {
             kind: AlertKind::Budget,
             image_id: host.image_id.clone(),
+            container: None,
             group: String::new(),
             title: format!("replacement budget of image {image} used up"),
             severity: Severity::High,
@@ -420,6 +462,7 @@ impl<'a, T: DecisionTx> Decider<'a, T> {
         self.raise(Occurrence {
             kind: AlertKind::Marked,
             image_id: marked.image_id.clone(),
+            container: None,
             group: String::new(),
             title: MARKED_TITLE.to_string(),
             // Replacing a host is disruptive and deserves attention, but the finding
@@ -480,6 +523,7 @@ impl<'a, T: DecisionTx> Decider<'a, T> {
         self.raise(Occurrence {
             kind: AlertKind::Silence,
             image_id: host.image_id.clone(),
+            container: None,
             group: String::new(),
             title: "went silent".into(),
             severity: Severity::High,

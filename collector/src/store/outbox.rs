@@ -62,13 +62,16 @@ impl AlertKind {
     }
 }
 
-/// Something alert-worthy on one host.
+/// Something alert-worthy on one host (or in one of its containers).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Occurrence {
     /// What kind of alert it makes.
     pub kind: AlertKind,
-    /// The host's image, when known.
+    /// The host's image, when known; `None` for a change inside a container, which
+    /// groups by the container's image across hosts of any image.
     pub image_id: Option<String>,
+    /// The container a change was found in: the group counts containers, not hosts.
+    pub container: Option<InContainer>,
     /// What is the same across hosts, e.g. `file:/usr/bin/ssh:modified:content` for
     /// drift, `package:openssl:amd64:3.0.1->3.0.2` for a package's files, empty for
     /// silence, budget and marked (which group by image alone).
@@ -81,6 +84,24 @@ pub struct Occurrence {
     pub host_id: String,
     /// One sentence about this host's occurrence (shown when only one host is alerted).
     pub detail: String,
+}
+
+/// The container of a change inside one: who it is, and the image its group is of.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InContainer {
+    /// Its id (unique on its host).
+    pub id: String,
+    /// Its image as alerts name it: `shop/api:1.4@sha256:…`.
+    pub image: String,
+}
+
+/// One container of an alert.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct AlertContainer {
+    /// Its host.
+    pub host_id: String,
+    /// Its id.
+    pub id: String,
 }
 
 /// One alert: a flushed group, as it is delivered.
@@ -98,10 +119,22 @@ pub struct Alert {
     pub severity: Severity,
     /// The hosts of this alert, sorted.
     pub hosts: Vec<String>,
-    /// Hosts alerted for the same key before (0 unless a follow-up).
+    /// Hosts (containers, for a change inside containers) alerted for the same key
+    /// before (0 unless a follow-up).
     pub earlier: usize,
-    /// Live hosts of the image when flushed.
+    /// Live hosts of the image when flushed (`None` for a change inside containers:
+    /// their hosts may be of several images).
     pub image_hosts: Option<u64>,
+    /// For a change inside containers: the containers' image (`image_id` is `None`).
+    #[serde(default)]
+    pub container_image: Option<String>,
+    /// For a change inside containers: the containers of this alert, sorted.
+    #[serde(default)]
+    pub containers: Vec<AlertContainer>,
+    /// For a change inside containers: the hosts of every container alerted for it,
+    /// this alert's included.
+    #[serde(default)]
+    pub all_hosts: usize,
     /// The first host's detail.
     pub detail: String,
     /// When the group's first occurrence was stored.

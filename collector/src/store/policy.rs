@@ -5,8 +5,9 @@
 //! It is plain data and pure functions, handed to the store so that the decision it
 //! drives ([`super::decide`]) runs inside the store's own transaction.
 
+use super::outbox::InContainer;
 use super::{FindingRecord, Hold};
-use crate::config::{CollectorConfig, MarkRule, ReplacementMode};
+use crate::config::{CollectorConfig, MarkRule, ReplacementMode, RuleScope};
 use driftwatch_protocol::report::Severity;
 use globset::{Glob, GlobSet, GlobSetBuilder};
 use std::time::Duration;
@@ -17,6 +18,7 @@ pub(crate) struct Rule {
     min_severity: Severity,
     paths: Option<GlobSet>,
     images: Option<GlobSet>,
+    scope: RuleScope,
 }
 
 fn glob_set(globs: &[String]) -> Result<Option<GlobSet>, globset::Error> {
@@ -37,11 +39,19 @@ impl Rule {
             min_severity: rule.min_severity,
             paths: glob_set(&rule.paths)?,
             images: glob_set(&rule.images)?,
+            scope: rule.scope,
         })
     }
 
     pub(crate) fn selects(&self, finding: &FindingRecord, image_id: Option<&str>) -> bool {
-        finding.severity >= self.min_severity
+        let in_container = finding.finding.get("container").is_some();
+        let in_scope = match self.scope {
+            RuleScope::Host => !in_container,
+            RuleScope::Containers => in_container,
+            RuleScope::Any => true,
+        };
+        in_scope
+            && finding.severity >= self.min_severity
             && (self.kinds.is_empty() || self.kinds.contains(&finding.kind))
             && self
                 .paths
@@ -190,10 +200,8 @@ fn package(finding: &serde_json::Value) -> Option<(String, String)> {
 }
 
 /// The image of the container a finding is about, as alerts name it
-/// (`shop/api:1.4@sha256:…`); `None` for the host's own findings and for a container
-/// whose runtime recorded no image.
-fn container_image(finding: &serde_json::Value) -> Option<String> {
-    let container = finding.get("container")?;
+/// (`shop/api:1.4@sha256:…`); `None` for a container whose runtime recorded no image.
+fn container_image(container: &serde_json::Value) -> Option<String> {
     let text = |key: &str| container.get(key).and_then(|v| v.as_str());
     match (text("image"), text("image_digest")) {
         (Some(image), Some(digest)) if !image.contains(digest) => Some(format!("{image}@{digest}")),
@@ -202,21 +210,74 @@ fn container_image(finding: &serde_json::Value) -> Option<String> {
     }
 }
 
+/// How a container is named to people: `container web (0123456789ab)`, or
+/// `container 0123456789ab` when its runtime gave it no name.
+pub fn container_phrase(container: &serde_json::Value) -> String {
+    let text = |key: &str| container.get(key).and_then(|v| v.as_str());
+    let id: String = text("id").unwrap_or("?").chars().take(12).collect();
+    match text("name") {
+        Some(name) => format!("container {name} ({id})"),
+        None => format!("container {id}"),
+    }
+}
+
+/// How a finding groups and reads in alerts.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Described {
+    /// What is the same about the change across hosts.
+    pub group: String,
+    /// How to say it: `modified file /usr/bin/ssh (content, mode)`.
+    pub title: String,
+    /// The container it was found in, when its image is known: the alert is about the
+    /// containers of that image, wherever they run.
+    pub container: Option<InContainer>,
+}
+
+impl Described {
+    /// The title with the container named, for one host's decision: `added file
+    /// /usr/local/bin/x in container web (0123456789ab) of image shop/api:1.4`.
+    pub fn on_host(&self, finding: &FindingRecord) -> String {
+        match finding.finding.get("container") {
+            Some(container) => {
+                let mut title = format!("{} in {}", self.title, container_phrase(container));
+                if let Some(image) = &self.container {
+                    title.push_str(&format!(" of image {}", image.image));
+                }
+                title
+            }
+            None => self.title.clone(),
+        }
+    }
+}
+
 /// What is the same about one change across hosts, and how to say it. Files a package
 /// explains group by the package: one upgrade touching 300 files on 40 hosts is one
 /// alert. A change inside containers groups by the containers' image, not by the
-/// container: the same file dropped into every replica of `shop/api` is one alert,
-/// "added file /usr/local/bin/x in containers of image shop/api@sha256:…".
-pub fn describe(finding: &FindingRecord) -> (String, String) {
+/// container nor by the image of the host it runs on: the same file dropped into every
+/// replica of `shop/api`, on nodes of any image, is one alert, "added file
+/// /usr/local/bin/x in 12 containers of image shop/api@sha256:… on 5 hosts".
+pub fn describe(finding: &FindingRecord) -> Described {
     let value = &finding.finding;
+    let in_container = value.get("container");
+    let container = in_container.and_then(|c| {
+        Some(InContainer {
+            id: c.get("id")?.as_str()?.to_string(),
+            image: container_image(c)?,
+        })
+    });
     if let Some((group, package)) = package(value) {
-        return (group, format!("{package}: files changed"));
+        // A package's files are the host's own (packages are not installed into
+        // running containers' layers by the agent's attribution).
+        return Described {
+            group,
+            title: format!("{package}: files changed"),
+            container: None,
+        };
     }
-    let image = container_image(value);
-    let key = match &image {
-        Some(image) => format!(
-            "{}:container-image={image}:{}",
-            finding.kind, finding.subject
+    let key = match &container {
+        Some(container) => format!(
+            "{}:container-image={}:{}",
+            finding.kind, container.image, finding.subject
         ),
         None => finding.key.clone(),
     };
@@ -240,10 +301,11 @@ pub fn describe(finding: &FindingRecord) -> (String, String) {
     if !attributes.is_empty() {
         title.push_str(&format!(" ({})", attributes.join(", ")));
     }
-    if let Some(image) = image {
-        title.push_str(&format!(" in containers of image {image}"));
+    Described {
+        group,
+        title: title.trim().to_string(),
+        container,
     }
-    (group, title.trim().to_string())
 }
 
 #[cfg(test)]
@@ -270,6 +332,7 @@ mod tests {
             min_severity: Severity::High,
             paths: vec!["/usr/**".into()],
             images: vec!["web-*".into()],
+            scope: RuleScope::Host,
         })
         .unwrap();
         let hit = finding("file", Severity::Critical, "/usr/bin/ssh");
@@ -294,46 +357,96 @@ mod tests {
 
     #[test]
     fn the_same_change_groups_together_and_reads_well() {
-        let (group_a, title) = describe(&finding("file", Severity::Critical, "/usr/bin/ssh"));
+        let described = describe(&finding("file", Severity::Critical, "/usr/bin/ssh"));
         let mut other_host = finding("file", Severity::Critical, "/usr/bin/ssh");
         other_host.host_id = "h2".into();
-        assert_eq!(describe(&other_host).0, group_a);
-        assert_eq!(title, "modified file /usr/bin/ssh (content, mode)");
-        assert_ne!(
-            describe(&finding("file", Severity::Critical, "/usr/bin/scp")).0,
-            group_a
+        assert_eq!(describe(&other_host).group, described.group);
+        assert_eq!(
+            described.title,
+            "modified file /usr/bin/ssh (content, mode)"
         );
+        assert_eq!(described.container, None);
+        assert_ne!(
+            describe(&finding("file", Severity::Critical, "/usr/bin/scp")).group,
+            described.group
+        );
+    }
+
+    fn in_container(id: &str, host: &str) -> FindingRecord {
+        let mut f = finding("file", Severity::Critical, "/usr/local/bin/x");
+        f.host_id = host.into();
+        f.key = format!("file:container={id}:/usr/local/bin/x");
+        f.finding = serde_json::json!({
+            "change": "added",
+            "container": {"id": id, "name": "web", "runtime": "containerd",
+                "image": "shop/api:1.4", "image_digest": "sha256:ab12"},
+        });
+        f
     }
 
     #[test]
     fn container_changes_group_by_the_containers_image() {
-        let in_container = |id: &str, host: &str| {
-            let mut f = finding("file", Severity::Critical, "/usr/local/bin/x");
-            f.host_id = host.into();
-            f.key = format!("file:container={id}:/usr/local/bin/x");
-            f.finding = serde_json::json!({
-                "change": "added",
-                "container": {"id": id, "name": "web", "runtime": "containerd",
-                    "image": "shop/api:1.4", "image_digest": "sha256:ab12"},
-            });
-            f
-        };
-        let (group, title) = describe(&in_container("c1", "h1"));
-        assert_eq!(describe(&in_container("c2", "h2")).0, group);
+        let described = describe(&in_container("c1", "h1"));
+        assert_eq!(describe(&in_container("c2", "h2")).group, described.group);
+        assert_eq!(described.title, "added file /usr/local/bin/x");
         assert_eq!(
-            title,
-            "added file /usr/local/bin/x in containers of image shop/api:1.4@sha256:ab12"
+            described.container,
+            Some(InContainer {
+                id: "c1".into(),
+                image: "shop/api:1.4@sha256:ab12".into()
+            })
+        );
+        assert_eq!(
+            described.on_host(&in_container("c1", "h1")),
+            "added file /usr/local/bin/x in container web (c1) of image shop/api:1.4@sha256:ab12"
         );
         // Not the host's own /usr/local/bin/x, nor another image's.
         let host_own = finding("file", Severity::Critical, "/usr/local/bin/x");
-        assert_ne!(describe(&host_own).0, group);
+        assert_ne!(describe(&host_own).group, described.group);
         let mut other = in_container("c3", "h1");
         other.finding["container"]["image_digest"] = "sha256:cd34".into();
-        assert_ne!(describe(&other).0, group);
-        // A container whose runtime recorded no image groups by itself.
+        assert_ne!(describe(&other).group, described.group);
+        // An image whose name carries its digest is not named twice.
+        let mut pinned = in_container("c5", "h1");
+        pinned.finding["container"]["image"] = "shop/api@sha256:ab12".into();
+        assert_eq!(
+            describe(&pinned).container.unwrap().image,
+            "shop/api@sha256:ab12"
+        );
+        // A container whose runtime recorded no image groups by itself, as a change of
+        // its host, and still says which container.
         let mut unnamed = in_container("c4", "h1");
         unnamed.finding["container"] = serde_json::json!({"id": "c4", "runtime": "unknown"});
-        assert!(describe(&unnamed).0.starts_with("file:container=c4:"));
+        let described = describe(&unnamed);
+        assert!(described.group.starts_with("file:container=c4:"));
+        assert_eq!(described.container, None);
+        assert_eq!(
+            described.on_host(&unnamed),
+            "added file /usr/local/bin/x in container c4"
+        );
+    }
+
+    #[test]
+    fn rules_weigh_the_hosts_own_findings_unless_their_scope_says_otherwise() {
+        let rule = |scope: RuleScope| {
+            Rule::compile(&MarkRule {
+                scope,
+                ..MarkRule::default()
+            })
+            .unwrap()
+        };
+        let own = finding("file", Severity::Critical, "/usr/local/bin/x");
+        let inside = in_container("c1", "h1");
+        for (scope, selects_own, selects_inside) in [
+            (RuleScope::Host, true, false),
+            (RuleScope::Containers, false, true),
+            (RuleScope::Any, true, true),
+        ] {
+            let rule = rule(scope);
+            assert_eq!(rule.selects(&own, None), selects_own, "{scope:?}");
+            assert_eq!(rule.selects(&inside, None), selects_inside, "{scope:?}");
+        }
+        assert_eq!(MarkRule::default().scope, RuleScope::Host);
     }
 
     #[test]
@@ -346,16 +459,19 @@ mod tests {
             });
             f
         };
-        let (group, title) = describe(&attributed("/usr/lib/libssl.so.3"));
-        assert_eq!(group, "package:openssl:amd64:3.0.1->3.0.2");
+        let described = describe(&attributed("/usr/lib/libssl.so.3"));
+        assert_eq!(described.group, "package:openssl:amd64:3.0.1->3.0.2");
         assert_eq!(
-            title,
+            described.title,
             "package openssl (amd64) 3.0.1 → 3.0.2: files changed"
         );
-        assert_eq!(describe(&attributed("/usr/bin/openssl")).0, group);
+        assert_eq!(
+            describe(&attributed("/usr/bin/openssl")).group,
+            described.group
+        );
         // Without a name the attribution is ignored.
         let mut unnamed = finding("file", Severity::Medium, "/x");
         unnamed.finding["package"] = serde_json::json!({"arch": "amd64"});
-        assert!(describe(&unnamed).0.starts_with("file:/x:"));
+        assert!(describe(&unnamed).group.starts_with("file:/x:"));
     }
 }

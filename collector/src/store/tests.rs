@@ -7,7 +7,9 @@ use super::outbox::OutboxItem;
 use super::sqlite::SqliteStore;
 use super::*;
 use crate::config::CollectorConfig;
-use driftwatch_protocol::report::{Finding, KernelModuleFinding, KernelModuleReason};
+use driftwatch_protocol::report::{
+    ContainerRef, FileChange, FileFinding, Finding, KernelModuleFinding, KernelModuleReason,
+};
 use std::path::PathBuf;
 
 /// A database for one test, and the way to open handles on it: each handle is what
@@ -83,6 +85,8 @@ both_stores!(
     lists_page_with_cursors,
     an_unknown_state_in_the_database_is_an_error,
     tokens_are_kept_by_hash_and_revoked,
+    a_change_inside_containers_groups_by_their_image_across_hosts,
+    container_drift_marks_a_node_only_when_a_rule_says_so,
 );
 
 pub(crate) fn config(extra: &str) -> CollectorConfig {
@@ -806,4 +810,193 @@ async fn tokens_are_kept_by_hash_and_revoked(db: TestDb) {
     // Another handle (replica, restart) sees the same.
     let reopened = db.open().await;
     assert_eq!(reopened.tokens().await.unwrap(), [revoked]);
+}
+
+/// `/usr/local/bin/x` added (critical) inside container `id` of `image`, or on the
+/// host itself without a container.
+fn dropped(container: Option<(&str, &str)>) -> IngestBody {
+    IngestBody::Finding(Box::new(Finding::File(Box::new(FileFinding {
+        change: FileChange::Added,
+        path: "/usr/local/bin/x".into(),
+        path_bytes_b64: None,
+        attributes: Vec::new(),
+        severity: Severity::Critical,
+        rule: "containers".into(),
+        baseline: None,
+        observed: None,
+        package: None,
+        container: container.map(|(id, image)| ContainerRef {
+            id: id.into(),
+            name: Some(format!("web-{id}")),
+            runtime: "containerd".into(),
+            image: Some(image.into()),
+            image_digest: Some("sha256:ab12".into()),
+            pod: Some(format!("api-{id}")),
+            namespace: Some("shop".into()),
+        }),
+    }))))
+}
+
+/// The alerts queued for the webhook, claimed.
+async fn queued_alerts(store: &DynStore, now: i64) -> Vec<super::outbox::Alert> {
+    store
+        .claim("t", "webhook", now, 60_000, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|c| match c.item {
+            OutboxItem::Webhook { alert, .. } => Some(alert),
+            OutboxItem::Command(_) => None,
+        })
+        .collect()
+}
+
+/// The same file dropped into containers of one image on hosts of two node images is
+/// one alert counting containers (and their hosts); the host's own copy of the change
+/// and another image's containers are alerts of their own; a container alerted once is
+/// not alerted again, a new one makes a follow-up.
+async fn a_change_inside_containers_groups_by_their_image_across_hosts(db: TestDb) {
+    use super::outbox::AlertContainer;
+    let store = db.open().await;
+    let policy = policy(
+        "[alerts]\ngroup_wait_secs = 0\n[[webhook]]\nurl = \"http://127.0.0.1:9/hook\"\n\
+         events = [\"drift\"]\n",
+    );
+    let api = "shop/api:1.4";
+    for (image, host, events) in [
+        (
+            "node-a",
+            "h1",
+            vec![
+                ("e1", dropped(Some(("c1", api)))),
+                ("e2", dropped(Some(("c2", api)))),
+            ],
+        ),
+        (
+            "node-b",
+            "h2",
+            vec![
+                ("e1", dropped(Some(("c3", api)))),
+                ("e2", dropped(None)),
+                ("e3", dropped(Some(("c4", "shop/cart:2")))),
+            ],
+        ),
+    ] {
+        store
+            .ingest(batch_on(image, host, events), policy.clone())
+            .await
+            .unwrap();
+    }
+    store
+        .flush_alerts(now_ms() + 1, policy.clone())
+        .await
+        .unwrap();
+    let mut alerts = queued_alerts(&store, now_ms()).await;
+    alerts.sort_by(|a, b| a.container_image.cmp(&b.container_image));
+    assert_eq!(alerts.len(), 3, "{alerts:#?}");
+    let (own, of_api, of_cart) = (&alerts[0], &alerts[1], &alerts[2]);
+    assert_eq!(own.container_image, None);
+    assert_eq!(own.image_id.as_deref(), Some("node-b"));
+    assert_eq!(own.hosts, ["h2"]);
+    assert_eq!(own.image_hosts, Some(1));
+    assert_eq!(
+        of_api.container_image.as_deref(),
+        Some("shop/api:1.4@sha256:ab12")
+    );
+    assert_eq!(of_api.image_id, None, "the hosts' images differ");
+    assert_eq!(of_api.image_hosts, None);
+    assert_eq!(of_api.title, "added file /usr/local/bin/x");
+    let member = |host: &str, id: &str| AlertContainer {
+        host_id: host.into(),
+        id: id.into(),
+    };
+    assert_eq!(
+        of_api.containers,
+        [member("h1", "c1"), member("h1", "c2"), member("h2", "c3")]
+    );
+    assert_eq!(of_api.hosts, ["h1", "h2"]);
+    assert_eq!((of_api.earlier, of_api.all_hosts), (0, 2));
+    assert_eq!(
+        of_api.summary(),
+        "added file /usr/local/bin/x in 3 containers of image shop/api:1.4@sha256:ab12 on 2 hosts"
+    );
+    assert_eq!(of_cart.containers, [member("h2", "c4")]);
+    assert_eq!(
+        of_cart.summary(),
+        "added file /usr/local/bin/x in 1 container of image shop/cart:2@sha256:ab12 on 1 host: \
+         first seen in container web-c4 (c4) on h2 (h2)"
+    );
+
+    // Reported again: not news. A new container of the image on a third host: a
+    // follow-up, counting what came before.
+    store
+        .ingest(
+            batch_on("node-a", "h1", vec![("e9", dropped(Some(("c1", api))))]),
+            policy.clone(),
+        )
+        .await
+        .unwrap();
+    store
+        .ingest(
+            batch_on("node-a", "h3", vec![("e1", dropped(Some(("c5", api))))]),
+            policy.clone(),
+        )
+        .await
+        .unwrap();
+    store
+        .flush_alerts(now_ms() + 1, policy.clone())
+        .await
+        .unwrap();
+    let alerts = queued_alerts(&store, now_ms()).await;
+    assert_eq!(alerts.len(), 1, "{alerts:#?}");
+    assert_eq!(alerts[0].containers, [member("h3", "c5")]);
+    assert_eq!((alerts[0].earlier, alerts[0].all_hosts), (3, 3));
+    assert_eq!(
+        alerts[0].summary(),
+        "added file /usr/local/bin/x in 1 more container of image shop/api:1.4@sha256:ab12, \
+         4 containers on 3 hosts in all: first seen in container web-c5 (c5) on h3 (h3)"
+    );
+}
+
+/// A critical change inside a container leaves its node `drifted` under the default
+/// rule (the container is what gets replaced); a rule with `scope = "containers"`
+/// marks the node, naming the container in the reason.
+async fn container_drift_marks_a_node_only_when_a_rule_says_so(db: TestDb) {
+    let store = db.open().await;
+    let inside = || vec![("e1", dropped(Some(("c1", "shop/api:1.4"))))];
+    let by_default = store
+        .ingest(batch("h1", inside()), policy(""))
+        .await
+        .unwrap();
+    assert_eq!(by_default.host.state, HostState::Drifted);
+    assert_eq!(by_default.host.findings_by_severity, [1, 0, 0, 0]);
+    assert_eq!(by_default.host.hold, None);
+    // The host's own critical change still marks it.
+    let own = store
+        .ingest(batch("h2", vec![("e1", dropped(None))]), policy(""))
+        .await
+        .unwrap();
+    assert_eq!(own.host.state, HostState::Marked);
+
+    let containers_too = policy(
+        "[replacement]\nmax_percent = 100.0\n[[replacement.rule]]\nscope = \"containers\"\n",
+    );
+    let marked = store
+        .ingest(batch("h3", inside()), containers_too.clone())
+        .await
+        .unwrap();
+    assert_eq!(marked.host.state, HostState::Marked);
+    assert_eq!(
+        marked.host.mark_reason.as_deref(),
+        Some(
+            "critical finding: added file /usr/local/bin/x in container web-c1 (c1) \
+             of image shop/api:1.4@sha256:ab12"
+        )
+    );
+    // That rule weighs containers only: the host's own change does not mark.
+    let host_own = store
+        .ingest(batch("h4", vec![("e1", dropped(None))]), containers_too)
+        .await
+        .unwrap();
+    assert_eq!(host_own.host.state, HostState::Drifted);
 }

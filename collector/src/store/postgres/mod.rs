@@ -20,8 +20,8 @@
 mod schema;
 mod trust;
 
-use super::decide::{flush_alerts, Decider, DecisionTx, DueGroup};
-use super::outbox::{random_token, AlertKind, Claim, Occurrence, OutboxItem};
+use super::decide::{flush_alerts, Decider, DecisionTx, DueGroup, Taken};
+use super::outbox::{random_token, AlertContainer, AlertKind, Claim, Occurrence, OutboxItem};
 use super::{
     changed, cursor_params, fetch_limit, parse_delta, parse_state, severity_code, severity_of,
     too_many_findings, ActionFilter, ActionRecord, BatchFindings, Cursor, Decided, FindingInput,
@@ -627,34 +627,45 @@ async fn enqueue<C: GenericClient>(
 
 async fn raise<C: GenericClient>(c: &C, o: &Occurrence, due: i64, now: i64) -> StoreResult<()> {
     let image = o.image_id.as_deref().unwrap_or("");
+    let container = o.container.as_ref().map_or("", |c| c.id.as_str());
     let kind = o.kind.name();
-    let new_host = exec(
+    let new_member = exec(
         c,
-        "INSERT INTO alert_hosts (kind, image_id, grp, host_id, pending, seen_at)
-         VALUES ($1, $2, $3, $4, TRUE, $5) ON CONFLICT DO NOTHING",
-        &[&kind, &image, &o.group, &o.host_id, &now],
+        "INSERT INTO alert_hosts (kind, image_id, grp, host_id, container_id, pending, seen_at)
+         VALUES ($1, $2, $3, $4, $5, TRUE, $6) ON CONFLICT DO NOTHING",
+        &[&kind, &image, &o.group, &o.host_id, &container, &now],
     )
     .await?;
-    if new_host == 0 {
+    if new_member == 0 {
         exec(
             c,
-            "UPDATE alert_hosts SET seen_at = $5
+            "UPDATE alert_hosts SET seen_at = $6
              WHERE kind = $1 AND image_id = $2 AND grp = $3 AND host_id = $4
-               AND seen_at < $5::BIGINT - 3600000",
-            &[&kind, &image, &o.group, &o.host_id, &now],
+               AND container_id = $5 AND seen_at < $6::BIGINT - 3600000",
+            &[&kind, &image, &o.group, &o.host_id, &container, &now],
         )
         .await?;
         return Ok(());
     }
     let severity = severity_code(o.severity);
+    let container_image = o.container.as_ref().map(|c| c.image.as_str());
     // DO NOTHING takes no lock on an existing group: hosts of one change stored at
     // once do not wait for each other; the severity is raised only when higher.
     let created = exec(
         c,
-        "INSERT INTO alert_groups (kind, image_id, grp, title, severity, detail, first_at, due_at)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING",
+        "INSERT INTO alert_groups (kind, image_id, grp, title, severity, detail, first_at, due_at,
+             container_image)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING",
         &[
-            &kind, &image, &o.group, &o.title, &severity, &o.detail, &now, &due,
+            &kind,
+            &image,
+            &o.group,
+            &o.title,
+            &severity,
+            &o.detail,
+            &now,
+            &due,
+            &container_image,
         ],
     )
     .await?;
@@ -748,7 +759,8 @@ impl DecisionTx for PgTx<'_> {
         let limit = i64::from(limit);
         let found = rows(
             self.0,
-            "SELECT kind, image_id, grp, title, severity, detail, first_at FROM alert_groups
+            "SELECT kind, image_id, grp, title, severity, detail, first_at, container_image
+             FROM alert_groups
              WHERE due_at <= $1 ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED",
             &[&now, &limit],
         )
@@ -768,28 +780,34 @@ impl DecisionTx for PgTx<'_> {
                     severity: severity_of(r.try_get(4).map_err(pg_error)?)?,
                     detail: r.try_get(5).map_err(pg_error)?,
                     first_at_ms: r.try_get(6).map_err(pg_error)?,
+                    container_image: r.try_get(7).map_err(pg_error)?,
                 })
             })
             .collect()
     }
 
-    async fn take_group(&mut self, due: &DueGroup) -> StoreResult<(Vec<String>, u64)> {
+    async fn take_group(&mut self, due: &DueGroup) -> StoreResult<Taken> {
         let (kind, image) = (due.kind.name(), due.image_id.as_deref().unwrap_or(""));
         let key: [&(dyn ToSql + Sync); 3] = [&kind, &image, &due.group];
-        let hosts = rows(
+        let taken = rows(
             self.0,
             "UPDATE alert_hosts SET pending = FALSE
              WHERE kind = $1 AND image_id = $2 AND grp = $3 AND pending
-             RETURNING host_id",
+             RETURNING host_id, container_id",
             &key,
         )
         .await?;
-        let mut hosts: Vec<String> = hosts
+        let mut members: Vec<AlertContainer> = taken
             .iter()
-            .map(|r| r.try_get(0))
-            .collect::<Result<_, _>>()
+            .map(|r| {
+                Ok(AlertContainer {
+                    host_id: r.try_get(0)?,
+                    id: r.try_get(1)?,
+                })
+            })
+            .collect::<Result<_, tokio_postgres::Error>>()
             .map_err(pg_error)?;
-        hosts.sort();
+        members.sort();
         let earlier = number(
             self.0,
             "SELECT count(*) FROM alert_hosts
@@ -797,14 +815,25 @@ impl DecisionTx for PgTx<'_> {
             &key,
         )
         .await?
-        .saturating_sub(hosts.len() as u64);
+        .saturating_sub(members.len() as u64);
+        let all_hosts = number(
+            self.0,
+            "SELECT count(DISTINCT host_id) FROM alert_hosts
+             WHERE kind = $1 AND image_id = $2 AND grp = $3",
+            &key,
+        )
+        .await?;
         exec(
             self.0,
             "DELETE FROM alert_groups WHERE kind = $1 AND image_id = $2 AND grp = $3",
             &key,
         )
         .await?;
-        Ok((hosts, earlier))
+        Ok(Taken {
+            members,
+            earlier,
+            all_hosts,
+        })
     }
 }
 

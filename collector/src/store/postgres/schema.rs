@@ -168,6 +168,14 @@ CREATE TABLE revocations (
 );
 CREATE INDEX revocations_by_serial ON revocations (serial);
 "#,
+    // 3: alert groups of a change inside containers: their members are containers,
+    // and the group knows the containers' image.
+    r#"
+ALTER TABLE alert_groups ADD COLUMN container_image TEXT;
+ALTER TABLE alert_hosts ADD COLUMN container_id TEXT NOT NULL DEFAULT '';
+ALTER TABLE alert_hosts DROP CONSTRAINT alert_hosts_pkey;
+ALTER TABLE alert_hosts ADD PRIMARY KEY (kind, image_id, grp, host_id, container_id);
+"#,
 ];
 
 /// The advisory lock key the migrating replica holds ("driftwatch" in ASCII, cut).

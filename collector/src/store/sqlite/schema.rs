@@ -175,6 +175,26 @@ CREATE TABLE revocations (
 );
 CREATE INDEX revocations_by_serial ON revocations (serial);
 "#,
+    // 5: alert groups of a change inside containers: their members are containers,
+    // and the group knows the containers' image.
+    r#"
+ALTER TABLE alert_groups ADD COLUMN container_image TEXT;
+CREATE TABLE alert_members (
+    kind TEXT NOT NULL,
+    image_id TEXT NOT NULL,
+    grp TEXT NOT NULL,
+    host_id TEXT NOT NULL,
+    container_id TEXT NOT NULL DEFAULT '',
+    pending INTEGER NOT NULL,
+    seen_at INTEGER NOT NULL,
+    PRIMARY KEY (kind, image_id, grp, host_id, container_id)
+) WITHOUT ROWID;
+INSERT INTO alert_members (kind, image_id, grp, host_id, pending, seen_at)
+    SELECT kind, image_id, grp, host_id, pending, seen_at FROM alert_hosts;
+DROP TABLE alert_hosts;
+ALTER TABLE alert_members RENAME TO alert_hosts;
+CREATE INDEX alert_hosts_seen ON alert_hosts (seen_at);
+"#,
 ];
 
 /// Brings the database up to [`MIGRATIONS`]; refuses one from a newer collector.
@@ -303,5 +323,58 @@ mod tests {
             .execute_batch("PRAGMA user_version = 99;")
             .unwrap();
         assert!(SqliteStore::open(&path).is_err());
+    }
+
+    /// Alert memory made before containers were counted (schema 4) is kept: a host
+    /// alerted for a change is still not alerted again, and a group waiting when the
+    /// collector was upgraded goes out with its host.
+    #[tokio::test]
+    async fn migrating_alert_memory_keeps_who_was_alerted() {
+        use crate::store::outbox::{AlertKind, Occurrence, OutboxItem};
+        use driftwatch_protocol::report::Severity;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("collector.db");
+        {
+            let connection = Connection::open(&path).unwrap();
+            for script in &MIGRATIONS[..4] {
+                connection.execute_batch(script).unwrap();
+            }
+            connection
+                .execute_batch(
+                    "PRAGMA user_version = 4;
+                     INSERT INTO alert_hosts VALUES
+                         ('drift', 'img', 'g', 'h1', 0, 1),
+                         ('drift', 'img', 'g', 'h2', 1, 1);
+                     INSERT INTO alert_groups VALUES
+                         ('drift', 'img', 'g', 'modified file /x', 3, 'first seen on h2', 1, 1);",
+                )
+                .unwrap();
+        }
+        let store = SqliteStore::open(&path).unwrap();
+        let policy =
+            policy("[[webhook]]\nurl = \"http://127.0.0.1:9/hook\"\nevents = [\"drift\"]\n");
+        let again = |host: &str| Occurrence {
+            kind: AlertKind::Drift,
+            image_id: Some("img".into()),
+            container: None,
+            group: "g".into(),
+            title: "modified file /x".into(),
+            severity: Severity::Critical,
+            host_id: host.into(),
+            detail: String::new(),
+        };
+        store
+            .raise(vec![again("h1"), again("h2")], policy.clone())
+            .await
+            .unwrap();
+        let later = crate::store::now_ms() + 60_000;
+        store.flush_alerts(later, policy).await.unwrap();
+        let claimed = store.claim("t", "webhook", later, 1_000, 10).await.unwrap();
+        assert_eq!(claimed.len(), 1);
+        let OutboxItem::Webhook { alert, .. } = &claimed[0].item else {
+            panic!("{claimed:?}");
+        };
+        assert_eq!(alert.hosts, ["h2"]);
+        assert_eq!((alert.earlier, alert.container_image.as_deref()), (1, None));
     }
 }

@@ -6,8 +6,8 @@
 //! polled to completion right here.
 
 use super::{collect, count, db_error, host_from_row, HOST_COLUMNS};
-use crate::store::decide::{DecisionTx, DueGroup};
-use crate::store::outbox::{random_token, AlertKind, Occurrence, OutboxItem};
+use crate::store::decide::{DecisionTx, DueGroup, Taken};
+use crate::store::outbox::{random_token, AlertContainer, AlertKind, Occurrence, OutboxItem};
 use crate::store::{
     changed, parse_state, severity_code, severity_of, too_many_findings, ActionRecord,
     BatchFindings, FindingInput, FindingRecord, HostRecord, IngestRecord, StoreError, StoreResult,
@@ -336,29 +336,31 @@ pub(super) fn marked_since(c: &Connection, image_id: Option<&str>, since: i64) -
 
 pub(super) fn raise(c: &Connection, o: &Occurrence, due: i64, now: i64) -> StoreResult<()> {
     let image = o.image_id.as_deref().unwrap_or("");
-    let key = params![o.kind.name(), image, o.group, o.host_id, now];
-    let new_host = c
+    let container = o.container.as_ref().map_or("", |c| c.id.as_str());
+    let key = params![o.kind.name(), image, o.group, o.host_id, container, now];
+    let new_member = c
         .prepare_cached(
-            "INSERT INTO alert_hosts (kind, image_id, grp, host_id, pending, seen_at)
-             VALUES (?1, ?2, ?3, ?4, 1, ?5) ON CONFLICT DO NOTHING",
+            "INSERT INTO alert_hosts (kind, image_id, grp, host_id, container_id, pending, seen_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, 1, ?6) ON CONFLICT DO NOTHING",
         )
         .and_then(|mut s| s.execute(key))
         .map_err(db_error)?;
-    if new_host == 0 {
+    if new_member == 0 {
         // Pending or alerted already: the change is still around, nothing more.
         return c
             .prepare_cached(
-                "UPDATE alert_hosts SET seen_at = ?5
+                "UPDATE alert_hosts SET seen_at = ?6
                  WHERE kind = ?1 AND image_id = ?2 AND grp = ?3 AND host_id = ?4
-                   AND seen_at < ?5 - 3600000",
+                   AND container_id = ?5 AND seen_at < ?6 - 3600000",
             )
             .and_then(|mut s| s.execute(key))
             .map(|_| ())
             .map_err(db_error);
     }
     c.prepare_cached(
-        "INSERT INTO alert_groups (kind, image_id, grp, title, severity, detail, first_at, due_at)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)
+        "INSERT INTO alert_groups (kind, image_id, grp, title, severity, detail, first_at, due_at,
+             container_image)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
          ON CONFLICT (kind, image_id, grp) DO UPDATE SET severity = max(severity, excluded.severity)",
     )
     .and_then(|mut s| {
@@ -370,7 +372,8 @@ pub(super) fn raise(c: &Connection, o: &Occurrence, due: i64, now: i64) -> Store
             severity_code(o.severity),
             o.detail,
             now,
-            due
+            due,
+            o.container.as_ref().map(|c| c.image.as_str()),
         ])
     })
     .map(|_| ())
@@ -461,55 +464,73 @@ impl DecisionTx for SqliteTx<'_> {
     async fn due_groups(&mut self, now: i64, limit: u32) -> StoreResult<Vec<DueGroup>> {
         let rows = collect(
             self.0,
-            "SELECT kind, image_id, grp, title, severity, detail, first_at FROM alert_groups
-             WHERE due_at <= ?1 ORDER BY due_at LIMIT ?2",
+            "SELECT kind, image_id, grp, title, severity, detail, first_at, container_image
+             FROM alert_groups WHERE due_at <= ?1 ORDER BY due_at LIMIT ?2",
             params![now, limit],
             |r| {
                 Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
+                    (
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, String>(2)?,
+                        r.get::<_, String>(3)?,
+                    ),
                     r.get::<_, i64>(4)?,
                     r.get::<_, String>(5)?,
                     r.get::<_, i64>(6)?,
+                    r.get::<_, Option<String>>(7)?,
                 ))
             },
         )?;
         rows.into_iter()
-            .map(|(kind, image, group, title, severity, detail, first_at)| {
-                Ok(DueGroup {
-                    kind: AlertKind::from_name(&kind).ok_or_else(|| {
-                        StoreError::Corrupt(format!("unknown alert kind {kind:?}"))
-                    })?,
-                    image_id: Some(image).filter(|i| !i.is_empty()),
-                    group,
-                    title,
-                    severity: severity_of(severity)?,
-                    detail,
-                    first_at_ms: first_at,
-                })
-            })
+            .map(
+                |((kind, image, group, title), severity, detail, first_at, container_image)| {
+                    Ok(DueGroup {
+                        kind: AlertKind::from_name(&kind).ok_or_else(|| {
+                            StoreError::Corrupt(format!("unknown alert kind {kind:?}"))
+                        })?,
+                        image_id: Some(image).filter(|i| !i.is_empty()),
+                        group,
+                        title,
+                        severity: severity_of(severity)?,
+                        detail,
+                        first_at_ms: first_at,
+                        container_image,
+                    })
+                },
+            )
             .collect()
     }
 
-    async fn take_group(&mut self, due: &DueGroup) -> StoreResult<(Vec<String>, u64)> {
+    async fn take_group(&mut self, due: &DueGroup) -> StoreResult<Taken> {
         let key = params![
             due.kind.name(),
             due.image_id.as_deref().unwrap_or(""),
             due.group
         ];
-        let hosts = collect(
+        let members = collect(
             self.0,
-            "SELECT host_id FROM alert_hosts
-             WHERE kind = ?1 AND image_id = ?2 AND grp = ?3 AND pending = 1 ORDER BY host_id",
+            "SELECT host_id, container_id FROM alert_hosts
+             WHERE kind = ?1 AND image_id = ?2 AND grp = ?3 AND pending = 1
+             ORDER BY host_id, container_id",
             key,
-            |r| r.get::<_, String>(0),
+            |r| {
+                Ok(AlertContainer {
+                    host_id: r.get(0)?,
+                    id: r.get(1)?,
+                })
+            },
         )?;
         let earlier = count(
             self.0,
             "SELECT count(*) FROM alert_hosts
              WHERE kind = ?1 AND image_id = ?2 AND grp = ?3 AND pending = 0",
+            key,
+        )?;
+        let all_hosts = count(
+            self.0,
+            "SELECT count(DISTINCT host_id) FROM alert_hosts
+             WHERE kind = ?1 AND image_id = ?2 AND grp = ?3",
             key,
         )?;
         for sql in [
@@ -518,7 +539,11 @@ impl DecisionTx for SqliteTx<'_> {
         ] {
             self.0.execute(sql, key).map_err(db_error)?;
         }
-        Ok((hosts, earlier))
+        Ok(Taken {
+            members,
+            earlier,
+            all_hosts,
+        })
     }
 }
 
