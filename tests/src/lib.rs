@@ -27,6 +27,7 @@ pub mod container;
 pub mod haproxy;
 pub mod mount;
 pub mod openapi;
+pub mod podman;
 pub mod postgres;
 pub mod sockets;
 pub mod vm;
@@ -839,6 +840,42 @@ impl Host {
             .arg(image.tree())
             .arg(dir.path().join("tree"))));
         std::fs::copy(image.baseline(), dir.path().join("baseline")).unwrap();
+        let head = format!(
+            "root = {:?}\npubkey = {:?}\n{extra}",
+            dir.path().join("tree"),
+            image.public_key()
+        );
+        Host::configure(dir, collector, urls, id, credentials, &head)
+    }
+
+    /// A host that is this machine: a daemon on `/`, where the running containers are,
+    /// checking against `baseline` (copied) with `policy`, with a certificate. Its
+    /// [`Host::path`] and [`Host::write`] are not for it: it has no tree of its own.
+    pub fn on_this_machine(
+        collector: &Collector,
+        id: &str,
+        baseline: &Path,
+        policy: &Path,
+    ) -> Host {
+        let dir = tempfile::Builder::new()
+            .prefix("driftwatch-host-")
+            .tempdir()
+            .unwrap();
+        std::fs::copy(baseline, dir.path().join("baseline")).unwrap();
+        let head = format!("root = \"/\"\npolicy = {policy:?}\n");
+        let urls = [collector.url()];
+        Host::configure(dir, collector, &urls, id, Credentials::Certificate, &head)
+    }
+
+    /// Writes the agent's configuration into `dir` (`head` first: root, keys, extras).
+    fn configure(
+        dir: tempfile::TempDir,
+        collector: &Collector,
+        urls: &[String],
+        id: &str,
+        credentials: Credentials,
+        head: &str,
+    ) -> Host {
         let auth = match credentials {
             Credentials::Certificate => {
                 let (cert, key) = collector.issue_cert(id, dir.path());
@@ -851,12 +888,10 @@ impl Host {
         };
         let health_port = free_port();
         let config = format!(
-            "root = {root:?}\nbaseline = {baseline:?}\npubkey = {pubkey:?}\nstate_dir = {state:?}\nrun_dir = {run:?}\n{extra}\n\
+            "baseline = {baseline:?}\nstate_dir = {state:?}\nrun_dir = {run:?}\n{head}\n\
              [health]\nlisten = \"127.0.0.1:{health_port}\"\n\
              [collector]\nurl = {url}\nca_file = {ca:?}\nhost_id = \"{id}\"\nheartbeat_interval_secs = 1\nretry_max_secs = 2\ntimeout_secs = 2\n{auth}",
-            root = dir.path().join("tree"),
             baseline = dir.path().join("baseline"),
-            pubkey = image.public_key(),
             state = dir.path().join("state"),
             run = dir.path().join("run"),
             url = match urls {
