@@ -454,4 +454,65 @@ mod tests {
             "2 findings: 2 critical, 0 high, 0 medium, 0 low"
         );
     }
+
+    /// The host's own findings first; each container's under a heading naming it (name,
+    /// short id, runtime, image, pod), containers in id order.
+    #[test]
+    fn text_groups_container_findings_under_their_container() {
+        let entry = |path: &[u8], mode| Entry {
+            path: path.to_vec(),
+            file_type: FileType::File,
+            mode,
+            ..Entry::default()
+        };
+        let rule = crate::policy::Rule {
+            name: "r".into(),
+            attributes: crate::policy::AttributeSet::of(&Attribute::ALL),
+            severity: Severity::Medium,
+        };
+        let added = |path: &[u8], container: Option<ContainerRef>| {
+            let mut finding = crate::diff::file_finding(
+                FileChange::Added,
+                None,
+                Some(&entry(path, 0o644)),
+                vec![],
+                &rule,
+            )
+            .unwrap();
+            if let Finding::File(file) = &mut finding {
+                file.container = container;
+            }
+            finding
+        };
+        let api = ContainerRef {
+            id: "3f9a8c2d1e4b5a6f".into(),
+            name: Some("api".into()),
+            runtime: "containerd".into(),
+            image: Some("shop/api:1.4".into()),
+            image_digest: Some("sha256:ab12".into()),
+            pod: Some("api-7d9f".into()),
+            namespace: Some("shop".into()),
+        };
+        let anonymous = ContainerRef {
+            id: "0badc0de".into(),
+            runtime: "unknown".into(),
+            ..ContainerRef::default()
+        };
+        let findings = vec![
+            added(b"/srv/x", Some(api.clone())),
+            added(b"/etc/y", None),
+            added(b"/data/z", Some(anonymous)),
+            added(b"/srv/w", Some(api)),
+        ];
+        let mut out = Vec::new();
+        write_findings(&mut out, Paint(false), &findings, &[]).unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert_eq!(
+            text,
+            "MEDIUM (1)\n  added     /etc/y  file 0644\n\n\
+             CONTAINER 0badc0de  unknown\n  MEDIUM (1)\n    added     /data/z  file 0644\n\n\
+             CONTAINER api (3f9a8c2d1e4b)  containerd, image shop/api:1.4, pod shop/api-7d9f\n\
+             \x20 MEDIUM (2)\n    added     /srv/x  file 0644\n    added     /srv/w  file 0644\n\n"
+        );
+    }
 }

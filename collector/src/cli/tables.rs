@@ -104,11 +104,7 @@ fn finding_line(out: &mut String, f: &FindingRecord, indent: &str) {
 fn container_line(finding: &serde_json::Value) -> Option<String> {
     let container = finding.get("container")?;
     let text = |key: &str| container.get(key).and_then(|v| v.as_str());
-    let id: String = text("id").unwrap_or("?").chars().take(12).collect();
-    let mut line = match text("name") {
-        Some(name) => format!("container {name} ({id})"),
-        None => format!("container {id}"),
-    };
+    let mut line = crate::store::policy::container_phrase(container);
     if let Some(image) = text("image").or(text("image_digest")) {
         let _ = write!(line, " image {image}");
     }
