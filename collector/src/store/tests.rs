@@ -1000,3 +1000,39 @@ async fn container_drift_marks_a_node_only_when_a_rule_says_so(db: TestDb) {
         .unwrap();
     assert_eq!(host_own.host.state, HostState::Drifted);
 }
+
+/// Alert memory as a collector before containers were counted left it (SQLite schema
+/// 4, PostgreSQL 2): h1 alerted for change `g`, h2 waiting in its group.
+pub(crate) const ALERT_MEMORY: &str = "
+INSERT INTO alert_hosts VALUES ('drift', 'img', 'g', 'h1', FALSE, 1), ('drift', 'img', 'g', 'h2', TRUE, 1);
+INSERT INTO alert_groups VALUES ('drift', 'img', 'g', 'modified file /x', 3, 'first seen on h2', 1, 1);
+";
+
+/// After migrating [`ALERT_MEMORY`]: h1 is still not alerted again, and the waiting
+/// group goes out with h2 as a follow-up.
+pub(crate) async fn migrated_alert_memory_holds(store: DynStore) {
+    use super::outbox::{AlertKind, Occurrence};
+    let policy = policy("[[webhook]]\nurl = \"http://127.0.0.1:9/hook\"\nevents = [\"drift\"]\n");
+    let again = |host: &str| Occurrence {
+        kind: AlertKind::Drift,
+        image_id: Some("img".into()),
+        container: None,
+        group: "g".into(),
+        title: "modified file /x".into(),
+        severity: Severity::Critical,
+        host_id: host.into(),
+        detail: String::new(),
+    };
+    store
+        .raise(vec![again("h1"), again("h2")], policy.clone())
+        .await
+        .unwrap();
+    let later = now_ms() + 60_000;
+    store.flush_alerts(later, policy).await.unwrap();
+    let alerts = queued_alerts(&store, later).await;
+    assert_eq!(alerts.len(), 1, "{alerts:#?}");
+    assert_eq!(alerts[0].hosts, ["h2"]);
+    assert_eq!(alerts[0].earlier, 1);
+    assert_eq!(alerts[0].container_image, None);
+    assert!(alerts[0].containers.is_empty());
+}

@@ -219,3 +219,32 @@ pub(super) async fn migrate(client: &mut deadpool_postgres::Client) -> StoreResu
     }
     tx.commit().await.map_err(pg_error)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::MIGRATIONS;
+    use crate::store::postgres::tests::PgTestDb;
+
+    /// Alert memory made before containers were counted (schema 2) is kept: a host
+    /// alerted for a change is still not alerted again, and a group waiting when the
+    /// collector was upgraded goes out with its host.
+    #[tokio::test]
+    async fn migrating_alert_memory_keeps_who_was_alerted() {
+        let Some(db) = PgTestDb::create().await else {
+            return;
+        };
+        db.execute(&format!(
+            "{}{}
+             CREATE TABLE driftwatch_migrations (
+                 version BIGINT PRIMARY KEY, applied_at TIMESTAMPTZ NOT NULL DEFAULT now());
+             INSERT INTO driftwatch_migrations (version) VALUES (1), (2);
+             {}",
+            MIGRATIONS[0],
+            MIGRATIONS[1],
+            crate::store::tests::ALERT_MEMORY
+        ))
+        .await;
+        let store: crate::store::DynStore = std::sync::Arc::new(db.open().await);
+        crate::store::tests::migrated_alert_memory_holds(store).await;
+    }
+}

@@ -330,8 +330,6 @@ mod tests {
     /// collector was upgraded goes out with its host.
     #[tokio::test]
     async fn migrating_alert_memory_keeps_who_was_alerted() {
-        use crate::store::outbox::{AlertKind, Occurrence, OutboxItem};
-        use driftwatch_protocol::report::Severity;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("collector.db");
         {
@@ -340,41 +338,13 @@ mod tests {
                 connection.execute_batch(script).unwrap();
             }
             connection
-                .execute_batch(
-                    "PRAGMA user_version = 4;
-                     INSERT INTO alert_hosts VALUES
-                         ('drift', 'img', 'g', 'h1', 0, 1),
-                         ('drift', 'img', 'g', 'h2', 1, 1);
-                     INSERT INTO alert_groups VALUES
-                         ('drift', 'img', 'g', 'modified file /x', 3, 'first seen on h2', 1, 1);",
-                )
+                .execute_batch(&format!(
+                    "PRAGMA user_version = 4;\n{}",
+                    crate::store::tests::ALERT_MEMORY
+                ))
                 .unwrap();
         }
-        let store = SqliteStore::open(&path).unwrap();
-        let policy =
-            policy("[[webhook]]\nurl = \"http://127.0.0.1:9/hook\"\nevents = [\"drift\"]\n");
-        let again = |host: &str| Occurrence {
-            kind: AlertKind::Drift,
-            image_id: Some("img".into()),
-            container: None,
-            group: "g".into(),
-            title: "modified file /x".into(),
-            severity: Severity::Critical,
-            host_id: host.into(),
-            detail: String::new(),
-        };
-        store
-            .raise(vec![again("h1"), again("h2")], policy.clone())
-            .await
-            .unwrap();
-        let later = crate::store::now_ms() + 60_000;
-        store.flush_alerts(later, policy).await.unwrap();
-        let claimed = store.claim("t", "webhook", later, 1_000, 10).await.unwrap();
-        assert_eq!(claimed.len(), 1);
-        let OutboxItem::Webhook { alert, .. } = &claimed[0].item else {
-            panic!("{claimed:?}");
-        };
-        assert_eq!(alert.hosts, ["h2"]);
-        assert_eq!((alert.earlier, alert.container_image.as_deref()), (1, None));
+        let store: crate::store::DynStore = std::sync::Arc::new(SqliteStore::open(&path).unwrap());
+        crate::store::tests::migrated_alert_memory_holds(store).await;
     }
 }
