@@ -13,6 +13,11 @@
 //! been seen for a day); hosts that show the change later make a follow-up alert ("on
 //! 3 more hosts, 43 of 60 hosts of image ami-123").
 //!
+//! A change inside containers is about the containers' image, not the hosts': its
+//! occurrences group by the containers' image across hosts of any image, and each
+//! container counts once ("added file /usr/local/bin/x in 12 containers of image
+//! shop/api@sha256:… on 5 hosts"; a new container showing it later is a follow-up).
+//!
 //! Nothing of this is in memory, so nothing is lost on a restart and any replica can
 //! carry on: the parts are
 //! - [`grouping`]: the job, under a lease, that flushes due groups into the outbox;
