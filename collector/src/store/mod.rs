@@ -22,6 +22,7 @@
 //! Times are milliseconds since the Unix epoch ([`now_ms`]); the API renders them as
 //! RFC 3339.
 
+pub mod dashboard;
 pub mod decide;
 pub mod outbox;
 pub mod policy;
@@ -31,6 +32,7 @@ pub mod sqlite;
 mod tests;
 pub mod trust;
 
+pub use dashboard::{HeldHosts, ImageStates, SessionRecord};
 pub use outbox::{AlertKind, Occurrence};
 pub use policy::Policy;
 pub use trust::{Admission, Binding, Enrolled, TokenRecord};
@@ -860,6 +862,35 @@ pub trait Store: Send + Sync + 'static {
 
     /// The ids of `drifted` hosts whose decision is held for `hold`.
     async fn held_hosts(&self, hold: Hold) -> StoreResult<Vec<String>>;
+
+    /// The `drifted` hosts held for `hold`: how many, and the first `limit` by id.
+    async fn held(&self, hold: Hold, limit: u32) -> StoreResult<HeldHosts>;
+
+    /// Hosts by image and state, in one grouped query (images by id, hosts that
+    /// claim none first).
+    async fn hosts_by_image_state(&self) -> StoreResult<Vec<ImageStates>>;
+
+    /// Hosts marked at or after `since_ms`, per image ([`Store::marked_since`] for
+    /// every image at once).
+    async fn marked_by_image(&self, since_ms: i64) -> StoreResult<Vec<(Option<String>, u64)>>;
+
+    /// Keeps an image's baseline file (for comparing images), replacing the one kept;
+    /// `None` forgets it.
+    async fn keep_baseline(&self, image_id: &str, baseline: Option<Vec<u8>>) -> StoreResult<()>;
+
+    /// The kept baseline file of an image.
+    async fn kept_baseline(&self, image_id: &str) -> StoreResult<Option<Vec<u8>>>;
+
+    /// Stores a dashboard session; beyond `max` live sessions, those closest to their
+    /// end are dropped (and expired ones always are).
+    async fn open_session(&self, session: SessionRecord, max: u64) -> StoreResult<()>;
+
+    /// The session with this id hash, unless it expired by `now_ms` or the stored
+    /// token it was opened with is revoked or expired.
+    async fn session(&self, id_hash: &str, now_ms: i64) -> StoreResult<Option<SessionRecord>>;
+
+    /// Ends a session (sign-out).
+    async fn close_session(&self, id_hash: &str) -> StoreResult<()>;
 
     /// Deletes hosts `gone` or `silent` since before `before_ms`, with their findings
     /// and events; returns how many.

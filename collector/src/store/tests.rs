@@ -87,6 +87,9 @@ both_stores!(
     tokens_are_kept_by_hash_and_revoked,
     a_change_inside_containers_groups_by_their_image_across_hosts,
     container_drift_marks_a_node_only_when_a_rule_says_so,
+    the_dashboard_counts_come_grouped_from_the_store,
+    sessions_are_shared_bounded_and_end_with_their_token,
+    a_kept_baseline_is_replaced_and_forgotten,
 );
 
 pub(crate) fn config(extra: &str) -> CollectorConfig {
@@ -1035,4 +1038,153 @@ pub(crate) async fn migrated_alert_memory_holds(store: DynStore) {
     assert_eq!(alerts[0].earlier, 1);
     assert_eq!(alerts[0].container_image, None);
     assert!(alerts[0].containers.is_empty());
+}
+
+async fn the_dashboard_counts_come_grouped_from_the_store(db: TestDb) {
+    let store = db.open().await;
+    // A budget of one host: the first drifted host of an image is marked, the others
+    // are held for the budget.
+    let policy = policy("[replacement]\nmax_hosts = 1\nmax_percent = 100.0\n");
+    for (image, host) in [
+        ("a", "a1"),
+        ("a", "a2"),
+        ("a", "a3"),
+        ("a", "a4"),
+        ("b", "b1"),
+    ] {
+        store
+            .ingest(
+                batch_on(image, host, vec![("e1", critical("rootkit"))]),
+                policy.clone(),
+            )
+            .await
+            .unwrap();
+    }
+    store
+        .ingest(batch_on("b", "b2", vec![]), policy.clone())
+        .await
+        .unwrap();
+    let mut none = batch("n1", vec![]);
+    none.image_id = None;
+    store.ingest(none, policy.clone()).await.unwrap();
+    store
+        .transition("b2", Transition::Retire, now_ms())
+        .await
+        .unwrap();
+    // clean, drifted, marked, silent, gone
+    let by_image = store.hosts_by_image_state().await.unwrap();
+    let states = |image: Option<&str>| {
+        by_image
+            .iter()
+            .find(|i| i.image_id.as_deref() == image)
+            .map(|i| (i.by_state, i.live()))
+    };
+    assert_eq!(by_image.len(), 3, "{by_image:?}");
+    assert_eq!(by_image[0].image_id, None, "{by_image:?}");
+    assert_eq!(states(None), Some(([1, 0, 0, 0, 0], 1)));
+    assert_eq!(states(Some("a")), Some(([0, 3, 1, 0, 0], 4)));
+    assert_eq!(states(Some("b")), Some(([0, 0, 1, 0, 1], 1)));
+    let marked = store.marked_by_image(0).await.unwrap();
+    assert_eq!(
+        marked,
+        [(Some("a".to_string()), 1), (Some("b".to_string()), 1)]
+    );
+    assert!(store
+        .marked_by_image(now_ms() + 1)
+        .await
+        .unwrap()
+        .is_empty());
+    let held = store.held(Hold::Budget, 2).await.unwrap();
+    assert_eq!(held.count, 3);
+    assert_eq!(held.first.len(), 2);
+    let all = store.held(Hold::Budget, 10).await.unwrap().first;
+    assert!(all.windows(2).all(|w| w[0] < w[1]), "{all:?}");
+    assert!(all.iter().all(|h| h.starts_with('a')), "{all:?}");
+    assert_eq!(all[..2], held.first[..]);
+    assert_eq!(
+        store.held(Hold::Approval, 10).await.unwrap(),
+        HeldHosts::default()
+    );
+    // The metrics' counts agree, findings summed in one pass.
+    let counts = store.counts().await.unwrap();
+    assert_eq!(counts.hosts_by_state, [1, 3, 2, 0, 1]);
+    assert_eq!(counts.findings_by_severity, [5, 0, 0, 0]);
+}
+
+fn session_of(id: &str, name: &str, expires_ms: i64) -> SessionRecord {
+    SessionRecord {
+        id_hash: id.into(),
+        name: name.into(),
+        role: "viewer".into(),
+        csrf: format!("csrf-{id}"),
+        expires_ms,
+    }
+}
+
+async fn sessions_are_shared_bounded_and_end_with_their_token(db: TestDb) {
+    let store = db.open().await;
+    let later = now_ms() + 3_600_000;
+    store
+        .open_session(session_of("s1", "vera", later), 3)
+        .await
+        .unwrap();
+    // Another handle (another replica) serves it.
+    let other = db.open().await;
+    assert_eq!(
+        other.session("s1", now_ms()).await.unwrap(),
+        Some(session_of("s1", "vera", later))
+    );
+    assert_eq!(other.session("s1", later).await.unwrap(), None, "expired");
+    assert_eq!(other.session("nope", now_ms()).await.unwrap(), None);
+    // Bounded: the one closest to its end goes first.
+    for (i, id) in ["s2", "s3", "s4"].iter().enumerate() {
+        store
+            .open_session(session_of(id, "operator", later + 1 + i as i64), 3)
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.session("s1", now_ms()).await.unwrap(), None);
+    for id in ["s2", "s3", "s4"] {
+        assert!(store.session(id, now_ms()).await.unwrap().is_some(), "{id}");
+    }
+    // Signing out ends one.
+    other.close_session("s2").await.unwrap();
+    assert_eq!(store.session("s2", now_ms()).await.unwrap(), None);
+    // Revoking the stored token a session was opened with ends it too.
+    let token = TokenRecord {
+        name: "vera".into(),
+        role: "viewer".into(),
+        created_ms: 1,
+        expires_ms: None,
+        uses_left: None,
+        host_ids: None,
+        images: None,
+        revoked_ms: None,
+    };
+    store
+        .create_token(token, trust::token_hash("vera-secret"))
+        .await
+        .unwrap();
+    store
+        .open_session(session_of("s5", "vera", later), 3)
+        .await
+        .unwrap();
+    assert!(store.session("s5", now_ms()).await.unwrap().is_some());
+    assert!(store.revoke_token("vera", now_ms()).await.unwrap());
+    assert_eq!(other.session("s5", now_ms()).await.unwrap(), None);
+    assert!(store.session("s4", now_ms()).await.unwrap().is_some());
+}
+
+async fn a_kept_baseline_is_replaced_and_forgotten(db: TestDb) {
+    let store = db.open().await;
+    assert_eq!(store.kept_baseline("img").await.unwrap(), None);
+    store
+        .keep_baseline("img", Some(vec![0, 1, 2, 255]))
+        .await
+        .unwrap();
+    store.keep_baseline("img", Some(vec![9, 8])).await.unwrap();
+    let other = db.open().await;
+    assert_eq!(other.kept_baseline("img").await.unwrap(), Some(vec![9, 8]));
+    other.keep_baseline("img", None).await.unwrap();
+    assert_eq!(store.kept_baseline("img").await.unwrap(), None);
 }

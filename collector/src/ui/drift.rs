@@ -107,12 +107,13 @@ pub async fn page(State(ui): State<Arc<Ui>>, who: SignedIn) -> UiResult<Html<Str
             row.hosts.insert(host.host_id.clone());
         }
     }
-    let mut live: HashMap<String, u64> = HashMap::new();
+    let live: HashMap<String, u64> = store
+        .hosts_by_image_state()
+        .await?
+        .iter()
+        .map(|i| (i.image_id.clone().unwrap_or_default(), i.live()))
+        .collect();
     for row in rows.values_mut() {
-        if !live.contains_key(&row.image) {
-            let image = Some(row.image.as_str()).filter(|i| !i.is_empty());
-            live.insert(row.image.clone(), store.live_hosts_on_image(image).await?);
-        }
         row.of = live.get(&row.image).copied().unwrap_or(0);
     }
     let mut rows: Vec<DriftRow> = rows.into_values().collect();

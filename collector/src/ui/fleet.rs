@@ -5,11 +5,12 @@ use super::error::UiResult;
 use super::signin::SignedIn;
 use super::view::{ActionRow, Chrome, HostRow};
 use super::Ui;
-use crate::store::{now_ms, ActionFilter, Hold, HostFilter, PageRequest};
+use crate::store::{now_ms, ActionFilter, Hold, HostFilter, ImageStates, PageRequest};
 use askama::Template;
 use axum::extract::State;
 use axum::response::Html;
 use driftwatch_protocol::wire::HostState;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -34,13 +35,16 @@ pub struct Budget {
 pub struct Held {
     pub hold: &'static str,
     pub why: &'static str,
-    pub count: usize,
+    pub count: u64,
     pub hosts: Vec<String>,
+    /// More are held than listed.
+    pub more: bool,
 }
 
 /// How long one computation of the fleet's summary serves every session: its counts
-/// scan the whole fleet, and the page refreshes itself every 5 s in each browser, so
-/// without it the store's cost would grow with the number of viewers.
+/// read every host's row (grouped in the store), and the page refreshes itself every
+/// 5 s in each browser, so without it the store's cost would grow with the number of
+/// viewers.
 const SUMMARY_TTL: Duration = Duration::from_secs(5);
 
 /// A fleet summary and when it was computed.
@@ -94,6 +98,7 @@ async fn cached_summary(ui: &Ui) -> UiResult<Arc<Summary>> {
 async fn summary(ui: &Ui) -> UiResult<Summary> {
     let store = ui.app.fleet.store();
     let counts = store.counts().await?;
+    let by_image = store.hosts_by_image_state().await?;
     let silent = store
         .hosts(HostFilter {
             state: Some(HostState::Silent),
@@ -120,7 +125,7 @@ async fn summary(ui: &Ui) -> UiResult<Summary> {
             .map(|(s, n)| (s.name(), n))
             .collect(),
         findings: counts.findings_by_severity,
-        budgets: budgets(ui).await?,
+        budgets: budgets(ui, &by_image).await?,
         window: humantime::format_duration(std::time::Duration::from_millis(
             u64::try_from(ui.policy.window_ms).unwrap_or(0),
         ))
@@ -149,8 +154,10 @@ fn mode_name(ui: &Ui) -> &'static str {
     }
 }
 
-/// The budget of each of the newest images: marks in the window against what it allows.
-async fn budgets(ui: &Ui) -> UiResult<Vec<Budget>> {
+/// The budget of each of the newest images: marks in the window against what it allows,
+/// from two grouped queries (hosts by image and state, marks by image) whatever the
+/// number of images.
+async fn budgets(ui: &Ui, by_image: &[ImageStates]) -> UiResult<Vec<Budget>> {
     let store = ui.app.fleet.store();
     let images = store
         .images(PageRequest {
@@ -159,21 +166,34 @@ async fn budgets(ui: &Ui) -> UiResult<Vec<Budget>> {
         })
         .await?;
     let since = now_ms().saturating_sub(ui.policy.window_ms);
-    let mut budgets = Vec::with_capacity(images.items.len());
-    for image in images.items {
-        let id = Some(image.image_id.as_str());
-        let live = store.live_hosts_on_image(id).await?;
-        budgets.push(Budget {
-            used: store.marked_since(id, since).await?,
-            allowed: ui.policy.budget(live),
-            live,
-            image: image.image_id,
-        });
-    }
-    Ok(budgets)
+    let marked: HashMap<Option<String>, u64> =
+        store.marked_by_image(since).await?.into_iter().collect();
+    let live: HashMap<Option<&str>, u64> = by_image
+        .iter()
+        .map(|i| (i.image_id.as_deref(), i.live()))
+        .collect();
+    Ok(images
+        .items
+        .into_iter()
+        .map(|image| {
+            let live = live
+                .get(&Some(image.image_id.as_str()))
+                .copied()
+                .unwrap_or(0);
+            Budget {
+                used: marked
+                    .get(&Some(image.image_id.clone()))
+                    .copied()
+                    .unwrap_or(0),
+                allowed: ui.policy.budget(live),
+                live,
+                image: image.image_id,
+            }
+        })
+        .collect())
 }
 
-/// The hosts whose decision is held, by reason.
+/// The hosts whose decision is held, by reason: each a count and the first few ids.
 async fn held(ui: &Ui) -> UiResult<Vec<Held>> {
     let mut held = Vec::new();
     for (hold, why) in [
@@ -181,18 +201,16 @@ async fn held(ui: &Ui) -> UiResult<Vec<Held>> {
         (Hold::Approval, "waiting for an operator's approval"),
         (Hold::DryRun, "dry run: would have been marked"),
     ] {
-        let mut hosts = ui.app.fleet.store().held_hosts(hold).await?;
-        if hosts.is_empty() {
+        let hosts = ui.app.fleet.store().held(hold, HOSTS_SHOWN as u32).await?;
+        if hosts.count == 0 {
             continue;
         }
-        let count = hosts.len();
-        hosts.sort();
-        hosts.truncate(HOSTS_SHOWN);
         held.push(Held {
             hold: hold.name(),
             why,
-            count,
-            hosts,
+            more: hosts.count > hosts.first.len() as u64,
+            count: hosts.count,
+            hosts: hosts.first,
         });
     }
     Ok(held)

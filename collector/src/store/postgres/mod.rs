@@ -17,6 +17,7 @@
 //! `sslrootcert` (a PEM file) or the system's CA bundle. `require` verifies too:
 //! this collector never sends its password to a server it has not authenticated.
 
+mod dashboard;
 mod schema;
 mod trust;
 
@@ -934,11 +935,17 @@ impl Store for PostgresStore {
     async fn hosts(&self, filter: HostFilter) -> StoreResult<Page<HostRecord>> {
         let (has, number, text) = cursor_params(&filter.page);
         let state = filter.state.map(HostState::name);
+        // A plain `state = $1` when filtering by state, so that the planner walks
+        // hosts_by_state_seen instead of every host in last_seen order.
+        let by_state = match state {
+            Some(_) => "state = $1",
+            None => "$1::TEXT IS NULL",
+        };
         let found = rows(
             &self.client().await?,
             &format!(
                 "SELECT {HOST_COLUMNS} FROM hosts
-                 WHERE ($1::TEXT IS NULL OR state = $1) AND ($2::TEXT IS NULL OR image_id = $2)
+                 WHERE {by_state} AND ($2::TEXT IS NULL OR image_id = $2)
                    AND (NOT $4 OR last_seen < $5 OR (last_seen = $5 AND host_id > $6))
                  ORDER BY last_seen DESC, host_id LIMIT $3"
             ),
@@ -1042,6 +1049,48 @@ impl Store for PostgresStore {
             .iter()
             .map(|r| r.try_get(0).map_err(pg_error))
             .collect()
+    }
+
+    async fn held(&self, hold: Hold, limit: u32) -> StoreResult<super::HeldHosts> {
+        dashboard::held(&self.client().await?, hold, limit).await
+    }
+
+    async fn hosts_by_image_state(&self) -> StoreResult<Vec<super::ImageStates>> {
+        dashboard::hosts_by_image_state(&self.client().await?).await
+    }
+
+    async fn marked_by_image(&self, since_ms: i64) -> StoreResult<Vec<(Option<String>, u64)>> {
+        dashboard::marked_by_image(&self.client().await?, since_ms).await
+    }
+
+    async fn keep_baseline(&self, image_id: &str, baseline: Option<Vec<u8>>) -> StoreResult<()> {
+        dashboard::keep_baseline(&self.client().await?, image_id, baseline.as_deref()).await
+    }
+
+    async fn kept_baseline(&self, image_id: &str) -> StoreResult<Option<Vec<u8>>> {
+        dashboard::kept_baseline(&self.client().await?, image_id).await
+    }
+
+    async fn open_session(&self, session: super::SessionRecord, max: u64) -> StoreResult<()> {
+        self.in_tx(move |tx| {
+            let session = session.clone();
+            Box::pin(
+                async move { dashboard::open_session(tx, &session, max, super::now_ms()).await },
+            )
+        })
+        .await
+    }
+
+    async fn session(
+        &self,
+        id_hash: &str,
+        now_ms: i64,
+    ) -> StoreResult<Option<super::SessionRecord>> {
+        dashboard::session(&self.client().await?, id_hash, now_ms).await
+    }
+
+    async fn close_session(&self, id_hash: &str) -> StoreResult<()> {
+        dashboard::close_session(&self.client().await?, id_hash).await
     }
 
     async fn expire_hosts(&self, before_ms: i64) -> StoreResult<u64> {

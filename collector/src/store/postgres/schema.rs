@@ -176,6 +176,26 @@ ALTER TABLE alert_hosts ADD COLUMN container_id TEXT NOT NULL DEFAULT '';
 ALTER TABLE alert_hosts DROP CONSTRAINT alert_hosts_pkey;
 ALTER TABLE alert_hosts ADD PRIMARY KEY (kind, image_id, grp, host_id, container_id);
 "#,
+    // 4: the dashboard: hosts of a state, held hosts and marks in the window
+    // found by index, the baselines it compares, its sessions (shared by
+    // every replica).
+    r#"
+CREATE INDEX hosts_held ON hosts (hold, state, host_id) WHERE hold IS NOT NULL;
+CREATE INDEX hosts_by_state_seen ON hosts (state, last_seen DESC, host_id);
+CREATE INDEX marks_by_time ON marks (at, image_id, host_id);
+CREATE TABLE baselines (
+    image_id TEXT PRIMARY KEY,
+    baseline BYTEA NOT NULL
+);
+CREATE TABLE ui_sessions (
+    id_hash TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    role TEXT NOT NULL,
+    csrf TEXT NOT NULL,
+    expires_at BIGINT NOT NULL
+);
+CREATE INDEX ui_sessions_by_expiry ON ui_sessions (expires_at);
+"#,
 ];
 
 /// The advisory lock key the migrating replica holds ("driftwatch" in ASCII, cut).

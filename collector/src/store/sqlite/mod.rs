@@ -12,6 +12,7 @@
 //! (WAL lets readers and the writer work at once), on blocking threads. An in-memory
 //! database (tests) has no second connection: its reads go through the writer.
 
+mod dashboard;
 mod schema;
 mod trust;
 mod tx;
@@ -433,11 +434,17 @@ impl Store for SqliteStore {
     async fn hosts(&self, filter: HostFilter) -> StoreResult<Page<HostRecord>> {
         self.read(move |c| {
             let (has, number, text) = cursor_params(&filter.page);
+            // A plain `state = ?1` when filtering by state, so that the planner walks
+            // hosts_by_state_seen instead of every host in last_seen order.
+            let by_state = match filter.state {
+                Some(_) => "state = ?1",
+                None => "?1 IS NULL",
+            };
             let rows = collect(
                 c,
                 &format!(
                     "SELECT {HOST_COLUMNS} FROM hosts
-                     WHERE (?1 IS NULL OR state = ?1) AND (?2 IS NULL OR image_id = ?2)
+                     WHERE {by_state} AND (?2 IS NULL OR image_id = ?2)
                        AND (NOT ?4 OR last_seen < ?5 OR (last_seen = ?5 AND host_id > ?6))
                      ORDER BY last_seen DESC, host_id LIMIT ?3"
                 ),
@@ -545,6 +552,52 @@ impl Store for SqliteStore {
             )
         })
         .await
+    }
+
+    async fn held(&self, hold: super::Hold, limit: u32) -> StoreResult<super::HeldHosts> {
+        self.read(move |c| dashboard::held(c, hold, limit)).await
+    }
+
+    async fn hosts_by_image_state(&self) -> StoreResult<Vec<super::ImageStates>> {
+        self.read(dashboard::hosts_by_image_state).await
+    }
+
+    async fn marked_by_image(&self, since_ms: i64) -> StoreResult<Vec<(Option<String>, u64)>> {
+        self.read(move |c| dashboard::marked_by_image(c, since_ms))
+            .await
+    }
+
+    async fn keep_baseline(&self, image_id: &str, baseline: Option<Vec<u8>>) -> StoreResult<()> {
+        let image_id = image_id.to_string();
+        self.run(move |c| dashboard::keep_baseline(c, &image_id, baseline.as_deref()))
+            .await
+    }
+
+    async fn kept_baseline(&self, image_id: &str) -> StoreResult<Option<Vec<u8>>> {
+        let image_id = image_id.to_string();
+        self.read(move |c| dashboard::kept_baseline(c, &image_id))
+            .await
+    }
+
+    async fn open_session(&self, session: super::SessionRecord, max: u64) -> StoreResult<()> {
+        self.run(move |c| dashboard::open_session(c, &session, max, super::now_ms()))
+            .await
+    }
+
+    async fn session(
+        &self,
+        id_hash: &str,
+        now_ms: i64,
+    ) -> StoreResult<Option<super::SessionRecord>> {
+        let id_hash = id_hash.to_string();
+        self.read(move |c| dashboard::session(c, &id_hash, now_ms))
+            .await
+    }
+
+    async fn close_session(&self, id_hash: &str) -> StoreResult<()> {
+        let id_hash = id_hash.to_string();
+        self.run(move |c| dashboard::close_session(c, &id_hash))
+            .await
     }
 
     async fn expire_hosts(&self, before_ms: i64) -> StoreResult<u64> {
@@ -699,13 +752,18 @@ impl Store for SqliteStore {
                     .ok_or_else(|| StoreError::Corrupt(format!("unknown host state {state:?}")))?;
                 counts.hosts_by_state[index] = count.max(0) as u64;
             }
-            for (index, column) in ["n_critical", "n_high", "n_medium", "n_low"]
-                .iter()
-                .enumerate()
-            {
-                counts.findings_by_severity[index] =
-                    count(c, &format!("SELECT sum({column}) FROM hosts"), [])?;
-            }
+            // One scan for the four sums.
+            counts.findings_by_severity = c
+                .query_row(
+                    "SELECT coalesce(sum(n_critical), 0), coalesce(sum(n_high), 0),
+                            coalesce(sum(n_medium), 0), coalesce(sum(n_low), 0) FROM hosts",
+                    [],
+                    |row| {
+                        let sum = |i: usize| row.get::<_, i64>(i).map(|n| n.max(0) as u64);
+                        Ok([sum(0)?, sum(1)?, sum(2)?, sum(3)?])
+                    },
+                )
+                .map_err(db_error)?;
             counts.images = count(c, "SELECT count(*) FROM images", [])?;
             counts.pending_alerts = count(c, "SELECT count(*) FROM alert_groups", [])?
                 + count(

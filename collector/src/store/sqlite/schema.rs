@@ -195,6 +195,26 @@ DROP TABLE alert_hosts;
 ALTER TABLE alert_members RENAME TO alert_hosts;
 CREATE INDEX alert_hosts_seen ON alert_hosts (seen_at);
 "#,
+    // 6: the dashboard: hosts of a state, held hosts and marks in the window
+    // found by index, the baselines it compares, its sessions (shared by
+    // every process on the database).
+    r#"
+CREATE INDEX hosts_held ON hosts (hold, state, host_id) WHERE hold IS NOT NULL;
+CREATE INDEX hosts_by_state_seen ON hosts (state, last_seen DESC, host_id);
+CREATE INDEX marks_by_time ON marks (at, image_id, host_id);
+CREATE TABLE baselines (
+    image_id TEXT PRIMARY KEY,
+    baseline BLOB NOT NULL
+);
+CREATE TABLE ui_sessions (
+    id_hash TEXT PRIMARY KEY,
+    name TEXT NOT NULL,
+    role TEXT NOT NULL,
+    csrf TEXT NOT NULL,
+    expires_at INTEGER NOT NULL
+);
+CREATE INDEX ui_sessions_by_expiry ON ui_sessions (expires_at);
+"#,
 ];
 
 /// Brings the database up to [`MIGRATIONS`]; refuses one from a newer collector.
