@@ -1,17 +1,21 @@
-//! Sign-in sessions of the dashboard, kept on the server.
+//! Sign-in sessions of the dashboard, kept in the store.
 //!
 //! Signing in exchanges a token (checked by [`crate::auth::authenticate`], like a bearer
 //! token of the API) for a random session id in an `HttpOnly`, `Secure`,
 //! `SameSite=Strict` cookie; the token itself is never kept. Each session carries its
-//! own CSRF token, which every form that changes something must send back. Sessions
-//! live in this process's memory: they expire after [`SESSION_TTL`], end at sign-out
-//! or restart, and are bounded in number so that sign-ins cannot exhaust memory.
+//! own CSRF token, which every form that changes something must send back.
+//!
+//! Sessions live in the store ([`crate::store::SessionRecord`]), under the BLAKE3 of
+//! their id, so that every replica behind a load balancer serves a browser signed in
+//! through another, and a restart signs nobody out. They expire after
+//! [`SESSION_TTL`], end at sign-out or when the stored token they were opened with is
+//! revoked or expires, and are bounded in number ([`MAX_SESSIONS`]) so that sign-ins
+//! cannot fill the store.
 
-use crate::auth::Principal;
+use crate::auth::{Principal, Role};
+use crate::store::{now_ms, DynStore, SessionRecord, StoreError, StoreResult};
 use base64::Engine;
-use std::collections::HashMap;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How long a session lasts from sign-in (a working day).
 pub const SESSION_TTL: Duration = Duration::from_secs(8 * 3600);
@@ -20,7 +24,7 @@ pub const SESSION_TTL: Duration = Duration::from_secs(8 * 3600);
 pub const COOKIE: &str = "driftwatch_session";
 
 /// Most sessions kept at once; beyond, the one closest to its end is dropped.
-const MAX_SESSIONS: usize = 10_000;
+pub const MAX_SESSIONS: u64 = 10_000;
 
 /// One signed-in browser.
 #[derive(Clone, Debug)]
@@ -29,7 +33,6 @@ pub struct Session {
     pub principal: Principal,
     /// The token every acting form must carry.
     pub csrf: String,
-    expires: Instant,
 }
 
 impl Session {
@@ -39,11 +42,9 @@ impl Session {
     }
 }
 
-/// The sessions of this collector process.
-#[derive(Default)]
+/// The sessions of every collector on this store.
 pub struct Sessions {
-    // Keyed by the BLAKE3 of the session id: the ids themselves are not kept.
-    map: Mutex<HashMap<blake3::Hash, Session>>,
+    store: DynStore,
 }
 
 /// 32 random bytes, URL-safe base64: a session id or a CSRF token.
@@ -55,53 +56,52 @@ fn random_token() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
 }
 
+/// What the store keys a session by: the hash of its id, never the id.
+fn key(id: &str) -> String {
+    blake3::hash(id.as_bytes()).to_hex().to_string()
+}
+
 impl Sessions {
+    /// The sessions kept in `store`.
+    pub fn new(store: DynStore) -> Sessions {
+        Sessions { store }
+    }
+
     /// Opens a session for `principal`; returns its id (for the cookie).
-    pub fn open(&self, principal: Principal) -> String {
+    pub async fn open(&self, principal: Principal) -> StoreResult<String> {
         let id = random_token();
-        let session = Session {
-            principal,
+        let ttl = i64::try_from(SESSION_TTL.as_millis()).unwrap_or(i64::MAX);
+        let record = SessionRecord {
+            id_hash: key(&id),
+            name: principal.name,
+            role: principal.role.name().to_string(),
             csrf: random_token(),
-            expires: Instant::now() + SESSION_TTL,
+            expires_ms: now_ms().saturating_add(ttl),
         };
-        let mut map = self.lock();
-        if map.len() >= MAX_SESSIONS {
-            let now = Instant::now();
-            map.retain(|_, s| s.expires > now);
-        }
-        if map.len() >= MAX_SESSIONS {
-            if let Some(oldest) = map.iter().min_by_key(|(_, s)| s.expires).map(|(k, _)| *k) {
-                map.remove(&oldest);
-            }
-        }
-        map.insert(blake3::hash(id.as_bytes()), session);
-        id
+        self.store.open_session(record, MAX_SESSIONS).await?;
+        Ok(id)
     }
 
     /// The live session of `id`, if there is one.
-    pub fn get(&self, id: &str) -> Option<Session> {
-        let key = blake3::hash(id.as_bytes());
-        let mut map = self.lock();
-        match map.get(&key) {
-            Some(session) if session.expires > Instant::now() => Some(session.clone()),
-            Some(_) => {
-                map.remove(&key);
-                None
-            }
-            None => None,
-        }
+    pub async fn get(&self, id: &str) -> StoreResult<Option<Session>> {
+        let Some(record) = self.store.session(&key(id), now_ms()).await? else {
+            return Ok(None);
+        };
+        let role = Role::from_name(&record.role).ok_or_else(|| {
+            StoreError::Corrupt(format!("a session with the unknown role {:?}", record.role))
+        })?;
+        Ok(Some(Session {
+            principal: Principal {
+                name: record.name,
+                role,
+            },
+            csrf: record.csrf,
+        }))
     }
 
     /// Ends the session of `id` (sign-out).
-    pub fn close(&self, id: &str) {
-        self.lock().remove(&blake3::hash(id.as_bytes()));
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<blake3::Hash, Session>> {
-        // A panic while holding the lock leaves a map that is still consistent.
-        self.map
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    pub async fn close(&self, id: &str) -> StoreResult<()> {
+        self.store.close_session(&key(id)).await
     }
 }
 
@@ -133,7 +133,7 @@ pub fn clear_cookie() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::Role;
+    use crate::store::sqlite::SqliteStore;
 
     fn viewer() -> Principal {
         Principal {
@@ -142,21 +142,23 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_session_is_found_by_its_id_until_closed() {
-        let sessions = Sessions::default();
-        let id = sessions.open(viewer());
-        let session = sessions.get(&id).unwrap();
+    #[tokio::test]
+    async fn a_session_is_found_by_its_id_until_closed() {
+        let store: DynStore = std::sync::Arc::new(SqliteStore::open_memory().unwrap());
+        let sessions = Sessions::new(store);
+        let id = sessions.open(viewer()).await.unwrap();
+        let session = sessions.get(&id).await.unwrap().unwrap();
         assert_eq!(session.principal, viewer());
         assert!(session.csrf_matches(&session.csrf.clone()));
         assert!(!session.csrf_matches("forged"));
-        assert!(sessions.get("another").is_none());
-        let other = sessions.open(viewer());
+        assert!(sessions.get("another").await.unwrap().is_none());
+        let other = sessions.open(viewer()).await.unwrap();
         assert_ne!(id, other);
-        assert_ne!(sessions.get(&other).unwrap().csrf, session.csrf);
-        sessions.close(&id);
-        assert!(sessions.get(&id).is_none());
-        assert!(sessions.get(&other).is_some());
+        let second = sessions.get(&other).await.unwrap().unwrap();
+        assert_ne!(second.csrf, session.csrf);
+        sessions.close(&id).await.unwrap();
+        assert!(sessions.get(&id).await.unwrap().is_none());
+        assert!(sessions.get(&other).await.unwrap().is_some());
     }
 
     #[test]

@@ -46,7 +46,7 @@ impl FromRequestParts<Arc<Ui>> for SignedIn {
 
     async fn from_request_parts(parts: &mut Parts, ui: &Arc<Ui>) -> UiResult<SignedIn> {
         let id = cookie_value(&parts.headers).ok_or(UiError::SignIn)?;
-        let session = ui.sessions.get(&id).ok_or(UiError::SignIn)?;
+        let session = ui.sessions.get(&id).await?.ok_or(UiError::SignIn)?;
         // Every page reads the fleet; a credential that may not is turned away here.
         session.principal.require(Right::Read)?;
         Ok(SignedIn { id, session })
@@ -85,7 +85,7 @@ pub async fn login(State(ui): State<Arc<Ui>>, Form(form): Form<LoginForm>) -> Ui
     };
     principal.require(Right::Read)?;
     tracing::info!(name = %principal.name, role = principal.role.name(), "Dashboard sign-in.");
-    let id = ui.sessions.open(principal);
+    let id = ui.sessions.open(principal).await?;
     let mut headers = HeaderMap::new();
     if let Ok(value) = set_cookie(&id).parse() {
         headers.insert(header::SET_COOKIE, value);
@@ -107,7 +107,7 @@ pub async fn logout(
     Form(form): Form<CsrfForm>,
 ) -> UiResult<Response> {
     who.may(&form.csrf, Right::Read)?;
-    ui.sessions.close(&who.id);
+    ui.sessions.close(&who.id).await?;
     let mut headers = HeaderMap::new();
     if let Ok(value) = clear_cookie().parse() {
         headers.insert(header::SET_COOKIE, value);

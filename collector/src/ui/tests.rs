@@ -148,8 +148,12 @@ async fn signing_in_sets_a_strict_cookie_and_a_bad_token_is_refused() {
 async fn an_operator_acts_with_the_csrf_token_only_and_the_log_names_them() {
     let (ui, router) = dashboard();
     drifted_host(&ui, "h1").await;
-    let id = ui.sessions.open(principal("alice", Role::Operator));
-    let csrf = ui.sessions.get(&id).unwrap().csrf;
+    let id = ui
+        .sessions
+        .open(principal("alice", Role::Operator))
+        .await
+        .unwrap();
+    let csrf = ui.sessions.get(&id).await.unwrap().unwrap().csrf;
     let (status, _, body) = send(&router, get("/ui/hosts/h1", Some(&id))).await;
     assert_eq!(status, StatusCode::OK);
     assert!(body.contains("id=\"confirm-mark\""), "{body}");
@@ -191,8 +195,12 @@ async fn an_operator_acts_with_the_csrf_token_only_and_the_log_names_them() {
 async fn a_viewer_reads_every_page_sees_no_button_and_cannot_act() {
     let (ui, router) = dashboard();
     drifted_host(&ui, "h1").await;
-    let id = ui.sessions.open(principal("bob", Role::Viewer));
-    let csrf = ui.sessions.get(&id).unwrap().csrf;
+    let id = ui
+        .sessions
+        .open(principal("bob", Role::Viewer))
+        .await
+        .unwrap();
+    let csrf = ui.sessions.get(&id).await.unwrap().unwrap().csrf;
     for page in [
         "/ui/",
         "/ui/hosts",
@@ -218,7 +226,11 @@ async fn a_viewer_reads_every_page_sees_no_button_and_cannot_act() {
     );
     assert_eq!(state_of(&ui, "h1").await, "drifted");
     // A credential that may not read is not signed in at all.
-    let id = ui.sessions.open(principal("ci", Role::Pipeline));
+    let id = ui
+        .sessions
+        .open(principal("ci", Role::Pipeline))
+        .await
+        .unwrap();
     let (status, _, _) = send(&router, get("/ui/", Some(&id))).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
 }
@@ -229,7 +241,11 @@ async fn the_drift_page_groups_one_change_across_hosts() {
     for host in ["h1", "h2", "h3"] {
         drifted_host(&ui, host).await;
     }
-    let id = ui.sessions.open(principal("bob", Role::Viewer));
+    let id = ui
+        .sessions
+        .open(principal("bob", Role::Viewer))
+        .await
+        .unwrap();
     let (_, _, body) = send(&router, get("/ui/drift", Some(&id))).await;
     assert_eq!(
         body.matches("kernel module rootkit (not in image)").count(),
