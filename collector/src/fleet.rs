@@ -291,6 +291,11 @@ impl Fleet {
             registered_ms: now_ms(),
         };
         self.store.register_image(image.clone()).await?;
+        // The dashboard compares images from the baselines kept here; one too large to
+        // keep is registered all the same (and the one kept before is dropped).
+        let kept = (baseline.len() <= crate::store::dashboard::MAX_KEPT_BASELINE_BYTES)
+            .then(|| baseline.to_vec());
+        self.store.keep_baseline(&image_id, kept).await?;
         if let Ok(mut cache) = self.images.lock() {
             cache.remove(&image_id);
         }

@@ -13,10 +13,12 @@
 //! ([`act`]) carry the session's CSRF token and are logged with the token's name.
 //!
 //! Pages: the fleet ([`fleet`]), hosts and a host ([`hosts`]), drift across the fleet
-//! ([`drift`]), images ([`images`]) and the action log ([`log`]).
+//! ([`drift`]), images and the difference between two ([`images`], [`compare`]) and
+//! the action log ([`log`]).
 
 pub mod act;
 pub mod assets;
+pub mod compare;
 pub mod drift;
 pub mod error;
 pub mod fleet;
@@ -38,7 +40,7 @@ use std::sync::Arc;
 pub struct Ui {
     /// The collector's state (store, fleet, configuration).
     pub app: Arc<AppState>,
-    /// Signed-in browsers.
+    /// Signed-in browsers (kept in the store: any replica serves them).
     pub sessions: session::Sessions,
     /// The replacement policy, for the budgets the fleet page shows.
     pub policy: Policy,
@@ -51,8 +53,8 @@ impl Ui {
     pub fn new(app: Arc<AppState>) -> Result<Ui, globset::Error> {
         let policy = Policy::new(&app.config)?;
         Ok(Ui {
+            sessions: session::Sessions::new(app.fleet.store().clone()),
             app,
-            sessions: session::Sessions::default(),
             policy,
             fleet_summary: Default::default(),
         })
@@ -74,6 +76,7 @@ pub fn router<S: Clone + Send + Sync + 'static>(ui: Arc<Ui>) -> Router<S> {
         .route("/ui/hosts/{host_id}/{action}", post(act::host_action))
         .route("/ui/drift", get(drift::page))
         .route("/ui/images", get(images::page))
+        .route("/ui/images/diff", get(images::diff))
         .route("/ui/actions", get(log::page))
         .route("/ui/static/{file}", get(assets::file))
         .layer(axum::middleware::map_response(assets::secure_headers))
