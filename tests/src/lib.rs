@@ -714,17 +714,30 @@ pub struct Image {
 impl Image {
     /// Bakes a tree with a few binaries and config files under image id `id`.
     pub fn bake(id: &str) -> Image {
+        Image::bake_with(id, &[])
+    }
+
+    /// Like [`Image::bake`], with `changes` to the tree first: `(path, Some(content))`
+    /// writes a file, `(path, None)` leaves one of the usual files out (paths relative
+    /// to the root).
+    pub fn bake_with(id: &str, changes: &[(&str, Option<&str>)]) -> Image {
         let dir = tempfile::Builder::new()
             .prefix("driftwatch-image-")
             .tempdir()
             .unwrap();
         let tree = dir.path().join("tree");
-        for (path, content) in [
-            ("usr/bin/tool", "#!/bin/sh\necho tool\n"),
-            ("usr/bin/other", "#!/bin/sh\necho other\n"),
-            ("etc/app.conf", "setting = 1\n"),
-            ("etc/machine-id", "0123456789abcdef0123456789abcdef\n"),
-        ] {
+        let usual = [
+            ("usr/bin/tool", Some("#!/bin/sh\necho tool\n")),
+            ("usr/bin/other", Some("#!/bin/sh\necho other\n")),
+            ("etc/app.conf", Some("setting = 1\n")),
+            ("etc/machine-id", Some("0123456789abcdef0123456789abcdef\n")),
+        ];
+        let files = usual
+            .iter()
+            .filter(|(path, _)| !changes.iter().any(|(changed, _)| changed == path))
+            .chain(changes)
+            .filter_map(|(path, content)| content.map(|c| (*path, c)));
+        for (path, content) in files {
             let path = tree.join(path);
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             std::fs::write(&path, content).unwrap();

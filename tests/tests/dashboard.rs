@@ -7,13 +7,14 @@
 //! when the collector is unreachable. Each step leaves a screenshot
 //! (`target/screenshots/`, or `DRIFTWATCH_SCREENSHOTS`).
 //!
-//! The viewer's side (every page, no button, a POST refused) is checked against the
-//! same router in `collector/src/ui/tests.rs`: the collector issues no viewer token yet.
+//! Also: the images page compares two registered images' baselines; and a session
+//! opened through one replica is served by another on the same PostgreSQL database
+//! (sessions live in the store), until its token is revoked.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use driftwatch_tests::browser::Browser;
-use driftwatch_tests::{wait_until, Collector, Credentials, Host, Image};
+use driftwatch_tests::{wait_until, Collector, Credentials, Host, Image, Topology};
 use std::time::Duration;
 
 const SOON: Duration = Duration::from_secs(30);
@@ -217,4 +218,113 @@ fn an_operator_sees_drift_approves_a_held_host_and_the_log_names_them() {
         browser.shown("#offline").then_some(())
     });
     browser.screenshot("dashboard-offline");
+}
+
+/// Signs in at `base` (a collector's or a replica's URL) with `token`.
+fn sign_in(browser: &Browser, base: &str, token: &str) {
+    browser.goto(&format!("{base}/ui/login"));
+    browser.fill("#token", token.trim());
+    browser.click("#sign-in");
+    browser.wait_url("/ui/");
+}
+
+#[test]
+fn the_images_page_shows_a_difference_between_two_images() {
+    let Some(browser) = Browser::start() else {
+        return;
+    };
+    let collector = Collector::start("");
+    let old = Image::bake("web-2026.11.27");
+    let new = Image::bake_with(
+        "web-2026.12.03",
+        &[
+            ("usr/bin/tool", Some("#!/bin/sh\necho tool, version 2\n")),
+            ("usr/bin/added", Some("#!/bin/sh\necho new\n")),
+            ("etc/machine-id", None),
+        ],
+    );
+    old.register(&collector);
+    new.register(&collector);
+    let token = std::fs::read_to_string(collector.path("operator.token")).unwrap();
+    sign_in(&browser, &collector.url(), &token);
+    browser.click("nav a[href='/ui/images']");
+    browser.wait_url("/ui/images");
+    let rows = browser.texts("#images tbody tr");
+    assert_eq!(rows.len(), 2, "{rows:#?}");
+    // Newest first; the form compares the one before it with it unless told otherwise.
+    browser.click("#compare-go");
+    browser.wait_url("/ui/images/diff?from=web-2026.11.27&to=web-2026.12.03");
+    assert_eq!(
+        browser.text("#file-counts").as_deref(),
+        Some("1 added, 1 removed, 1 changed.")
+    );
+    let files = browser.texts("#files .summary");
+    assert_eq!(
+        files,
+        [
+            "removed /etc/machine-id",
+            "added /usr/bin/added",
+            "modified /usr/bin/tool (size, content)"
+        ],
+        "{files:#?}"
+    );
+    let changed = browser.texts("#files table.diff tr.changed");
+    let content = changed.iter().find(|r| r.starts_with("blake3")).unwrap();
+    let hashes: Vec<&str> = content.split_whitespace().skip(1).collect();
+    assert!(
+        hashes.len() >= 2 && hashes[0] != hashes[hashes.len() - 1],
+        "{content}"
+    );
+    assert_eq!(
+        browser.text("#diff-to-id").as_deref(),
+        Some("web-2026.12.03")
+    );
+    browser.screenshot("dashboard-image-diff");
+    // The other way round, the added file is the removed one.
+    browser.goto(&format!(
+        "{}/ui/images/diff?from=web-2026.12.03&to=web-2026.11.27",
+        collector.url()
+    ));
+    let files = browser.texts("#files .summary");
+    assert!(
+        files.contains(&"removed /usr/bin/added".to_string()),
+        "{files:#?}"
+    );
+}
+
+#[test]
+fn a_session_opened_through_one_replica_is_served_by_another() {
+    let Some(topology) = Topology::replicas() else {
+        return;
+    };
+    let Some(browser) = Browser::start() else {
+        return;
+    };
+    let collector = Collector::start_as(topology, "");
+    let replicas = collector.replica_urls();
+    let viewer = collector.json(&["token", "create", "--name", "vera", "--role", "viewer"]);
+    let viewer = viewer["token"].as_str().unwrap().to_string();
+    sign_in(&browser, &replicas[0], &viewer);
+    assert_eq!(browser.text("#principal").as_deref(), Some("vera"));
+    // The same cookie (cookies are per host, not per port) at another replica.
+    browser.goto(&format!("{}/ui/hosts", replicas[1]));
+    assert!(browser.url().ends_with("/ui/hosts"), "{}", browser.url());
+    assert_eq!(browser.text("#principal").as_deref(), Some("vera"));
+    browser.screenshot("dashboard-other-replica");
+    // Revoking the token ends its session on every replica.
+    collector.json(&["token", "revoke", "vera"]);
+    for replica in &replicas {
+        browser.goto(&format!("{replica}/ui/"));
+        assert!(browser.url().ends_with("/ui/login"), "{}", browser.url());
+    }
+    // Signed in again (another credential) through the last replica, signed out
+    // through the first: gone everywhere.
+    let token = std::fs::read_to_string(collector.path("operator.token")).unwrap();
+    sign_in(&browser, &replicas[replicas.len() - 1], &token);
+    browser.goto(&format!("{}/ui/", replicas[0]));
+    assert_eq!(browser.text("#principal").as_deref(), Some("operator"));
+    browser.click("form.who button");
+    browser.wait_url("/ui/login");
+    browser.goto(&format!("{}/ui/", replicas[replicas.len() - 1]));
+    assert!(browser.url().ends_with("/ui/login"), "{}", browser.url());
 }
