@@ -10,7 +10,7 @@ usage() {
 Usage: bench/ui.sh [--help]
 
   1. A fresh collector (`init`) on SQLite, or on a new PostgreSQL database with
-     DATABASE=postgres, is filled through its store (driftwatch-loadgen fill):
+     STORE=postgres, is filled through its store (driftwatch-loadgen fill):
      HOSTS hosts with FINDINGS file findings each (the same paths on every host),
      and the host fill-big with BIG findings.
   2. The collector serves; a session signs in at /ui/login (curl, cookie jar).
@@ -28,8 +28,10 @@ Usage: bench/ui.sh [--help]
 
 Environment
   HOSTS=100000 FINDINGS=10 BIG=1000 REQUESTS=50
-  DATABASE=sqlite|postgres   postgres needs DRIFTWATCH_TEST_POSTGRES (an admin URL);
-                             a database of its own is made and dropped
+  STORE=sqlite|postgres      (or DATABASE=) postgres: a database of its own is made and
+                             dropped under DRIFTWATCH_TEST_POSTGRES (an admin URL) when
+                             set, else in a private cluster (.ci/postgres.sh, fsync on)
+                             started and deleted by the script
   INGEST_RATE=200 INGEST_SECS=60 LOADGEN_HOSTS=2000 SESSIONS=10
   SKIP_INGEST=1              only the page timings
   SKIP_BUILD=1               use target/release as it is
@@ -44,7 +46,8 @@ HOSTS=${HOSTS:-100000}
 FINDINGS=${FINDINGS:-10}
 BIG=${BIG:-1000}
 REQUESTS=${REQUESTS:-50}
-DATABASE=${DATABASE:-sqlite}
+DATABASE=${DATABASE:-${STORE:-sqlite}}
+[[ $DATABASE == sqlite || $DATABASE == postgres ]] || { echo "ui.sh: STORE is sqlite or postgres, not $DATABASE" >&2; exit 2; }
 INGEST_RATE=${INGEST_RATE:-200}
 INGEST_SECS=${INGEST_SECS:-60}
 LOADGEN_HOSTS=${LOADGEN_HOSTS:-2000}
@@ -69,10 +72,15 @@ DIR=$TMP/collector
 PID=
 BG=()
 DB_NAME=
+PG_DIR=
 cleanup() {
   for p in "${BG[@]}"; do kill "$p" 2>/dev/null || true; done
   if [[ -n $PID ]]; then kill "$PID" 2>/dev/null || true; wait "$PID" 2>/dev/null || true; fi
-  if [[ -n $DB_NAME ]]; then psql -q "$DRIFTWATCH_TEST_POSTGRES" -c "DROP DATABASE IF EXISTS $DB_NAME" || true; fi
+  if [[ -n $PG_DIR ]]; then
+    "$REPO_ROOT/.ci/postgres.sh" stop "$PG_DIR" || true
+  elif [[ -n $DB_NAME ]]; then
+    psql -q "$DRIFTWATCH_TEST_POSTGRES" -c "DROP DATABASE IF EXISTS $DB_NAME" || true
+  fi
   rm -rf "$TMP"
 }
 trap cleanup EXIT
@@ -81,7 +89,12 @@ PORT=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0));
 "$COLLECTOR" init "$DIR" --listen "127.0.0.1:$PORT" >/dev/null
 # Filled hosts announce a day-long heartbeat interval: none turns silent during the run.
 if [[ $DATABASE == postgres ]]; then
-  [[ -n ${DRIFTWATCH_TEST_POSTGRES:-} ]] || die "DATABASE=postgres needs DRIFTWATCH_TEST_POSTGRES"
+  command -v psql >/dev/null || die "psql not found (apt-get install postgresql)"
+  if [[ -z ${DRIFTWATCH_TEST_POSTGRES:-} ]]; then
+    log "starting a private PostgreSQL cluster…"
+    eval "$(POSTGRES_FSYNC=on "$REPO_ROOT/.ci/postgres.sh" start)"
+    PG_DIR=$DRIFTWATCH_TEST_POSTGRES_DIR
+  fi
   DB_NAME=driftwatch_ui_bench_$$
   psql -q "$DRIFTWATCH_TEST_POSTGRES" -c "CREATE DATABASE $DB_NAME"
   url=$(python3 -c 'import sys, urllib.parse as u; p = u.urlsplit(sys.argv[1]); print(u.urlunsplit(p._replace(path="/" + sys.argv[2])))' \
