@@ -14,7 +14,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use driftwatch_tests::browser::Browser;
-use driftwatch_tests::{wait_until, Collector, Credentials, Host, Image, Topology};
+use driftwatch_tests::{ok, wait_until, Collector, Credentials, Host, Image, Topology};
 use std::time::Duration;
 
 const SOON: Duration = Duration::from_secs(30);
@@ -200,6 +200,28 @@ fn an_operator_sees_drift_approves_a_held_host_and_the_log_names_them() {
     assert_eq!(status, serde_json::json!(403));
     assert_eq!(collector.state(other).as_deref(), Some("drifted"));
     browser.screenshot("dashboard-viewer");
+
+    // Times read in the viewer's zone, UTC on hover.
+    let time = browser.run_async(
+        "const done = arguments[arguments.length - 1];\
+         const t = document.querySelector('#host-state ~ time');\
+         done([t.getAttribute('datetime'), t.textContent, t.title]);",
+    );
+    let utc = time[0].as_str().unwrap();
+    assert!(utc.ends_with('Z'), "{time}");
+    assert_ne!(time[1].as_str().unwrap(), utc, "{time}");
+    assert_eq!(time[2].as_str().unwrap(), format!("{utc} (UTC)"), "{time}");
+    // The host page, open, shows what an operator does elsewhere without a reload.
+    ok(collector.cli(&["mark", other, "--reason", "seen elsewhere"]));
+    wait_text(
+        &browser,
+        "#host-state",
+        "the open host page to say marked",
+        |t| t == "marked",
+    );
+    let reason = browser.text("#mark-reason").unwrap_or_default();
+    assert!(reason.contains("seen elsewhere"), "{reason}");
+    assert!(browser.url().ends_with(&format!("/ui/hosts/{other}")));
 
     // The images page shows the registered image and its hosts.
     browser.goto(&format!("{ui}images"));
