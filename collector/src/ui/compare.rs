@@ -198,12 +198,12 @@ pub fn package_changes(old: &PackageSet, new: &PackageSet) -> Vec<PackageRef> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use driftwatch_protocol::baseline::{BaselineMeta, BaselineWriter};
     use driftwatch_protocol::package::{Package, PackageDb};
 
-    fn baseline(image: &str, entries: &[Entry], packages: &[(&str, &str)]) -> Vec<u8> {
+    pub(crate) fn baseline(image: &str, entries: &[Entry], packages: &[(&str, &str)]) -> Vec<u8> {
         let meta = BaselineMeta {
             image_id: Some(image.into()),
             created_at: "2026-01-01T00:00:00Z".into(),
@@ -233,7 +233,7 @@ mod tests {
         writer.finish(None).unwrap().0
     }
 
-    fn file(path: &str, mode: u32, content: u8, mtime: i64) -> Entry {
+    pub(crate) fn file(path: &str, mode: u32, content: u8, mtime: i64) -> Entry {
         Entry {
             path: path.as_bytes().to_vec(),
             file_type: FileType::File,

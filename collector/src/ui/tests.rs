@@ -292,3 +292,79 @@ async fn the_mount_serves_ui_with_and_without_the_slash() {
         (StatusCode::SEE_OTHER, vec!["/ui/login".to_string()])
     );
 }
+
+#[tokio::test]
+async fn the_images_page_counts_hosts_by_state_and_compares_kept_baselines() {
+    use super::compare::tests::{baseline, file};
+    let (ui, router) = dashboard();
+    let store = ui.app.fleet.store();
+    for (i, (id, content)) in [("img", 1u8), ("img2", 2)].into_iter().enumerate() {
+        store
+            .register_image(crate::store::ImageRecord {
+                image_id: id.into(),
+                baseline_digest: "blake3:00".into(),
+                signer: None,
+                entries: 1,
+                created_at: "2026-01-01T00:00:00Z".into(),
+                registered_ms: 1_000 + i as i64,
+            })
+            .await
+            .unwrap();
+        let kept = baseline(
+            id,
+            &[file("/usr/bin/ssh", 0o755, content, 1)],
+            &[("a", "1")],
+        );
+        store.keep_baseline(id, Some(kept)).await.unwrap();
+    }
+    store
+        .register_image(crate::store::ImageRecord {
+            image_id: "unkept".into(),
+            baseline_digest: "blake3:00".into(),
+            signer: None,
+            entries: 1,
+            created_at: "x".into(),
+            registered_ms: 1,
+        })
+        .await
+        .unwrap();
+    // Counted under the image it claims, now that it is registered.
+    drifted_host(&ui, "h1").await;
+    let id = ui
+        .sessions
+        .open(principal("bob", Role::Viewer))
+        .await
+        .unwrap();
+    let (status, _, body) = send(&router, get("/ui/images", Some(&id))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        body.contains("<a href=\"/ui/hosts?image=img&amp;state=drifted\" aria-label=\"1 drifted hosts of img\">1</a>"),
+        "{body}"
+    );
+    assert!(body.contains("id=\"compare-go\""), "{body}");
+    let (status, _, body) = send(&router, get("/ui/images/diff?from=img&to=img2", Some(&id))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(body.contains("0 added, 0 removed, 1 changed."), "{body}");
+    assert!(body.contains("modified /usr/bin/ssh (content)"), "{body}");
+    assert!(
+        body.contains("The baselines record the same packages."),
+        "{body}"
+    );
+    for (query, expected) in [
+        ("", StatusCode::BAD_REQUEST),
+        ("?from=img", StatusCode::BAD_REQUEST),
+        ("?from=img&to=nope", StatusCode::NOT_FOUND),
+        ("?from=unkept&to=img", StatusCode::BAD_REQUEST),
+    ] {
+        let (status, _, body) =
+            send(&router, get(&format!("/ui/images/diff{query}"), Some(&id))).await;
+        assert_eq!(status, expected, "{query}: {body}");
+    }
+    // A kept baseline that no longer reads is an error, not a guess.
+    store
+        .keep_baseline("img2", Some(b"not a baseline".to_vec()))
+        .await
+        .unwrap();
+    let (status, _, _) = send(&router, get("/ui/images/diff?from=img&to=img2", Some(&id))).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+}
