@@ -678,6 +678,22 @@ async fn lists_page_with_cursors(db: TestDb) {
         .windows(2)
         .all(|w| w[0].last_seen_ms > w[1].last_seen_ms
             || (w[0].last_seen_ms == w[1].last_seen_ms && w[0].host_id < w[1].host_id)));
+    // Filtered by state and image (another query, another index): the same order.
+    let clean = walk(4, |page| {
+        let store = store.clone();
+        async move {
+            store
+                .hosts(HostFilter {
+                    state: Some(HostState::Clean),
+                    image_id: Some("img".into()),
+                    page,
+                })
+                .await
+                .unwrap()
+        }
+    })
+    .await;
+    assert_eq!(clean, hosts);
     let names: Vec<String> = (0..12).map(|i| format!("m{i}")).collect();
     let events: Vec<(&str, IngestBody)> = names
         .iter()

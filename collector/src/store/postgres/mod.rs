@@ -941,12 +941,18 @@ impl Store for PostgresStore {
             Some(_) => "state = $1",
             None => "$1::TEXT IS NULL",
         };
+        // A page after the first starts with a range on last_seen, so that the index
+        // is entered at the cursor instead of walked from the top.
+        let after = match filter.page.after {
+            Some(_) => "($4 AND last_seen <= $5 AND (last_seen < $5 OR host_id > $6))",
+            None => "(NOT $4 OR $5::BIGINT IS NULL OR $6::TEXT IS NULL)",
+        };
         let found = rows(
             &self.client().await?,
             &format!(
                 "SELECT {HOST_COLUMNS} FROM hosts
                  WHERE {by_state} AND ($2::TEXT IS NULL OR image_id = $2)
-                   AND (NOT $4 OR last_seen < $5 OR (last_seen = $5 AND host_id > $6))
+                   AND {after}
                  ORDER BY last_seen DESC, host_id LIMIT $3"
             ),
             &[
