@@ -188,7 +188,8 @@ impl Credentials {
         }
     }
 
-    fn file_token(&self, hash: &blake3::Hash) -> Option<Principal> {
+    /// The principal of the configuration's file token with this hash, if one is.
+    pub(crate) fn file_token(&self, hash: &blake3::Hash) -> Option<Principal> {
         let files = self.files.read().ok()?;
         // blake3::Hash compares in constant time.
         files

@@ -67,10 +67,14 @@ pub struct SessionRecord {
     /// BLAKE3 (hex) of the session id the cookie carries.
     pub id_hash: String,
     /// The name of the credential that signed in (a stored token's name, or a
-    /// configuration file token's): revoking a stored token of that name ends it.
+    /// configuration file token's).
     pub name: String,
     /// The credential's role.
     pub role: String,
+    /// [`crate::store::trust::token_hash`] of the token that signed in: a session
+    /// ends when the stored token with this hash is revoked or expires, or when the
+    /// configuration's token files no longer hold it.
+    pub token_hash: String,
     /// The token every acting form of the session must carry.
     pub csrf: String,
     /// When it ends.

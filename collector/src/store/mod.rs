@@ -886,7 +886,7 @@ pub trait Store: Send + Sync + 'static {
     async fn open_session(&self, session: SessionRecord, max: u64) -> StoreResult<()>;
 
     /// The session with this id hash, unless it expired by `now_ms` or the stored
-    /// token it was opened with is revoked or expired.
+    /// token it was opened with (by hash) is revoked or expired.
     async fn session(&self, id_hash: &str, now_ms: i64) -> StoreResult<Option<SessionRecord>>;
 
     /// Ends a session (sign-out).

@@ -1132,6 +1132,7 @@ fn session_of(id: &str, name: &str, expires_ms: i64) -> SessionRecord {
         id_hash: id.into(),
         name: name.into(),
         role: "viewer".into(),
+        token_hash: trust::token_hash(&format!("{name}-secret")),
         csrf: format!("csrf-{id}"),
         expires_ms,
     }

@@ -53,7 +53,7 @@ impl Ui {
     pub fn new(app: Arc<AppState>) -> Result<Ui, globset::Error> {
         let policy = Policy::new(&app.config)?;
         Ok(Ui {
-            sessions: session::Sessions::new(app.fleet.store().clone()),
+            sessions: session::Sessions::new(Arc::clone(&app)),
             app,
             policy,
             fleet_summary: Default::default(),

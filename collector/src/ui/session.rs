@@ -8,13 +8,17 @@
 //! Sessions live in the store ([`crate::store::SessionRecord`]), under the BLAKE3 of
 //! their id, so that every replica behind a load balancer serves a browser signed in
 //! through another, and a restart signs nobody out. They expire after
-//! [`SESSION_TTL`], end at sign-out or when the stored token they were opened with is
-//! revoked or expires, and are bounded in number ([`MAX_SESSIONS`]) so that sign-ins
-//! cannot fill the store.
+//! [`SESSION_TTL`], end at sign-out, when the stored token they were opened with is
+//! revoked or expires, or when the configuration's token files no longer hold the file
+//! token they were opened with (rotated), and are bounded in number ([`MAX_SESSIONS`])
+//! so that sign-ins cannot fill the store.
 
-use crate::auth::{Principal, Role};
-use crate::store::{now_ms, DynStore, SessionRecord, StoreError, StoreResult};
+use crate::app::AppState;
+use crate::auth::{Principal, Role, RESERVED_NAMES};
+use crate::store::trust::token_hash;
+use crate::store::{now_ms, SessionRecord, StoreError, StoreResult};
 use base64::Engine;
+use std::sync::Arc;
 use std::time::Duration;
 
 /// How long a session lasts from sign-in (a working day).
@@ -44,7 +48,7 @@ impl Session {
 
 /// The sessions of every collector on this store.
 pub struct Sessions {
-    store: DynStore,
+    app: Arc<AppState>,
 }
 
 /// 32 random bytes, URL-safe base64: a session id or a CSRF token.
@@ -62,46 +66,67 @@ fn key(id: &str) -> String {
 }
 
 impl Sessions {
-    /// The sessions kept in `store`.
-    pub fn new(store: DynStore) -> Sessions {
-        Sessions { store }
+    /// The sessions kept in `app`'s store.
+    pub fn new(app: Arc<AppState>) -> Sessions {
+        Sessions { app }
     }
 
-    /// Opens a session for `principal`; returns its id (for the cookie).
-    pub async fn open(&self, principal: Principal) -> StoreResult<String> {
+    /// Opens a session for `principal`, who signed in with `token`; returns its id
+    /// (for the cookie).
+    pub async fn open(&self, principal: Principal, token: &str) -> StoreResult<String> {
         let id = random_token();
         let ttl = i64::try_from(SESSION_TTL.as_millis()).unwrap_or(i64::MAX);
         let record = SessionRecord {
             id_hash: key(&id),
             name: principal.name,
             role: principal.role.name().to_string(),
+            token_hash: token_hash(token),
             csrf: random_token(),
             expires_ms: now_ms().saturating_add(ttl),
         };
-        self.store.open_session(record, MAX_SESSIONS).await?;
+        self.app
+            .fleet
+            .store()
+            .open_session(record, MAX_SESSIONS)
+            .await?;
         Ok(id)
     }
 
     /// The live session of `id`, if there is one.
     pub async fn get(&self, id: &str) -> StoreResult<Option<Session>> {
-        let Some(record) = self.store.session(&key(id), now_ms()).await? else {
+        let store = self.app.fleet.store();
+        let Some(record) = store.session(&key(id), now_ms()).await? else {
             return Ok(None);
         };
         let role = Role::from_name(&record.role).ok_or_else(|| {
             StoreError::Corrupt(format!("a session with the unknown role {:?}", record.role))
         })?;
+        let principal = Principal {
+            name: record.name,
+            role,
+        };
+        // The store checked a stored token's revocation; a file token's session lasts
+        // while the token files hold that token (file tokens have the reserved names,
+        // which stored tokens cannot take).
+        if RESERVED_NAMES.contains(&principal.name.as_str()) {
+            let current = record
+                .token_hash
+                .strip_prefix("blake3:")
+                .and_then(|hex| blake3::Hash::from_hex(hex).ok())
+                .and_then(|hash| self.app.credentials.file_token(&hash));
+            if current.as_ref() != Some(&principal) {
+                return Ok(None);
+            }
+        }
         Ok(Some(Session {
-            principal: Principal {
-                name: record.name,
-                role,
-            },
+            principal,
             csrf: record.csrf,
         }))
     }
 
     /// Ends the session of `id` (sign-out).
     pub async fn close(&self, id: &str) -> StoreResult<()> {
-        self.store.close_session(&key(id)).await
+        self.app.fleet.store().close_session(&key(id)).await
     }
 }
 
@@ -133,7 +158,6 @@ pub fn clear_cookie() -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::sqlite::SqliteStore;
 
     fn viewer() -> Principal {
         Principal {
@@ -144,21 +168,44 @@ mod tests {
 
     #[tokio::test]
     async fn a_session_is_found_by_its_id_until_closed() {
-        let store: DynStore = std::sync::Arc::new(SqliteStore::open_memory().unwrap());
-        let sessions = Sessions::new(store);
-        let id = sessions.open(viewer()).await.unwrap();
+        let sessions = Sessions::new(crate::app::test_state("", "secret"));
+        let id = sessions.open(viewer(), "viewer-secret").await.unwrap();
         let session = sessions.get(&id).await.unwrap().unwrap();
         assert_eq!(session.principal, viewer());
         assert!(session.csrf_matches(&session.csrf.clone()));
         assert!(!session.csrf_matches("forged"));
         assert!(sessions.get("another").await.unwrap().is_none());
-        let other = sessions.open(viewer()).await.unwrap();
+        let other = sessions.open(viewer(), "viewer-secret").await.unwrap();
         assert_ne!(id, other);
         let second = sessions.get(&other).await.unwrap().unwrap();
         assert_ne!(second.csrf, session.csrf);
         sessions.close(&id).await.unwrap();
         assert!(sessions.get(&id).await.unwrap().is_none());
         assert!(sessions.get(&other).await.unwrap().is_some());
+    }
+
+    #[tokio::test]
+    async fn a_file_tokens_session_ends_when_the_token_files_no_longer_hold_it() {
+        let app = crate::app::test_state("", "first-secret");
+        let sessions = Sessions::new(std::sync::Arc::clone(&app));
+        let principal = crate::auth::authenticate(&app, "first-secret")
+            .await
+            .unwrap();
+        let id = sessions
+            .open(principal.clone(), "first-secret")
+            .await
+            .unwrap();
+        assert!(sessions.get(&id).await.unwrap().is_some());
+        // A session claiming a file token's name with another token is no session.
+        let forged = sessions.open(principal.clone(), "other").await.unwrap();
+        assert!(sessions.get(&forged).await.unwrap().is_none());
+        // The token rotated (SIGHUP): its sessions end.
+        app.credentials.replace(vec![crate::auth::FileToken::new(
+            "second-secret",
+            &principal.name,
+            principal.role,
+        )]);
+        assert!(sessions.get(&id).await.unwrap().is_none());
     }
 
     #[test]

@@ -85,7 +85,7 @@ pub async fn login(State(ui): State<Arc<Ui>>, Form(form): Form<LoginForm>) -> Ui
     };
     principal.require(Right::Read)?;
     tracing::info!(name = %principal.name, role = principal.role.name(), "Dashboard sign-in.");
-    let id = ui.sessions.open(principal).await?;
+    let id = ui.sessions.open(principal, &form.token).await?;
     let mut headers = HeaderMap::new();
     if let Ok(value) = set_cookie(&id).parse() {
         headers.insert(header::SET_COOKIE, value);

@@ -150,7 +150,7 @@ async fn an_operator_acts_with_the_csrf_token_only_and_the_log_names_them() {
     drifted_host(&ui, "h1").await;
     let id = ui
         .sessions
-        .open(principal("alice", Role::Operator))
+        .open(principal("alice", Role::Operator), "a-stored-token")
         .await
         .unwrap();
     let csrf = ui.sessions.get(&id).await.unwrap().unwrap().csrf;
@@ -197,7 +197,7 @@ async fn a_viewer_reads_every_page_sees_no_button_and_cannot_act() {
     drifted_host(&ui, "h1").await;
     let id = ui
         .sessions
-        .open(principal("bob", Role::Viewer))
+        .open(principal("bob", Role::Viewer), "a-stored-token")
         .await
         .unwrap();
     let csrf = ui.sessions.get(&id).await.unwrap().unwrap().csrf;
@@ -228,7 +228,7 @@ async fn a_viewer_reads_every_page_sees_no_button_and_cannot_act() {
     // A credential that may not read is not signed in at all.
     let id = ui
         .sessions
-        .open(principal("ci", Role::Pipeline))
+        .open(principal("ci", Role::Pipeline), "a-stored-token")
         .await
         .unwrap();
     let (status, _, _) = send(&router, get("/ui/", Some(&id))).await;
@@ -243,7 +243,7 @@ async fn the_drift_page_groups_one_change_across_hosts() {
     }
     let id = ui
         .sessions
-        .open(principal("bob", Role::Viewer))
+        .open(principal("bob", Role::Viewer), "a-stored-token")
         .await
         .unwrap();
     let (_, _, body) = send(&router, get("/ui/drift", Some(&id))).await;
@@ -332,7 +332,7 @@ async fn the_images_page_counts_hosts_by_state_and_compares_kept_baselines() {
     drifted_host(&ui, "h1").await;
     let id = ui
         .sessions
-        .open(principal("bob", Role::Viewer))
+        .open(principal("bob", Role::Viewer), "a-stored-token")
         .await
         .unwrap();
     let (status, _, body) = send(&router, get("/ui/images", Some(&id))).await;

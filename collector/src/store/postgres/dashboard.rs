@@ -119,9 +119,16 @@ pub(super) async fn open_session<C: GenericClient>(
     }
     exec(
         c,
-        "INSERT INTO ui_sessions (id_hash, name, role, csrf, expires_at)
-         VALUES ($1, $2, $3, $4, $5)",
-        &[&s.id_hash, &s.name, &s.role, &s.csrf, &s.expires_ms],
+        "INSERT INTO ui_sessions (id_hash, name, role, token_hash, csrf, expires_at)
+         VALUES ($1, $2, $3, $4, $5, $6)",
+        &[
+            &s.id_hash,
+            &s.name,
+            &s.role,
+            &s.token_hash,
+            &s.csrf,
+            &s.expires_ms,
+        ],
     )
     .await
     .map(|_| ())
@@ -134,9 +141,9 @@ pub(super) async fn session<C: GenericClient>(
 ) -> StoreResult<Option<SessionRecord>> {
     rows(
         c,
-        "SELECT id_hash, name, role, csrf, expires_at FROM ui_sessions s
+        "SELECT id_hash, name, role, token_hash, csrf, expires_at FROM ui_sessions s
          WHERE id_hash = $1 AND expires_at > $2
-           AND NOT EXISTS (SELECT 1 FROM tokens t WHERE t.name = s.name
+           AND NOT EXISTS (SELECT 1 FROM tokens t WHERE t.hash = s.token_hash
                AND (t.revoked_at IS NOT NULL OR t.expires_at <= $2))",
         &[&id_hash, &now],
     )
@@ -147,8 +154,9 @@ pub(super) async fn session<C: GenericClient>(
             id_hash: r.try_get(0).map_err(pg_error)?,
             name: r.try_get(1).map_err(pg_error)?,
             role: r.try_get(2).map_err(pg_error)?,
-            csrf: r.try_get(3).map_err(pg_error)?,
-            expires_ms: r.try_get(4).map_err(pg_error)?,
+            token_hash: r.try_get(3).map_err(pg_error)?,
+            csrf: r.try_get(4).map_err(pg_error)?,
+            expires_ms: r.try_get(5).map_err(pg_error)?,
         })
     })
     .transpose()

@@ -191,6 +191,7 @@ CREATE TABLE ui_sessions (
     id_hash TEXT PRIMARY KEY,
     name TEXT NOT NULL,
     role TEXT NOT NULL,
+    token_hash TEXT NOT NULL,
     csrf TEXT NOT NULL,
     expires_at BIGINT NOT NULL
 );

@@ -95,9 +95,16 @@ pub(super) fn open_session(
         .map_err(db_error)?;
     }
     c.execute(
-        "INSERT INTO ui_sessions (id_hash, name, role, csrf, expires_at)
-         VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![s.id_hash, s.name, s.role, s.csrf, s.expires_ms],
+        "INSERT INTO ui_sessions (id_hash, name, role, token_hash, csrf, expires_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            s.id_hash,
+            s.name,
+            s.role,
+            s.token_hash,
+            s.csrf,
+            s.expires_ms
+        ],
     )
     .map(|_| ())
     .map_err(db_error)
@@ -109,9 +116,9 @@ pub(super) fn session(
     now: i64,
 ) -> StoreResult<Option<SessionRecord>> {
     c.query_row(
-        "SELECT id_hash, name, role, csrf, expires_at FROM ui_sessions s
+        "SELECT id_hash, name, role, token_hash, csrf, expires_at FROM ui_sessions s
          WHERE id_hash = ?1 AND expires_at > ?2
-           AND NOT EXISTS (SELECT 1 FROM tokens t WHERE t.name = s.name
+           AND NOT EXISTS (SELECT 1 FROM tokens t WHERE t.hash = s.token_hash
                AND (t.revoked_at IS NOT NULL OR t.expires_at <= ?2))",
         params![id_hash, now],
         |row| {
@@ -119,8 +126,9 @@ pub(super) fn session(
                 id_hash: row.get(0)?,
                 name: row.get(1)?,
                 role: row.get(2)?,
-                csrf: row.get(3)?,
-                expires_ms: row.get(4)?,
+                token_hash: row.get(3)?,
+                csrf: row.get(4)?,
+                expires_ms: row.get(5)?,
             })
         },
     )
