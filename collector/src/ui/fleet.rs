@@ -26,6 +26,8 @@ const ALERTS_SHOWN: usize = 10;
 /// An image's replacement budget in the current window.
 pub struct Budget {
     pub image: String,
+    /// Its hosts per state, in [`HostState::ALL`] order.
+    pub states: Vec<(&'static str, u64)>,
     pub live: u64,
     pub used: u64,
     pub allowed: u64,
@@ -168,19 +170,22 @@ async fn budgets(ui: &Ui, by_image: &[ImageStates]) -> UiResult<Vec<Budget>> {
     let since = now_ms().saturating_sub(ui.policy.window_ms);
     let marked: HashMap<Option<String>, u64> =
         store.marked_by_image(since).await?.into_iter().collect();
-    let live: HashMap<Option<&str>, u64> = by_image
+    let hosts: HashMap<Option<&str>, &ImageStates> = by_image
         .iter()
-        .map(|i| (i.image_id.as_deref(), i.live()))
+        .map(|i| (i.image_id.as_deref(), i))
         .collect();
     Ok(images
         .items
         .into_iter()
         .map(|image| {
-            let live = live
-                .get(&Some(image.image_id.as_str()))
-                .copied()
-                .unwrap_or(0);
+            let on = hosts.get(&Some(image.image_id.as_str()));
+            let live = on.map_or(0, |i| i.live());
             Budget {
+                states: HostState::ALL
+                    .iter()
+                    .map(|s| s.name())
+                    .zip(on.map_or([0; 5], |i| i.by_state))
+                    .collect(),
                 used: marked
                     .get(&Some(image.image_id.clone()))
                     .copied()

@@ -342,6 +342,15 @@ async fn the_images_page_counts_hosts_by_state_and_compares_kept_baselines() {
         "{body}"
     );
     assert!(body.contains("id=\"compare-go\""), "{body}");
+    // The fleet page counts the same, by image and state, with the same links.
+    let (status, _, body) = send(&router, get("/ui/", Some(&id))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert!(
+        body.contains(
+            "<a href=\"/ui/hosts?image=img&amp;state=drifted\" aria-label=\"1 drifted hosts of img\">1</a>"
+        ),
+        "{body}"
+    );
     let (status, _, body) = send(&router, get("/ui/images/diff?from=img&to=img2", Some(&id))).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(body.contains("0 added, 0 removed, 1 changed."), "{body}");
