@@ -866,6 +866,14 @@ pub trait Store: Send + Sync + 'static {
     /// The `drifted` hosts held for `hold`: how many, and the first `limit` by id.
     async fn held(&self, hold: Hold, limit: u32) -> StoreResult<HeldHosts>;
 
+    /// The findings of each of `host_ids`, the `per_host` most severe of each, in one
+    /// query (ordered by host, then most severe first).
+    async fn findings_of(
+        &self,
+        host_ids: Vec<String>,
+        per_host: u32,
+    ) -> StoreResult<Vec<FindingRecord>>;
+
     /// Hosts by image and state, in one grouped query (images by id, hosts that
     /// claim none first).
     async fn hosts_by_image_state(&self) -> StoreResult<Vec<ImageStates>>;

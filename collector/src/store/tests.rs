@@ -1121,10 +1121,48 @@ async fn the_dashboard_counts_come_grouped_from_the_store(db: TestDb) {
         store.held(Hold::Approval, 10).await.unwrap(),
         HeldHosts::default()
     );
+    // Every host's findings in one query, the most severe first, bounded per host.
+    store
+        .ingest(
+            batch_on(
+                "b",
+                "b1",
+                vec![
+                    (
+                        "e2",
+                        IngestBody::Finding(Box::new(module("m-low", Severity::Low))),
+                    ),
+                    (
+                        "e3",
+                        IngestBody::Finding(Box::new(module("m-high", Severity::High))),
+                    ),
+                ],
+            ),
+            policy.clone(),
+        )
+        .await
+        .unwrap();
+    let found = store
+        .findings_of(vec!["b1".into(), "a2".into(), "nobody".into()], 2)
+        .await
+        .unwrap();
+    let keys: Vec<(&str, Severity)> = found
+        .iter()
+        .map(|f| (f.host_id.as_str(), f.severity))
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            ("a2", Severity::Critical),
+            ("b1", Severity::Critical),
+            ("b1", Severity::High)
+        ]
+    );
+    assert!(store.findings_of(Vec::new(), 5).await.unwrap().is_empty());
     // The metrics' counts agree, findings summed in one pass.
     let counts = store.counts().await.unwrap();
     assert_eq!(counts.hosts_by_state, [1, 3, 2, 0, 1]);
-    assert_eq!(counts.findings_by_severity, [5, 0, 0, 0]);
+    assert_eq!(counts.findings_by_severity, [5, 1, 0, 1]);
 }
 
 fn session_of(id: &str, name: &str, expires_ms: i64) -> SessionRecord {

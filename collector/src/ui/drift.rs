@@ -4,8 +4,8 @@
 //! (one host).
 //!
 //! The store has no cross-host index of findings, so the page reads the findings of the
-//! drifted and marked hosts most recently seen, at most [`MAX_HOSTS`] of them, and
-//! says so when there were more.
+//! drifted and marked hosts most recently seen, at most [`MAX_HOSTS`] of them (in one
+//! query, [`crate::store::Store::findings_of`]), and says so when there were more.
 
 use super::error::UiResult;
 use super::signin::SignedIn;
@@ -76,36 +76,39 @@ pub async fn page(State(ui): State<Arc<Ui>>, who: SignedIn) -> UiResult<Html<Str
         truncated |= page.next_cursor.is_some();
         hosts.extend(page.items);
     }
+    let images: HashMap<&str, String> = hosts
+        .iter()
+        .map(|h| (h.host_id.as_str(), h.image_id.clone().unwrap_or_default()))
+        .collect();
+    // One query for every host's findings.
+    let findings = store
+        .findings_of(
+            hosts.iter().map(|h| h.host_id.clone()).collect(),
+            FINDINGS_PER_HOST,
+        )
+        .await?;
     let mut rows: HashMap<(String, String), DriftRow> = HashMap::new();
-    for host in &hosts {
-        let findings = store
-            .findings(
-                &host.host_id,
-                PageRequest {
-                    after: None,
-                    limit: Some(FINDINGS_PER_HOST),
-                },
-            )
-            .await?;
-        let image = host.image_id.clone().unwrap_or_default();
-        for finding in findings.items {
-            let change = summary(&finding.finding, &finding.kind, &finding.subject);
-            let rank = crate::store::severity_index(finding.severity);
-            let row = rows
-                .entry((image.clone(), change.clone()))
-                .or_insert_with(|| DriftRow {
-                    image: image.clone(),
-                    change,
-                    severity: finding.severity.name(),
-                    severity_rank: rank,
-                    hosts: BTreeSet::new(),
-                    of: 0,
-                });
-            if rank < row.severity_rank {
-                (row.severity, row.severity_rank) = (finding.severity.name(), rank);
-            }
-            row.hosts.insert(host.host_id.clone());
+    for finding in findings {
+        let image = images
+            .get(finding.host_id.as_str())
+            .cloned()
+            .unwrap_or_default();
+        let change = summary(&finding.finding, &finding.kind, &finding.subject);
+        let rank = crate::store::severity_index(finding.severity);
+        let row = rows
+            .entry((image.clone(), change.clone()))
+            .or_insert_with(|| DriftRow {
+                image: image.clone(),
+                change,
+                severity: finding.severity.name(),
+                severity_rank: rank,
+                hosts: BTreeSet::new(),
+                of: 0,
+            });
+        if rank < row.severity_rank {
+            (row.severity, row.severity_rank) = (finding.severity.name(), rank);
         }
+        row.hosts.insert(finding.host_id.clone());
     }
     let live: HashMap<String, u64> = store
         .hosts_by_image_state()

@@ -1,8 +1,8 @@
 //! The dashboard's queries on PostgreSQL ([`crate::store::dashboard`]).
 
-use super::{exec, number, pg_error, rows};
+use super::{exec, finding_from_row, number, pg_error, rows, FINDING_COLUMNS};
 use crate::store::dashboard::image_states;
-use crate::store::{HeldHosts, Hold, ImageStates, SessionRecord, StoreResult};
+use crate::store::{FindingRecord, HeldHosts, Hold, ImageStates, SessionRecord, StoreResult};
 use deadpool_postgres::GenericClient;
 
 pub(super) async fn held<C: GenericClient>(
@@ -166,4 +166,26 @@ pub(super) async fn close_session<C: GenericClient>(c: &C, id_hash: &str) -> Sto
     exec(c, "DELETE FROM ui_sessions WHERE id_hash = $1", &[&id_hash])
         .await
         .map(|_| ())
+}
+
+pub(super) async fn findings_of<C: GenericClient>(
+    c: &C,
+    host_ids: &[String],
+    per_host: u32,
+) -> StoreResult<Vec<FindingRecord>> {
+    rows(
+        c,
+        &format!(
+            "SELECT {FINDING_COLUMNS} FROM (
+                 SELECT *, row_number() OVER (
+                     PARTITION BY host_id ORDER BY severity DESC, key) AS n
+                 FROM findings WHERE host_id = ANY($1)) AS ranked
+             WHERE n <= $2 ORDER BY host_id, severity DESC, key"
+        ),
+        &[&host_ids, &i64::from(per_host)],
+    )
+    .await?
+    .iter()
+    .map(finding_from_row)
+    .collect()
 }

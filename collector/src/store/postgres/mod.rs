@@ -1061,6 +1061,14 @@ impl Store for PostgresStore {
         dashboard::held(&self.client().await?, hold, limit).await
     }
 
+    async fn findings_of(
+        &self,
+        host_ids: Vec<String>,
+        per_host: u32,
+    ) -> StoreResult<Vec<FindingRecord>> {
+        dashboard::findings_of(&self.client().await?, &host_ids, per_host).await
+    }
+
     async fn hosts_by_image_state(&self) -> StoreResult<Vec<super::ImageStates>> {
         dashboard::hosts_by_image_state(&self.client().await?).await
     }

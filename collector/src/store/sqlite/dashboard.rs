@@ -1,8 +1,10 @@
 //! The dashboard's queries on SQLite ([`crate::store::dashboard`]).
 
-use super::{collect, count, db_error};
+use super::{collect, count, db_error, finding_from_row, FINDING_COLUMNS};
 use crate::store::dashboard::image_states;
-use crate::store::{HeldHosts, Hold, ImageStates, SessionRecord, StoreResult};
+use crate::store::{
+    FindingRecord, HeldHosts, Hold, ImageStates, SessionRecord, StoreError, StoreResult,
+};
 use rusqlite::{params, Connection, OptionalExtension};
 
 pub(super) fn held(c: &Connection, hold: Hold, limit: u32) -> StoreResult<HeldHosts> {
@@ -140,4 +142,25 @@ pub(super) fn close_session(c: &Connection, id_hash: &str) -> StoreResult<()> {
     c.execute("DELETE FROM ui_sessions WHERE id_hash = ?1", [id_hash])
         .map(|_| ())
         .map_err(db_error)
+}
+
+pub(super) fn findings_of(
+    c: &Connection,
+    host_ids: &[String],
+    per_host: u32,
+) -> StoreResult<Vec<FindingRecord>> {
+    let ids = serde_json::to_string(host_ids)
+        .map_err(|e| StoreError::Database(format!("cannot encode host ids: {e}")))?;
+    collect(
+        c,
+        &format!(
+            "SELECT {FINDING_COLUMNS} FROM (
+                 SELECT *, row_number() OVER (
+                     PARTITION BY host_id ORDER BY severity DESC, key) AS n
+                 FROM findings WHERE host_id IN (SELECT value FROM json_each(?1)))
+             WHERE n <= ?2 ORDER BY host_id, severity DESC, key"
+        ),
+        params![ids, per_host],
+        finding_from_row,
+    )
 }

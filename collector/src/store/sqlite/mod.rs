@@ -564,6 +564,15 @@ impl Store for SqliteStore {
         self.read(move |c| dashboard::held(c, hold, limit)).await
     }
 
+    async fn findings_of(
+        &self,
+        host_ids: Vec<String>,
+        per_host: u32,
+    ) -> StoreResult<Vec<FindingRecord>> {
+        self.read(move |c| dashboard::findings_of(c, &host_ids, per_host))
+            .await
+    }
+
     async fn hosts_by_image_state(&self) -> StoreResult<Vec<super::ImageStates>> {
         self.read(dashboard::hosts_by_image_state).await
     }
