@@ -195,12 +195,14 @@ DROP TABLE alert_hosts;
 ALTER TABLE alert_members RENAME TO alert_hosts;
 CREATE INDEX alert_hosts_seen ON alert_hosts (seen_at);
 "#,
-    // 6: the dashboard: hosts of a state, held hosts and marks in the window
-    // found by index, the baselines it compares, its sessions (shared by
-    // every process on the database).
+    // 6: the dashboard: hosts of a state, held hosts, marks in the window and a
+    // host's findings by severity (as PostgreSQL has it) found by index, the
+    // baselines it compares, its sessions (shared by every process on the
+    // database).
     r#"
 CREATE INDEX hosts_held ON hosts (hold, state, host_id) WHERE hold IS NOT NULL;
 CREATE INDEX hosts_by_state_seen ON hosts (state, last_seen DESC, host_id);
+CREATE INDEX findings_by_severity ON findings (host_id, severity DESC, key);
 CREATE INDEX marks_by_time ON marks (at, image_id, host_id);
 CREATE TABLE baselines (
     image_id TEXT PRIMARY KEY,
