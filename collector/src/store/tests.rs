@@ -910,7 +910,7 @@ async fn a_change_inside_containers_groups_by_their_image_across_hosts(db: TestD
         .flush_alerts(now_ms() + 1, policy.clone())
         .await
         .unwrap();
-    let mut alerts = queued_alerts(&store, now_ms()).await;
+    let mut alerts = queued_alerts(&store, now_ms() + 1).await;
     alerts.sort_by(|a, b| a.container_image.cmp(&b.container_image));
     assert_eq!(alerts.len(), 3, "{alerts:#?}");
     let (own, of_api, of_cart) = (&alerts[0], &alerts[1], &alerts[2]);
@@ -966,7 +966,7 @@ async fn a_change_inside_containers_groups_by_their_image_across_hosts(db: TestD
         .flush_alerts(now_ms() + 1, policy.clone())
         .await
         .unwrap();
-    let alerts = queued_alerts(&store, now_ms()).await;
+    let alerts = queued_alerts(&store, now_ms() + 1).await;
     assert_eq!(alerts.len(), 1, "{alerts:#?}");
     assert_eq!(alerts[0].containers, [member("h3", "c5")]);
     assert_eq!((alerts[0].earlier, alerts[0].all_hosts), (3, 3));
