@@ -20,10 +20,12 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Largest enrollment request: a token, a host id and a CSR.
 const MAX_ENROLL_BYTES: usize = 16 * 1024;
 
-/// Enrollment, when configured: the token's hash and the CA that signs.
+/// Issuing host certificates, when the CA key is configured: the CA that signs
+/// (enrollment and renewal) and the hash of the configuration's enrollment token.
 pub struct Enrollment {
-    /// BLAKE3 of the token (compared in constant time).
-    pub token: blake3::Hash,
+    /// BLAKE3 of `enrollment_token_file`'s token (compared in constant time), if set;
+    /// stored `enroll` tokens work either way.
+    pub token: Option<blake3::Hash>,
     /// Signs the hosts' certificate requests.
     pub ca: CertificateAuthority,
 }
@@ -38,10 +40,21 @@ pub struct AppState {
     pub metrics: Arc<Metrics>,
     /// The token files' credentials and the bound on failed attempts.
     pub credentials: crate::auth::Credentials,
-    /// Enrollment, if on.
-    pub enrollment: Option<Enrollment>,
+    /// Enrollment (and renewal), if on; replaced on SIGHUP (a new token file, a new
+    /// issuing CA).
+    pub enrollment: std::sync::RwLock<Option<Arc<Enrollment>>>,
     /// Per-host request rate.
     pub limiter: api::RateLimiter,
+}
+
+impl AppState {
+    /// Enrollment as configured now, if on.
+    pub fn enrollment(&self) -> Option<Arc<Enrollment>> {
+        self.enrollment
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
 }
 
 /// The collector's routes.
@@ -123,7 +136,7 @@ pub(crate) fn test_state(extra: &str, token: &str) -> Arc<AppState> {
         fleet: Arc::new(fleet),
         metrics,
         credentials: crate::auth::Credentials::new(vec![admin]),
-        enrollment: None,
+        enrollment: std::sync::RwLock::new(None),
     })
 }
 

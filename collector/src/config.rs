@@ -120,9 +120,24 @@ pub struct TlsConfig {
     /// certificate (default: none).
     #[serde(default)]
     pub client_ca_key_file: Option<PathBuf>,
-    /// How long certificates issued at enrollment stay valid, in days (default 397).
+    /// How long host certificates (enrollment, renewal, `issue-host-cert`) stay
+    /// valid, in days (default 397). Agents renew theirs once two thirds of it passed.
     #[serde(default = "default_host_cert_days")]
     pub host_cert_days: u32,
+    /// The same in seconds, instead of `host_cert_days` (default: none; at least 10):
+    /// for fleets that keep credentials short-lived, and for trying renewal out.
+    #[serde(default)]
+    pub host_cert_validity_secs: Option<u64>,
+}
+
+impl TlsConfig {
+    /// How long a host certificate issued now stays valid.
+    pub fn host_cert_validity(&self) -> Duration {
+        self.host_cert_validity_secs.map_or_else(
+            || Duration::from_secs(u64::from(self.host_cert_days) * 86_400),
+            Duration::from_secs,
+        )
+    }
 }
 
 fn default_host_cert_days() -> u32 {
@@ -637,6 +652,14 @@ impl CollectorConfig {
                 "tls.host_cert_days must be between 1 and {MAX_HOST_CERT_DAYS}"
             ));
         }
+        let max_secs = u64::from(MAX_HOST_CERT_DAYS) * 86_400;
+        if let Some(secs) = self.tls.host_cert_validity_secs {
+            if !(10..=max_secs).contains(&secs) {
+                return Err(format!(
+                    "tls.host_cert_validity_secs must be between 10 and {max_secs}"
+                ));
+            }
+        }
         for (key, secs) in [
             ("alerts.group_wait_secs", self.alerts.group_wait_secs),
             (
@@ -833,6 +856,15 @@ mod tests {
             std::fs::write(&path, text).unwrap();
             let err = CollectorConfig::load(&path).unwrap_err().to_string();
             assert!(err.contains("tls.host_cert_days"), "{err}");
+        }
+        for secs in [0, 9, u64::MAX] {
+            let text = MINIMAL.replace(
+                "client_ca_file = \"ca.pem\"",
+                &format!("client_ca_file = \"ca.pem\"\nhost_cert_validity_secs = {secs}"),
+            );
+            std::fs::write(&path, text).unwrap();
+            let err = CollectorConfig::load(&path).unwrap_err().to_string();
+            assert!(err.contains("tls.host_cert_validity_secs"), "{err}");
         }
     }
 }

@@ -4,7 +4,8 @@
 //! A certificate the CA signed is not enough: the id must be bound to the
 //! certificate's key (by enrollment or provisioning), and a revoked key stays refused
 //! until its certificate expires, whatever became of the host's record. A certificate
-//! from before bindings existed is bound at its first report.
+//! from before bindings existed is bound at its first report. An expired certificate
+//! is refused here too, for TLS sessions resumed past its expiry.
 
 use crate::error::ApiError;
 use crate::pki::CertInfo;
@@ -17,6 +18,13 @@ pub async fn admit(
     host_id: &str,
     certificate: &CertInfo,
 ) -> Result<Binding, ApiError> {
+    // The handshake checked the validity; a resumed TLS session does not check it
+    // again, so an expired certificate must not outlive its expiry on a ticket.
+    if certificate.not_after_ms <= now_ms() {
+        return Err(ApiError::Forbidden(format!(
+            "the certificate of host {host_id} has expired"
+        )));
+    }
     match store
         .admission(host_id, &certificate.key_fingerprint)
         .await?

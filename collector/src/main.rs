@@ -83,6 +83,23 @@ enum Command {
         #[arg(long, value_name = "NAME")]
         group: Option<String>,
     },
+    /// Write a new CA and a server certificate it signed into DIR (ca.pem, ca.key,
+    /// server.pem, server.key), for rotating the collector's CA: trust it beside the
+    /// old one on both sides, switch the server certificate and the issuing key to it,
+    /// let the hosts renew, then drop the old one (README, "Rotating the CA").
+    /// Existing files are never overwritten.
+    NewCa {
+        /// The directory to write into (created if missing).
+        #[arg(long, value_name = "DIR")]
+        out_dir: PathBuf,
+        /// Names agents use to reach the collector, put in the server certificate
+        /// besides `localhost` and `127.0.0.1`. Repeat for several.
+        #[arg(long = "name", value_name = "NAME")]
+        names: Vec<String>,
+        /// A group that may read the keys (mode 0640 instead of 0600).
+        #[arg(long, value_name = "NAME")]
+        group: Option<String>,
+    },
     /// Issue a client certificate for a host (provisioning without enrollment).
     IssueHostCert {
         #[command(flatten)]
@@ -136,6 +153,19 @@ async fn run(command: Command) -> Result<(), Failure> {
             let group = group.as_deref().map(group_id).transpose()?;
             init(&dir, listen, &names, &database, group)
         }
+        Command::NewCa {
+            out_dir,
+            names,
+            group,
+        } => {
+            let group = group.as_deref().map(group_id).transpose()?;
+            refuse_existing(&out_dir, &CA_FILES)?;
+            write_ca(&out_dir, &names, Access::Secret(group))?;
+            emit(&format!(
+                "Wrote a new CA and server certificate to {}.\n",
+                out_dir.display()
+            ))
+        }
         Command::IssueHostCert {
             config,
             host_id,
@@ -166,55 +196,76 @@ async fn serve(path: &Path) -> Result<(), Failure> {
         Arc::clone(&metrics),
     )?);
     let credentials = Credentials::new(Credentials::read(&config.auth)?);
-    let enrollment = match (
-        &config.auth.enrollment_token_file,
-        &config.tls.client_ca_key_file,
-    ) {
-        (Some(token), Some(ca_key)) => Some(Enrollment {
-            token: blake3::hash(read_text(token)?.trim().as_bytes()),
-            ca: CertificateAuthority::load(
-                &read_text(&config.tls.client_ca_file)?,
-                &read_text(ca_key)?,
-            )?,
-        }),
-        (Some(_), None) => {
-            return Err(Failure::from(
-                "auth.enrollment_token_file needs tls.client_ca_key_file to sign certificates",
-            ))
-        }
-        _ => None,
-    };
-    let tls_config = tls::server_config(
-        &config.tls.cert_file,
-        &config.tls.key_file,
-        &config.tls.client_ca_file,
-    )?;
+    let enrollment = load_enrollment(&config)?;
+    let (tls_reload, tls_config) = tokio::sync::watch::channel(load_tls(&config)?);
     let state = Arc::new(AppState {
         config: Arc::clone(&config),
         fleet: Arc::clone(&fleet),
         metrics,
         credentials,
-        enrollment,
+        enrollment: std::sync::RwLock::new(enrollment),
         limiter: RateLimiter::new(config.ingest.rate_per_sec, config.ingest.burst),
     });
     fleet.spawn_sweeper();
-    spawn_reloader(Arc::clone(&state));
+    spawn_reloader(Arc::clone(&state), tls_reload);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .map_err(|e| Failure::from(format!("cannot listen on {}: {e}", config.listen)))?;
     info!(listen = %config.listen, database = %config.database.display(), "Collector listening.");
-    tls::serve(listener, tls_config, app(state), shutdown_signal()).await;
+    tls::serve_reloadable(listener, tls_config, app(state), shutdown_signal()).await;
     info!("Collector stopped.");
     Ok(())
 }
 
-/// On SIGHUP, re-reads the token files of `[auth]`: a token replaced in its file works
-/// at once, and the one it replaced stops. A file that cannot be read keeps the tokens
-/// in use (and says why).
-fn spawn_reloader(state: Arc<AppState>) {
+/// The issuing CA and the enrollment token file, when `tls.client_ca_key_file` is set.
+fn load_enrollment(config: &CollectorConfig) -> Result<Option<Arc<Enrollment>>, Failure> {
+    let Some(ca_key) = &config.tls.client_ca_key_file else {
+        if config.auth.enrollment_token_file.is_some() {
+            return Err(Failure::from(
+                "auth.enrollment_token_file needs tls.client_ca_key_file to sign certificates",
+            ));
+        }
+        return Ok(None);
+    };
+    let token = match &config.auth.enrollment_token_file {
+        Some(file) => Some(blake3::hash(read_text(file)?.trim().as_bytes())),
+        None => None,
+    };
+    let ca =
+        CertificateAuthority::load(&read_text(&config.tls.client_ca_file)?, &read_text(ca_key)?)
+            .map_err(|e| {
+                Failure::from(format!(
+                    "{} with {}: {e}",
+                    config.tls.client_ca_file.display(),
+                    ca_key.display()
+                ))
+            })?;
+    Ok(Some(Arc::new(Enrollment { token, ca })))
+}
+
+/// The server's TLS configuration from `[tls]`.
+fn load_tls(config: &CollectorConfig) -> Result<Arc<rustls::ServerConfig>, Failure> {
+    Ok(tls::server_config(
+        &config.tls.cert_file,
+        &config.tls.key_file,
+        &config.tls.client_ca_file,
+    )?)
+}
+
+/// On SIGHUP, re-reads the token files of `[auth]` (a token replaced in its file works
+/// at once, and the one it replaced stops) and the certificate files of `[tls]`: the
+/// server certificate and key and the client CA bundle, for new connections, and the
+/// issuing CA (the certificate of the bundle that is the CA key's). What cannot be read
+/// keeps what is in use (and says why): a half-copied file never takes a collector down.
+fn spawn_reloader(
+    state: Arc<AppState>,
+    tls_reload: tokio::sync::watch::Sender<Arc<rustls::ServerConfig>>,
+) {
     use tokio::signal::unix::{signal, SignalKind};
     let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-        tracing::warn!("Cannot listen for SIGHUP; token files are read at start only.");
+        tracing::warn!(
+            "Cannot listen for SIGHUP; token and certificate files are read at start only."
+        );
         return;
     };
     tokio::spawn(async move {
@@ -226,6 +277,16 @@ fn spawn_reloader(state: Arc<AppState>) {
                 }
                 Err(err) => {
                     tracing::error!(error = %err, "SIGHUP: cannot read the token files; keeping the ones in use.");
+                }
+            }
+            match (load_tls(&state.config), load_enrollment(&state.config)) {
+                (Ok(tls), Ok(enrollment)) => {
+                    let _ = tls_reload.send(tls);
+                    *state.enrollment.write().unwrap_or_else(|p| p.into_inner()) = enrollment;
+                    info!("SIGHUP: certificates read again.");
+                }
+                (Err(err), _) | (_, Err(err)) => {
+                    tracing::error!(error = %err.message, "SIGHUP: cannot read the certificate files; keeping the ones in use.");
                 }
             }
         }
@@ -315,6 +376,41 @@ fn group_id(name: &str) -> Result<u32, Failure> {
         .ok_or_else(|| Failure::from(format!("no group {name:?} in /etc/group")))
 }
 
+/// The files of a CA and its server certificate.
+const CA_FILES: [&str; 4] = ["ca.pem", "ca.key", "server.pem", "server.key"];
+
+/// Creates `dir`; refuses when one of `names` exists in it.
+fn refuse_existing(dir: &Path, names: &[&str]) -> Result<(), Failure> {
+    std::fs::create_dir_all(dir)
+        .map_err(|e| Failure::from(format!("cannot create {}: {e}", dir.display())))?;
+    match names.iter().map(|name| dir.join(name)).find(|p| p.exists()) {
+        Some(path) => Err(Failure::from(format!(
+            "{} exists; it is never overwritten",
+            path.display()
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Writes a new CA (named with the time it was made, to tell it from the one it may
+/// replace) and a server certificate it signed for `extra_names`, `localhost` and
+/// `127.0.0.1`.
+fn write_ca(dir: &Path, extra_names: &[String], secret: Access) -> Result<(), Failure> {
+    let mut names: Vec<String> = extra_names.to_vec();
+    for name in ["localhost", "127.0.0.1"] {
+        if !names.iter().any(|n| n == name) {
+            names.push(name.to_string());
+        }
+    }
+    let made = driftwatch_protocol::time::now_rfc3339();
+    let ca = CertificateAuthority::generate(&format!("driftwatch collector CA {made}"), 3650)?;
+    let (server_pem, server_key) = ca.server_certificate(&names, 825)?;
+    write_new(&dir.join("ca.pem"), &ca.cert_pem, Access::Public)?;
+    write_new(&dir.join("ca.key"), &ca.key_pem(), secret)?;
+    write_new(&dir.join("server.pem"), &server_pem, Access::Public)?;
+    write_new(&dir.join("server.key"), &server_key, secret)
+}
+
 fn init(
     dir: &Path,
     listen: SocketAddr,
@@ -322,41 +418,21 @@ fn init(
     database: &Path,
     group: Option<u32>,
 ) -> Result<(), Failure> {
-    std::fs::create_dir_all(dir)
-        .map_err(|e| Failure::from(format!("cannot create {}: {e}", dir.display())))?;
-    for name in [
-        "collector.toml",
-        "ca.pem",
-        "ca.key",
-        "server.pem",
-        "server.key",
-        "admin.token",
-        "operator.token",
-        "pipeline.token",
-        "enrollment.token",
-        "pipeline.key",
-        "pipeline.pub",
-    ] {
-        if dir.join(name).exists() {
-            return Err(Failure::from(format!(
-                "{} exists; init never overwrites",
-                dir.join(name).display()
-            )));
-        }
-    }
-    let mut names: Vec<String> = extra_names.to_vec();
-    for name in ["localhost", "127.0.0.1"] {
-        if !names.iter().any(|n| n == name) {
-            names.push(name.to_string());
-        }
-    }
+    refuse_existing(dir, &CA_FILES)?;
+    refuse_existing(
+        dir,
+        &[
+            "collector.toml",
+            "admin.token",
+            "operator.token",
+            "pipeline.token",
+            "enrollment.token",
+            "pipeline.key",
+            "pipeline.pub",
+        ],
+    )?;
     let secret = Access::Secret(group);
-    let ca = CertificateAuthority::generate("driftwatch collector CA", 3650)?;
-    let (server_pem, server_key) = ca.server_certificate(&names, 825)?;
-    write_new(&dir.join("ca.pem"), &ca.cert_pem, Access::Public)?;
-    write_new(&dir.join("ca.key"), &ca.key_pem(), secret)?;
-    write_new(&dir.join("server.pem"), &server_pem, Access::Public)?;
-    write_new(&dir.join("server.key"), &server_key, secret)?;
+    write_ca(dir, extra_names, secret)?;
     for token in [
         "admin.token",
         "operator.token",
@@ -444,7 +520,7 @@ async fn issue_host_cert(
         &read_text(&config.tls.client_ca_file)?,
         &read_text(key_file)?,
     )?;
-    let (cert, key) = ca.host_certificate(host_id, config.tls.host_cert_days)?;
+    let (cert, key) = ca.host_certificate(host_id, config.tls.host_cert_validity())?;
     let info = first_certificate(&cert, "issued certificate")
         .ok()
         .as_ref()

@@ -44,6 +44,9 @@ pub enum PkiError {
     /// A PEM file holds no certificate.
     #[error("{0} holds no certificate")]
     NoCertificate(String),
+    /// No certificate of the CA file is the CA key's.
+    #[error("no certificate in the CA file has the public key of the CA key")]
+    NoMatchingCa,
 }
 
 fn cert_error(what: &'static str) -> impl FnOnce(rcgen::Error) -> PkiError {
@@ -74,11 +77,20 @@ fn random_serial() -> SerialNumber {
     SerialNumber::from_slice(&bytes)
 }
 
-fn validity(params: &mut CertificateParams, days: u32) {
+fn validity(params: &mut CertificateParams, lifetime: Duration) {
     let now = OffsetDateTime::now_utc();
-    // Tolerate clocks a little behind the collector's.
-    params.not_before = now - Duration::hours(1);
-    params.not_after = now + Duration::days(i64::from(days));
+    // Tolerate clocks a little behind the collector's: an hour, or a tenth of a
+    // short lifetime (agents renew at two thirds of what they see).
+    params.not_before = now - (lifetime / 10_i32).min(Duration::hours(1));
+    params.not_after = now + lifetime;
+}
+
+fn days(days: u32) -> Duration {
+    Duration::days(i64::from(days))
+}
+
+fn lifetime(validity: std::time::Duration) -> Duration {
+    Duration::try_from(validity).unwrap_or(Duration::MAX)
 }
 
 impl CertificateAuthority {
@@ -91,7 +103,7 @@ impl CertificateAuthority {
         params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         params.serial_number = Some(random_serial());
-        validity(&mut params, days);
+        validity(&mut params, self::days(days));
         let cert = params
             .self_signed(&key)
             .map_err(cert_error("signing the CA certificate"))?;
@@ -101,10 +113,21 @@ impl CertificateAuthority {
         })
     }
 
-    /// Loads a CA from its certificate and key (PEM).
+    /// Loads a CA from its key and its certificate (PEM): the one of `cert_pem` whose
+    /// public key is the key's, so that a bundle of the CAs trusted during a rotation
+    /// (old and new) can name the one that issues. `cert_pem` is kept as given.
     pub fn load(cert_pem: &str, key_pem: &str) -> Result<CertificateAuthority, PkiError> {
+        use rcgen::PublicKeyData;
         let key = KeyPair::from_pem(key_pem).map_err(cert_error("reading the CA key"))?;
-        let issuer = Issuer::from_ca_cert_pem(cert_pem, key)
+        let public = key.subject_public_key_info();
+        let own = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+            .filter_map(Result::ok)
+            .find(|der| {
+                x509_parser::parse_x509_certificate(der)
+                    .is_ok_and(|(_, cert)| cert.tbs_certificate.subject_pki.raw == public)
+            })
+            .ok_or(PkiError::NoMatchingCa)?;
+        let issuer = Issuer::from_ca_cert_der(&own, key)
             .map_err(cert_error("reading the CA certificate"))?;
         Ok(CertificateAuthority {
             cert_pem: cert_pem.to_string(),
@@ -134,34 +157,39 @@ impl CertificateAuthority {
         );
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         params.serial_number = Some(random_serial());
-        validity(&mut params, days);
+        validity(&mut params, self::days(days));
         let cert = params
             .signed_by(&key, &self.issuer)
             .map_err(cert_error("signing the server certificate"))?;
         Ok((cert.pem(), key.serialize_pem()))
     }
 
-    /// A client certificate naming `host_id`, with a new key; returns (certificate PEM,
-    /// key PEM). For provisioning hosts (and tests) without enrollment.
-    pub fn host_certificate(&self, host_id: &str, days: u32) -> Result<(String, String), PkiError> {
+    /// A client certificate naming `host_id`, valid for `validity`, with a new key;
+    /// returns (certificate PEM, key PEM). For provisioning hosts (and tests) without
+    /// enrollment.
+    pub fn host_certificate(
+        &self,
+        host_id: &str,
+        validity: std::time::Duration,
+    ) -> Result<(String, String), PkiError> {
         let key = KeyPair::generate().map_err(cert_error("generating the host key"))?;
-        let cert = host_params(host_id, days)?
+        let cert = host_params(host_id, validity)?
             .signed_by(&key, &self.issuer)
             .map_err(cert_error("signing the host certificate"))?;
         Ok((cert.pem(), key.serialize_pem()))
     }
 
-    /// Signs a host's certificate signing request for `host_id`, whatever subject the
-    /// request asks for. Returns the certificate PEM.
+    /// Signs a host's certificate signing request for `host_id`, valid for
+    /// `validity`, whatever subject the request asks for. Returns the certificate PEM.
     pub fn sign_request(
         &self,
         csr_pem: &str,
         host_id: &str,
-        days: u32,
+        validity: std::time::Duration,
     ) -> Result<String, PkiError> {
         let mut request = CertificateSigningRequestParams::from_pem(csr_pem)
             .map_err(cert_error("reading the certificate signing request"))?;
-        request.params = host_params(host_id, days)?;
+        request.params = host_params(host_id, validity)?;
         let cert = request
             .signed_by(&self.issuer)
             .map_err(cert_error("signing the host certificate"))?;
@@ -169,7 +197,10 @@ impl CertificateAuthority {
     }
 }
 
-fn host_params(host_id: &str, days: u32) -> Result<CertificateParams, PkiError> {
+fn host_params(
+    host_id: &str,
+    validity: std::time::Duration,
+) -> Result<CertificateParams, PkiError> {
     if !is_valid_host_id(host_id) {
         return Err(PkiError::HostId(host_id.to_string()));
     }
@@ -180,7 +211,7 @@ fn host_params(host_id: &str, days: u32) -> Result<CertificateParams, PkiError> 
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.serial_number = Some(random_serial());
-    validity(&mut params, days);
+    self::validity(&mut params, lifetime(validity));
     Ok(params)
 }
 
@@ -235,6 +266,8 @@ pub fn first_certificate(pem: &str, source: &str) -> Result<CertificateDer<'stat
 mod tests {
     use super::*;
 
+    const DAY: std::time::Duration = std::time::Duration::from_secs(86_400);
+
     #[test]
     fn a_signed_request_names_the_host_the_collector_chose() {
         let ca = CertificateAuthority::generate("test CA", 30).unwrap();
@@ -244,13 +277,34 @@ mod tests {
             .distinguished_name
             .push(DnType::CommonName, "someone-else");
         let csr = params.serialize_request(&key).unwrap().pem().unwrap();
-        let cert_pem = ca.sign_request(&csr, "host-1", 30).unwrap();
+        let cert_pem = ca.sign_request(&csr, "host-1", 30 * DAY).unwrap();
         let cert = first_certificate(&cert_pem, "test").unwrap();
         assert_eq!(host_id_of(&cert).as_deref(), Some("host-1"));
-        assert!(ca.sign_request("garbage", "host-1", 30).is_err());
+        assert!(ca.sign_request("garbage", "host-1", 30 * DAY).is_err());
         assert!(matches!(
-            ca.sign_request(&csr, "../x", 30),
+            ca.sign_request(&csr, "../x", 30 * DAY),
             Err(PkiError::HostId(_))
+        ));
+    }
+
+    #[test]
+    fn the_ca_that_issues_is_the_one_of_its_key_in_a_bundle() {
+        let old = CertificateAuthority::generate("old CA", 30).unwrap();
+        let new = CertificateAuthority::generate("new CA", 30).unwrap();
+        let bundle = format!("{}{}", old.cert_pem, new.cert_pem);
+        for ca in [&old, &new] {
+            let loaded = CertificateAuthority::load(&bundle, &ca.key_pem()).unwrap();
+            let (cert_pem, _) = loaded.host_certificate("h1", DAY).unwrap();
+            let cert = first_certificate(&cert_pem, "test").unwrap();
+            let (_, parsed) = x509_parser::parse_x509_certificate(&cert).unwrap();
+            let ca_cert = first_certificate(&ca.cert_pem, "test").unwrap();
+            let (_, ca_parsed) = x509_parser::parse_x509_certificate(&ca_cert).unwrap();
+            assert_eq!(parsed.issuer().to_string(), ca_parsed.subject().to_string());
+        }
+        let other = CertificateAuthority::generate("other CA", 30).unwrap();
+        assert!(matches!(
+            CertificateAuthority::load(&bundle, &other.key_pem()),
+            Err(PkiError::NoMatchingCa)
         ));
     }
 
@@ -258,7 +312,7 @@ mod tests {
     fn a_ca_survives_a_round_trip_through_pem() {
         let ca = CertificateAuthority::generate("test CA", 30).unwrap();
         let loaded = CertificateAuthority::load(&ca.cert_pem, &ca.key_pem()).unwrap();
-        let (cert_pem, _) = loaded.host_certificate("h2", 1).unwrap();
+        let (cert_pem, _) = loaded.host_certificate("h2", DAY).unwrap();
         let cert = first_certificate(&cert_pem, "test").unwrap();
         assert_eq!(host_id_of(&cert).as_deref(), Some("h2"));
     }

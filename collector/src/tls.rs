@@ -140,7 +140,19 @@ pub async fn serve(
     app: Router,
     shutdown: impl Future<Output = ()>,
 ) {
-    let acceptor = TlsAcceptor::from(tls);
+    serve_reloadable(listener, tokio::sync::watch::channel(tls).1, app, shutdown).await;
+}
+
+/// [`serve`], with the TLS configuration the latest of `tls` at each new connection:
+/// a new server certificate or client CA bundle (SIGHUP) applies to new connections
+/// at once. Each configuration has a session ticketer of its own, so a session from
+/// before the change is not resumed on credentials no longer trusted.
+pub async fn serve_reloadable(
+    listener: TcpListener,
+    tls: tokio::sync::watch::Receiver<Arc<ServerConfig>>,
+    app: Router,
+    shutdown: impl Future<Output = ()>,
+) {
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let (stopping, stop) = tokio::sync::watch::channel(false);
     let mut http = Builder::new(TokioExecutor::new());
@@ -170,7 +182,7 @@ pub async fn serve(
             },
         };
         let _ = stream.set_nodelay(true);
-        let acceptor = acceptor.clone();
+        let acceptor = TlsAcceptor::from(Arc::clone(&tls.borrow()));
         let app = app.clone();
         let http = Arc::clone(&http);
         let mut stop = stop.clone();

@@ -982,6 +982,14 @@ impl Host {
         }
     }
 
+    /// Sends `sig` to the running daemon (SIGHUP: read the configuration, the CA
+    /// bundle and the client certificate again).
+    pub fn signal(&self, sig: i32) {
+        if let Some(child) = &self.child {
+            signal(child, sig);
+        }
+    }
+
     /// Kills the daemon with SIGKILL.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

@@ -366,3 +366,66 @@ fn a_host_renews_its_certificate_for_its_key_or_a_new_one() {
         .iter()
         .any(|a| a["action"] == "renew" && a["detail"].as_str().unwrap().contains("new key")));
 }
+
+#[test]
+fn hosts_enrolled_with_a_no_daemon_token_are_never_silent() {
+    let collector = Collector::start(
+        "\n[hosts]\nheartbeat_interval_secs = 1\nmissed_heartbeats = 2\nsweep_interval_secs = 1\n",
+    );
+    let created = collector.json(&[
+        "token",
+        "create",
+        "--name",
+        "ci-scans",
+        "--role",
+        "enroll",
+        "--no-daemon",
+    ]);
+    assert_eq!(created["daemon"], false, "{created}");
+    let scans = created["token"].as_str().unwrap().to_string();
+    let daemons = collector.json(&["token", "create", "--name", "fleet", "--role", "enroll"]);
+    assert_eq!(daemons["daemon"], true, "{daemons}");
+    let daemons = daemons["token"].as_str().unwrap().to_string();
+    // Only enroll tokens say it.
+    let output = collector.cli(&[
+        "token",
+        "create",
+        "--name",
+        "v",
+        "--role",
+        "viewer",
+        "--no-daemon",
+    ]);
+    assert_eq!(output.status.code(), Some(1), "{output:?}");
+    assert!(String::from_utf8_lossy(&output.stderr).contains("400"));
+    let listed = ok(collector.cli(&["token", "list"]));
+    let line = listed.lines().find(|l| l.starts_with("ci-scans")).unwrap();
+    assert!(line.contains("no-daemon"), "{listed}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let anonymous = RawClient::new(&collector, None);
+    for (host, token) in [("scan-1", &scans), ("daemon-2", &daemons)] {
+        let (key, csr) = key_and_csr(dir.path(), host).expect("openssl makes the keys");
+        let request = serde_json::json!({"token": token, "host_id": host, "csr_pem": csr});
+        let (status, body) = anonymous
+            .post("/v1/enroll", serde_json::to_vec(&request).unwrap(), &[])
+            .unwrap();
+        assert_eq!(status, 200, "{body}");
+        let answer: Value = serde_json::from_str(&body).unwrap();
+        let cert = dir.path().join(format!("{host}.pem"));
+        std::fs::write(&cert, answer["certificate_pem"].as_str().unwrap()).unwrap();
+        // Both claim a daemon's interval; the token decides.
+        let mut batch = heartbeat_batch(host, "e1");
+        batch["events"][0]["body"]["interval_secs"] = 30.into();
+        let client = RawClient::new(&collector, Some((&cert, &key)));
+        let (status, body) = client
+            .post("/v1/ingest", serde_json::to_vec(&batch).unwrap(), &[])
+            .unwrap();
+        assert_eq!(status, 200, "{body}");
+    }
+    wait_until(Duration::from_secs(30), "daemon-2 silent", || {
+        (collector.state("daemon-2").as_deref() == Some("silent")).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(collector.state("scan-1").as_deref(), Some("clean"));
+}

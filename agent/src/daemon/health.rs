@@ -184,6 +184,26 @@ fn render_metrics(status: &Status) -> String {
             "Events the collector rejected one by one, dropped",
             collector.events_rejected,
         );
+        if let Some(expires) = collector.certificate_expires_unix {
+            gauge(
+                &mut registry,
+                "collector_certificate_expiry_timestamp_seconds",
+                "When the client certificate in use expires, in seconds since the epoch",
+                expires,
+            );
+        }
+        counter(
+            &mut registry,
+            "collector_certificate_renewals",
+            "Client certificates renewed",
+            collector.certificate_renewals,
+        );
+        counter(
+            &mut registry,
+            "collector_certificate_renewal_failures",
+            "Certificate renewals that failed (each is retried with backoff)",
+            collector.certificate_renewal_failures,
+        );
         counter(
             &mut registry,
             "collector_requests_failed",
@@ -271,6 +291,10 @@ mod tests {
             requests_failed: 2,
             events_spooled: 15,
             events_rejected: 1,
+            certificate_expires: Some("2027-01-01T00:00:00Z".into()),
+            certificate_expires_unix: Some(1_798_761_600),
+            certificate_renewals: 4,
+            certificate_renewal_failures: 1,
         });
         let (_, body) = get(&shared, "/metrics").await;
         for line in [
@@ -280,6 +304,9 @@ mod tests {
             "driftwatch_collector_requests_failed_total 2",
             "driftwatch_collector_events_rejected_total 1",
             "driftwatch_collector_events_spooled_total 15",
+            "driftwatch_collector_certificate_expiry_timestamp_seconds 1798761600",
+            "driftwatch_collector_certificate_renewals_total 4",
+            "driftwatch_collector_certificate_renewal_failures_total 1",
             "driftwatch_hashed_bytes_total ",
             "driftwatch_hash_refusals_total ",
         ] {

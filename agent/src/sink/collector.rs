@@ -91,6 +91,15 @@ pub struct CollectorStatus {
     pub events_spooled: u64,
     /// Events the collector rejected one by one (a kind it does not know), dropped.
     pub events_rejected: u64,
+    /// When the client certificate in use expires (RFC 3339).
+    pub certificate_expires: Option<String>,
+    /// The same, in seconds since the epoch (for `/metrics`).
+    #[serde(skip)]
+    pub certificate_expires_unix: Option<i64>,
+    /// Certificates renewed since start.
+    pub certificate_renewals: u64,
+    /// Renewal attempts that failed since start (each is retried with backoff).
+    pub certificate_renewal_failures: u64,
 }
 
 impl CollectorStatus {
@@ -136,6 +145,12 @@ pub struct Client {
     replicas: Replicas,
     host_id: String,
     hostname: String,
+    /// The certificate and key it presents, and where they live (renewal replaces
+    /// them there).
+    identity: Identity,
+    /// The CA bundle the collector's certificate must chain to, and its file.
+    ca: (Vec<u8>, PathBuf),
+    timeout: Duration,
 }
 
 /// The collector's URLs (replicas of one collector) and which one is in use: a request
@@ -211,6 +226,7 @@ impl Client {
                 Identity {
                     pem,
                     origin: cert.clone(),
+                    key_file: (key != cert).then(|| key.clone()),
                 }
             }
             _ => match Identity::load_enrolled(state_dir, &host_id)? {
@@ -218,13 +234,84 @@ impl Client {
                 None => enroll(config, state_dir, &ca).await?,
             },
         };
-        let tls = tls_config(&ca, &config.ca_file, Some(&identity))?;
+        Client::with_identity(
+            identity,
+            (ca, config.ca_file.clone()),
+            Replicas::new(config.url.bases()),
+            host_id,
+            Duration::from_secs(config.timeout_secs),
+        )
+    }
+
+    /// A client presenting `identity`, with a TLS setup (and so a connection pool and
+    /// session cache) of its own.
+    fn with_identity(
+        identity: Identity,
+        ca: (Vec<u8>, PathBuf),
+        replicas: Replicas,
+        host_id: String,
+        timeout: Duration,
+    ) -> Result<Client, ClientError> {
+        let tls = tls_config(&ca.0, &ca.1, Some(&identity))?;
         Ok(Client {
-            http: http_client(tls, Duration::from_secs(config.timeout_secs))?,
-            replicas: Replicas::new(config.url.bases()),
+            http: http_client(tls, timeout)?,
+            replicas,
             host_id,
             hostname: crate::host::hostname(),
+            identity,
+            ca,
+            timeout,
         })
+    }
+
+    /// When the certificate in use expires, if it can be read.
+    pub fn certificate_expiry(&self) -> Option<std::time::SystemTime> {
+        super::renew::validity(&self.identity.pem).map(|(_, not_after)| not_after)
+    }
+
+    /// When the certificate in use is due for renewal.
+    pub fn renewal_due(&self) -> Option<std::time::SystemTime> {
+        super::renew::validity(&self.identity.pem)
+            .map(|(not_before, not_after)| super::renew::due(not_before, not_after))
+    }
+
+    /// Renews the certificate over the current one (`POST /v1/renew`), stores it where
+    /// the identity lives, and returns a client presenting it (new connections only;
+    /// this one stays usable until it is dropped).
+    pub async fn renew(&self) -> Result<Client, ClientError> {
+        let identity = super::renew::renew(self).await?;
+        let replicas = Replicas::new(self.replicas.bases.clone());
+        replicas.answered(
+            self.replicas
+                .current
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .0,
+        );
+        Client::with_identity(
+            identity,
+            self.ca.clone(),
+            replicas,
+            self.host_id.clone(),
+            self.timeout,
+        )
+    }
+
+    /// The replicas' URLs in the order to try them, with the HTTP client; for
+    /// [`super::renew`].
+    pub(super) fn endpoints(&self) -> (&reqwest::Client, Vec<&str>) {
+        let bases = self
+            .replicas
+            .order()
+            .into_iter()
+            .map(|i| self.replicas.bases[i].as_str())
+            .collect();
+        (&self.http, bases)
+    }
+
+    /// The host id, the identity and the CA bundle; for [`super::renew`].
+    pub(super) fn parts(&self) -> (&str, &Identity, &(Vec<u8>, PathBuf)) {
+        (&self.host_id, &self.identity, &self.ca)
     }
 
     /// A batch of `events` from this host.
@@ -475,7 +562,10 @@ impl Reporter {
                 }
             }
         };
+        let mut client = client;
         info!(url = %url, host_id = %client.host_id, "Reporting to the collector.");
+        self.show_certificate(&client);
+        let mut renewal = Renewal::new(&client, &self.config);
         let max_batch = self.config.batch_max_events;
         let mut batch_size = max_batch;
         let interval = Duration::from_secs(self.config.heartbeat_interval_secs);
@@ -483,6 +573,21 @@ impl Reporter {
         let mut failures = 0u32;
         loop {
             let stop_now = stopping(&stop);
+            if !stop_now && renewal.due() {
+                match client.renew().await {
+                    Ok(renewed) => {
+                        client = renewed;
+                        renewal = Renewal::new(&client, &self.config);
+                        self.update(|c| c.certificate_renewals += 1);
+                        self.show_certificate(&client);
+                    }
+                    Err(err) => {
+                        let delay = renewal.failed();
+                        error!(url = %url, error = %err, retry_in_secs = delay.as_secs_f64(), "Cannot renew the client certificate; the current one is used meanwhile.");
+                        self.update(|c| c.certificate_renewal_failures += 1);
+                    }
+                }
+            }
             let pending = self.spool().peek(batch_size);
             if pending.is_none() && (stop_now || Instant::now() < next_heartbeat) {
                 if stop_now {
@@ -491,6 +596,7 @@ impl Reporter {
                 tokio::select! {
                     () = self.wake.notified() => {}
                     () = tokio::time::sleep_until(next_heartbeat) => {}
+                    () = tokio::time::sleep_until(renewal.next) => {}
                     _ = stop.changed() => {}
                 }
                 continue;
@@ -590,6 +696,17 @@ impl Reporter {
         }
     }
 
+    /// Shows when the certificate in use expires.
+    fn show_certificate(&self, client: &Client) {
+        let expires = client.certificate_expiry();
+        self.update(|c| {
+            c.certificate_expires = expires.map(driftwatch_protocol::time::rfc3339);
+            c.certificate_expires_unix = expires
+                .and_then(|at| at.duration_since(std::time::UNIX_EPOCH).ok())
+                .and_then(|d| i64::try_from(d.as_secs()).ok());
+        });
+    }
+
     /// A batch of `events` plus a fresh heartbeat.
     fn batch(&self, client: &Client, mut events: Vec<Event>) -> Batch {
         let summary = self.summary.borrow().clone();
@@ -606,6 +723,62 @@ impl Reporter {
             }),
         });
         client.batch(summary.image, events)
+    }
+}
+
+/// When the reporter next renews its certificate: when it is due, or after a failed
+/// attempt's backoff. Never for a certificate it cannot read (nothing to go by).
+struct Renewal {
+    /// The wall-clock time it is due (`None`: never).
+    at: Option<std::time::SystemTime>,
+    /// When to look next.
+    next: Instant,
+    backoff: Backoff,
+}
+
+/// Renewal is checked at least this often, however far away it is: a suspended
+/// machine's monotonic clock does not count the time it slept.
+const RENEWAL_CHECK: Duration = Duration::from_secs(3600);
+
+impl Renewal {
+    fn new(client: &Client, config: &CollectorConfig) -> Renewal {
+        let mut renewal = Renewal {
+            at: client.renewal_due(),
+            next: Instant::now(),
+            backoff: Backoff::new(FIRST_RETRY, Duration::from_secs(config.retry_max_secs)),
+        };
+        renewal.schedule();
+        renewal
+    }
+
+    fn schedule(&mut self) {
+        let left = self.at.map_or(RENEWAL_CHECK, |at| {
+            at.duration_since(std::time::SystemTime::now())
+                .unwrap_or_default()
+        });
+        self.next = Instant::now() + left.min(RENEWAL_CHECK);
+    }
+
+    /// Whether to renew now (by the wall clock, looked at when the next check is due).
+    fn due(&mut self) -> bool {
+        let Some(at) = self.at else {
+            return false;
+        };
+        if Instant::now() < self.next {
+            return false;
+        }
+        if std::time::SystemTime::now() >= at {
+            return true;
+        }
+        self.schedule();
+        false
+    }
+
+    /// A failed attempt: the next one after a backoff.
+    fn failed(&mut self) -> Duration {
+        let delay = self.backoff.next_delay();
+        self.next = Instant::now() + delay;
+        delay
     }
 }
 
@@ -724,10 +897,13 @@ pub enum ReportError {
 }
 
 /// A host's key and certificate chain, PEM, in one buffer.
-struct Identity {
-    pem: Vec<u8>,
-    /// The file it came from, for errors.
-    origin: PathBuf,
+pub(super) struct Identity {
+    pub(super) pem: Vec<u8>,
+    /// The file it came from (the certificate's), for errors and renewal.
+    pub(super) origin: PathBuf,
+    /// The key's own file, when it is not `origin` (a provisioned `key_file`): a
+    /// renewal keeps that key, as two files cannot be replaced at once.
+    pub(super) key_file: Option<PathBuf>,
 }
 
 impl Identity {
@@ -739,37 +915,71 @@ impl Identity {
     fn load_enrolled(state_dir: &Path, host_id: &str) -> Result<Option<Identity>, ClientError> {
         let path = Identity::path(state_dir, host_id);
         match fs::read(&path) {
-            Ok(pem) => Ok(Some(Identity { pem, origin: path })),
+            Ok(pem) => Ok(Some(Identity {
+                pem,
+                origin: path,
+                key_file: None,
+            })),
             Err(err) if err.kind() == io::ErrorKind::NotFound => Ok(None),
             Err(source) => Err(ClientError::Read { path, source }),
         }
     }
 
-    /// Stores the identity, readable by root only, atomically.
-    fn store(&self) -> Result<(), ClientError> {
-        let io = |source| ClientError::StoreIdentity {
-            path: self.origin.clone(),
-            source,
+    /// Stores the identity, readable by root only, atomically: all of it in
+    /// `origin`, or only the certificate there when the key has a file of its own.
+    pub(super) fn store(&self) -> Result<(), ClientError> {
+        let bytes = match &self.key_file {
+            None => self.pem.clone(),
+            Some(_) => CertificateDer::pem_slice_iter(&self.pem)
+                .filter_map(Result::ok)
+                .flat_map(|der| pem_certificate(&der).into_bytes())
+                .collect(),
         };
-        let dir = self.origin.parent().unwrap_or(Path::new("."));
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(dir)
-            .map_err(io)?;
-        let temp = dir.join(".identity.tmp");
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&temp)
-            .map_err(io)?;
-        file.write_all(&self.pem).map_err(io)?;
-        file.sync_all().map_err(io)?;
-        fs::rename(&temp, &self.origin).map_err(io)?;
-        fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)
+        write_atomically(&self.origin, &bytes)
     }
+}
+
+/// A certificate as PEM text.
+fn pem_certificate(der: &[u8]) -> String {
+    use base64::Engine;
+    let text = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in text.as_bytes().chunks(64) {
+        pem.push_str(&String::from_utf8_lossy(line));
+        pem.push('\n');
+    }
+    pem.push_str("-----END CERTIFICATE-----\n");
+    pem
+}
+
+/// Replaces `path` with `bytes` (mode 0600) through a temporary file and a rename,
+/// durably: a crash leaves the old file or the new one, never a mix.
+fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), ClientError> {
+    let io = |source| ClientError::StoreIdentity {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(io)?;
+    let name = path
+        .file_name()
+        .map_or("identity".into(), |n| n.to_string_lossy());
+    let temp = dir.join(format!(".{name}.tmp"));
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&temp)
+        .map_err(io)?;
+    file.write_all(bytes).map_err(io)?;
+    file.sync_all().map_err(io)?;
+    fs::rename(&temp, path).map_err(io)?;
+    fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io)
 }
 
 /// Exchanges the enrollment token for a certificate of a key made here; stores both.
@@ -856,6 +1066,7 @@ async fn enroll(
     let identity = Identity {
         pem,
         origin: Identity::path(state_dir, host_id),
+        key_file: None,
     };
     // A certificate that does not match the key must not be kept.
     tls_config(ca, &config.ca_file, Some(&identity))?;
@@ -867,7 +1078,7 @@ async fn enroll(
 /// rustls with the ring provider, the CA file as the only roots, and the client
 /// certificate when there is one. ALPN offers HTTP/2 and HTTP/1.1: reqwest leaves a
 /// preconfigured TLS setup as it is.
-fn tls_config(
+pub(super) fn tls_config(
     ca: &[u8],
     ca_path: &Path,
     identity: Option<&Identity>,
@@ -945,7 +1156,7 @@ fn gzip(batch: &Batch) -> io::Result<Vec<u8>> {
 }
 
 /// The collector's one sentence from an error answer, else the status's reason.
-async fn error_message(response: reqwest::Response) -> String {
+pub(super) async fn error_message(response: reqwest::Response) -> String {
     let status = response.status();
     let body = response.bytes().await.unwrap_or_default();
     let message = serde_json::from_slice::<ErrorBody>(&body)
@@ -954,7 +1165,7 @@ async fn error_message(response: reqwest::Response) -> String {
     message.chars().take(MAX_MESSAGE_CHARS).collect()
 }
 
-fn read(path: &Path) -> Result<Vec<u8>, ClientError> {
+pub(super) fn read(path: &Path) -> Result<Vec<u8>, ClientError> {
     fs::read(path).map_err(|source| ClientError::Read {
         path: path.to_path_buf(),
         source,
@@ -995,8 +1206,11 @@ pub enum ClientError {
     /// Enrollment failed.
     #[error("enrollment failed: {0}")]
     Enroll(String),
-    /// The enrolled identity cannot be stored.
-    #[error("cannot store the enrolled identity in {}: {source}", path.display())]
+    /// Renewal failed.
+    #[error("certificate renewal failed: {0}")]
+    Renew(String),
+    /// The identity cannot be stored.
+    #[error("cannot store the host's identity in {}: {source}", path.display())]
     StoreIdentity {
         /// The file.
         path: PathBuf,
@@ -1204,6 +1418,13 @@ mod tests {
             replicas: Replicas::new(vec![collector.url.clone()]),
             host_id: "web-1".into(),
             hostname: "web-1".into(),
+            identity: Identity {
+                pem: Vec::new(),
+                origin: ca_file.clone(),
+                key_file: None,
+            },
+            ca: (ca.clone(), ca_file.clone()),
+            timeout: Duration::from_secs(5),
         };
         let err = client
             .send(&client.batch(image(), vec![]))

@@ -3,5 +3,6 @@
 
 pub mod collector;
 pub mod progress;
+pub mod renew;
 pub mod report;
 pub mod spool;

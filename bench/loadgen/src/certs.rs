@@ -11,8 +11,8 @@ use crate::IdentityArgs;
 use driftwatch_collector::pki::CertificateAuthority;
 use std::path::{Path, PathBuf};
 
-/// How long issued certificates stay valid, in days.
-const VALID_DAYS: u32 = 90;
+/// How long issued certificates stay valid: 90 days.
+const VALIDITY: std::time::Duration = std::time::Duration::from_secs(90 * 86_400);
 
 /// One simulated host's identity.
 pub struct Identity {
@@ -99,7 +99,7 @@ fn issue(collector: &CollectorFiles, dir: &Path, ids: &[&String]) -> Result<()> 
                         .map_err(Error::context("cannot load the collector's CA"))?;
                     for id in share {
                         let (cert, key) = ca
-                            .host_certificate(id, VALID_DAYS)
+                            .host_certificate(id, VALIDITY)
                             .map_err(Error::context(format!("cannot issue for {id}")))?;
                         write_atomically(&cache_file(dir, id), &format!("{cert}{key}"))?;
                     }

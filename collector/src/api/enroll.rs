@@ -36,22 +36,24 @@ struct Scope {
     host_ids: Option<String>,
     /// Images its hosts may claim.
     images: Option<String>,
+    /// Its hosts run a daemon (else they are never silent).
+    daemon: bool,
 }
 
 /// The scope of `token`, or 403.
 async fn scope(state: &AppState, token: &str) -> Result<Scope, ApiError> {
     let invalid = || ApiError::Forbidden("the enrollment token is not valid".into());
     let enrollment = state
-        .enrollment
-        .as_ref()
+        .enrollment()
         .ok_or_else(|| ApiError::NotFound("enrollment is not enabled on this collector".into()))?;
     // blake3::Hash compares in constant time.
-    if blake3::hash(token.trim().as_bytes()) == enrollment.token {
+    if enrollment.token == Some(blake3::hash(token.trim().as_bytes())) {
         return Ok(Scope {
             name: FILE_TOKEN.into(),
             stored: false,
             host_ids: None,
             images: None,
+            daemon: true,
         });
     }
     let record = stored_token(state, token, "enrollment token").await?;
@@ -63,6 +65,7 @@ async fn scope(state: &AppState, token: &str) -> Result<Scope, ApiError> {
         stored: true,
         host_ids: record.host_ids,
         images: record.images,
+        daemon: record.daemon,
     })
 }
 
@@ -74,12 +77,11 @@ pub fn issue(
     host_id: &str,
 ) -> Result<(String, CertInfo), ApiError> {
     let enrollment = state
-        .enrollment
-        .as_ref()
+        .enrollment()
         .ok_or_else(|| ApiError::NotFound("this collector issues no certificates".into()))?;
     let certificate_pem = enrollment
         .ca
-        .sign_request(csr_pem, host_id, state.config.tls.host_cert_days)
+        .sign_request(csr_pem, host_id, state.config.tls.host_cert_validity())
         .map_err(|e| ApiError::BadRequest(format!("cannot issue a certificate: {e}")))?;
     let info = first_certificate(&certificate_pem, "issued certificate")
         .ok()
@@ -132,7 +134,7 @@ pub async fn enroll(
             source: Source::Enrolled,
             token: scope.stored.then(|| scope.name.clone()),
             images: scope.images.clone(),
-            daemon: true,
+            daemon: scope.daemon,
             bound_ms: now_ms(),
         })
         .await?;

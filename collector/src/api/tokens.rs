@@ -36,6 +36,10 @@ pub struct CreateToken {
     /// Images its hosts may claim, a glob (default: any; `enroll` tokens only).
     #[serde(default)]
     pub images: Option<String>,
+    /// The hosts it enrolls run no daemon (one-shot `check --report`, CI scans) and
+    /// are never silent (default false; `enroll` tokens only).
+    #[serde(default)]
+    pub no_daemon: bool,
 }
 
 /// The answer to `POST /v1/tokens`: the record, and the token, this once.
@@ -71,10 +75,13 @@ impl CreateToken {
                 self.role
             ))
         })?;
-        let scoped = self.uses.is_some() || self.host_ids.is_some() || self.images.is_some();
+        let scoped = self.uses.is_some()
+            || self.host_ids.is_some()
+            || self.images.is_some()
+            || self.no_daemon;
         if scoped && role != Role::Enroll {
             return Err(ApiError::BadRequest(
-                "uses, host ids and images scope enroll tokens only".into(),
+                "uses, host ids, images and no daemon scope enroll tokens only".into(),
             ));
         }
         for glob in [&self.host_ids, &self.images].into_iter().flatten() {
@@ -93,6 +100,7 @@ impl CreateToken {
             host_ids: self.host_ids,
             images: self.images,
             revoked_ms: None,
+            daemon: !self.no_daemon,
         })
     }
 }

@@ -124,6 +124,10 @@ pub enum TokenCommand {
         /// Images its hosts may claim, a glob (enroll tokens).
         #[arg(long, value_name = "GLOB")]
         images: Option<String>,
+        /// The hosts it enrolls run no daemon (only `check --report`, a CI scan): they
+        /// are never silent. Declared here, at the collector (enroll tokens).
+        #[arg(long)]
+        no_daemon: bool,
     },
     /// List tokens (names, roles, scopes; never secrets).
     List {
@@ -318,6 +322,7 @@ impl TokenCommand {
                 uses,
                 host_ids,
                 images,
+                no_daemon,
             } => {
                 let request = CreateToken {
                     name,
@@ -326,6 +331,7 @@ impl TokenCommand {
                     uses,
                     host_ids,
                     images,
+                    no_daemon,
                 };
                 let created: CreatedToken = connect(&server, Credential::Admin)?
                     .post_json("/v1/tokens", &serde_json::to_value(&request)?)

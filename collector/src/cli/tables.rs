@@ -200,11 +200,14 @@ pub fn tokens(out: &mut String, tokens: &[TokenRecord]) {
     for t in tokens {
         let expires = t.expires_ms.map_or("never".into(), rfc3339);
         let uses = t.uses_left.map_or("-".into(), |n| n.to_string());
-        let scope = [("hosts", &t.host_ids), ("images", &t.images)]
+        let mut scope = [("hosts", &t.host_ids), ("images", &t.images)]
             .iter()
             .filter_map(|(what, glob)| glob.as_ref().map(|g| format!("{what}={g}")))
-            .collect::<Vec<_>>()
-            .join(" ");
+            .collect::<Vec<_>>();
+        if !t.daemon {
+            scope.push("no-daemon".into());
+        }
+        let scope = scope.join(" ");
         let revoked = t
             .revoked_ms
             .map_or(String::new(), |at| format!("  (revoked {})", rfc3339(at)));

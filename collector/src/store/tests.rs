@@ -236,6 +236,7 @@ async fn enrollment_is_once_per_host_and_revocation_sticks(db: TestDb) {
         host_ids: None,
         images: None,
         revoked_ms: None,
+        daemon: true,
     };
     store
         .create_token(token, trust::token_hash("s"))
@@ -793,6 +794,8 @@ async fn tokens_are_kept_by_hash_and_revoked(db: TestDb) {
         host_ids: Some("web-*".into()),
         images: Some("img-*".into()),
         revoked_ms: None,
+        // Hosts without a daemon: kept as such.
+        daemon: false,
     };
     let hash = trust::token_hash("secret-1");
     store
@@ -1215,6 +1218,7 @@ async fn sessions_are_shared_bounded_and_end_with_their_token(db: TestDb) {
         host_ids: None,
         images: None,
         revoked_ms: None,
+        daemon: true,
     };
     store
         .create_token(token, trust::token_hash("vera-secret"))

@@ -31,6 +31,14 @@ pub struct TokenRecord {
     /// When it was revoked.
     #[serde(rename = "revoked_at", with = "rfc3339_ms::option")]
     pub revoked_ms: Option<i64>,
+    /// False for an `enroll` token of hosts without a daemon (one-shot
+    /// `check --report`, CI scans): the hosts it enrolls are never silent.
+    #[serde(default = "daemon_default")]
+    pub daemon: bool,
+}
+
+fn daemon_default() -> bool {
+    true
 }
 
 impl TokenRecord {
@@ -156,7 +164,7 @@ pub fn token_hash(token: &str) -> String {
 
 /// Column list shared by both stores' token queries, in [`TokenRecord`] order.
 pub(crate) const TOKEN_COLUMNS: &str =
-    "name, role, created_at, expires_at, uses_left, host_ids, images, revoked_at";
+    "name, role, created_at, expires_at, uses_left, host_ids, images, revoked_at, daemon";
 
 #[cfg(test)]
 mod tests {
@@ -172,6 +180,7 @@ mod tests {
             host_ids: None,
             images: None,
             revoked_ms: None,
+            daemon: true,
         }
     }
 

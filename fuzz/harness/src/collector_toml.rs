@@ -4,7 +4,7 @@
 //! A configuration that validates must also be usable: its durations are added to
 //! `Instant::now()` (alert grouping, the sweep, timeouts), the rate limiter turns
 //! `burst / rate_per_sec` into a `Duration` when its table is full, and enrollment
-//! issues certificates valid for `host_cert_days` — each of which panics on values out
+//! issues certificates valid for `host_cert_days` (or `host_cert_validity_secs`) — each of which panics on values out
 //! of range. The certificate is issued for real, by a CA made once.
 
 use driftwatch_collector::config::CollectorConfig;
@@ -55,6 +55,6 @@ pub fn run(data: &[u8]) {
         "ingest.burst / ingest.rate_per_sec = {refill} validates but is no duration"
     );
     if let Some(ca) = ca() {
-        let _ = ca.host_certificate("host-1", config.tls.host_cert_days);
+        let _ = ca.host_certificate("host-1", config.tls.host_cert_validity());
     }
 }

@@ -20,7 +20,11 @@ fn sign(csr_pem: &str, host_id: &str) {
     let Some(ca) = ca() else {
         return;
     };
-    if let Ok(pem) = ca.sign_request(csr_pem, host_id, 30) {
+    if let Ok(pem) = ca.sign_request(
+        csr_pem,
+        host_id,
+        std::time::Duration::from_secs(30 * 86_400),
+    ) {
         if let Ok(cert) = first_certificate(&pem, "issued certificate") {
             let _ = fingerprint(&cert);
         }

@@ -197,6 +197,10 @@ CREATE TABLE ui_sessions (
 );
 CREATE INDEX ui_sessions_by_expiry ON ui_sessions (expires_at);
 "#,
+    // 5: enroll tokens of hosts without a daemon.
+    r#"
+ALTER TABLE tokens ADD COLUMN daemon BOOLEAN NOT NULL DEFAULT TRUE;
+"#,
 ];
 
 /// The advisory lock key the migrating replica holds ("driftwatch" in ASCII, cut).

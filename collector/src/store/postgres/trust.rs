@@ -19,6 +19,7 @@ fn token_from_row(row: &Row) -> StoreResult<TokenRecord> {
             host_ids: row.try_get(5)?,
             images: row.try_get(6)?,
             revoked_ms: row.try_get(7)?,
+            daemon: row.try_get(8)?,
         })
     };
     get().map_err(pg_error)
@@ -35,7 +36,7 @@ pub(super) async fn create_token<C: GenericClient>(
     let inserted = exec(
         c,
         &format!(
-            "INSERT INTO tokens ({TOKEN_COLUMNS}, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
+            "INSERT INTO tokens ({TOKEN_COLUMNS}, hash) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
              ON CONFLICT DO NOTHING"
         ),
         &[
@@ -47,6 +48,7 @@ pub(super) async fn create_token<C: GenericClient>(
             &token.host_ids,
             &token.images,
             &token.revoked_ms,
+            &token.daemon,
             &hash,
         ],
     )

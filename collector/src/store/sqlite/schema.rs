@@ -218,6 +218,10 @@ CREATE TABLE ui_sessions (
 );
 CREATE INDEX ui_sessions_by_expiry ON ui_sessions (expires_at);
 "#,
+    // 7: enroll tokens of hosts without a daemon.
+    r#"
+ALTER TABLE tokens ADD COLUMN daemon INTEGER NOT NULL DEFAULT 1;
+"#,
 ];
 
 /// Brings the database up to [`MIGRATIONS`]; refuses one from a newer collector.

@@ -16,6 +16,7 @@ fn token_from_row(row: &Row<'_>) -> rusqlite::Result<TokenRecord> {
         host_ids: row.get(5)?,
         images: row.get(6)?,
         revoked_ms: row.get(7)?,
+        daemon: row.get::<_, i64>(8)? != 0,
     })
 }
 
@@ -35,7 +36,7 @@ pub(super) fn create_token(c: &Connection, token: &TokenRecord, hash: &str) -> S
         )));
     }
     c.execute(
-        &format!("INSERT INTO tokens ({TOKEN_COLUMNS}, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"),
+        &format!("INSERT INTO tokens ({TOKEN_COLUMNS}, hash) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)"),
         params![
             token.name,
             token.role,
@@ -45,6 +46,7 @@ pub(super) fn create_token(c: &Connection, token: &TokenRecord, hash: &str) -> S
             token.host_ids,
             token.images,
             token.revoked_ms,
+            token.daemon,
             hash
         ],
     )
