@@ -50,9 +50,11 @@ pub fn is_valid_host_id(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b':'))
 }
 
-/// One delivery from an agent.
+/// One delivery from an agent. `E` is [`Event`] but for an agent forwarding events
+/// of kinds it does not know itself (spooled by a newer version), which are sent as
+/// they were written.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Batch {
+pub struct Batch<E = Event> {
     /// Always [`INGEST_SCHEMA`].
     pub schema: String,
     /// The sending host. It must be the host named by the client certificate.
@@ -62,7 +64,7 @@ pub struct Batch {
     /// The image and baseline the host runs on, as the host sees them.
     pub image: ImageClaim,
     /// The events, oldest first.
-    pub events: Vec<Event>,
+    pub events: Vec<E>,
 }
 
 /// The image a host says it runs.

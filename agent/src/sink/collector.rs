@@ -20,7 +20,7 @@
 //! Bodies are gzip-compressed JSON: findings compress about tenfold, and the collector
 //! bounds the body size it accepts.
 
-use super::spool::{random_id, Spool};
+use super::spool::{random_id, Spool, Spooled};
 use crate::config::{CollectorConfig, FAILBACK_SECS};
 use driftwatch_protocol::backoff::Backoff;
 use driftwatch_protocol::errors::error_chain;
@@ -315,7 +315,7 @@ impl Client {
     }
 
     /// A batch of `events` from this host.
-    fn batch(&self, image: ImageClaim, events: Vec<Event>) -> Batch {
+    fn batch<E>(&self, image: ImageClaim, events: Vec<E>) -> Batch<E> {
         Batch {
             schema: INGEST_SCHEMA.to_string(),
             host_id: self.host_id.clone(),
@@ -332,7 +332,7 @@ impl Client {
 
     /// POSTs one batch, gzip-compressed, to the replica in use, else to each other in
     /// turn; the acknowledgement, or why the last one tried did not give it.
-    pub async fn send(&self, batch: &Batch) -> Result<BatchAck, SendError> {
+    pub async fn send<E: Serialize>(&self, batch: &Batch<E>) -> Result<BatchAck, SendError> {
         let body = gzip(batch).map_err(SendError::Encode)?;
         let order = self.replicas.order();
         let mut last = None;
@@ -601,8 +601,11 @@ impl Reporter {
                 }
                 continue;
             }
-            let (events, through) =
-                pending.map_or((Vec::new(), None), |u| (u.events, Some(u.through)));
+            let (events, through) = pending.map_or((Vec::new(), None), |u| {
+                let known = u.events.into_iter().map(|e| Spooled::Known(Box::new(e)));
+                let foreign = u.foreign.into_iter().map(Spooled::Foreign);
+                (known.chain(foreign).collect(), Some(u.through))
+            });
             let count = events.len();
             let batch = self.batch(&client, events);
             match client.send(&batch).await {
@@ -708,10 +711,10 @@ impl Reporter {
     }
 
     /// A batch of `events` plus a fresh heartbeat.
-    fn batch(&self, client: &Client, mut events: Vec<Event>) -> Batch {
+    fn batch(&self, client: &Client, mut events: Vec<Spooled>) -> Batch<Spooled> {
         let summary = self.summary.borrow().clone();
         let spool_id = self.spool().spool_id().to_string();
-        events.push(Event {
+        events.push(Spooled::Known(Box::new(Event {
             // Heartbeats are not spooled; a random id keeps each one unique.
             id: format!("{spool_id}:hb:{}", random_id()),
             at: now_rfc3339(),
@@ -721,7 +724,7 @@ impl Reporter {
                 last_full_verification: summary.last_full_verification,
                 interval_secs: self.config.heartbeat_interval_secs,
             }),
-        });
+        })));
         client.batch(summary.image, events)
     }
 }
@@ -1149,7 +1152,7 @@ fn http_client(
         .map_err(|e| ClientError::Http(error_chain(&e)))
 }
 
-fn gzip(batch: &Batch) -> io::Result<Vec<u8>> {
+fn gzip(batch: &impl Serialize) -> io::Result<Vec<u8>> {
     let mut encoder = GzEncoder::new(Vec::new(), flate2::Compression::default());
     serde_json::to_writer(&mut encoder, batch).map_err(io::Error::other)?;
     encoder.finish()
@@ -1427,7 +1430,7 @@ mod tests {
             timeout: Duration::from_secs(5),
         };
         let err = client
-            .send(&client.batch(image(), vec![]))
+            .send(&client.batch::<Event>(image(), vec![]))
             .await
             .unwrap_err();
         assert_eq!(err.next(), Next::Unauthorized, "{err}");
@@ -1439,7 +1442,7 @@ mod tests {
             .await
             .unwrap();
         let err = client
-            .send(&client.batch(image(), vec![]))
+            .send(&client.batch::<Event>(image(), vec![]))
             .await
             .unwrap_err();
         assert!(matches!(err, SendError::Transport(_)), "{err}");

@@ -61,7 +61,39 @@ const MAX_SEQ: u64 = 1 << 53;
 #[derive(Debug, Serialize, Deserialize)]
 struct Line {
     seq: u64,
-    event: Event,
+    event: Spooled,
+}
+
+/// An event as spooled: one this agent reads, or one it does not — a kind that a newer
+/// agent spooled before this one replaced it (a downgrade) — kept as written and sent
+/// as it is: the collector decides, and rejects it alone if it cannot read it either.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Spooled {
+    /// An event this agent knows.
+    Known(Box<Event>),
+    /// An event of a kind it does not know.
+    Foreign(ForeignEvent),
+}
+
+/// An event of a kind this agent cannot read: its id and time, and its body as JSON.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ForeignEvent {
+    /// Its id, as spooled.
+    pub id: String,
+    /// When it was observed.
+    pub at: String,
+    /// What it says (an object with a `type`).
+    pub body: serde_json::Map<String, serde_json::Value>,
+}
+
+impl Spooled {
+    fn id(&self) -> &str {
+        match self {
+            Spooled::Known(event) => &event.id,
+            Spooled::Foreign(event) => &event.id,
+        }
+    }
 }
 
 /// The content of `acked.json`.
@@ -85,12 +117,14 @@ struct Segment {
 pub struct Unacked {
     /// The events.
     pub events: Vec<Event>,
+    /// Events among them of kinds this agent does not know (spooled by a newer one).
+    pub foreign: Vec<ForeignEvent>,
     /// The seq of the last one: acknowledge up to here once the collector took them.
     pub through: u64,
 }
 
 /// Events with their seqs, and the bytes of their lines.
-type Encoded = (Vec<(u64, Event)>, Vec<u8>);
+type Encoded = (Vec<(u64, Spooled)>, Vec<u8>);
 
 /// What an append did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -120,7 +154,7 @@ pub struct Spool {
     /// The newest segment, open for appending.
     writer: Option<File>,
     /// Unacknowledged events with their seqs, oldest first.
-    unacked: VecDeque<(u64, Event)>,
+    unacked: VecDeque<(u64, Spooled)>,
     created: bool,
 }
 
@@ -171,7 +205,7 @@ impl Spool {
             for line in lines.lines {
                 last_seq = last_seq.max(line.seq);
                 max_seq = max_seq.max(line.seq);
-                first_id.get_or_insert_with(|| line.event.id.clone());
+                first_id.get_or_insert_with(|| line.event.id().to_string());
                 if line.seq > acked_seq {
                     unacked.push_back((line.seq, line.event));
                 }
@@ -279,10 +313,18 @@ impl Spool {
 
     /// The oldest unacknowledged events, at most `max`.
     pub fn peek(&self, max: usize) -> Option<Unacked> {
-        let events: Vec<&(u64, Event)> = self.unacked.iter().take(max).collect();
-        let through = events.last()?.0;
+        let taken: Vec<&(u64, Spooled)> = self.unacked.iter().take(max).collect();
+        let through = taken.last()?.0;
+        let (mut events, mut foreign) = (Vec::new(), Vec::new());
+        for (_, event) in taken {
+            match event {
+                Spooled::Known(event) => events.push(Event::clone(event)),
+                Spooled::Foreign(event) => foreign.push(event.clone()),
+            }
+        }
         Some(Unacked {
-            events: events.into_iter().map(|(_, e)| e.clone()).collect(),
+            events,
+            foreign,
             through,
         })
     }
@@ -309,11 +351,11 @@ impl Spool {
         for (seq, (at, body)) in (self.next_seq..).zip(events) {
             let line = Line {
                 seq,
-                event: Event {
+                event: Spooled::Known(Box::new(Event {
                     id: format!("{}:{seq}", self.spool_id),
                     at,
                     body,
-                },
+                })),
             };
             serde_json::to_writer(&mut bytes, &line).map_err(|e| SpoolError::Io {
                 path: self.dir.clone(),
@@ -613,6 +655,41 @@ mod tests {
             .iter()
             .map(|p| ("2026-01-01T00:00:00Z".to_string(), finding(p)))
             .collect()
+    }
+
+    #[test]
+    fn events_of_unknown_kinds_are_kept_and_garbage_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let mut spool = Spool::open(dir.path(), 1 << 20).unwrap();
+            spool.append(events(&["/a"]), Vec::new).unwrap();
+        }
+        let id = Spool::open(dir.path(), 1 << 20)
+            .unwrap()
+            .spool_id()
+            .to_string();
+        let segment = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .find(|p| p.to_string_lossy().ends_with(SEGMENT_SUFFIX))
+            .unwrap();
+        let mut file = OpenOptions::new().append(true).open(&segment).unwrap();
+        let newer = format!(
+            "{{\"seq\":2,\"event\":{{\"id\":\"{id}:2\",\"at\":\"t\",\"body\":{{\"type\":\"quantum\",\"q\":1}}}}}}\n"
+        );
+        file.write_all(newer.as_bytes()).unwrap();
+        file.write_all(b"{\"seq\":3,\"event\":{\"body\":7}}\n")
+            .unwrap();
+        drop(file);
+        let mut spool = Spool::open(dir.path(), 1 << 20).unwrap();
+        let unacked = spool.peek(10).unwrap();
+        assert_eq!(paths(&unacked), ["/a"]);
+        assert_eq!(unacked.foreign.len(), 1, "{unacked:?}");
+        assert_eq!(unacked.foreign[0].id, format!("{id}:2"));
+        assert_eq!(unacked.foreign[0].body["type"], "quantum");
+        assert_eq!(unacked.through, 2);
+        spool.ack(unacked.through).unwrap();
+        assert_eq!(spool.peek(10), None);
     }
 
     fn paths(unacked: &Unacked) -> Vec<String> {
