@@ -61,13 +61,16 @@ fn every_documented_route_answers_as_documented() {
         let text = std::fs::read_to_string(collector.path(file)).unwrap();
         format!("Bearer {}", text.trim())
     };
-    // Images are the pipeline's to register, hosts the operator's to act on.
-    let bearer_for = |path: &str| {
-        bearer(if path == "/v1/images" {
+    // Images are the pipeline's to register, hosts the operator's to act on, tokens
+    // the admin's to make.
+    let token_for = |path: &str, method: &str| {
+        if path == "/v1/images" && method == "post" {
             "pipeline.token"
+        } else if path.starts_with("/v1/tokens") {
+            "admin.token"
         } else {
             "operator.token"
-        })
+        }
     };
     let client = RawClient::new(&collector, None);
     let (status, text) = client.get_operator("/v1/openapi.json", &token);
@@ -124,6 +127,37 @@ fn every_documented_route_answers_as_documented() {
             Some(baseline),
         ),
         ("/v1/actions", "get", "/v1/actions?limit=1000".into(), None),
+        (
+            "/v1/tokens",
+            "post",
+            "/v1/tokens".into(),
+            Some(br#"{"name":"api-enroll","role":"enroll","uses":2,"no_daemon":true}"#.to_vec()),
+        ),
+        (
+            "/v1/tokens",
+            "post",
+            "/v1/tokens".into(),
+            Some(br#"{"name":"api-enroll","role":"enroll"}"#.to_vec()),
+        ),
+        (
+            "/v1/tokens",
+            "post",
+            "/v1/tokens".into(),
+            Some(br#"{"name":"x","role":"root"}"#.to_vec()),
+        ),
+        ("/v1/tokens", "get", "/v1/tokens".into(), None),
+        (
+            "/v1/tokens/{name}/revoke",
+            "post",
+            "/v1/tokens/api-enroll/revoke".into(),
+            Some(Vec::new()),
+        ),
+        (
+            "/v1/tokens/{name}/revoke",
+            "post",
+            "/v1/tokens/nobody/revoke".into(),
+            Some(Vec::new()),
+        ),
         ("/metrics", "get", "/metrics".into(), None),
         ("/healthz", "get", "/healthz".into(), None),
         ("/v1/openapi.json", "get", "/v1/openapi.json".into(), None),
@@ -139,12 +173,12 @@ fn every_documented_route_answers_as_documented() {
     }
     for (path, method, real, body) in &calls {
         let (status, text) = match body {
-            None => client.get_operator(real, &token),
+            None => client.get_operator(real, &collector.path(token_for(path, method))),
             Some(body) => client
                 .post(
                     real,
                     body.clone(),
-                    &[("authorization", bearer_for(path).as_str())],
+                    &[("authorization", bearer(token_for(path, method)).as_str())],
                 )
                 .unwrap(),
         };
@@ -161,7 +195,17 @@ fn every_documented_route_answers_as_documented() {
             None => assert!(!text.is_empty(), "{method} {real}: empty body"),
         }
     }
-    // The answers above were the real ones: the mark went through.
+    // A role without the right: 403, as documented.
+    let (status, text) = client.get_operator("/v1/tokens", &token);
+    assert_eq!(status, 403, "{text}");
+    let schema = response_schema(&document, "/v1/tokens", "get", status).unwrap();
+    let problems = check(&document, schema, &serde_json::from_str(&text).unwrap());
+    assert!(problems.is_empty(), "{problems:#?}");
+    // The answers above were the real ones: the mark went through, the token was made
+    // and revoked.
+    let tokens = collector.json(&["token", "list"]);
+    assert_eq!(tokens[0]["name"], "api-enroll");
+    assert!(tokens[0]["revoked_at"].is_string(), "{tokens:#}");
     let actions = collector.actions();
     assert!(actions
         .iter()
