@@ -195,6 +195,7 @@ mod tests {
                 key_fingerprint: format!("test-key-of-{host}"),
                 serial: "01".into(),
                 not_after_ms: i64::MAX,
+                issuer: Vec::new(),
             }),
             address: "127.0.0.1:1".parse().unwrap(),
         };

@@ -160,6 +160,7 @@ impl Fleet {
             duplicates: outcome.duplicates,
             host: directive(&outcome.host),
             rejected: Vec::new(),
+            renew: false,
         })
     }
 

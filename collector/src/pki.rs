@@ -67,6 +67,15 @@ pub struct CertificateAuthority {
     /// The CA certificate, PEM.
     pub cert_pem: String,
     issuer: Issuer<'static, KeyPair>,
+    /// Its name (DER), which the certificates it issues name as their issuer.
+    subject: Vec<u8>,
+}
+
+/// The subject name (DER) of a certificate.
+fn subject_of(der: &[u8]) -> Vec<u8> {
+    x509_parser::parse_x509_certificate(der)
+        .map(|(_, cert)| cert.tbs_certificate.subject.as_raw().to_vec())
+        .unwrap_or_default()
 }
 
 fn random_serial() -> SerialNumber {
@@ -109,6 +118,7 @@ impl CertificateAuthority {
             .map_err(cert_error("signing the CA certificate"))?;
         Ok(CertificateAuthority {
             cert_pem: cert.pem(),
+            subject: subject_of(cert.der()),
             issuer: Issuer::new(params, key),
         })
     }
@@ -132,7 +142,14 @@ impl CertificateAuthority {
         Ok(CertificateAuthority {
             cert_pem: cert_pem.to_string(),
             issuer,
+            subject: subject_of(&own),
         })
+    }
+
+    /// Whether a certificate names this CA as its issuer (CAs are told apart by name:
+    /// `init` and `new-ca` name theirs with the time they were made).
+    pub fn issued(&self, certificate: &CertInfo) -> bool {
+        certificate.issuer == self.subject
     }
 
     /// The CA's private key (PEM), for `init` to write.
@@ -233,6 +250,8 @@ pub struct CertInfo {
     pub serial: String,
     /// When it expires, ms since the epoch.
     pub not_after_ms: i64,
+    /// Its issuer's name (DER).
+    pub issuer: Vec<u8>,
 }
 
 /// The key, serial and expiry of a certificate, if it parses.
@@ -246,6 +265,7 @@ pub fn cert_info(cert: &CertificateDer<'_>) -> Option<CertInfo> {
             .raw_serial_as_string()
             .replace(':', ""),
         not_after_ms: parsed.validity().not_after.timestamp().saturating_mul(1000),
+        issuer: parsed.tbs_certificate.issuer.as_raw().to_vec(),
     })
 }
 
@@ -300,6 +320,12 @@ mod tests {
             let ca_cert = first_certificate(&ca.cert_pem, "test").unwrap();
             let (_, ca_parsed) = x509_parser::parse_x509_certificate(&ca_cert).unwrap();
             assert_eq!(parsed.issuer().to_string(), ca_parsed.subject().to_string());
+            let info = cert_info(&cert).unwrap();
+            assert!(loaded.issued(&info));
+            let other = if std::ptr::eq(ca, &old) { &new } else { &old };
+            assert!(!CertificateAuthority::load(&bundle, &other.key_pem())
+                .unwrap()
+                .issued(&info));
         }
         let other = CertificateAuthority::generate("other CA", 30).unwrap();
         assert!(matches!(

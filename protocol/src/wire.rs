@@ -150,6 +150,10 @@ pub struct BatchAck {
     /// drops them (logged and counted) instead of resending them forever.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub rejected: Vec<RejectedEvent>,
+    /// The host's certificate was not issued by the CA the collector issues from now
+    /// (a CA rotation): the agent renews it at once instead of at its usual time.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub renew: bool,
 }
 
 /// One event the collector refused, and why.

@@ -565,7 +565,7 @@ impl Reporter {
         let mut client = client;
         info!(url = %url, host_id = %client.host_id, "Reporting to the collector.");
         self.show_certificate(&client);
-        let mut renewal = Renewal::new(&client, &self.config);
+        let mut renewal = Renewal::new(&client, &self.config, None);
         let max_batch = self.config.batch_max_events;
         let mut batch_size = max_batch;
         let interval = Duration::from_secs(self.config.heartbeat_interval_secs);
@@ -577,7 +577,7 @@ impl Reporter {
                 match client.renew().await {
                     Ok(renewed) => {
                         client = renewed;
-                        renewal = Renewal::new(&client, &self.config);
+                        renewal = Renewal::new(&client, &self.config, renewal.asked);
                         self.update(|c| c.certificate_renewals += 1);
                         self.show_certificate(&client);
                     }
@@ -632,6 +632,9 @@ impl Reporter {
                         "Batch acknowledged."
                     );
                     log_rejected(&ack.rejected);
+                    if ack.renew {
+                        renewal.now();
+                    }
                     let (spooled, bytes) = {
                         let spool = self.spool();
                         (spool.len() as u64, spool.bytes())
@@ -737,18 +740,24 @@ struct Renewal {
     /// When to look next.
     next: Instant,
     backoff: Backoff,
+    /// When the collector last asked for a renewal.
+    asked: Option<Instant>,
 }
+
+/// A collector's request to renew is followed at most once in this long.
+const ASKED_AGAIN: Duration = Duration::from_secs(600);
 
 /// Renewal is checked at least this often, however far away it is: a suspended
 /// machine's monotonic clock does not count the time it slept.
 const RENEWAL_CHECK: Duration = Duration::from_secs(3600);
 
 impl Renewal {
-    fn new(client: &Client, config: &CollectorConfig) -> Renewal {
+    fn new(client: &Client, config: &CollectorConfig, asked: Option<Instant>) -> Renewal {
         let mut renewal = Renewal {
             at: client.renewal_due(),
             next: Instant::now(),
             backoff: Backoff::new(FIRST_RETRY, Duration::from_secs(config.retry_max_secs)),
+            asked,
         };
         renewal.schedule();
         renewal
@@ -775,6 +784,19 @@ impl Renewal {
         }
         self.schedule();
         false
+    }
+
+    /// The collector asked for a renewal (its CA changed): at once, unless one was
+    /// asked for lately — a collector confused about its CA must not make a host renew
+    /// at every report.
+    fn now(&mut self) {
+        if self.asked.is_some_and(|at| at.elapsed() < ASKED_AGAIN) || self.at.is_none() {
+            return;
+        }
+        info!("The collector asks for a new certificate (its CA changed); renewing now.");
+        self.asked = Some(Instant::now());
+        self.at = Some(std::time::SystemTime::now());
+        self.next = Instant::now();
     }
 
     /// A failed attempt: the next one after a backoff.

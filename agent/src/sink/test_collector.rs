@@ -300,6 +300,7 @@ async fn ingest(
             mark,
         },
         rejected: Vec::new(),
+        renew: false,
     })
     .into_response()
 }

@@ -131,6 +131,10 @@ async fn accept(
         debug!(rejected = rejected.len(), "Events rejected one by one.");
     }
     ack.rejected = rejected;
+    // A certificate of a CA the collector no longer issues from (a rotation): renew now.
+    ack.renew = state
+        .enrollment()
+        .is_some_and(|enrollment| !enrollment.ca.issued(certificate));
     let metrics = &state.metrics;
     metrics
         .ingest_events
