@@ -20,6 +20,10 @@
 //! client certificate bound to the host id ([`EnrollResponse`]), and from then on the
 //! host authenticates by mutual TLS like any other. The private key never leaves the
 //! host.
+//!
+//! Before its certificate expires, a host renews it over its current identity with a
+//! [`RenewRequest`] to `POST /v1/renew` (same key or a new one); an acknowledgement with
+//! [`BatchAck::renew`] asks it to do so at once (the collector's CA changed).
 
 use crate::report::Finding;
 use serde::{Deserialize, Serialize};

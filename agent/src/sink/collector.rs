@@ -14,6 +14,9 @@
 //!   Failures are retried forever with capped, jittered exponential backoff; the spool
 //!   keeps everything meanwhile, with stable ids, so an outage of any length loses
 //!   nothing and duplicates nothing.
+//!   It also renews the client certificate when it is due, or when the collector's
+//!   answer asks for it (a CA rotation), and goes on with a client presenting the new
+//!   one ([`super::renew`]).
 //! - [`deliver_report`] is the same delivery, once and synchronously, for
 //!   `driftwatch check --report`.
 //!
