@@ -113,11 +113,13 @@ pub struct TlsConfig {
     /// The server's private key (PEM, PKCS#8). Required.
     pub key_file: PathBuf,
     /// The CA whose certificates identify agents (PEM): a client certificate it signed
-    /// names the host in its common name. Required.
+    /// names the host in its common name. A bundle of several during a CA rotation
+    /// (each is trusted). Required.
     pub client_ca_file: PathBuf,
-    /// The CA's private key (PEM). When set, enrolled hosts get certificates signed
-    /// with it; without it, enrollment is off and every agent needs a provisioned
-    /// certificate (default: none).
+    /// The CA's private key (PEM). When set, enrolled and renewing hosts get
+    /// certificates signed with it (by the certificate of `client_ca_file` that is
+    /// this key's); without it, enrollment and renewal are off and every agent needs a
+    /// provisioned certificate (default: none).
     #[serde(default)]
     pub client_ca_key_file: Option<PathBuf>,
     /// How long host certificates (enrollment, renewal, `issue-host-cert`) stay
