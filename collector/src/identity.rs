@@ -71,3 +71,30 @@ pub fn check_image(binding: &Binding, image_id: Option<&str>) -> Result<(), ApiE
         ))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn an_expired_certificate_is_refused_even_when_its_key_is_bound() {
+        let store: DynStore = Arc::new(crate::store::sqlite::SqliteStore::open_memory().unwrap());
+        let mut certificate = CertInfo {
+            key_fingerprint: "blake3:k".into(),
+            serial: "01".into(),
+            not_after_ms: now_ms() + 60_000,
+            issuer: Vec::new(),
+        };
+        // Bound at its first report while valid…
+        admit(&store, "h1", &certificate).await.unwrap();
+        admit(&store, "h1", &certificate).await.unwrap();
+        // …and refused once expired (a TLS session resumed past its expiry).
+        certificate.not_after_ms = now_ms() - 1;
+        let refused = admit(&store, "h1", &certificate).await.unwrap_err();
+        assert!(
+            matches!(&refused, ApiError::Forbidden(m) if m.contains("expired")),
+            "{refused:?}"
+        );
+    }
+}
