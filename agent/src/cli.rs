@@ -296,9 +296,12 @@ pub struct CheckArgs {
     /// before the scan, so a missing [collector] section fails at once.
     #[arg(long)]
     pub report: bool,
-    /// The agent configuration whose [collector] section --report uses [default:
-    /// /etc/driftwatch/agent.toml].
-    #[arg(long, value_name = "FILE", requires = "report")]
+    /// The agent configuration [default: /etc/driftwatch/agent.toml]: the [collector]
+    /// section --report uses and, when the checked root is the one it watches (its
+    /// `root`, default /), the state directory whose sealed provisioning delta explains
+    /// the host's first-boot changes, as it does for the daemon (read for a check of /
+    /// without this option too).
+    #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
 }
 

@@ -1118,3 +1118,135 @@ fn a_damaged_hash_cache_is_reported_not_trusted_and_rebuilt() {
     assert_eq!(rebuilt["state"], "clean", "{rebuilt:#}");
     assert!(daemon_log(&t).contains("The hash cache was damaged"));
 }
+
+/// `/status` and a plain `driftwatch check` of the daemon's root, with its config: the
+/// same findings, and the check's text listing, text summary, JSON summary and exit
+/// status all agree with them.
+fn check_agrees_with_daemon(t: &Tree, config: &Path, status: &Value) -> Value {
+    let daemon: Vec<String> = finding_paths(status);
+    let json = util::Cmd::new(["check", "--format", "json", "--config"])
+        .arg(config)
+        .arg("--root")
+        .arg(t.root())
+        .arg("--baseline")
+        .arg(t.baseline())
+        .run();
+    let report = json.json();
+    let plain: Vec<String> = util::findings_of(&report)
+        .into_iter()
+        .map(|f| f.path)
+        .collect();
+    assert_eq!(plain, daemon, "{json}\n{status:#}");
+    let count = plain.len() as u64;
+    assert_eq!(report["summary"]["findings"], count, "{json}");
+    json.assert_code(if count == 0 { 0 } else { 1 });
+    let text = util::Cmd::new(["check", "--config"])
+        .arg(config)
+        .arg("--root")
+        .arg(t.root())
+        .arg("--baseline")
+        .arg(t.baseline())
+        .run();
+    text.assert_code(if count == 0 { 0 } else { 1 });
+    let summary = text.stdout.lines().last().unwrap_or_default();
+    if count == 0 {
+        assert!(summary.starts_with("No drift."), "{text}");
+        assert!(!text.stdout.contains("findings"), "{text}");
+    } else {
+        let noun = if count == 1 { "finding" } else { "findings" };
+        assert!(summary.starts_with(&format!("{count} {noun}:")), "{text}");
+    }
+    for path in &plain {
+        assert!(
+            text.stdout.contains(path.as_str()),
+            "{path} not listed:\n{text}"
+        );
+    }
+    report
+}
+
+#[test]
+fn a_sealed_provisioning_delta_is_no_drift_for_the_daemon_and_the_plain_check_alike() {
+    let t = Tree::new();
+    t.write_policy(POLICY);
+    t.file("/usr/bin/tool", b"tool v1\n")
+        .file("/etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n")
+        .file("/etc/shadow", b"root:*:20000:0:99999:7:::\n")
+        .dir("/home");
+    t.create();
+    // What cloud-init does at first boot: the default user and its key.
+    t.file(
+        "/etc/passwd",
+        b"root:x:0:0:root:/root:/bin/sh\ndebian:x:1000:1000::/home/debian:/bin/sh\n",
+    )
+    .file(
+        "/home/debian/.ssh/authorized_keys",
+        b"ssh-ed25519 AAAA e2e\n",
+    );
+    // Judged against the baseline alone (no configuration), that is drift.
+    let raw = t.check();
+    raw.assert_code(1);
+    let raw = raw.json();
+    let provisioned = util::findings_of(&raw);
+    assert_eq!(provisioned.len(), 4, "{raw:#}");
+    // The window as the daemon seals it: each change with its state, by finding key.
+    let delta: serde_json::Map<String, Value> = raw["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            let key = format!("file:{}", f["path"].as_str().unwrap());
+            let entry = serde_json::json!({"first_seen": "2026-12-03T10:00:00Z", "finding": f});
+            (key, entry)
+        })
+        .collect();
+    let record = serde_json::json!({
+        "baseline_digest": raw["baseline"]["digest"],
+        "phase": "sealed",
+        "units": ["cloud-final.service"],
+        "opened": "2026-12-03T10:00:00Z",
+        "sealed": "2026-12-03T10:01:00Z",
+        "sealed_because": "the provisioning units finished",
+        "delta": delta,
+        "spooled": true,
+    });
+    std::fs::create_dir_all(t.outside("state")).unwrap();
+    std::fs::write(
+        t.outside("state").join("provisioning.json"),
+        serde_json::to_vec_pretty(&record).unwrap(),
+    )
+    .unwrap();
+
+    let port = free_port();
+    let config = write_config(&t, port, "");
+    let daemon = start(&t, &config, None);
+    let status = wait_for(port, Duration::from_secs(20), "the boot check", |s| {
+        s["full_checks"].as_u64() >= Some(1)
+    });
+    assert_eq!(status["provisioning"]["phase"], "sealed", "{status:#}");
+    assert_eq!(status["state"], "clean", "{status:#}");
+    let report = check_agrees_with_daemon(&t, &config, &status);
+    assert_eq!(report["findings"], serde_json::json!([]), "{report:#}");
+    assert_eq!(report["summary"]["critical"], 0, "{report:#}");
+
+    // After the seal, a declared path changed again and a binary replaced: drift for
+    // both, counted alike.
+    t.file(
+        "/home/debian/.ssh/authorized_keys",
+        b"ssh-ed25519 AAAA intruder\n",
+    )
+    .file("/usr/bin/tool", b"tool v2\n");
+    signal(&daemon.child, libc::SIGHUP);
+    let status = wait_for(port, Duration::from_secs(20), "the re-check", |s| {
+        s["full_checks"].as_u64() >= Some(2)
+    });
+    let report = check_agrees_with_daemon(&t, &config, &status);
+    assert_eq!(
+        util::findings_of(&report),
+        vec![
+            util::found("added", "/home/debian/.ssh/authorized_keys", &[]),
+            util::found("modified", "/usr/bin/tool", &["content"]),
+        ],
+        "{report:#}"
+    );
+}

@@ -27,6 +27,7 @@ pub mod container;
 pub mod haproxy;
 pub mod mount;
 pub mod openapi;
+pub mod plain_check;
 pub mod podman;
 pub mod postgres;
 pub mod sockets;

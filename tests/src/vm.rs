@@ -25,8 +25,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// How one command over SSH may take at most.
+/// How long one command over SSH may take at most under KVM (see [`Accel::patience`]).
 const SSH_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long a boot may take to reach SSH under KVM.
+const BOOT_TIMEOUT: Duration = Duration::from_secs(120);
+/// How long the machine may take to power off under KVM.
+const POWEROFF_TIMEOUT: Duration = Duration::from_secs(90);
 /// The machine's memory, in MiB.
 const MEMORY_MIB: &str = "1024";
 
@@ -73,12 +77,20 @@ impl Accel {
         }
     }
 
-    /// How long a boot may take to reach SSH.
-    pub fn boot_limit(self) -> Duration {
+    /// `limit` (what a wait may take under KVM) stretched to this accelerator: software
+    /// emulation runs guest code about ten times slower, and a loaded machine more, so
+    /// every wait on the guest scales with it instead of failing a slow but working boot.
+    pub fn patience(self, limit: Duration) -> Duration {
         match self {
-            Accel::Kvm => Duration::from_secs(120),
-            Accel::Tcg => Duration::from_secs(420),
+            Accel::Kvm => limit,
+            Accel::Tcg => limit * 10,
         }
+    }
+
+    /// How long a boot may take to reach SSH (and the agent a state after a boot or a
+    /// re-check: two full checks at most).
+    pub fn boot_limit(self) -> Duration {
+        self.patience(BOOT_TIMEOUT)
     }
 }
 
@@ -296,7 +308,10 @@ impl Vm {
     pub fn wait_ssh(&mut self) -> Duration {
         let limit = self.accel.boot_limit();
         loop {
-            if self.run(&["true"], Duration::from_secs(20)).success() {
+            if self
+                .run(&["true"], self.accel.patience(Duration::from_secs(20)))
+                .success()
+            {
                 return self.up_for();
             }
             if let Some(status) = self.qemu.as_mut().and_then(|q| q.try_wait().unwrap()) {
@@ -311,14 +326,14 @@ impl Vm {
 
     /// Runs `args` (a program and its arguments) as the user over SSH.
     pub fn exec(&self, args: &[&str]) -> Out {
-        self.run(args, SSH_TIMEOUT)
+        self.run(args, self.accel.patience(SSH_TIMEOUT))
     }
 
     /// Runs `args` as root (`sudo -n`) over SSH.
     pub fn sudo(&self, args: &[&str]) -> Out {
         let mut all = vec!["sudo", "-n"];
         all.extend_from_slice(args);
-        self.run(&all, SSH_TIMEOUT)
+        self.run(&all, self.accel.patience(SSH_TIMEOUT))
     }
 
     /// [`Vm::sudo`]; a failure fails the test.
@@ -376,7 +391,7 @@ impl Vm {
                 "--boot",
                 "--no-pager",
             ],
-            Duration::from_secs(20),
+            self.accel.patience(Duration::from_secs(20)),
         );
         panic!(
             "{} ({}): {message}\n--- journalctl -u {} ---\n{}\n--- console (last 60 lines) ---\n{}",
@@ -404,12 +419,13 @@ impl Vm {
                 }
                 return start.elapsed();
             }
-            if !pressed && start.elapsed() > Duration::from_secs(30) {
+            let limit = self.accel.patience(POWEROFF_TIMEOUT);
+            if !pressed && start.elapsed() > limit / 3 {
                 self.monitor("system_powerdown");
                 pressed = true;
             }
-            if start.elapsed() > Duration::from_secs(90) {
-                self.fail("the machine did not power off within 90 s");
+            if start.elapsed() > limit {
+                self.fail(format!("the machine did not power off within {limit:?}"));
             }
             std::thread::sleep(Duration::from_millis(50));
         }

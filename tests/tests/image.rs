@@ -249,6 +249,8 @@ fn a_baked_image_boots_clean_reports_drift_and_detects_a_tampered_baseline() {
             &mut seen,
             &mut problems,
         );
+        // Right after the seal, as an operator would look: the plain check agrees.
+        compare_with_plain_check(machine, &status, label == "B", &mut problems);
     }
     let distinct: HashSet<&String> = ids.iter().collect();
     assert_eq!(distinct.len(), 3, "every machine needs its own id: {ids:?}");
@@ -375,7 +377,7 @@ fn a_baked_image_boots_clean_reports_drift_and_detects_a_tampered_baseline() {
         );
     }
     judge_clean(b, &status, "B's reboot", &[], &mut seen, &mut problems);
-    compare_with_plain_check(b, &status, &mut problems);
+    compare_with_plain_check(b, &status, true, &mut problems);
 
     // 2. + 3. A drifts: each change reaches the collector as the right finding, the
     //    policy marks the host, its /healthz turns 503, the webhook hears of it.
@@ -494,7 +496,12 @@ fn a_baked_image_boots_clean_reports_drift_and_detects_a_tampered_baseline() {
     expect_finding(a, &host, &module, |f| {
         f["severity"] == "critical" && f["finding"]["change"] == "added"
     });
-    compare_with_plain_check(a, &agent_status(a).unwrap_or_default(), &mut problems);
+    compare_with_plain_check(
+        a,
+        &agent_status(a).unwrap_or_default(),
+        false,
+        &mut problems,
+    );
 
     if agent_status(a).is_none_or(|s| s["state"] != "marked") {
         a.fail(format!(
@@ -915,15 +922,26 @@ fn judge_provisioned(machine: &Container, status: &Value, problems: &mut Vec<Str
     }
 }
 
-/// Records a problem unless the daemon under its unit reports everything
-/// `driftwatch check`, run inside as a plain root command, finds (processes aside: the
-/// outer machine's `nsenter` is one, for an instant): no sandbox setting hides
-/// anything from the daemon. The daemon may remember more (drift since put back).
-fn compare_with_plain_check(machine: &Container, status: &Value, problems: &mut Vec<String>) {
-    let out = machine.exec(&["driftwatch", "check", "--format", "json"]);
-    let Ok(report) = serde_json::from_str::<Value>(&out.stdout) else {
-        problem(problems, format!("`driftwatch check` inside failed:{out}"));
-        return;
+/// Records a problem unless `driftwatch check`, run inside as a plain root command,
+/// agrees with itself (listing, JSON summary, text summary, exit status) and with the
+/// daemon under its unit: everything it finds the daemon reports too (processes aside:
+/// the outer machine's `nsenter` is one, for an instant), so no sandbox setting hides
+/// anything from the daemon. The daemon may remember more (drift since put back); with
+/// `clean`, neither has anything: after the sealed window, no drift either way.
+fn compare_with_plain_check(
+    machine: &Container,
+    status: &Value,
+    clean: bool,
+    problems: &mut Vec<String>,
+) {
+    let json = machine.exec(&["driftwatch", "check", "--format", "json"]);
+    let text = machine.exec(&["driftwatch", "check"]);
+    let report = match driftwatch_tests::plain_check::judge(&json, &text) {
+        Ok(report) => report,
+        Err(wrong) => {
+            problem(problems, format!("{}: {wrong}", machine.name()));
+            return;
+        }
     };
     let keys = |findings: Vec<&Value>| -> std::collections::BTreeSet<String> {
         findings
@@ -938,13 +956,12 @@ fn compare_with_plain_check(machine: &Container, status: &Value, problems: &mut 
             })
             .collect()
     };
-    let plain = keys(
-        report["findings"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .collect(),
-    );
+    let listed: Vec<&Value> = report["findings"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .collect();
+    let plain = keys(listed.clone());
     let daemon = keys(
         status["findings"]
             .as_array()
@@ -972,6 +989,18 @@ fn compare_with_plain_check(machine: &Container, status: &Value, problems: &mut 
                 "{}: `driftwatch check` as root finds {plain:?}, the daemon under its unit \
                  {daemon:?}",
                 machine.name()
+            ),
+        );
+    }
+    if clean && (!listed.is_empty() || !daemon.is_empty() || status["state"] != "clean") {
+        problem(
+            problems,
+            format!(
+                "{}: after the sealed window both should see no drift; plain check: \
+                 {listed:#?}, daemon ({}): {daemon:?}\n{}",
+                machine.name(),
+                status["state"],
+                text.stdout
             ),
         );
     }

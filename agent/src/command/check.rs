@@ -49,17 +49,10 @@ pub fn run(args: &CheckArgs, out: &mut impl Write) -> Result<Outcome> {
         mut report,
         skipped,
     } = pipeline::check(&plan, &progress, &mut |_, _, _| {})?;
-    if root == Path::new("/") {
+    if let Some(config) = host_config(args, &root)? {
         // The host's own first-boot changes are not drift here either: the same
-        // answer as the daemon's.
-        let config = AgentConfig::load(
-            args.config
-                .as_deref()
-                .unwrap_or(Path::new(DEFAULT_CONFIG_PATH)),
-            args.config.is_some(),
-        )
-        .map_err(Error::Config)?;
-        report.findings = provision::explain(&config, &report.baseline.digest, report.findings);
+        // answer as the daemon's, in the listing, the summary and the exit status.
+        provision::explain(&config, &mut report);
     }
     match args.format {
         Format::Json => write_json(out, &report)?,
@@ -77,6 +70,24 @@ pub fn run(args: &CheckArgs, out: &mut impl Write) -> Result<Outcome> {
         deliver(&collector, &state_dir, &report)?;
     }
     Ok(Outcome::of(report.findings.len(), report.errors.len()))
+}
+
+/// The agent configuration when `root` is the root it watches (`root`, default `/`):
+/// read for a check of `/`, or when `--config` names it. `None` for any other tree
+/// (a mounted image is judged against its baseline alone).
+fn host_config(args: &CheckArgs, root: &Path) -> Result<Option<AgentConfig>> {
+    if args.config.is_none() && root != Path::new("/") {
+        return Ok(None);
+    }
+    let config = AgentConfig::load(
+        args.config
+            .as_deref()
+            .unwrap_or(Path::new(DEFAULT_CONFIG_PATH)),
+        args.config.is_some(),
+    )
+    .map_err(Error::Config)?;
+    let watched = std::fs::canonicalize(&config.root).is_ok_and(|watched| watched == root);
+    Ok(watched.then_some(config))
 }
 
 /// The `[collector]` section and state directory of the agent configuration.

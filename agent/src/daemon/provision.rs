@@ -28,7 +28,7 @@ use super::{Daemon, Depth};
 use crate::config::provisioning::Declared;
 use crate::config::AgentConfig;
 use crate::sink::spool::write_durably;
-use driftwatch_protocol::report::{EntryState, Finding};
+use driftwatch_protocol::report::{EntryState, Finding, Report, Summary};
 use driftwatch_protocol::time::now_rfc3339 as now;
 use driftwatch_protocol::wire::{EventBody, ProvisionDelta};
 use serde::{Deserialize, Serialize};
@@ -224,17 +224,18 @@ impl Provisioning {
     }
 }
 
-/// `findings` without those the host's provisioning record (in the configuration's
-/// `state_dir`, for baseline `digest`) explains: what `driftwatch check` on the host
-/// itself applies, so that it answers as the daemon does. Without a readable record,
-/// all of them.
-pub fn explain(config: &AgentConfig, digest: &str, findings: Vec<Finding>) -> Vec<Finding> {
+/// Takes out of `report` the findings that the host's provisioning record (in the
+/// configuration's `state_dir`, for the report's baseline) explains, and counts the
+/// rest again: what `driftwatch check` on the host itself applies, so that it answers
+/// as the daemon does — its listing, summary and exit status alike. Without a readable
+/// record, the report stays as it is.
+pub fn explain(config: &AgentConfig, report: &mut Report) {
     let Ok(declared) = Declared::compile(&config.provisioning) else {
-        return findings;
+        return;
     };
-    match Provisioning::load(&config.state_dir, digest) {
-        Ok(Some(mut record)) => record.absorb(&declared, &findings, &now()),
-        _ => findings,
+    if let Ok(Some(mut record)) = Provisioning::load(&config.state_dir, &report.baseline.digest) {
+        report.findings = record.absorb(&declared, &report.findings, &now());
+        report.summary = Summary::of(&report.findings);
     }
 }
 
