@@ -11,7 +11,7 @@ use super::error::UiResult;
 use super::signin::SignedIn;
 use super::view::{summary, Chrome};
 use super::Ui;
-use crate::store::{HostFilter, PageRequest};
+use crate::store::{HostFilter, HostSort, PageRequest};
 use askama::Template;
 use axum::extract::State;
 use axum::response::Html;
@@ -67,6 +67,8 @@ pub async fn page(State(ui): State<Arc<Ui>>, who: SignedIn) -> UiResult<Html<Str
             .hosts(HostFilter {
                 state: Some(state),
                 image_id: None,
+                min_severity: None,
+                sort: HostSort::default(),
                 page: PageRequest {
                     after: None,
                     limit: Some(left),

@@ -21,13 +21,18 @@ fn dashboard() -> (Arc<Ui>, Router) {
     (ui, router)
 }
 
-/// A host that reported a critical kernel module.
+/// A host that reported a high-severity kernel module.
 async fn drifted_host(ui: &Ui, host: &str) {
+    host_with(ui, host, Severity::High).await;
+}
+
+/// A host that reported a kernel module of `severity`.
+async fn host_with(ui: &Ui, host: &str, severity: Severity) {
     let finding = Finding::KernelModule(KernelModuleFinding {
         reason: KernelModuleReason::NotInImage,
         name: "rootkit".into(),
         taint: None,
-        severity: Severity::High,
+        severity,
     });
     let batch = Batch {
         schema: INGEST_SCHEMA.into(),
@@ -233,6 +238,54 @@ async fn a_viewer_reads_every_page_sees_no_button_and_cannot_act() {
         .unwrap();
     let (status, _, _) = send(&router, get("/ui/", Some(&id))).await;
     assert_eq!(status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn the_hosts_page_filters_by_severity_and_sorts() {
+    let (ui, router) = dashboard();
+    host_with(&ui, "h1", Severity::High).await;
+    host_with(&ui, "h2", Severity::Critical).await;
+    host_with(&ui, "h3", Severity::Low).await;
+    let id = ui
+        .sessions
+        .open(principal("bob", Role::Viewer), "a-stored-token")
+        .await
+        .unwrap();
+    let listed = |body: &str| -> Vec<&'static str> {
+        let mut at: Vec<(usize, &'static str)> = ["h1", "h2", "h3"]
+            .into_iter()
+            .filter_map(|h| {
+                body.find(&format!("href=\"/ui/hosts/{h}\""))
+                    .map(|i| (i, h))
+            })
+            .collect();
+        at.sort();
+        at.into_iter().map(|(_, h)| h).collect()
+    };
+    let (status, _, body) = send(&router, get("/ui/hosts?severity=high", Some(&id))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let mut high = listed(&body);
+    high.sort();
+    assert_eq!(high, ["h1", "h2"], "{body}");
+    let (_, _, body) = send(&router, get("/ui/hosts?sort=severity", Some(&id))).await;
+    assert_eq!(listed(&body), ["h2", "h1", "h3"], "{body}");
+    assert!(body.contains("Most severe first"), "{body}");
+    assert!(
+        body.contains(r#"<option value="severity" selected>"#),
+        "{body}"
+    );
+    let (_, _, body) = send(
+        &router,
+        get("/ui/hosts?sort=id&severity=critical", Some(&id)),
+    )
+    .await;
+    assert_eq!(listed(&body), ["h2"], "{body}");
+    let (_, _, body) = send(&router, get("/ui/hosts?sort=id", Some(&id))).await;
+    assert_eq!(listed(&body), ["h1", "h2", "h3"], "{body}");
+    for bad in ["/ui/hosts?severity=dire", "/ui/hosts?sort=random"] {
+        let (status, _, body) = send(&router, get(bad, Some(&id))).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+    }
 }
 
 #[tokio::test]
