@@ -13,8 +13,8 @@ use crate::app::AppState;
 use crate::auth::{Principal, Right};
 use crate::error::ApiError;
 use crate::store::{
-    ActionFilter, ActionRecord, Cursor, FindingRecord, HostFilter, HostRecord, ImageRecord, Page,
-    PageRequest,
+    ActionFilter, ActionRecord, Cursor, FindingRecord, HostFilter, HostRecord, HostSort,
+    ImageRecord, Page, PageRequest,
 };
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -100,6 +100,8 @@ pub async fn hosts(
         .hosts(HostFilter {
             state: host_state,
             image_id: query.image,
+            min_severity: None,
+            sort: HostSort::default(),
             page: page_request(query.cursor.as_deref(), query.limit, MAX_LIMIT)?,
         })
         .await?;

@@ -737,8 +737,89 @@ pub struct HostFilter {
     pub state: Option<HostState>,
     /// Only hosts on this image.
     pub image_id: Option<String>,
-    /// Which page (most recently seen first).
+    /// Only hosts with at least one open finding of this severity or worse.
+    pub min_severity: Option<Severity>,
+    /// In which order.
+    pub sort: HostSort,
+    /// Which page (in `sort` order; a cursor belongs to the order it came from).
     pub page: PageRequest,
+}
+
+/// The orders hosts are listed in, each walked by an index and paged by cursor.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum HostSort {
+    /// Most recently seen first (ties by id).
+    #[default]
+    LastSeen,
+    /// By host id.
+    Id,
+    /// Most severe first: by [`severity_rank`] (most critical findings, then most
+    /// high, …), ties by id.
+    Severity,
+}
+
+impl HostSort {
+    /// Every order, the default first.
+    pub const ALL: [HostSort; 3] = [HostSort::LastSeen, HostSort::Id, HostSort::Severity];
+
+    /// The order's name in URLs.
+    pub fn name(self) -> &'static str {
+        match self {
+            HostSort::LastSeen => "seen",
+            HostSort::Id => "id",
+            HostSort::Severity => "severity",
+        }
+    }
+
+    /// The order of a name.
+    pub fn from_name(name: &str) -> Option<HostSort> {
+        HostSort::ALL.into_iter().find(|s| s.name() == name)
+    }
+
+    /// The SQL `ORDER BY` of the order (the same in both stores; each has an index
+    /// that walks it, alone and after `state =`).
+    pub(crate) fn order_by(self) -> &'static str {
+        match self {
+            HostSort::LastSeen => "last_seen DESC, host_id",
+            HostSort::Id => "host_id",
+            HostSort::Severity => "severity_rank DESC, host_id",
+        }
+    }
+
+    /// The cursor after `host` in this order.
+    pub(crate) fn cursor_of(self, host: &HostRecord) -> Cursor {
+        Cursor {
+            number: match self {
+                HostSort::LastSeen => host.last_seen_ms,
+                HostSort::Id => 0,
+                HostSort::Severity => severity_rank(&host.findings_by_severity),
+            },
+            text: host.host_id.clone(),
+        }
+    }
+}
+
+/// Bits of one severity's count in [`severity_rank`] (a count is capped at
+/// `2^15 - 1`, far above `ingest.max_findings_per_host`'s default).
+const RANK_BITS: u32 = 15;
+
+/// A host's findings by severity as one number that orders hosts most severe first:
+/// the four counts (critical, high, medium, low), each capped, side by side. The
+/// stores keep it as the generated column `severity_rank` (same formula, in the
+/// migrations), so that one index orders and filters by it.
+pub fn severity_rank(findings_by_severity: &[u64; 4]) -> i64 {
+    let cap = (1u64 << RANK_BITS) - 1;
+    findings_by_severity
+        .iter()
+        .fold(0u64, |rank, n| (rank << RANK_BITS) | (*n).min(cap)) as i64
+}
+
+/// The least [`severity_rank`] of a host with an open finding of `severity` or
+/// worse: the filter is one range on the rank.
+pub(crate) fn severity_rank_at_least(severity: Severity) -> i64 {
+    let mut counts = [0; 4];
+    counts[severity_index(severity)] = 1;
+    severity_rank(&counts)
 }
 
 /// Which actions to list.

@@ -221,6 +221,17 @@ pub fn container_phrase(container: &serde_json::Value) -> String {
     }
 }
 
+/// A container named with its image, when its runtime recorded one: `container web
+/// (0123456789ab) of image shop/api:1.4@sha256:…` (the host page's findings, one
+/// host's decisions).
+pub fn container_with_image(container: &serde_json::Value) -> String {
+    let phrase = container_phrase(container);
+    match container_image(container) {
+        Some(image) => format!("{phrase} of image {image}"),
+        None => phrase,
+    }
+}
+
 /// How a finding groups and reads in alerts.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Described {
@@ -238,13 +249,7 @@ impl Described {
     /// /usr/local/bin/x in container web (0123456789ab) of image shop/api:1.4`.
     pub fn on_host(&self, finding: &FindingRecord) -> String {
         match finding.finding.get("container") {
-            Some(container) => {
-                let mut title = format!("{} in {}", self.title, container_phrase(container));
-                if let Some(image) = &self.container {
-                    title.push_str(&format!(" of image {}", image.image));
-                }
-                title
-            }
+            Some(container) => format!("{} in {}", self.title, container_with_image(container)),
             None => self.title.clone(),
         }
     }

@@ -83,6 +83,7 @@ both_stores!(
     a_lease_is_taken_over_when_its_holder_stops,
     a_host_cannot_store_more_findings_than_its_bound,
     lists_page_with_cursors,
+    hosts_filter_by_severity_and_page_in_every_order,
     an_unknown_state_in_the_database_is_an_error,
     tokens_are_kept_by_hash_and_revoked,
     a_change_inside_containers_groups_by_their_image_across_hosts,
@@ -652,6 +653,135 @@ where
     }
 }
 
+/// Findings of host `i` by severity (critical, high, medium, low): many hosts tie.
+fn counts_of(i: usize) -> [usize; 4] {
+    [
+        if i.is_multiple_of(3) { i % 4 } else { 0 },
+        i % 2,
+        usize::from(i.is_multiple_of(5)),
+        i % 3,
+    ]
+}
+
+async fn hosts_filter_by_severity_and_page_in_every_order(db: TestDb) {
+    let store = db.open().await;
+    let policy = policy("[replacement]\nmode = \"dry_run\"\n");
+    for i in 0..30 {
+        let names: Vec<(String, Severity)> = counts_of(i)
+            .iter()
+            .zip(Severity::ALL_DESCENDING)
+            .flat_map(|(n, severity)| {
+                (0..*n).map(move |k| (format!("{}{k}", severity.name()), severity))
+            })
+            .collect();
+        let events = names
+            .iter()
+            .map(|(n, severity)| {
+                (
+                    n.as_str(),
+                    IngestBody::Finding(Box::new(module(n, *severity))),
+                )
+            })
+            .collect();
+        let mut record = batch(&format!("h{i:02}"), events);
+        record.received_ms = 1_000 + (i as i64) / 4;
+        store.ingest(record, policy.clone()).await.unwrap();
+    }
+    let all = store.hosts(HostFilter::default()).await.unwrap().items;
+    assert_eq!(all.len(), 30);
+    for host in &all {
+        let i: usize = host.host_id[1..].parse().unwrap();
+        assert_eq!(host.findings_by_severity, counts_of(i).map(|n| n as u64));
+    }
+    let key = |sort: HostSort, h: &HostRecord| match sort {
+        HostSort::LastSeen => (-h.last_seen_ms, h.host_id.clone()),
+        HostSort::Id => (0, h.host_id.clone()),
+        HostSort::Severity => (-severity_rank(&h.findings_by_severity), h.host_id.clone()),
+    };
+    for state in [None, Some(HostState::Drifted)] {
+        for min_severity in [None].into_iter().chain(Severity::ALL_DESCENDING.map(Some)) {
+            for sort in HostSort::ALL {
+                let mut expected: Vec<HostRecord> = all
+                    .iter()
+                    .filter(|h| state.is_none_or(|s| h.state == s))
+                    .filter(|h| {
+                        min_severity.is_none_or(|min| {
+                            h.findings_by_severity[..=severity_index(min)]
+                                .iter()
+                                .any(|n| *n > 0)
+                        })
+                    })
+                    .cloned()
+                    .collect();
+                expected.sort_by_key(|h| key(sort, h));
+                let found = walk(4, |page| {
+                    let store = store.clone();
+                    async move {
+                        store
+                            .hosts(HostFilter {
+                                state,
+                                min_severity,
+                                sort,
+                                page,
+                                ..HostFilter::default()
+                            })
+                            .await
+                            .unwrap()
+                    }
+                })
+                .await;
+                assert_eq!(
+                    found.iter().map(|h| &h.host_id).collect::<Vec<_>>(),
+                    expected.iter().map(|h| &h.host_id).collect::<Vec<_>>(),
+                    "{state:?} {min_severity:?} {sort:?}"
+                );
+            }
+        }
+    }
+    // The filters select: of the 10 hosts with i % 3 == 0, 7 have a critical finding
+    // (0, 12 and 24 have none).
+    let critical = store
+        .hosts(HostFilter {
+            min_severity: Some(Severity::Critical),
+            ..HostFilter::default()
+        })
+        .await
+        .unwrap()
+        .items;
+    assert_eq!(critical.len(), 7);
+    let worst = store
+        .hosts(HostFilter {
+            sort: HostSort::Severity,
+            page: PageRequest {
+                after: None,
+                limit: Some(1),
+            },
+            ..HostFilter::default()
+        })
+        .await
+        .unwrap()
+        .items;
+    // 3 critical and 1 high: hosts 3, 15 and 27; only 15 has a medium one too.
+    assert_eq!(worst[0].host_id, "h15");
+}
+
+#[test]
+fn the_severity_rank_orders_by_the_worst_counts_first() {
+    assert!(severity_rank(&[1, 0, 0, 0]) > severity_rank(&[0, 40_000, 9, 9]));
+    assert!(severity_rank(&[0, 2, 0, 0]) > severity_rank(&[0, 1, 30_000, 0]));
+    assert!(severity_rank(&[0, 0, 0, 1]) > severity_rank(&[0; 4]));
+    // Capped, not wrapped: more than the cap ranks as the cap.
+    assert_eq!(
+        severity_rank(&[40_000, 0, 0, 0]),
+        severity_rank(&[32_767, 0, 0, 0])
+    );
+    assert!(severity_rank(&[u64::MAX; 4]) > 0);
+    assert_eq!(severity_rank_at_least(Severity::Low), 1);
+    assert!(
+        severity_rank_at_least(Severity::Critical) > severity_rank(&[0, 32_767, 32_767, 32_767])
+    );
+}
+
 async fn lists_page_with_cursors(db: TestDb) {
     let store = db.open().await;
     let policy = policy("[replacement]\nmode = \"dry_run\"\n");
@@ -688,6 +818,7 @@ async fn lists_page_with_cursors(db: TestDb) {
                     state: Some(HostState::Clean),
                     image_id: Some("img".into()),
                     page,
+                    ..HostFilter::default()
                 })
                 .await
                 .unwrap()

@@ -1,7 +1,10 @@
 //! Drift across the fleet (`/ui/drift`): the same change on many hosts as one row —
 //! "modified /usr/bin/ssh (content) on 40 of 40 hosts of image web-2026.11.27" — the
 //! view that tells a bad image or policy (every host of an image) from an intrusion
-//! (one host).
+//! (one host). A change inside containers groups as the alerts do
+//! ([`crate::store::policy::describe`]): by the containers' image, across hosts of
+//! any image, counting containers — "added file /usr/local/bin/x in 12 containers of
+//! image shop/api@sha256:… on 5 hosts".
 //!
 //! The store has no cross-host index of findings, so the page reads the findings of the
 //! drifted and marked hosts most recently seen, at most [`MAX_HOSTS`] of them (in one
@@ -11,7 +14,8 @@ use super::error::UiResult;
 use super::signin::SignedIn;
 use super::view::{summary, Chrome};
 use super::Ui;
-use crate::store::{HostFilter, PageRequest};
+use crate::store::policy::describe;
+use crate::store::{HostFilter, HostSort, PageRequest};
 use askama::Template;
 use axum::extract::State;
 use axum::response::Html;
@@ -28,11 +32,16 @@ const HOSTS_PER_ROW: usize = 10;
 
 /// One change and the hosts it was seen on.
 pub struct DriftRow {
+    /// The hosts' image, or for a change inside containers the containers' image.
     pub image: String,
     pub change: String,
     pub severity: &'static str,
     severity_rank: usize,
     pub hosts: BTreeSet<String>,
+    /// A change inside containers: the `(host, container id)` it was seen in.
+    pub containers: BTreeSet<(String, String)>,
+    pub in_containers: bool,
+    /// Live hosts of the image (host rows only).
     pub of: u64,
 }
 
@@ -67,6 +76,8 @@ pub async fn page(State(ui): State<Arc<Ui>>, who: SignedIn) -> UiResult<Html<Str
             .hosts(HostFilter {
                 state: Some(state),
                 image_id: None,
+                min_severity: None,
+                sort: HostSort::default(),
                 page: PageRequest {
                     after: None,
                     limit: Some(left),
@@ -87,26 +98,41 @@ pub async fn page(State(ui): State<Arc<Ui>>, who: SignedIn) -> UiResult<Html<Str
             FINDINGS_PER_HOST,
         )
         .await?;
-    let mut rows: HashMap<(String, String), DriftRow> = HashMap::new();
+    // Keyed by (in containers, image, what is the same about the change).
+    let mut rows: HashMap<(bool, String, String), DriftRow> = HashMap::new();
     for finding in findings {
-        let image = images
-            .get(finding.host_id.as_str())
-            .cloned()
-            .unwrap_or_default();
-        let change = summary(&finding.finding, &finding.kind, &finding.subject);
+        let described = describe(&finding);
+        let (key, change, container) = match described.container {
+            Some(container) => (
+                (true, container.image, described.group),
+                described.title,
+                Some(container.id),
+            ),
+            None => {
+                let image = images
+                    .get(finding.host_id.as_str())
+                    .cloned()
+                    .unwrap_or_default();
+                let change = summary(&finding.finding, &finding.kind, &finding.subject);
+                ((false, image, change.clone()), change, None)
+            }
+        };
         let rank = crate::store::severity_index(finding.severity);
-        let row = rows
-            .entry((image.clone(), change.clone()))
-            .or_insert_with(|| DriftRow {
-                image: image.clone(),
-                change,
-                severity: finding.severity.name(),
-                severity_rank: rank,
-                hosts: BTreeSet::new(),
-                of: 0,
-            });
+        let row = rows.entry(key.clone()).or_insert_with(|| DriftRow {
+            image: key.1.clone(),
+            change,
+            severity: finding.severity.name(),
+            severity_rank: rank,
+            hosts: BTreeSet::new(),
+            containers: BTreeSet::new(),
+            in_containers: key.0,
+            of: 0,
+        });
         if rank < row.severity_rank {
             (row.severity, row.severity_rank) = (finding.severity.name(), rank);
+        }
+        if let Some(id) = container {
+            row.containers.insert((finding.host_id.clone(), id));
         }
         row.hosts.insert(finding.host_id.clone());
     }
@@ -116,7 +142,7 @@ pub async fn page(State(ui): State<Arc<Ui>>, who: SignedIn) -> UiResult<Html<Str
         .iter()
         .map(|i| (i.image_id.clone().unwrap_or_default(), i.live()))
         .collect();
-    for row in rows.values_mut() {
+    for row in rows.values_mut().filter(|r| !r.in_containers) {
         row.of = live.get(&row.image).copied().unwrap_or(0);
     }
     let mut rows: Vec<DriftRow> = rows.into_values().collect();

@@ -5,7 +5,7 @@ use super::error::UiResult;
 use super::signin::SignedIn;
 use super::view::{ActionRow, Chrome, HostRow};
 use super::Ui;
-use crate::store::{now_ms, ActionFilter, Hold, HostFilter, ImageStates, PageRequest};
+use crate::store::{now_ms, ActionFilter, Hold, HostFilter, HostSort, ImageStates, PageRequest};
 use askama::Template;
 use axum::extract::State;
 use axum::response::Html;
@@ -105,6 +105,8 @@ async fn summary(ui: &Ui) -> UiResult<Summary> {
         .hosts(HostFilter {
             state: Some(HostState::Silent),
             image_id: None,
+            min_severity: None,
+            sort: HostSort::default(),
             page: PageRequest {
                 after: None,
                 limit: Some(HOSTS_SHOWN as u32),

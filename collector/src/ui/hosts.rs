@@ -1,5 +1,6 @@
-//! The hosts (`/ui/hosts`: filtered by state and image, found by id, paged with the
-//! store's cursors so that 100,000 hosts cost one page each) and one host
+//! The hosts (`/ui/hosts`: filtered by state, image and severity, found by id, sorted
+//! by last contact, id or severity, paged with the store's cursors so that 100,000
+//! hosts cost one page each) and one host
 //! (`/ui/hosts/{id}`: identity, image and baseline, state, findings with before → after,
 //! the provisioning delta, and a timeline of its findings and of every action on it).
 
@@ -9,10 +10,11 @@ use super::signin::SignedIn;
 use super::view::{time, ActionRow, Chrome, FindingView, HostRow};
 use super::Ui;
 use crate::error::ApiError;
-use crate::store::{ActionFilter, HostFilter, PageRequest};
+use crate::store::{ActionFilter, HostFilter, HostSort, PageRequest};
 use askama::Template;
 use axum::extract::{Path, Query, State};
 use axum::response::{Html, IntoResponse, Redirect, Response};
+use driftwatch_protocol::report::Severity;
 use driftwatch_protocol::wire::HostState;
 use serde::Deserialize;
 use std::sync::Arc;
@@ -32,6 +34,10 @@ pub struct HostsQuery {
     #[serde(default)]
     image: String,
     #[serde(default)]
+    severity: String,
+    #[serde(default)]
+    sort: String,
+    #[serde(default)]
     q: String,
     #[serde(default)]
     cursor: String,
@@ -44,13 +50,19 @@ struct HostsPage {
     states: Vec<&'static str>,
     state: String,
     image: String,
+    severities: Vec<&'static str>,
+    severity: String,
+    sorts: Vec<(&'static str, &'static str)>,
+    sort: String,
+    caption: &'static str,
     q: String,
     hosts: Vec<HostRow>,
     next: Option<String>,
     first_page: bool,
 }
 
-/// `GET /ui/hosts?state=&image=&q=&cursor=`: a search by id goes straight to the host.
+/// `GET /ui/hosts?state=&image=&severity=&sort=&q=&cursor=`: a search by id goes
+/// straight to the host.
 pub async fn list(
     State(ui): State<Arc<Ui>>,
     who: SignedIn,
@@ -70,6 +82,25 @@ pub async fn list(
             ))
         })?),
     };
+    let min_severity = match given(&query.severity) {
+        None => None,
+        Some(name) => Some(
+            Severity::ALL_DESCENDING
+                .into_iter()
+                .find(|s| s.name() == name)
+                .ok_or_else(|| {
+                    ApiError::BadRequest(format!(
+                        "unknown severity {name:?} (critical, high, medium, low)"
+                    ))
+                })?,
+        ),
+    };
+    let sort = match given(&query.sort) {
+        None => HostSort::default(),
+        Some(name) => HostSort::from_name(name).ok_or_else(|| {
+            ApiError::BadRequest(format!("unknown order {name:?} (seen, id, severity)"))
+        })?,
+    };
     let page = if given(&query.q).is_some() {
         // An id that matches no host: an empty list that says so.
         crate::store::Page {
@@ -81,6 +112,8 @@ pub async fn list(
             .hosts(HostFilter {
                 state,
                 image_id: given(&query.image).map(str::to_string),
+                min_severity,
+                sort,
                 page: PageRequest {
                     after: cursor(&query.cursor)?,
                     limit: Some(HOSTS_PER_PAGE),
@@ -93,12 +126,32 @@ pub async fn list(
         states: HostState::ALL.iter().map(|s| s.name()).collect(),
         state: query.state.trim().to_string(),
         image: query.image.trim().to_string(),
+        severities: Severity::ALL_DESCENDING.iter().map(|s| s.name()).collect(),
+        severity: min_severity
+            .map(Severity::name)
+            .unwrap_or_default()
+            .to_string(),
+        sorts: HostSort::ALL
+            .iter()
+            .map(|s| (s.name(), sort_label(*s)))
+            .collect(),
+        sort: sort.name().to_string(),
+        caption: sort_label(sort),
         q: query.q.trim().to_string(),
         hosts: page.items.iter().map(HostRow::of).collect(),
         next: page.next_cursor.map(|c| c.encode()),
         first_page: given(&query.cursor).is_none(),
     };
     Ok(Html(page.render()?).into_response())
+}
+
+/// How an order reads on the page.
+fn sort_label(sort: HostSort) -> &'static str {
+    match sort {
+        HostSort::LastSeen => "Most recently seen first",
+        HostSort::Id => "By host id",
+        HostSort::Severity => "Most severe first",
+    }
 }
 
 /// A host id in a URL path. Host ids are `[A-Za-z0-9._:-]` ([`driftwatch_protocol`]

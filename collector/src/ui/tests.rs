@@ -7,7 +7,10 @@ use crate::auth::{Principal, Role};
 use crate::store::ActionFilter;
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
-use driftwatch_protocol::report::{Finding, KernelModuleFinding, KernelModuleReason, Severity};
+use driftwatch_protocol::report::{
+    ContainerRef, FileChange, FileFinding, Finding, KernelModuleFinding, KernelModuleReason,
+    Severity,
+};
 use driftwatch_protocol::wire::{Batch, Event, EventBody, ImageClaim, INGEST_SCHEMA};
 use tower::ServiceExt;
 
@@ -21,13 +24,18 @@ fn dashboard() -> (Arc<Ui>, Router) {
     (ui, router)
 }
 
-/// A host that reported a critical kernel module.
+/// A host that reported a high-severity kernel module.
 async fn drifted_host(ui: &Ui, host: &str) {
+    host_with(ui, host, Severity::High).await;
+}
+
+/// A host that reported a kernel module of `severity`.
+async fn host_with(ui: &Ui, host: &str, severity: Severity) {
     let finding = Finding::KernelModule(KernelModuleFinding {
         reason: KernelModuleReason::NotInImage,
         name: "rootkit".into(),
         taint: None,
-        severity: Severity::High,
+        severity,
     });
     let batch = Batch {
         schema: INGEST_SCHEMA.into(),
@@ -236,6 +244,54 @@ async fn a_viewer_reads_every_page_sees_no_button_and_cannot_act() {
 }
 
 #[tokio::test]
+async fn the_hosts_page_filters_by_severity_and_sorts() {
+    let (ui, router) = dashboard();
+    host_with(&ui, "h1", Severity::High).await;
+    host_with(&ui, "h2", Severity::Critical).await;
+    host_with(&ui, "h3", Severity::Low).await;
+    let id = ui
+        .sessions
+        .open(principal("bob", Role::Viewer), "a-stored-token")
+        .await
+        .unwrap();
+    let listed = |body: &str| -> Vec<&'static str> {
+        let mut at: Vec<(usize, &'static str)> = ["h1", "h2", "h3"]
+            .into_iter()
+            .filter_map(|h| {
+                body.find(&format!("href=\"/ui/hosts/{h}\""))
+                    .map(|i| (i, h))
+            })
+            .collect();
+        at.sort();
+        at.into_iter().map(|(_, h)| h).collect()
+    };
+    let (status, _, body) = send(&router, get("/ui/hosts?severity=high", Some(&id))).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let mut high = listed(&body);
+    high.sort();
+    assert_eq!(high, ["h1", "h2"], "{body}");
+    let (_, _, body) = send(&router, get("/ui/hosts?sort=severity", Some(&id))).await;
+    assert_eq!(listed(&body), ["h2", "h1", "h3"], "{body}");
+    assert!(body.contains("Most severe first"), "{body}");
+    assert!(
+        body.contains(r#"<option value="severity" selected>"#),
+        "{body}"
+    );
+    let (_, _, body) = send(
+        &router,
+        get("/ui/hosts?sort=id&severity=critical", Some(&id)),
+    )
+    .await;
+    assert_eq!(listed(&body), ["h2"], "{body}");
+    let (_, _, body) = send(&router, get("/ui/hosts?sort=id", Some(&id))).await;
+    assert_eq!(listed(&body), ["h1", "h2", "h3"], "{body}");
+    for bad in ["/ui/hosts?severity=dire", "/ui/hosts?sort=random"] {
+        let (status, _, body) = send(&router, get(bad, Some(&id))).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{bad}: {body}");
+    }
+}
+
+#[tokio::test]
 async fn the_drift_page_groups_one_change_across_hosts() {
     let (ui, router) = dashboard();
     for host in ["h1", "h2", "h3"] {
@@ -253,6 +309,92 @@ async fn the_drift_page_groups_one_change_across_hosts() {
         "{body}"
     );
     assert!(body.contains("on 3 of 3 hosts"), "{body}");
+}
+
+/// `/usr/local/bin/x` added inside containers `(id, image)` of `host` on `image`.
+async fn dropped_in_containers(ui: &Ui, host: &str, image: &str, containers: &[(&str, &str)]) {
+    let events = containers
+        .iter()
+        .map(|(id, container_image)| Event {
+            id: format!("e-{id}"),
+            at: "2026-01-01T00:00:00Z".into(),
+            body: EventBody::Finding {
+                finding: Finding::File(Box::new(FileFinding {
+                    change: FileChange::Added,
+                    path: "/usr/local/bin/x".into(),
+                    path_bytes_b64: None,
+                    attributes: Vec::new(),
+                    severity: Severity::Critical,
+                    rule: "containers".into(),
+                    baseline: None,
+                    observed: None,
+                    package: None,
+                    container: Some(ContainerRef {
+                        id: (*id).into(),
+                        name: Some(format!("web-{id}")),
+                        runtime: "containerd".into(),
+                        image: Some((*container_image).into()),
+                        image_digest: Some("sha256:ab12".into()),
+                        pod: None,
+                        namespace: None,
+                    }),
+                })),
+            },
+        })
+        .collect();
+    let batch = Batch {
+        schema: INGEST_SCHEMA.into(),
+        host_id: host.into(),
+        hostname: host.into(),
+        image: ImageClaim {
+            image_id: Some(image.into()),
+            baseline_digest: None,
+        },
+        events,
+    };
+    ui.app.fleet.ingest(batch).await.unwrap();
+}
+
+#[tokio::test]
+async fn the_drift_page_groups_a_change_in_containers_by_their_image() {
+    let (ui, router) = dashboard();
+    dropped_in_containers(
+        &ui,
+        "n1",
+        "node-a",
+        &[("c1", "shop/api"), ("c2", "shop/api")],
+    )
+    .await;
+    dropped_in_containers(&ui, "n2", "node-b", &[("c3", "shop/api")]).await;
+    dropped_in_containers(&ui, "n3", "node-a", &[("c4", "shop/web")]).await;
+    let id = ui
+        .sessions
+        .open(principal("bob", Role::Viewer), "a-stored-token")
+        .await
+        .unwrap();
+    let (_, _, body) = send(&router, get("/ui/drift", Some(&id))).await;
+    // One row for shop/api's containers on both node images, one for shop/web's.
+    assert_eq!(
+        body.matches("added file /usr/local/bin/x").count(),
+        2,
+        "{body}"
+    );
+    assert!(
+        body.contains("in 3 containers of image shop/api@sha256:ab12 on 2 hosts"),
+        "{body}"
+    );
+    assert!(
+        body.contains("in 1 container of image shop/web@sha256:ab12 on 1 host<"),
+        "{body}"
+    );
+    // The host page names the container and its image.
+    let (_, _, body) = send(&router, get("/ui/hosts/n1", Some(&id))).await;
+    assert!(
+        body.contains(
+            "added /usr/local/bin/x in container web-c2 (c2) of image shop/api@sha256:ab12"
+        ),
+        "{body}"
+    );
 }
 
 #[tokio::test]

@@ -3,6 +3,7 @@
 
 use super::signin::SignedIn;
 use crate::auth::Right;
+use crate::store::policy::container_with_image;
 use crate::store::{ActionRecord, FindingRecord, HostRecord};
 use driftwatch_protocol::report::{Attribute, EntryState, FileFinding, Finding, PackageRef};
 use serde_json::Value;
@@ -129,10 +130,12 @@ impl FindingView {
     }
 }
 
-/// One line that says what changed: `modified /usr/bin/ssh (content)`. Findings with
-/// the same line on several hosts are the same change ([`super::drift`]).
+/// One line that says what changed: `modified /usr/bin/ssh (content)`, and inside a
+/// container `… in container web (0123456789ab) of image shop/api:1.4` (the store's
+/// wording, [`container_with_image`]). Findings with the same line on several hosts
+/// are the same change ([`super::drift`]).
 pub fn summary(value: &Value, kind: &str, subject: &str) -> String {
-    match serde_json::from_value::<Finding>(value.clone()) {
+    let mut line = match serde_json::from_value::<Finding>(value.clone()) {
         Ok(Finding::File(file)) => {
             let change = match file.change {
                 driftwatch_protocol::report::FileChange::Added => "added",
@@ -143,9 +146,6 @@ pub fn summary(value: &Value, kind: &str, subject: &str) -> String {
             let mut line = format!("{change} {}", file.path);
             if !attributes.is_empty() {
                 line.push_str(&format!(" ({})", attributes.join(", ")));
-            }
-            if let Some(container) = &file.container {
-                line.push_str(&format!(" in container {}", container.id));
             }
             line
         }
@@ -159,7 +159,11 @@ pub fn summary(value: &Value, kind: &str, subject: &str) -> String {
                 None => format!("{kind} {subject}"),
             }
         }
+    };
+    if let Some(container) = value.get("container").filter(|c| c.is_object()) {
+        line.push_str(&format!(" in {}", container_with_image(container)));
     }
+    line
 }
 
 /// The rows of a file finding: each attribute as baked and as found.

@@ -26,9 +26,9 @@ use super::outbox::{random_token, AlertContainer, AlertKind, Claim, Occurrence, 
 use super::{
     changed, cursor_params, fetch_limit, parse_delta, parse_state, severity_code, severity_of,
     too_many_findings, ActionFilter, ActionRecord, BatchFindings, Cursor, Decided, FindingInput,
-    FindingRecord, Finish, FleetCounts, Hold, HostFilter, HostRecord, ImageRecord, IngestOutcome,
-    IngestRecord, Outcome, Page, PageRequest, Policy, Request, Store, StoreError, StoreResult,
-    TokenRecord, Transition, TOO_MANY_FINDINGS_KEY,
+    FindingRecord, Finish, FleetCounts, Hold, HostFilter, HostRecord, HostSort, ImageRecord,
+    IngestOutcome, IngestRecord, Outcome, Page, PageRequest, Policy, Request, Store, StoreError,
+    StoreResult, TokenRecord, Transition, TOO_MANY_FINDINGS_KEY,
 };
 use super::{Admission, Binding, Enrolled};
 use async_trait::async_trait;
@@ -936,24 +936,36 @@ impl Store for PostgresStore {
         let (has, number, text) = cursor_params(&filter.page);
         let state = filter.state.map(HostState::name);
         // A plain `state = $1` when filtering by state, so that the planner walks
-        // hosts_by_state_seen instead of every host in last_seen order.
+        // the index of the state and the order instead of every host.
         let by_state = match state {
             Some(_) => "state = $1",
             None => "$1::TEXT IS NULL",
         };
-        // A page after the first starts with a range on last_seen, so that the index
-        // is entered at the cursor instead of walked from the top.
-        let after = match filter.page.after {
-            Some(_) => "($4 AND last_seen <= $5 AND (last_seen < $5 OR host_id > $6))",
-            None => "(NOT $4 OR $5::BIGINT IS NULL OR $6::TEXT IS NULL)",
+        let severe = match filter.min_severity {
+            Some(_) => "severity_rank >= $7",
+            None => "$7::BIGINT IS NULL",
         };
+        // A page after the first starts with a range on the order's key, so that the
+        // index is entered at the cursor instead of walked from the top.
+        let after = match (&filter.page.after, filter.sort) {
+            (None, _) => "(NOT $4 OR $5::BIGINT IS NULL OR $6::TEXT IS NULL)",
+            (Some(_), HostSort::LastSeen) => {
+                "($4 AND last_seen <= $5 AND (last_seen < $5 OR host_id > $6))"
+            }
+            (Some(_), HostSort::Id) => "($4 AND $5::BIGINT IS NOT NULL AND host_id > $6)",
+            (Some(_), HostSort::Severity) => {
+                "($4 AND severity_rank <= $5 AND (severity_rank < $5 OR host_id > $6))"
+            }
+        };
+        let min_rank = filter.min_severity.map(super::severity_rank_at_least);
         let found = rows(
             &self.client().await?,
             &format!(
                 "SELECT {HOST_COLUMNS} FROM hosts
-                 WHERE {by_state} AND ($2::TEXT IS NULL OR image_id = $2)
+                 WHERE {by_state} AND ($2::TEXT IS NULL OR image_id = $2) AND {severe}
                    AND {after}
-                 ORDER BY last_seen DESC, host_id LIMIT $3"
+                 ORDER BY {} LIMIT $3",
+                filter.sort.order_by()
             ),
             &[
                 &state,
@@ -962,13 +974,13 @@ impl Store for PostgresStore {
                 &has,
                 &number,
                 &text,
+                &min_rank,
             ],
         )
         .await?;
         let hosts = map_rows(found, host_from_row)?;
-        Ok(Page::of(hosts, filter.page.limit, |h| Cursor {
-            number: h.last_seen_ms,
-            text: h.host_id.clone(),
+        Ok(Page::of(hosts, filter.page.limit, |h| {
+            filter.sort.cursor_of(h)
         }))
     }
 

@@ -21,9 +21,9 @@ use super::decide::{flush_alerts, Decider};
 use super::outbox::{AlertKind, Claim, Occurrence};
 use super::{
     cursor_params, fetch_limit, severity_of, ActionFilter, ActionRecord, Cursor, Decided,
-    FindingRecord, Finish, FleetCounts, HostFilter, HostRecord, ImageRecord, IngestOutcome,
-    IngestRecord, Outcome, Page, PageRequest, Policy, Request, Store, StoreError, StoreResult,
-    TokenRecord, Transition,
+    FindingRecord, Finish, FleetCounts, HostFilter, HostRecord, HostSort, ImageRecord,
+    IngestOutcome, IngestRecord, Outcome, Page, PageRequest, Policy, Request, Store, StoreError,
+    StoreResult, TokenRecord, Transition,
 };
 use super::{Admission, Binding, Enrolled};
 use async_trait::async_trait;
@@ -435,24 +435,35 @@ impl Store for SqliteStore {
         self.read(move |c| {
             let (has, number, text) = cursor_params(&filter.page);
             // A plain `state = ?1` when filtering by state, so that the planner walks
-            // hosts_by_state_seen instead of every host in last_seen order.
+            // the index of the state and the order instead of every host.
             let by_state = match filter.state {
                 Some(_) => "state = ?1",
                 None => "?1 IS NULL",
             };
-            // A page after the first starts with a range on last_seen, so that the
-            // index is entered at the cursor instead of walked from the top.
-            let after = match filter.page.after {
-                Some(_) => "(?4 AND last_seen <= ?5 AND (last_seen < ?5 OR host_id > ?6))",
-                None => "(NOT ?4 OR ?5 IS NULL OR ?6 IS NULL)",
+            let severe = match filter.min_severity {
+                Some(_) => "severity_rank >= ?7",
+                None => "?7 IS NULL",
+            };
+            // A page after the first starts with a range on the order's key, so that
+            // the index is entered at the cursor instead of walked from the top.
+            let after = match (&filter.page.after, filter.sort) {
+                (None, _) => "(NOT ?4 OR ?5 IS NULL OR ?6 IS NULL)",
+                (Some(_), HostSort::LastSeen) => {
+                    "(?4 AND last_seen <= ?5 AND (last_seen < ?5 OR host_id > ?6))"
+                }
+                (Some(_), HostSort::Id) => "(?4 AND ?5 IS NOT NULL AND host_id > ?6)",
+                (Some(_), HostSort::Severity) => {
+                    "(?4 AND severity_rank <= ?5 AND (severity_rank < ?5 OR host_id > ?6))"
+                }
             };
             let rows = collect(
                 c,
                 &format!(
                     "SELECT {HOST_COLUMNS} FROM hosts
-                     WHERE {by_state} AND (?2 IS NULL OR image_id = ?2)
+                     WHERE {by_state} AND (?2 IS NULL OR image_id = ?2) AND {severe}
                        AND {after}
-                     ORDER BY last_seen DESC, host_id LIMIT ?3"
+                     ORDER BY {} LIMIT ?3",
+                    filter.sort.order_by()
                 ),
                 params![
                     filter.state.map(HostState::name),
@@ -460,13 +471,13 @@ impl Store for SqliteStore {
                     fetch_limit(filter.page.limit),
                     has,
                     number,
-                    text
+                    text,
+                    filter.min_severity.map(super::severity_rank_at_least),
                 ],
                 host_from_row,
             )?;
-            Ok(Page::of(rows, filter.page.limit, |h| Cursor {
-                number: h.last_seen_ms,
-                text: h.host_id.clone(),
+            Ok(Page::of(rows, filter.page.limit, |h| {
+                filter.sort.cursor_of(h)
             }))
         })
         .await

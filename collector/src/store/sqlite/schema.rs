@@ -222,6 +222,19 @@ CREATE INDEX ui_sessions_by_expiry ON ui_sessions (expires_at);
     r#"
 ALTER TABLE tokens ADD COLUMN daemon INTEGER NOT NULL DEFAULT 1;
 "#,
+    // 8: the hosts page: most severe first and "at least this severe" by one
+    // index on the findings' counts (crate::store::severity_rank, the same
+    // formula), by id, each also within a state.
+    r#"
+ALTER TABLE hosts ADD COLUMN severity_rank INTEGER GENERATED ALWAYS AS (
+        (CASE WHEN n_critical < 0 THEN 0 WHEN n_critical > 32767 THEN 32767 ELSE n_critical END) * 35184372088832
+        + (CASE WHEN n_high < 0 THEN 0 WHEN n_high > 32767 THEN 32767 ELSE n_high END) * 1073741824
+        + (CASE WHEN n_medium < 0 THEN 0 WHEN n_medium > 32767 THEN 32767 ELSE n_medium END) * 32768
+        + (CASE WHEN n_low < 0 THEN 0 WHEN n_low > 32767 THEN 32767 ELSE n_low END)) VIRTUAL;
+CREATE INDEX hosts_by_severity ON hosts (severity_rank DESC, host_id);
+CREATE INDEX hosts_by_state_severity ON hosts (state, severity_rank DESC, host_id);
+CREATE INDEX hosts_by_state_id ON hosts (state, host_id);
+"#,
 ];
 
 /// Brings the database up to [`MIGRATIONS`]; refuses one from a newer collector.
