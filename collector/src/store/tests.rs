@@ -612,13 +612,52 @@ async fn a_host_cannot_store_more_findings_than_its_bound(db: TestDb) {
     assert_eq!(findings.items[0].finding["dropped"], 3);
     // More of them only count.
     let more = store
-        .ingest(batch("h1", vec![("x", critical("x"))]), policy)
+        .ingest(batch("h1", vec![("x", critical("x"))]), policy.clone())
         .await
         .unwrap();
     assert_eq!(more.host.findings_dropped, 4);
     let findings = store.findings("h1", PageRequest::default()).await.unwrap();
     assert_eq!(findings.items.len(), 6);
     assert_eq!(findings.items[0].finding["dropped"], 4);
+    // At its bound, a batch still tells duplicates (resent, or twice in the batch) from
+    // new events, refreshes the findings it has stored, and only counts the rest.
+    let low = |n: &str| IngestBody::Finding(Box::new(module(n, Severity::Low)));
+    let at_bound = || {
+        vec![
+            ("m0", low("m0")),
+            ("n1", low("m1")),
+            (
+                "n2",
+                IngestBody::Finding(Box::new(module("m2", Severity::High))),
+            ),
+            ("n3", low("z")),
+            ("n3", low("z")),
+            ("n4", low("z2")),
+        ]
+    };
+    let flood = store
+        .ingest(batch("h1", at_bound()), policy.clone())
+        .await
+        .unwrap();
+    assert_eq!((flood.accepted, flood.duplicates), (4, 2));
+    let news: Vec<_> = flood.new_findings.iter().map(|f| f.key.as_str()).collect();
+    assert_eq!(news.len(), 2, "{news:?}");
+    assert!(news.iter().any(|k| k.contains("m2")), "{news:?}");
+    assert!(news.contains(&TOO_MANY_FINDINGS_KEY), "{news:?}");
+    assert_eq!(flood.host.findings_dropped, 6);
+    assert_eq!(flood.host.findings_by_severity, [1, 1, 0, 4]);
+    let again = store
+        .ingest(batch("h1", at_bound()), policy.clone())
+        .await
+        .unwrap();
+    assert_eq!((again.accepted, again.duplicates), (0, 6));
+    assert_eq!(
+        again.host.findings_dropped, 6,
+        "a resent batch counts nothing twice"
+    );
+    let findings = store.findings("h1", PageRequest::default()).await.unwrap();
+    assert_eq!(findings.items.len(), 6);
+    assert_eq!(findings.items[0].finding["dropped"], 6);
     // Other hosts are not affected.
     let other = store
         .ingest(batch("h2", vec![("y", critical("y"))]), policy_default())

@@ -1,8 +1,11 @@
 //! The shared store: PostgreSQL, for several collector replicas on one database.
 //!
 //! Every operation takes a connection from a pool (tokio-postgres with deadpool) and
-//! runs in its own transaction (READ COMMITTED), so reads never queue behind writes
-//! and the replicas share nothing but the database. What must not happen twice is
+//! runs in its own transaction (READ COMMITTED), and the replicas share nothing but
+//! the database. Reads that write nothing (the operator's pages, lookups and counts)
+//! take theirs from a small pool of their own, so they never queue behind ingest
+//! transactions holding every connection of the write pool (as SQLite's readers
+//! never wait for its one writer). What must not happen twice is
 //! made exclusive by row locks, which live and die with their transaction (no session
 //! state, so they work through any connection pooler):
 //! - a batch's host row is locked by the upsert that opens its transaction, so two
@@ -42,6 +45,12 @@ use tokio_postgres::Row;
 /// enough that a dozen replicas stay under PostgreSQL's default 100 connections.
 const POOL_SIZE: usize = 8;
 
+/// Connections per replica for reads that write nothing, beside [`POOL_SIZE`]: an
+/// operator's page or two at once, which a loaded write pool would make wait. Agents'
+/// admission checks stay on the write pool: they come with every agent request and
+/// would crowd the operator out of this one.
+const READ_POOL_SIZE: usize = 2;
+
 /// How long a caller waits for a pooled connection before the request fails (503).
 const POOL_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -73,7 +82,10 @@ fn pg_error(err: tokio_postgres::Error) -> StoreError {
 
 /// The PostgreSQL store.
 pub struct PostgresStore {
+    /// Transactions and every write.
     pool: Pool,
+    /// Reads that write nothing (see [`PostgresStore::reader`]).
+    reads: Pool,
 }
 
 /// The TLS settings of a URL, removed from it: tokio-postgres knows neither
@@ -123,20 +135,15 @@ impl PostgresStore {
         if let Some(password) = password {
             config.password(password);
         }
-        let manager_config = ManagerConfig {
-            recycling_method: RecyclingMethod::Fast,
-        };
         // `prefer` without any CA to verify against connects in clear, as libpq would
         // when the server offers no TLS.
         let no_roots = root.is_none() && crate::alerts::roots::read_system_roots().is_none();
-        let manager = match mode.as_str() {
+        let tls = match mode.as_str() {
             "disable" => {
                 config.ssl_mode(tokio_postgres::config::SslMode::Disable);
-                Manager::from_config(config, tokio_postgres::NoTls, manager_config)
+                None
             }
-            "prefer" if no_roots => {
-                Manager::from_config(config, tokio_postgres::NoTls, manager_config)
-            }
+            "prefer" if no_roots => None,
             "prefer" | "require" | "verify-full" | "verify-ca" => {
                 let ssl = if mode == "prefer" {
                     tokio_postgres::config::SslMode::Prefer
@@ -144,9 +151,7 @@ impl PostgresStore {
                     tokio_postgres::config::SslMode::Require
                 };
                 config.ssl_mode(ssl);
-                let tls =
-                    tokio_postgres_rustls::MakeRustlsConnect::new(tls_config(root.as_deref())?);
-                Manager::from_config(config, tls, manager_config)
+                Some(tls_config(root.as_deref())?)
             }
             other => {
                 return Err(StoreError::Database(format!(
@@ -154,24 +159,50 @@ impl PostgresStore {
                 )))
             }
         };
-        let pool = Pool::builder(manager)
-            .max_size(POOL_SIZE)
-            .wait_timeout(Some(POOL_WAIT))
-            .runtime(deadpool_postgres::Runtime::Tokio1)
-            .build()
-            .map_err(|e| StoreError::Database(format!("cannot build the pool: {e}")))?;
-        let store = PostgresStore { pool };
+        let pool = |size: usize| {
+            let manager_config = ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            };
+            let manager = match &tls {
+                None => Manager::from_config(config.clone(), tokio_postgres::NoTls, manager_config),
+                Some(tls) => Manager::from_config(
+                    config.clone(),
+                    tokio_postgres_rustls::MakeRustlsConnect::new(tls.clone()),
+                    manager_config,
+                ),
+            };
+            Pool::builder(manager)
+                .max_size(size)
+                .wait_timeout(Some(POOL_WAIT))
+                .runtime(deadpool_postgres::Runtime::Tokio1)
+                .build()
+                .map_err(|e| StoreError::Database(format!("cannot build the pool: {e}")))
+        };
+        let store = PostgresStore {
+            pool: pool(POOL_SIZE)?,
+            reads: pool(READ_POOL_SIZE)?,
+        };
         let mut client = store.client().await?;
         schema::migrate(&mut client).await?;
         Ok(store)
     }
 
+    /// A connection of the write pool: for transactions and anything that writes.
     async fn client(&self) -> StoreResult<deadpool_postgres::Client> {
-        self.pool.get().await.map_err(|e| match e {
-            deadpool_postgres::PoolError::Backend(e) => pg_error(e),
-            other => StoreError::Database(format!("no database connection: {other}")),
-        })
+        connection(&self.pool).await
     }
+
+    /// A connection of the read pool: only for statements that write nothing.
+    async fn reader(&self) -> StoreResult<deadpool_postgres::Client> {
+        connection(&self.reads).await
+    }
+}
+
+async fn connection(pool: &Pool) -> StoreResult<deadpool_postgres::Client> {
+    pool.get().await.map_err(|e| match e {
+        deadpool_postgres::PoolError::Backend(e) => pg_error(e),
+        other => StoreError::Database(format!("no database connection: {other}")),
+    })
 }
 
 async fn rows<C: GenericClient>(c: &C, sql: &str, params: Params<'_>) -> StoreResult<Vec<Row>> {
@@ -193,6 +224,18 @@ async fn number<C: GenericClient>(c: &C, sql: &str, params: Params<'_>) -> Store
         .map_err(pg_error)?
         .flatten();
     Ok(value.unwrap_or(0).max(0) as u64)
+}
+
+/// The first column of every row, as text.
+async fn texts<C: GenericClient>(
+    c: &C,
+    sql: &str,
+    params: Params<'_>,
+) -> StoreResult<std::collections::HashSet<String>> {
+    let rows = rows(c, sql, params).await?;
+    rows.iter()
+        .map(|r| r.try_get(0).map_err(pg_error))
+        .collect()
 }
 
 const HOST_COLUMNS: &str = "host_id, hostname, image_id, baseline_digest, state, state_since,
@@ -574,19 +617,40 @@ async fn store_batch<C: GenericClient>(
     let mut room = max_findings.saturating_sub(stored);
     let (mut accepted, mut duplicates, mut dropped) = (batch.heartbeats, 0u32, 0u64);
     let mut news = Vec::new();
+    // As on SQLite: one statement records the events, one looks up the keys a host at
+    // its bound has stored, and its new findings are only counted as dropped.
+    let ids: Vec<&str> = batch.events.iter().map(|(id, _)| id.as_str()).collect();
+    let mut fresh = texts(
+        c,
+        "INSERT INTO events (host_id, event_id, received)
+         SELECT $1, id, $2 FROM unnest($3::TEXT[]) AS id
+         ON CONFLICT DO NOTHING RETURNING event_id",
+        &[&host_id, &now, &ids],
+    )
+    .await?;
+    let stored_before = if room == 0 {
+        let keys: Vec<&str> = (batch.events.iter())
+            .filter(|(id, _)| fresh.contains(id))
+            .map(|(_, input)| input.key.as_str())
+            .collect();
+        let sql = "SELECT key FROM findings WHERE host_id = $1 AND key = ANY($2::TEXT[])";
+        Some(texts(c, sql, &[&host_id, &keys]).await?)
+    } else {
+        None
+    };
     for (event_id, input) in &batch.events {
-        let inserted = exec(
-            c,
-            "INSERT INTO events (host_id, event_id, received) VALUES ($1, $2, $3)
-             ON CONFLICT DO NOTHING",
-            &[&host_id, event_id, &now],
-        )
-        .await?;
-        if inserted == 0 {
+        if !fresh.remove(event_id) {
             duplicates += 1;
             continue;
         }
         accepted += 1;
+        if stored_before
+            .as_ref()
+            .is_some_and(|keys| !keys.contains(&input.key) && input.key != TOO_MANY_FINDINGS_KEY)
+        {
+            dropped += 1;
+            continue;
+        }
         news.extend(upsert_finding(c, host_id, input, now, &mut room, &mut dropped).await?);
     }
     for input in &batch.collector {
@@ -929,7 +993,7 @@ impl Store for PostgresStore {
     }
 
     async fn host(&self, host_id: &str) -> StoreResult<Option<HostRecord>> {
-        load_host(&self.client().await?, host_id, false).await
+        load_host(&self.reader().await?, host_id, false).await
     }
 
     async fn hosts(&self, filter: HostFilter) -> StoreResult<Page<HostRecord>> {
@@ -959,7 +1023,7 @@ impl Store for PostgresStore {
         };
         let min_rank = filter.min_severity.map(super::severity_rank_at_least);
         let found = rows(
-            &self.client().await?,
+            &self.reader().await?,
             &format!(
                 "SELECT {HOST_COLUMNS} FROM hosts
                  WHERE {by_state} AND ($2::TEXT IS NULL OR image_id = $2) AND {severe}
@@ -987,7 +1051,7 @@ impl Store for PostgresStore {
     async fn findings(&self, host_id: &str, page: PageRequest) -> StoreResult<Page<FindingRecord>> {
         let (has, number, text) = cursor_params(&page);
         let found = rows(
-            &self.client().await?,
+            &self.reader().await?,
             &format!(
                 "SELECT {FINDING_COLUMNS} FROM findings WHERE host_id = $1
                    AND (NOT $3 OR severity < $4 OR (severity = $4 AND key > $5))
@@ -1005,7 +1069,7 @@ impl Store for PostgresStore {
 
     async fn provisioning(&self, host_id: &str) -> StoreResult<Option<serde_json::Value>> {
         let found = rows(
-            &self.client().await?,
+            &self.reader().await?,
             "SELECT delta FROM provisioning WHERE host_id = $1",
             &[&host_id],
         )
@@ -1033,17 +1097,17 @@ impl Store for PostgresStore {
     }
 
     async fn marked_since(&self, image_id: Option<&str>, since_ms: i64) -> StoreResult<u64> {
-        marked_since(&self.client().await?, image_id, since_ms).await
+        marked_since(&self.reader().await?, image_id, since_ms).await
     }
 
     async fn live_hosts_on_image(&self, image_id: Option<&str>) -> StoreResult<u64> {
-        live_hosts(&self.client().await?, image_id).await
+        live_hosts(&self.reader().await?, image_id).await
     }
 
     async fn overdue_hosts(&self, missed: u32, now_ms: i64) -> StoreResult<Vec<String>> {
         let missed = i64::from(missed);
         let found = rows(
-            &self.client().await?,
+            &self.reader().await?,
             "SELECT host_id FROM hosts
              WHERE state NOT IN ('silent', 'gone') AND heartbeat_interval > 0
                AND coalesce(last_heartbeat, first_seen) + heartbeat_interval * 1000 * $1 < $2",
@@ -1058,7 +1122,7 @@ impl Store for PostgresStore {
 
     async fn held_hosts(&self, hold: Hold) -> StoreResult<Vec<String>> {
         let found = rows(
-            &self.client().await?,
+            &self.reader().await?,
             "SELECT host_id FROM hosts WHERE state = 'drifted' AND hold = $1",
             &[&hold.name()],
         )
@@ -1166,11 +1230,11 @@ impl Store for PostgresStore {
     }
 
     async fn token(&self, hash: &str) -> StoreResult<Option<TokenRecord>> {
-        trust::token(&self.client().await?, hash).await
+        trust::token(&self.reader().await?, hash).await
     }
 
     async fn tokens(&self) -> StoreResult<Vec<TokenRecord>> {
-        trust::tokens(&self.client().await?).await
+        trust::tokens(&self.reader().await?).await
     }
 
     async fn revoke_token(&self, name: &str, at_ms: i64) -> StoreResult<bool> {
@@ -1200,7 +1264,7 @@ impl Store for PostgresStore {
 
     async fn image(&self, image_id: &str) -> StoreResult<Option<ImageRecord>> {
         let sql = format!("SELECT {IMAGE_COLUMNS} FROM images WHERE image_id = $1");
-        rows(&self.client().await?, &sql, &[&image_id])
+        rows(&self.reader().await?, &sql, &[&image_id])
             .await?
             .first()
             .map(image_from_row)
@@ -1210,7 +1274,7 @@ impl Store for PostgresStore {
     async fn images(&self, page: PageRequest) -> StoreResult<Page<ImageRecord>> {
         let (has, number, text) = cursor_params(&page);
         let found = rows(
-            &self.client().await?,
+            &self.reader().await?,
             &format!(
                 "SELECT {IMAGE_COLUMNS} FROM images
                  WHERE NOT $2 OR registered < $3 OR (registered = $3 AND image_id > $4)
@@ -1233,7 +1297,7 @@ impl Store for PostgresStore {
     async fn actions(&self, filter: ActionFilter) -> StoreResult<Page<ActionRecord>> {
         let (has, number, _) = cursor_params(&filter.page);
         let found = rows(
-            &self.client().await?,
+            &self.reader().await?,
             "SELECT id, at, host_id, image_id, action, target, outcome, detail FROM actions
              WHERE ($1::TEXT IS NULL OR host_id = $1) AND (NOT $3 OR id < $4)
              ORDER BY id DESC LIMIT $2",
@@ -1248,7 +1312,7 @@ impl Store for PostgresStore {
     }
 
     async fn counts(&self) -> StoreResult<FleetCounts> {
-        let client = self.client().await?;
+        let client = self.reader().await?;
         let mut counts = FleetCounts::default();
         for row in rows(
             &client,
@@ -1652,6 +1716,58 @@ pub(crate) mod tests {
             );
             assert_eq!(sum, 2, "each row bumped once");
         }
+    }
+
+    /// Every connection of the write pool held in an open transaction that wrote a
+    /// host (as ingest under load holds them): the operator's reads are still served
+    /// at once, from the read pool, and see the last committed rows.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn reads_are_served_while_every_write_connection_is_busy() {
+        let Some(db) = PgTestDb::create().await else {
+            return;
+        };
+        let store = db.open().await;
+        db.execute(
+            "INSERT INTO hosts (host_id, hostname, state, state_since, first_seen, last_seen)
+             VALUES ('h1', 'h1', 'clean', 1, 1, 1)",
+        )
+        .await;
+        let mut held = Vec::new();
+        for i in 0..POOL_SIZE {
+            // One writes the host (the others would wait for its row lock), the rest
+            // only hold a transaction open.
+            let sql = if i == 0 {
+                "BEGIN; UPDATE hosts SET last_seen = last_seen + 1"
+            } else {
+                "BEGIN; SELECT 1"
+            };
+            let client = store.client().await.unwrap();
+            client.batch_execute(sql).await.unwrap();
+            held.push(client);
+        }
+        let status = store.pool.status();
+        assert_eq!((status.size, status.available), (POOL_SIZE, 0));
+        let prompt = std::time::Duration::from_secs(2);
+        assert!(
+            prompt < POOL_WAIT,
+            "a read on the write pool would time out"
+        );
+        let hosts = tokio::time::timeout(prompt, store.hosts(HostFilter::default()))
+            .await
+            .expect("the hosts page answers while the write pool is exhausted")
+            .unwrap();
+        let seen: Vec<_> = hosts
+            .items
+            .iter()
+            .map(|h| (h.host_id.as_str(), h.last_seen_ms))
+            .collect();
+        assert_eq!(seen, [("h1", 1)], "the uncommitted write is not seen");
+        let counts = tokio::time::timeout(prompt, store.counts())
+            .await
+            .expect("the counts answer while the write pool is exhausted")
+            .unwrap();
+        assert_eq!(counts.hosts_by_state.iter().sum::<u64>(), 1);
+        drop(held);
     }
 
     #[test]

@@ -100,6 +100,45 @@ fn upsert_finding(
     })
 }
 
+/// Records the batch's event ids in one statement; the ids not seen before (each
+/// once, though a batch may repeat one), the others being duplicates.
+fn new_events(
+    c: &Connection,
+    host_id: &str,
+    events: &[(String, FindingInput)],
+    now: i64,
+) -> StoreResult<std::collections::HashSet<String>> {
+    let ids = serde_json::Value::from(events.iter().map(|(id, _)| id.as_str()).collect::<Vec<_>>());
+    // `WHERE true` keeps SQLite from reading `ON CONFLICT` as part of the join.
+    c.prepare_cached(
+        "INSERT INTO events (host_id, event_id, received)
+         SELECT ?1, value, ?2 FROM json_each(?3) WHERE true
+         ON CONFLICT DO NOTHING RETURNING event_id",
+    )
+    .and_then(|mut s| {
+        s.query_map(params![host_id, now, ids.to_string()], |r| r.get(0))?
+            .collect()
+    })
+    .map_err(db_error)
+}
+
+/// Which of the batch's finding keys the host has stored already.
+fn stored_keys<'a>(
+    c: &Connection,
+    host_id: &str,
+    keys: impl Iterator<Item = &'a str>,
+) -> StoreResult<std::collections::HashSet<String>> {
+    let keys = serde_json::Value::from(keys.collect::<Vec<_>>());
+    c.prepare_cached(
+        "SELECT key FROM findings WHERE host_id = ?1 AND key IN (SELECT value FROM json_each(?2))",
+    )
+    .and_then(|mut s| {
+        s.query_map(params![host_id, keys.to_string()], |r| r.get(0))?
+            .collect()
+    })
+    .map_err(db_error)
+}
+
 /// Stores a batch: the host's contact, its heartbeat, its new events and findings.
 /// Returns (accepted, duplicates, new or changed findings, first contact).
 pub(super) fn store_batch(
@@ -172,19 +211,33 @@ pub(super) fn store_batch(
         Upsert::Same => {}
         Upsert::Dropped => *dropped += 1,
     };
+    // A host at its bound (a flood) costs the single writer little: its events are
+    // recorded in one statement and the keys it has stored looked up in another, so
+    // its new findings are only counted as dropped, in the one update below.
+    let mut fresh = new_events(c, host_id, &batch.events, now)?;
+    let stored_before = if room == 0 {
+        let keys = batch.events.iter().filter(|(id, _)| fresh.contains(id));
+        Some(stored_keys(
+            c,
+            host_id,
+            keys.map(|(_, input)| input.key.as_str()),
+        )?)
+    } else {
+        None
+    };
     for (event_id, input) in &batch.events {
-        let inserted = c
-            .prepare_cached(
-                "INSERT INTO events (host_id, event_id, received) VALUES (?1, ?2, ?3)
-                 ON CONFLICT DO NOTHING",
-            )
-            .and_then(|mut s| s.execute(params![host_id, event_id, now]))
-            .map_err(db_error)?;
-        if inserted == 0 {
+        if !fresh.remove(event_id) {
             duplicates += 1;
             continue;
         }
         accepted += 1;
+        if stored_before
+            .as_ref()
+            .is_some_and(|keys| !keys.contains(&input.key) && input.key != TOO_MANY_FINDINGS_KEY)
+        {
+            dropped += 1;
+            continue;
+        }
         keep(
             upsert_finding(c, host_id, input, now, &mut room)?,
             &mut dropped,
