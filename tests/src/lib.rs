@@ -407,7 +407,13 @@ impl Collector {
         // binds the ids it provisions there).
         std::fs::write(self.config(), &text).unwrap();
         for i in 0..n {
-            let port = free_port_on(&self.ip);
+            // The balancer's port is chosen but not yet bound: a free port may be it.
+            let port = loop {
+                let port = free_port_on(&self.ip);
+                if port != self.port && self.replicas.iter().all(|r| r.port != port) {
+                    break port;
+                }
+            };
             let config = self.path(&format!("replica-{i}.toml"));
             let own = text.replace(&listen, &format!("listen = \"{}:{port}\"", self.ip));
             assert_ne!(own, text, "init writes {listen}");
