@@ -402,8 +402,13 @@ fn write_ca(dir: &Path, extra_names: &[String], secret: Access) -> Result<(), Fa
             names.push(name.to_string());
         }
     }
+    // The time alone is not enough: two CAs made in one second (a scripted rotation)
+    // would share a name, and CAs are told apart by name (`CertificateAuthority::issued`).
     let made = driftwatch_protocol::time::now_rfc3339();
-    let ca = CertificateAuthority::generate(&format!("driftwatch collector CA {made}"), 3650)?;
+    let nonce = driftwatch_protocol::random::hex(6)
+        .map_err(|e| Failure::from(format!("no randomness for the CA's name: {e}")))?;
+    let ca =
+        CertificateAuthority::generate(&format!("driftwatch collector CA {made} {nonce}"), 3650)?;
     let (server_pem, server_key) = ca.server_certificate(&names, 825)?;
     write_new(&dir.join("ca.pem"), &ca.cert_pem, Access::Public)?;
     write_new(&dir.join("ca.key"), &ca.key_pem(), secret)?;

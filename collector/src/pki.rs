@@ -147,7 +147,8 @@ impl CertificateAuthority {
     }
 
     /// Whether a certificate names this CA as its issuer (CAs are told apart by name:
-    /// `init` and `new-ca` name theirs with the time they were made).
+    /// `init` and `new-ca` name theirs with the time they were made and a random
+    /// suffix, so two made in the same second differ).
     pub fn issued(&self, certificate: &CertInfo) -> bool {
         certificate.issuer == self.subject
     }
