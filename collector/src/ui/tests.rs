@@ -100,6 +100,14 @@ fn principal(name: &str, role: Role) -> Principal {
     }
 }
 
+/// A viewer's session (bob's), by its id.
+async fn viewer_session(ui: &Ui) -> String {
+    ui.sessions
+        .open(principal("bob", Role::Viewer), "a-stored-token")
+        .await
+        .unwrap()
+}
+
 #[tokio::test]
 async fn signing_in_sets_a_strict_cookie_and_a_bad_token_is_refused() {
     let (_, router) = dashboard();
@@ -203,11 +211,7 @@ async fn an_operator_acts_with_the_csrf_token_only_and_the_log_names_them() {
 async fn a_viewer_reads_every_page_sees_no_button_and_cannot_act() {
     let (ui, router) = dashboard();
     drifted_host(&ui, "h1").await;
-    let id = ui
-        .sessions
-        .open(principal("bob", Role::Viewer), "a-stored-token")
-        .await
-        .unwrap();
+    let id = viewer_session(&ui).await;
     let csrf = ui.sessions.get(&id).await.unwrap().unwrap().csrf;
     for page in [
         "/ui/",
@@ -249,11 +253,7 @@ async fn the_hosts_page_filters_by_severity_and_sorts() {
     host_with(&ui, "h1", Severity::High).await;
     host_with(&ui, "h2", Severity::Critical).await;
     host_with(&ui, "h3", Severity::Low).await;
-    let id = ui
-        .sessions
-        .open(principal("bob", Role::Viewer), "a-stored-token")
-        .await
-        .unwrap();
+    let id = viewer_session(&ui).await;
     let listed = |body: &str| -> Vec<&'static str> {
         let mut at: Vec<(usize, &'static str)> = ["h1", "h2", "h3"]
             .into_iter()
@@ -297,11 +297,7 @@ async fn the_drift_page_groups_one_change_across_hosts() {
     for host in ["h1", "h2", "h3"] {
         drifted_host(&ui, host).await;
     }
-    let id = ui
-        .sessions
-        .open(principal("bob", Role::Viewer), "a-stored-token")
-        .await
-        .unwrap();
+    let id = viewer_session(&ui).await;
     let (_, _, body) = send(&router, get("/ui/drift", Some(&id))).await;
     assert_eq!(
         body.matches("kernel module rootkit (not in image)").count(),
@@ -367,11 +363,7 @@ async fn the_drift_page_groups_a_change_in_containers_by_their_image() {
     .await;
     dropped_in_containers(&ui, "n2", "node-b", &[("c3", "shop/api")]).await;
     dropped_in_containers(&ui, "n3", "node-a", &[("c4", "shop/web")]).await;
-    let id = ui
-        .sessions
-        .open(principal("bob", Role::Viewer), "a-stored-token")
-        .await
-        .unwrap();
+    let id = viewer_session(&ui).await;
     let (_, _, body) = send(&router, get("/ui/drift", Some(&id))).await;
     // One row for shop/api's containers on both node images, one for shop/web's.
     assert_eq!(
@@ -472,11 +464,7 @@ async fn the_images_page_counts_hosts_by_state_and_compares_kept_baselines() {
         .unwrap();
     // Counted under the image it claims, now that it is registered.
     drifted_host(&ui, "h1").await;
-    let id = ui
-        .sessions
-        .open(principal("bob", Role::Viewer), "a-stored-token")
-        .await
-        .unwrap();
+    let id = viewer_session(&ui).await;
     let (status, _, body) = send(&router, get("/ui/images", Some(&id))).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     assert!(
