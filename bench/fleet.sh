@@ -228,7 +228,7 @@ measure() {
   "$LOADGEN" run --collector "$DIR" --hosts "$HOSTS" --scenario mixed --rate "$rate" \
     --findings-per-batch 10 --findings-percent "$percent" --interval-secs 60 \
     --duration-secs "$DURATION" "${pid_arg[@]}" --timeline --threads 2 >"$text" 2>>"$TMP/loadgen.err" \
-    || echo "(loadgen failed: exit $?)" >>"$text"
+    || { tail "$TMP/loadgen.err" >&2; die "the load generator failed ($topology $label)"; }
   t1=$(cpu_ticks "${PIDS[@]}"); pg1=$(pg_ticks)
   kill "$poller" "$sampler" 2>/dev/null || true
   wait "$poller" "$sampler" 2>/dev/null || true

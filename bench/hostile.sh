@@ -79,7 +79,7 @@ others() {
   "$LOADGEN" run --collector "$DIR" --hosts "$HOSTS" --scenario mixed --rate "$RATE" \
     --findings-per-batch 10 --findings-percent "$PERCENT" --duration-secs "$DURATION" \
     --collector-pid "$PID" --threads 2 >"$TMP/$1" 2>>"$TMP/loadgen.err" \
-    || echo "(loadgen failed: exit $?)" >>"$TMP/$1"
+    || { tail "$TMP/loadgen.err" >&2; die "the load generator failed in step $1"; }
 }
 p99() { awk '/^  latency/{for (i=1;i<=NF;i++) if ($i=="p99") {gsub(/,/,"",$(i+1)); print $(i+1)}}' "$TMP/$1"; }
 
@@ -94,10 +94,10 @@ others quiet
 log "hostile: the same, and one host flooding findings at its rate limit"
 "$LOADGEN" run --collector "$DIR" --hosts 1 --host-prefix hostile- --scenario findings \
   --findings-per-batch 999 --rate 9990 --duration-secs "$DURATION" --max-in-flight 100 \
-  --threads 1 >"$TMP/flood" 2>>"$TMP/loadgen.err" || echo "(loadgen failed: exit $?)" >>"$TMP/flood" &
+  --threads 1 >"$TMP/flood" 2>>"$TMP/loadgen.err" &
 FLOOD=$!
 others hostile
-wait "$FLOOD" || true
+wait "$FLOOD" || { tail "$TMP/loadgen.err" >&2; die "the hostile host's load generator failed"; }
 log "quiet again"
 others quiet2
 stored=$(curl -s --cacert "$DIR/ca.pem" -H "Authorization: Bearer $(cat "$DIR/operator.token")" \

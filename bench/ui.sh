@@ -152,7 +152,7 @@ mkdir -p "$(dirname "$OUT")"
 ingest() {
   "$LOADGEN" run --collector "$DIR" --hosts "$LOADGEN_HOSTS" --scenario mixed --rate "$INGEST_RATE" \
     --duration-secs "$INGEST_SECS" --collector-pid "$PID" --threads 1 >"$TMP/$1.txt" 2>>"$TMP/loadgen.err" \
-    || echo "(loadgen failed: exit $?)" >>"$TMP/$1.txt"
+    || { tail "$TMP/loadgen.err" >&2; die "the load generator failed ($1)"; }
   echo "  $1:"
   grep -E '^  (requests|latency|errors)' "$TMP/$1.txt" | sed 's/^/  /' || true
 }

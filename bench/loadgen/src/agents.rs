@@ -5,6 +5,7 @@ use crate::certs::Identity;
 use crate::error::{Error, Result};
 use driftwatch_collector::client::OperatorClient;
 use driftwatch_collector::config::CollectorConfig;
+use driftwatch_protocol::sign::PrivateKey;
 use driftwatch_protocol::wire::{BatchAck, ImageClaim, INGEST_PATH};
 use reqwest::header::{CONTENT_ENCODING, CONTENT_TYPE};
 use rustls::pki_types::pem::PemObject;
@@ -65,7 +66,19 @@ impl CollectorFiles {
     /// every simulated host makes: that image and its baseline's digest. Registering
     /// again is harmless.
     pub async fn register_image(&self, base_url: &str) -> Result<ImageClaim> {
-        let (image_id, baseline, digest) = crate::body::image_baseline()?;
+        // Signed with the pipeline key `init` wrote, as a bake pipeline would: the
+        // collector refuses unsigned baselines by default.
+        let key_file = self.dir.join("pipeline.key");
+        let key = if key_file.exists() {
+            let pem = read(&key_file)?;
+            Some(PrivateKey::from_pem(&pem).map_err(Error::context(format!(
+                "cannot read {}",
+                key_file.display()
+            )))?)
+        } else {
+            None
+        };
+        let (image_id, baseline, digest) = crate::body::image_baseline(key.as_ref())?;
         let auth = &self.config.auth;
         // Registering is the pipeline's right (the operator's in a configuration
         // from before roles).

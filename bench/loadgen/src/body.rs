@@ -18,6 +18,7 @@ use driftwatch_protocol::entry::{Entry, FileType, Timestamp};
 use driftwatch_protocol::report::{
     Attribute, EntryState, FileChange, FileFinding, Finding, Severity,
 };
+use driftwatch_protocol::sign::PrivateKey;
 use driftwatch_protocol::wire::{Batch, Event, EventBody, Heartbeat, ImageClaim, INGEST_SCHEMA};
 use flate2::{Compress, Compression, Crc, FlushCompress, Status};
 use std::cell::RefCell;
@@ -226,8 +227,9 @@ pub fn gzip(data: &[u8]) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// A small unsigned baseline for the fleet's image: (image id, baseline, digest).
-pub fn image_baseline() -> Result<(String, Vec<u8>, String)> {
+/// A small baseline for the fleet's image, signed with `key` if given: (image id,
+/// baseline, digest).
+pub fn image_baseline(key: Option<&PrivateKey>) -> Result<(String, Vec<u8>, String)> {
     let policy = "# driftwatch-loadgen: a stand-in image\n";
     let meta = BaselineMeta {
         image_id: Some(IMAGE_ID.into()),
@@ -256,7 +258,7 @@ pub fn image_baseline() -> Result<(String, Vec<u8>, String)> {
         blake3: Some(*blake3::hash(b"loadgen=yes\n").as_bytes()),
         ..Entry::default()
     };
-    let sealed = writer.push(&entry).and_then(|()| writer.finish(None));
+    let sealed = writer.push(&entry).and_then(|()| writer.finish(key));
     match sealed {
         Ok((bytes, sealed)) => Ok((IMAGE_ID.into(), bytes, digest_string(&sealed.digest))),
         Err(err) => Err(context(err)),
@@ -290,7 +292,7 @@ mod tests {
 
     #[test]
     fn the_image_baseline_verifies() {
-        let (id, bytes, digest) = image_baseline().unwrap();
+        let (id, bytes, digest) = image_baseline(None).unwrap();
         let reader = driftwatch_protocol::baseline::BaselineReader::open(&bytes[..], None).unwrap();
         assert_eq!(reader.meta().image_id.as_deref(), Some(id.as_str()));
         assert_eq!(digest_string(reader.digest()), digest);
