@@ -45,6 +45,8 @@ pub struct AppState {
     pub enrollment: std::sync::RwLock<Option<Arc<Enrollment>>>,
     /// Per-host request rate.
     pub limiter: api::RateLimiter,
+    /// Per-host event rate.
+    pub event_limiter: api::RateLimiter,
 }
 
 impl AppState {
@@ -132,6 +134,7 @@ pub(crate) fn test_state(extra: &str, token: &str) -> Arc<AppState> {
     let admin = crate::auth::FileToken::new(token, "operator", crate::auth::Role::Admin);
     Arc::new(AppState {
         limiter: api::RateLimiter::new(1000.0, 1000.0),
+        event_limiter: api::RateLimiter::new(100_000.0, 100_000.0),
         config,
         fleet: Arc::new(fleet),
         metrics,

@@ -199,6 +199,18 @@ pub struct IngestConfig {
     /// Requests one host may make in a burst (default 20).
     #[serde(default = "default_burst")]
     pub burst: f64,
+    /// Sustained events (findings and heartbeats) per second one host may send
+    /// (default 100); bursts up to `event_burst` are allowed. Beyond it the answer is
+    /// 429 with the time the batch needs, and the agent sends it again then: delayed,
+    /// never lost. The request rate alone lets one host send `max_events_per_batch` ×
+    /// `rate_per_sec` events a second (10,000 by default), each batch a long write that
+    /// the other hosts' requests would queue behind.
+    #[serde(default = "default_events_per_sec")]
+    pub events_per_sec: f64,
+    /// Events one host may send at once (default 2000; at least
+    /// `max_events_per_batch`): a boot check's findings arrive without waiting.
+    #[serde(default = "default_event_burst")]
+    pub event_burst: f64,
     /// Largest baseline accepted by image registration, in bytes (default 256 MiB).
     #[serde(default = "default_max_baseline_bytes")]
     pub max_baseline_bytes: usize,
@@ -224,6 +236,12 @@ fn default_rate_per_sec() -> f64 {
 fn default_burst() -> f64 {
     20.0
 }
+fn default_events_per_sec() -> f64 {
+    100.0
+}
+fn default_event_burst() -> f64 {
+    2000.0
+}
 fn default_max_baseline_bytes() -> usize {
     256 << 20
 }
@@ -239,6 +257,8 @@ impl Default for IngestConfig {
             max_events_per_batch: default_max_events(),
             rate_per_sec: default_rate_per_sec(),
             burst: default_burst(),
+            events_per_sec: default_events_per_sec(),
+            event_burst: default_event_burst(),
             max_baseline_bytes: default_max_baseline_bytes(),
             max_findings_per_host: default_max_findings_per_host(),
         }
@@ -646,6 +666,17 @@ impl CollectorConfig {
         {
             return Err(
                 "ingest.rate_per_sec must be above 0 and ingest.burst at least 1 (both finite)"
+                    .into(),
+            );
+        }
+        if !(ingest.events_per_sec > 0.0
+            && ingest.event_burst >= ingest.max_events_per_batch as f64
+            && ingest.event_burst <= f64::from(u32::MAX)
+            && Duration::try_from_secs_f64(ingest.event_burst / ingest.events_per_sec).is_ok())
+        {
+            return Err(
+                "ingest.events_per_sec must be above 0 and ingest.event_burst at least \
+                 ingest.max_events_per_batch (a batch it allows must fit in a burst)"
                     .into(),
             );
         }

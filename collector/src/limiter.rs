@@ -1,5 +1,6 @@
-//! The per-host request rate: `ingest.rate_per_sec` sustained, `ingest.burst` at once,
-//! a keyed GCRA limiter (`governor`) per host id.
+//! The per-host rates: requests (`ingest.rate_per_sec` sustained, `ingest.burst` at
+//! once) and events (`ingest.events_per_sec`, `ingest.event_burst`), each a keyed GCRA
+//! limiter (`governor`) per host id.
 //!
 //! Each replica enforces the limit on the requests it receives, without asking the
 //! others: the limit holds fleet-wide within a factor of the number of replicas. With
@@ -27,6 +28,8 @@ pub struct RateLimiter {
     limiter: DefaultKeyedRateLimiter<String>,
     clock: DefaultClock,
     checks: AtomicU64,
+    /// How long a whole burst takes to come back.
+    burst_time: Duration,
 }
 
 impl RateLimiter {
@@ -47,22 +50,31 @@ impl RateLimiter {
             limiter: DefaultKeyedRateLimiter::keyed(quota),
             clock: DefaultClock::default(),
             checks: AtomicU64::new(0),
+            burst_time: period.saturating_mul(burst.get()),
         }
     }
 
     /// Takes one request for `key`, or says how long to wait.
     pub fn check(&self, key: &str) -> Result<(), ApiError> {
+        self.check_n(key, 1)
+    }
+
+    /// Takes `n` units (events) for `key` at once, or says how long to wait for them
+    /// all; `n` above the burst waits a whole burst's time (it never fits: the
+    /// configuration keeps batches below the burst).
+    pub fn check_n(&self, key: &str, n: u32) -> Result<(), ApiError> {
         if self.checks.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1 {
             self.limiter.retain_recent();
         }
-        self.limiter
-            .check_key(&key.to_string())
-            .map_err(|not_until| {
-                let wait = not_until.wait_time_from(self.clock.now());
-                ApiError::TooManyRequests {
-                    retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
-                }
-            })
+        let n = NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN);
+        let wait = match self.limiter.check_key_n(&key.to_string(), n) {
+            Ok(Ok(())) => return Ok(()),
+            Ok(Err(not_until)) => not_until.wait_time_from(self.clock.now()),
+            Err(_insufficient) => self.burst_time,
+        };
+        Err(ApiError::TooManyRequests {
+            retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u64,
+        })
     }
 }
 
@@ -83,5 +95,27 @@ mod tests {
             })
         ));
         limiter.check("other").unwrap();
+    }
+
+    #[test]
+    fn events_are_taken_by_the_batch_and_a_refusal_says_when_it_fits() {
+        let limiter = RateLimiter::new(100.0, 2000.0);
+        limiter.check_n("h", 1500).unwrap();
+        limiter.check_n("h", 400).unwrap();
+        // 100 left: 999 more need about nine seconds.
+        assert!(matches!(
+            limiter.check_n("h", 999),
+            Err(ApiError::TooManyRequests { retry_after_secs }) if (9..=10).contains(&retry_after_secs)
+        ));
+        // A refused batch took nothing: a small one still fits.
+        limiter.check_n("h", 100).unwrap();
+        // More than a burst never fits; it is told to wait a whole burst's time.
+        assert!(matches!(
+            limiter.check_n("other", 2001),
+            Err(ApiError::TooManyRequests {
+                retry_after_secs: 20
+            })
+        ));
+        limiter.check_n("other", 2000).unwrap();
     }
 }

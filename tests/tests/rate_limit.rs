@@ -70,4 +70,64 @@ fn one_host_is_held_to_its_rate_within_the_replica_factor(topology: Topology) {
     assert!(accepted < REQUESTS, "the limit refused none");
 }
 
-driftwatch_tests::each_topology!(one_host_is_held_to_its_rate_within_the_replica_factor);
+/// A batch of `n` low findings of `host_id` (added files), event ids `{prefix}-0`….
+fn findings(host_id: &str, prefix: &str, n: usize) -> Vec<u8> {
+    let mut batch = heartbeat_batch(host_id, "unused");
+    let events: Vec<_> = (0..n)
+        .map(|i| {
+            serde_json::json!({
+                "id": format!("{prefix}-{i}"),
+                "at": "2026-01-01T00:00:00Z",
+                "body": {"type": "finding", "finding": {
+                    "kind": "file", "change": "added", "path": format!("/srv/{prefix}/{i}"),
+                    "attributes": [], "severity": "low", "rule": "test"}}
+            })
+        })
+        .collect();
+    batch["events"] = events.into();
+    serde_json::to_vec(&batch).unwrap()
+}
+
+/// Events have a rate of their own: a batch beyond what is left is refused whole with
+/// the time it needs (nothing of it stored), and taken when sent again after it.
+fn a_host_is_held_to_its_event_rate(topology: Topology) {
+    let collector = Collector::start_as(
+        topology,
+        "\n[ingest]\nmax_events_per_batch = 20\nevents_per_sec = 10.0\nevent_burst = 30.0\n",
+    );
+    let certs = tempfile::tempdir().unwrap();
+    let (cert, key) = collector.issue_cert("flood-2", certs.path());
+    let client = RawClient::new(&collector, Some((cert.as_path(), key.as_path())));
+    let send = |prefix: &str, n: usize| {
+        let (status, text) = client
+            .post("/v1/ingest", findings("flood-2", prefix, n), &[])
+            .unwrap();
+        let ack: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+        (
+            status,
+            ack["accepted"].as_u64(),
+            ack["duplicates"].as_u64(),
+            text,
+        )
+    };
+    assert_eq!(send("a", 20).0, 200);
+    // 10 left of the burst: 20 more need a second.
+    let (status, _, _, text) = send("b", 20);
+    assert_eq!(status, 429, "{text}");
+    assert!(text.contains("retry in 1 s"), "{text}");
+    // What fits is still taken.
+    assert_eq!(send("c", 10).0, 200);
+    std::thread::sleep(std::time::Duration::from_millis(2500));
+    // The refused batch was not stored: sent again, its events are new.
+    let (status, accepted, duplicates, text) = send("b", 20);
+    assert_eq!(
+        (status, accepted, duplicates),
+        (200, Some(20), Some(0)),
+        "{text}"
+    );
+}
+
+driftwatch_tests::each_topology!(
+    one_host_is_held_to_its_rate_within_the_replica_factor,
+    a_host_is_held_to_its_event_rate,
+);
