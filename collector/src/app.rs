@@ -46,7 +46,7 @@ pub struct AppState {
     /// Per-host request rate.
     pub limiter: api::RateLimiter,
     /// Per-host event rate.
-    pub event_limiter: api::RateLimiter,
+    pub event_limiter: crate::limiter::EventLimiter,
 }
 
 impl AppState {
@@ -134,7 +134,7 @@ pub(crate) fn test_state(extra: &str, token: &str) -> Arc<AppState> {
     let admin = crate::auth::FileToken::new(token, "operator", crate::auth::Role::Admin);
     Arc::new(AppState {
         limiter: api::RateLimiter::new(1000.0, 1000.0),
-        event_limiter: api::RateLimiter::new(100_000.0, 100_000.0),
+        event_limiter: crate::limiter::EventLimiter::new(100_000.0, 100_000.0),
         config,
         fleet: Arc::new(fleet),
         metrics,

@@ -205,7 +205,10 @@ async fn serve(path: &Path) -> Result<(), Failure> {
         credentials,
         enrollment: std::sync::RwLock::new(enrollment),
         limiter: RateLimiter::new(config.ingest.rate_per_sec, config.ingest.burst),
-        event_limiter: RateLimiter::new(config.ingest.events_per_sec, config.ingest.event_burst),
+        event_limiter: driftwatch_collector::limiter::EventLimiter::new(
+            config.ingest.events_per_sec,
+            config.ingest.event_burst,
+        ),
     });
     fleet.spawn_sweeper();
     spawn_reloader(Arc::clone(&state), tls_reload);

@@ -89,7 +89,8 @@ fn findings(host_id: &str, prefix: &str, n: usize) -> Vec<u8> {
 }
 
 /// Events have a rate of their own: a batch beyond what is left is refused whole with
-/// the time it needs (nothing of it stored), and taken when sent again after it.
+/// the time it needs (nothing of it stored), the host is held until then, and the
+/// batch is taken when sent again after it.
 fn a_host_is_held_to_its_event_rate(topology: Topology) {
     let collector = Collector::start_as(
         topology,
@@ -115,16 +116,19 @@ fn a_host_is_held_to_its_event_rate(topology: Topology) {
     let (status, _, _, text) = send("b", 20);
     assert_eq!(status, 429, "{text}");
     assert!(text.contains("retry in 1 s"), "{text}");
-    // What fits is still taken.
-    assert_eq!(send("c", 10).0, 200);
-    std::thread::sleep(std::time::Duration::from_millis(2500));
-    // The refused batch was not stored: sent again, its events are new.
+    // Until then the host is held: refused before its batch is decoded, even one that
+    // would fit.
+    let (status, _, _, text) = send("c", 1);
+    assert_eq!(status, 429, "{text}");
+    std::thread::sleep(std::time::Duration::from_millis(1300));
+    // The refused batch was not stored: sent again after the wait, its events are new.
     let (status, accepted, duplicates, text) = send("b", 20);
     assert_eq!(
         (status, accepted, duplicates),
         (200, Some(20), Some(0)),
         "{text}"
     );
+    assert_eq!(send("c", 1).0, 200, "the hold is over");
 }
 
 driftwatch_tests::each_topology!(

@@ -95,6 +95,7 @@ async fn accept(
         )
     })?;
     state.limiter.check(host_id)?;
+    state.event_limiter.admit(host_id)?;
     let certificate = peer
         .certificate
         .as_ref()
@@ -103,7 +104,7 @@ async fn accept(
     let (mut batch, rejected) = decode_batch(headers, body, &state.config.ingest, host_id)?;
     // Before the store sees it: a flood is refused at the cost of its decoding.
     let events = u32::try_from(batch.events.len() + rejected.len()).unwrap_or(u32::MAX);
-    state.event_limiter.check_n(host_id, events)?;
+    state.event_limiter.take(host_id, events)?;
     crate::identity::check_image(&binding, batch.image.image_id.as_deref())?;
     // Silence is the collector's call: the host's claim can only shorten it.
     let image = batch.image.image_id.clone();
