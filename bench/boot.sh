@@ -18,6 +18,8 @@ cd "$(dirname "$0")/.."
 MODE=${1:-all}
 RUNS=${RUNS:-3}
 [[ $(id -u) == 0 ]] || { echo "run as root" >&2; exit 2; }
+# The tests run in tests/: a relative path would name nothing there.
+[[ -n ${DRIFTWATCH_TEST_DEB:-} ]] && export DRIFTWATCH_TEST_DEB=$(realpath "$DRIFTWATCH_TEST_DEB")
 OUT=$(mktemp -d)
 trap 'rm -rf "$OUT"' EXIT
 
