@@ -69,7 +69,12 @@ impl OperatorClient {
 
     /// `GET path`.
     pub async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
-        self.send(self.http.get(self.url(path))).await
+        // A GET is safe to repeat, once: a kept-alive connection that the collector or a
+        // load balancer closed between two pages fails the next request unanswered.
+        match self.send(self.http.get(self.url(path))).await {
+            Err(ClientError::Transport { .. }) => self.send(self.http.get(self.url(path))).await,
+            answer => answer,
+        }
     }
 
     /// `POST path` with a JSON body.
