@@ -1048,29 +1048,10 @@ async fn enroll(
         host_id: host_id.to_string(),
         csr_pem,
     };
-    let mut unreachable = Vec::new();
-    let mut answer = None;
     // Any replica can enroll: the first that answers does.
-    for base in config.url.bases() {
-        match http
-            .post(format!("{base}{ENROLL_PATH}"))
-            .json(&request)
-            .send()
-            .await
-        {
-            Ok(response) => {
-                answer = Some(response);
-                break;
-            }
-            Err(e) => unreachable.push(format!("{base}: {}", error_chain(&e))),
-        }
-    }
-    let response = answer.ok_or_else(|| {
-        ClientError::Enroll(format!(
-            "cannot reach the collector: {}",
-            unreachable.join("; ")
-        ))
-    })?;
+    let response = post_to_first(&http, &config.url.bases(), ENROLL_PATH, &request)
+        .await
+        .map_err(ClientError::Enroll)?;
     let status = response.status();
     if !status.is_success() {
         let message = error_message(response).await;
@@ -1254,6 +1235,28 @@ pub enum ClientError {
     /// No async runtime for `check --report`.
     #[error("cannot start the async runtime: {0}")]
     Runtime(io::Error),
+}
+
+/// POSTs `body` as JSON to `path` on each of `bases` in turn; the first answer (of any
+/// status) is the result, or why none answered.
+pub(super) async fn post_to_first<B: AsRef<str>>(
+    http: &reqwest::Client,
+    bases: &[B],
+    path: &str,
+    body: &impl serde::Serialize,
+) -> Result<reqwest::Response, String> {
+    let mut unreachable = Vec::new();
+    for base in bases {
+        let base = base.as_ref();
+        match http.post(format!("{base}{path}")).json(body).send().await {
+            Ok(response) => return Ok(response),
+            Err(e) => unreachable.push(format!("{base}: {}", error_chain(&e))),
+        }
+    }
+    Err(format!(
+        "cannot reach the collector: {}",
+        unreachable.join("; ")
+    ))
 }
 
 #[cfg(test)]

@@ -77,28 +77,9 @@ pub(super) async fn renew(client: &Client) -> Result<Identity, ClientError> {
         .map_err(ClientError::Csr)?;
     let request = RenewRequest { csr_pem };
     let (http, bases) = client.endpoints();
-    let mut unreachable = Vec::new();
-    let mut answer = None;
-    for base in bases {
-        match http
-            .post(format!("{base}{RENEW_PATH}"))
-            .json(&request)
-            .send()
-            .await
-        {
-            Ok(response) => {
-                answer = Some(response);
-                break;
-            }
-            Err(e) => unreachable.push(format!("{base}: {}", error_chain(&e))),
-        }
-    }
-    let response = answer.ok_or_else(|| {
-        failed(format!(
-            "cannot reach the collector: {}",
-            unreachable.join("; ")
-        ))
-    })?;
+    let response = super::collector::post_to_first(http, &bases, RENEW_PATH, &request)
+        .await
+        .map_err(failed)?;
     let status = response.status();
     if !status.is_success() {
         let message = error_message(response).await;
